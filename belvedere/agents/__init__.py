@@ -1,0 +1,1 @@
+"""agents: the decorators users write (projections, command handlers, reactors, sagas)."""

@@ -1,0 +1,81 @@
+"""``belvedere.App``: a faust App with Belvedere's defaults, wired to Belvedere's parts."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import faust
+from faust.types.transports import ConductorT
+
+from belvedere.streams.conductor import Conductor
+
+__all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
+
+DEFAULT_BROKER = "embedded://"
+DEFAULT_WEB_HOST = "127.0.0.1"
+DEFAULT_WEB_PORT = 6066
+
+
+def _setting(env: str, argument: Any, default: Any) -> Any:
+    value = os.environ.get(env)
+    if value:
+        return value
+    return default if argument is None else argument
+
+
+class App(faust.App):
+    """A faust App whose defaults suit a single laptop and scale out to Kafka unchanged.
+
+    Each setting comes from, in order: its ``BELVEDERE_*`` environment variable (which the
+    ``belvedere worker`` flags set), the argument given here, then the default:
+
+    ======================  ======================  ===================================
+    argument                environment             default
+    ======================  ======================  ===================================
+    ``broker``              ``BELVEDERE_BROKER``    ``embedded://`` (in the data dir)
+    ``data_dir``            ``BELVEDERE_DATA_DIR``  ``belvedere-data/<id>``
+    ``web_host``            ``BELVEDERE_WEB_HOST``  ``127.0.0.1`` (bind and advertise)
+    ``web_port``            ``BELVEDERE_WEB_PORT``  ``6066``
+    ======================  ======================  ===================================
+
+    Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
+    through orjson (faust's codec picks it up when installed, and Belvedere requires it).
+    Any other faust setting is passed through.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        broker: str | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        web_host: str | None = None,
+        web_port: int | None = None,
+        **options: Any,
+    ) -> None:
+        host = _setting("BELVEDERE_WEB_HOST", web_host, DEFAULT_WEB_HOST)
+        options.setdefault("store", "rocksdb://")
+        options.setdefault("web_bind", host)
+        super().__init__(
+            id,
+            broker=_setting("BELVEDERE_BROKER", broker, DEFAULT_BROKER),
+            datadir=str(_setting("BELVEDERE_DATA_DIR", data_dir, f"belvedere-data/{id}")),
+            web_host=host,
+            web_port=int(_setting("BELVEDERE_WEB_PORT", web_port, DEFAULT_WEB_PORT)),
+            **options,
+        )
+
+    @property
+    def ready(self) -> bool:
+        """True once every assigned partition is recovered and no rebalance is under way.
+
+        faust starts its web server before recovery, so a handler that reads a table can
+        otherwise answer from a partly restored one.
+        """
+        return self.tables.recovery.completed.is_set() and not (
+            self.rebalancing or self.in_recovery
+        )
+
+    def _new_conductor(self) -> ConductorT:
+        return Conductor(app=self, beacon=None)

@@ -1,0 +1,1 @@
+"""streams: brokers, topics and the wire; the bottom layer that nothing else here imports."""

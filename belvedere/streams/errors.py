@@ -1,0 +1,19 @@
+"""Errors raised by Belvedere's broker layer, each meant to be shown to a user as one line."""
+
+__all__ = ["BrokerError", "BrokerLocked", "BrokerUnreachable", "TopicMismatch"]
+
+
+class BrokerError(Exception):
+    """The broker refused an operation."""
+
+
+class BrokerLocked(BrokerError):
+    """Another process holds the embedded broker's log."""
+
+
+class BrokerUnreachable(BrokerError):
+    """No broker answered at the configured address."""
+
+
+class TopicMismatch(BrokerError):
+    """A topic exists with another partition count than the app declares."""

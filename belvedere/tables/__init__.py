@@ -1,0 +1,1 @@
+"""tables: views in RocksDB with changelogs, recovery, generations and rebuilds."""

@@ -1,0 +1,1 @@
+"""views_api: the HTTP query layer over views."""

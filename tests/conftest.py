@@ -1,0 +1,95 @@
+"""Fixtures shared by the suite: the two brokers, and worker processes on them.
+
+Kafka: ``BELVEDERE_KAFKA=host:port`` uses a running broker; otherwise, where Java and Maven
+are installed, a single-node KRaft broker is started for the session from ``ci/kafka``.
+Without either, the Kafka variants are skipped with the reason, except under ``CI=true``,
+where that is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.brokers import Broker, EmbeddedBroker, KafkaBroker
+from tests.support.worker import REPO, Worker
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _kafka_unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"Kafka is required when CI=true: {reason}", pytrace=False)
+    pytest.skip(f"no Kafka broker: {reason}")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    given = os.environ.get("BELVEDERE_KAFKA")
+    if given:
+        yield given
+        return
+    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    if missing:
+        _kafka_unavailable(f"{' and '.join(missing)} not installed, and BELVEDERE_KAFKA is not set")
+    work = tempfile.mkdtemp(prefix="belvedere-kafka-")
+    env = {**os.environ, "KAFKA_WORK": work, "PYTHON": sys.executable}
+    try:
+        subprocess.run(
+            ["bash", str(REPO / "ci/kafka/start.sh")],
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        subprocess.run(
+            [sys.executable, str(REPO / "ci/kafka/wait.py"), work, "120"],
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+    except subprocess.CalledProcessError as exc:
+        subprocess.run(["bash", str(REPO / "ci/kafka/stop.sh")], env=env)
+        _kafka_unavailable(f"starting it failed: {exc.stderr.decode(errors='replace')[-500:]}")
+    try:
+        yield Path(work, "bootstrap").read_text().strip()
+    finally:
+        subprocess.run(["bash", str(REPO / "ci/kafka/stop.sh")], env=env, timeout=60)
+
+
+BROKERS = ["embedded", pytest.param("kafka", marks=pytest.mark.kafka)]
+
+
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Broker:
+    if request.param == "kafka":
+        return KafkaBroker(request.getfixturevalue("kafka_bootstrap"))
+    return EmbeddedBroker(tmp_path / "broker")
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def counter(broker: Broker, tmp_path: Path, unique_name: str) -> Iterator[Worker]:
+    """A worker of tests/apps/counter.py on the broker under test (not started)."""
+    worker = Worker(
+        "tests.apps.counter:app",
+        broker_url=broker.url,
+        data_dir=tmp_path / "data",
+        env={"COUNTER_NAME": unique_name},
+    )
+    try:
+        yield worker
+    finally:
+        worker.kill()
