@@ -29,6 +29,10 @@ async def simulate_traffic():
 
 @app.page("/visits/")
 async def all_visits(web, request):
+    if not app.ready:  # still restoring the table from its changelog
+        return web.json(
+            {"error": "recovering, try again"}, status=503, headers={"Retry-After": "1"}
+        )
     return web.json(dict(visits_per_page.items()))
 
 

@@ -1,0 +1,93 @@
+"""belvedere.App's defaults, and that faust sees Belvedere's transport."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faust
+import orjson
+import pytest
+from faust.serializers.codecs import get_codec
+from faust.transport import by_url
+
+import belvedere
+from belvedere.streams.embedded import Transport
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (
+        "BELVEDERE_BROKER",
+        "BELVEDERE_DATA_DIR",
+        "BELVEDERE_WEB_HOST",
+        "BELVEDERE_WEB_PORT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_defaults() -> None:
+    app = belvedere.App("shop")
+    assert isinstance(app, faust.App)
+    assert [u.scheme for u in app.conf.broker] == ["embedded"]
+    assert str(app.conf.store) == "rocksdb:"
+    assert app.conf.datadir == Path("belvedere-data/shop")
+    assert (app.conf.web_host, app.conf.web_bind, app.conf.web_port) == (
+        "127.0.0.1",
+        "127.0.0.1",
+        6066,
+    )
+    assert str(app.conf.canonical_url) == "http://127.0.0.1:6066"
+
+
+def test_arguments_override_defaults() -> None:
+    app = belvedere.App(
+        "shop", broker="kafka://k:9092", data_dir="/srv/shop", web_host="10.0.0.5", web_port=7000
+    )
+    assert [str(u) for u in app.conf.broker] == ["kafka://k:9092"]
+    assert app.conf.datadir == Path("/srv/shop")
+    assert (app.conf.web_host, app.conf.web_port) == ("10.0.0.5", 7000)
+
+
+def test_environment_overrides_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BELVEDERE_BROKER", "kafka://from-env:9092")
+    monkeypatch.setenv("BELVEDERE_DATA_DIR", "/env/data")
+    monkeypatch.setenv("BELVEDERE_WEB_PORT", "7123")
+    app = belvedere.App("shop", broker="kafka://from-code:9092", data_dir="/code", web_port=7000)
+    assert [str(u) for u in app.conf.broker] == ["kafka://from-env:9092"]
+    assert app.conf.datadir == Path("/env/data")
+    assert app.conf.web_port == 7123
+
+
+def test_other_faust_settings_pass_through() -> None:
+    app = belvedere.App("shop", topic_partitions=3, store="memory://")
+    assert app.conf.topic_partitions == 3
+    assert str(app.conf.store) == "memory:"
+
+
+def test_the_embedded_scheme_is_registered_with_faust() -> None:
+    assert by_url("embedded://") is Transport
+    assert isinstance(belvedere.App("shop").transport, Transport)
+
+
+def test_json_goes_through_orjson() -> None:
+    value = {"amount": 99.99, "items": [1, 2], "name": "é"}
+    assert get_codec("json").dumps(value) == orjson.dumps(value)
+
+
+def test_faust_decorators_still_work() -> None:
+    app = belvedere.App("shop")
+    topic = app.topic("orders", partitions=2)
+
+    @app.agent(topic)
+    async def handle(stream):
+        async for _ in stream:
+            pass
+
+    @app.timer(1.0)
+    async def tick():
+        pass
+
+    table = app.Table("totals", default=int, partitions=2)
+    assert "tests.test_app.handle" in app.agents
+    assert table.partitions == 2
+    assert app._app_tasks  # the timer is registered

@@ -1,0 +1,141 @@
+"""`belvedere` on the command line: its help, and one clear line for each usage mistake."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from tests.support.worker import Worker, free_port, run_cli
+
+
+def one_line_error(result) -> str:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("belvedere: ")
+    return lines[0]
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "worker" in result.stdout
+    worker_help = run_cli("worker", "--help")
+    for flag in ("--broker", "--web-port", "--data-dir", "MODULE:APP"):
+        assert flag in worker_help.stdout
+
+
+def test_missing_module(tmp_path: Path) -> None:
+    line = one_line_error(run_cli("worker", "no_such_module:app", "--data-dir", str(tmp_path)))
+    assert "cannot import 'no_such_module'" in line
+
+
+def test_module_that_fails_to_import_names_the_error(tmp_path: Path) -> None:
+    line = one_line_error(run_cli("worker", "tests.apps.broken:app", "--data-dir", str(tmp_path)))
+    assert "importing 'tests.apps.broken' failed" in line
+    assert "this_module_does_not_exist" in line
+    assert "broken.py:3" in line
+
+
+def test_app_not_found(tmp_path: Path) -> None:
+    line = one_line_error(
+        run_cli(
+            "worker",
+            "tests.apps.counter:nope",
+            "--data-dir",
+            str(tmp_path),
+            env={"COUNTER_NAME": "x"},
+        )
+    )
+    assert "has no attribute 'nope'" in line
+
+
+def test_object_that_is_not_an_app(tmp_path: Path) -> None:
+    line = one_line_error(
+        run_cli("worker", "tests.apps.not_an_app:app", "--data-dir", str(tmp_path))
+    )
+    assert "not a belvedere.App" in line
+
+
+def test_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        line = one_line_error(
+            run_cli(
+                "worker",
+                "examples.hello.app:app",
+                "--web-port",
+                str(port),
+                "--data-dir",
+                str(tmp_path),
+            )
+        )
+    assert f"web port {port} on 127.0.0.1 is not available" in line
+
+
+def test_unreachable_kafka_broker(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    line = one_line_error(
+        run_cli(
+            "worker",
+            "examples.hello.app:app",
+            "--broker",
+            f"kafka://127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp_path),
+        )
+    )
+    assert f"cannot reach the Kafka broker at 127.0.0.1:{port}" in line
+
+
+def test_embedded_log_held_by_another_process(tmp_path: Path) -> None:
+    holder = Worker(
+        "examples.hello.app:app", broker_url="embedded://", data_dir=tmp_path / "data", env={}
+    )
+    holder.start()
+    try:
+        holder.wait_until("/visits/", lambda v: True, what="first worker serving")
+        line = one_line_error(
+            run_cli(
+                "worker",
+                "examples.hello.app:app",
+                "--web-port",
+                str(free_port()),
+                "--data-dir",
+                str(tmp_path / "data"),
+            )
+        )
+    finally:
+        holder.stop()
+    assert "is in use by another process" in line
+
+
+def test_bad_flag_value_is_one_line() -> None:
+    result = run_cli("worker", "examples.hello.app:app", "--web-port", "http")
+    assert result.returncode == 2
+    assert "not a port number: 'http'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_readme_example_serves_its_table(tmp_path: Path) -> None:
+    """The quick start's app: its own timer feeds the topic, the table fills, HTTP serves it."""
+    worker = Worker(
+        "examples.hello.app:app", broker_url="embedded://", data_dir=tmp_path / "data", env={}
+    )
+    worker.start()
+    try:
+        first = worker.wait_until("/visits/", lambda v: sum(v.values()) >= 3, what="visits counted")
+        assert set(first) <= {"/", "/pricing", "/docs", "/blog", "/about"}
+        assert worker.stop() == 0
+        # Started again, it continues from its table rather than from zero.
+        worker.start()
+        worker.wait_until(
+            "/visits/",
+            lambda v: sum(v.values()) > sum(first.values()),
+            what="counts to grow past the first run",
+        )
+    finally:
+        worker.kill()

@@ -1,0 +1,31 @@
+"""The README's two commands are the ones the project actually runs."""
+
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_commands() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    quick_start = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.+?)\n```", quick_start, flags=re.S)
+
+
+def test_quick_start_is_exactly_two_commands() -> None:
+    commands = readme_commands()
+    assert len(commands) == 2
+    assert all("\n" not in c for c in commands)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (REPO / ".ci/run").read_text()
+    test_command = readme_commands()[1]
+    assert f'TEST_COMMAND="{test_command}"' in ci
+
+
+def test_readme_main_command_runs_an_app_that_exists() -> None:
+    main = readme_commands()[0]
+    spec = main.rsplit("belvedere worker ", 1)[1].split()[0]
+    module = spec.split(":")[0]
+    assert (REPO / (module.replace(".", "/") + ".py")).is_file()
