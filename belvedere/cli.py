@@ -121,7 +121,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     check_port_free(app.conf.web_bind, app.conf.web_port)
     check_broker(app)
     worker = app.Worker(loglevel=args.loglevel)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        # mode exits with status 1 on a crash; surface a broker error as its one line
+        if isinstance(worker.crash_reason, BrokerError):
+            raise worker.crash_reason from None
+        raise
     return 0
 
 
@@ -170,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"belvedere: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokerError as exc:  # raised inside the worker, after faust logged its traceback
+        print(f"belvedere: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

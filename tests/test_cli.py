@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from belvedere.streams.embedded import Log
 from tests.support.worker import Worker, free_port, run_cli
 
 
@@ -111,6 +112,28 @@ def test_embedded_log_held_by_another_process(tmp_path: Path) -> None:
     finally:
         holder.stop()
     assert "is in use by another process" in line
+
+
+def test_topic_with_another_partition_count_stops_the_worker_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    log = Log.acquire(tmp_path / "data" / "broker")
+    log.create_topic("mismatch-events", 2)
+    log.release()
+    result = run_cli(
+        "worker",
+        "tests.apps.counter:app",
+        "--web-port",
+        str(free_port()),
+        "--data-dir",
+        str(tmp_path / "data"),
+        env={"COUNTER_NAME": "mismatch"},
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last == "belvedere: topic 'mismatch-events' exists with 2 partition(s), but 4 were declared"
+    )
 
 
 def test_bad_flag_value_is_one_line() -> None:
