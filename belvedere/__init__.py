@@ -1,6 +1,23 @@
 """Belvedere: event-driven services with materialized views, on faust."""
 
 from belvedere.app import App
+from belvedere.streams.context import caused_by
+from belvedere.streams.envelope import EventMeta
+from belvedere.streams.records import Command, Document, Event, Record
+from belvedere.streams.topics import EventTopic, Published
+from belvedere.streams.upcasters import upcaster
 
-__all__ = ["App", "__version__"]
+__all__ = [
+    "App",
+    "Command",
+    "Document",
+    "Event",
+    "EventMeta",
+    "EventTopic",
+    "Published",
+    "Record",
+    "__version__",
+    "caused_by",
+    "upcaster",
+]
 __version__ = "0.1.0"

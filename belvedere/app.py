@@ -7,8 +7,13 @@ from typing import Any
 
 import faust
 from faust.types.transports import ConductorT
+from mode.utils.objects import cached_property
 
 from belvedere.streams.conductor import Conductor
+from belvedere.streams.dead_letters import DeadLetters
+from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
+from belvedere.streams.records import Event
+from belvedere.streams.topics import EventTopic
 
 __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
 
@@ -41,7 +46,8 @@ class App(faust.App):
 
     Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
     through orjson (faust's codec picks it up when installed, and Belvedere requires it).
-    Any other faust setting is passed through.
+    Any other faust setting is passed through. ``max_event_bytes`` bounds an event's size
+    on event topics (larger ones go to the dead letters).
     """
 
     def __init__(
@@ -52,8 +58,12 @@ class App(faust.App):
         data_dir: str | os.PathLike[str] | None = None,
         web_host: str | None = None,
         web_port: int | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         **options: Any,
     ) -> None:
+        self.max_event_bytes = max_event_bytes
+        #: The event topics declared with :meth:`event_topic`, by name.
+        self.event_topics: dict[str, EventTopic] = {}
         host = _setting("BELVEDERE_WEB_HOST", web_host, DEFAULT_WEB_HOST)
         options.setdefault("store", "rocksdb://")
         options.setdefault("web_bind", host)
@@ -65,6 +75,45 @@ class App(faust.App):
             web_port=int(_setting("BELVEDERE_WEB_PORT", web_port, DEFAULT_WEB_PORT)),
             **options,
         )
+
+    def event_topic(
+        self,
+        name: str,
+        *event_types: type[Event],
+        key: str | None = None,
+        partitions: int | None = None,
+        **options: Any,
+    ) -> EventTopic:
+        """A topic carrying these event types in the envelope; agents get typed events.
+
+        ``key`` names the event field used as the Kafka key when an event class declares
+        none. Other options are faust's ``app.topic`` options.
+        """
+        if name in self.event_topics:
+            raise ValueError(f"event topic {name!r} is already declared")
+        topic = self.event_topics[name] = EventTopic(
+            self,
+            topics=[name],
+            event_types=event_types,
+            key=key,
+            partitions=partitions,
+            max_event_bytes=self.max_event_bytes,
+            **options,
+        )
+        return topic
+
+    @property
+    def event_types(self) -> list[type[Event]]:
+        """Every event type this app's event topics carry."""
+        found: dict[str, type[Event]] = {}
+        for topic in self.event_topics.values():
+            found.update(topic.codec.types)
+        return list(found.values())
+
+    @cached_property
+    def dead_letters(self) -> DeadLetters:
+        """Where bad input goes, and how much of it there was."""
+        return DeadLetters(self)
 
     @property
     def ready(self) -> bool:

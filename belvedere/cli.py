@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from yarl import URL
 
@@ -131,6 +132,99 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_with_broker(args: argparse.Namespace) -> App:
+    _set_env("BELVEDERE_BROKER", getattr(args, "broker", None))
+    _set_env(
+        "BELVEDERE_DATA_DIR", getattr(args, "data_dir", None) and Path(args.data_dir).resolve()
+    )
+    return load_app(args.app)
+
+
+def cmd_schema_export(args: argparse.Namespace) -> int:
+    from belvedere.streams import schema
+
+    app = load_app(args.app)
+    if not app.event_types:
+        raise UsageError(f"{args.app} declares no event topics, so there is no schema to export")
+    written = schema.export(app.event_types, Path(args.dir))
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_schema_check(args: argparse.Namespace) -> int:
+    from belvedere.streams import schema
+
+    app = load_app(args.app)
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise UsageError(
+            f"no schema folder at {folder} (create one with 'belvedere schema export')"
+        )
+    verdicts = schema.check(app.event_types, folder)
+    for verdict in verdicts:
+        print(verdict.render())
+    bad = [v for v in verdicts if not v.compatible]
+    print(f"{len(bad)} incompatible of {len(verdicts)} event types" if bad else "all compatible")
+    return 1 if bad else 0
+
+
+def _dead_letter_source(app: App, topic: str) -> Any:
+    if topic not in app.event_topics:
+        known = ", ".join(sorted(app.event_topics)) or "none"
+        raise UsageError(
+            f"{topic!r} is not an event topic of {app.conf.id} (its event topics: {known})"
+        )
+    return app.event_topics[topic]
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from belvedere.streams.clients import client_for
+    from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
+
+    app = _load_with_broker(args)
+    _dead_letter_source(app, args.topic)
+    name = dead_letter_topic(app.conf.id, args.topic)
+    records = _broker_call(lambda: client_for(app.conf.broker, app.conf.datadir).read(name))
+    if not records:
+        print(f"no dead letters for {args.topic} (topic {name})")
+        return 0
+    for record in records:
+        letter = DeadLetter.from_record(record.key, record.value, record.headers)
+        key = letter.key.decode(errors="replace") if letter.key is not None else "-"
+        print(
+            f"{record.partition}@{record.offset}  {letter.time}  from {letter.topic}[{letter.partition}]@{letter.offset}"
+            f"  key={key}  {letter.kind}: {letter.reason}"
+        )
+    print(f"{len(records)} dead letter(s) in {name}")
+    return 0
+
+
+def cmd_dlq_replay(args: argparse.Namespace) -> int:
+    from belvedere.streams.clients import client_for
+    from belvedere.streams.dead_letters import replay
+
+    app = _load_with_broker(args)
+    topic = _dead_letter_source(app, args.topic)
+    client = client_for(app.conf.broker, app.conf.datadir)
+    report = _broker_call(lambda: replay(app, topic, client, from_start=args.from_start))
+    for line in report.still_bad:
+        print(f"still bad: {line}")
+    print(
+        f"replayed {report.replayed} dead letter(s) to {args.topic}; {len(report.still_bad)} still bad"
+    )
+    return 0
+
+
+def _broker_call(call: Any) -> Any:
+    try:
+        return call()
+    except BrokerError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot reach the broker: {exc}") from None
+
+
 def _port(value: str) -> int:
     try:
         port = int(value)
@@ -165,6 +259,37 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--data-dir", metavar="DIR", help="tables and the embedded broker's log")
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     worker.set_defaults(run=cmd_worker)
+
+    schema = commands.add_parser(
+        "schema", help="export event schemas, or check a change against them"
+    )
+    schema_commands = schema.add_subparsers(
+        dest="schema_command", metavar="SUBCOMMAND", required=True
+    )
+    export = schema_commands.add_parser("export", help="write each event type's JSON Schema to DIR")
+    check = schema_commands.add_parser(
+        "check", help="exit 1 with a diff if the code cannot read events written with DIR's schemas"
+    )
+    for sub, run in ((export, cmd_schema_export), (check, cmd_schema_check)):
+        sub.add_argument("app", metavar="MODULE:APP")
+        sub.add_argument("dir", metavar="DIR")
+        sub.set_defaults(run=run)
+
+    dlq = commands.add_parser("dlq", help="list or replay an event topic's dead letters")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND", required=True)
+    listing = dlq_commands.add_parser("list", help="show the dead letters of TOPIC")
+    replaying = dlq_commands.add_parser(
+        "replay", help="publish TOPIC's dead letters again, upcast, once the code can read them"
+    )
+    replaying.add_argument(
+        "--from-start", action="store_true", help="retry every dead letter, not just new ones"
+    )
+    for sub, run in ((listing, cmd_dlq_list), (replaying, cmd_dlq_replay)):
+        sub.add_argument("app", metavar="MODULE:APP")
+        sub.add_argument("topic", metavar="TOPIC")
+        sub.add_argument("--broker", metavar="URL")
+        sub.add_argument("--data-dir", metavar="DIR")
+        sub.set_defaults(run=run)
     return parser
 
 

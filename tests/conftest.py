@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.brokers import Broker, EmbeddedBroker, KafkaBroker
+from belvedere.streams.clients import EmbeddedClient, KafkaClient
+from tests.support.brokers import Broker
 from tests.support.worker import REPO, Worker
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -71,8 +72,8 @@ BROKERS = ["embedded", pytest.param("kafka", marks=pytest.mark.kafka)]
 @pytest.fixture(params=BROKERS)
 def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Broker:
     if request.param == "kafka":
-        return KafkaBroker(request.getfixturevalue("kafka_bootstrap"))
-    return EmbeddedBroker(tmp_path / "broker")
+        return Broker("kafka", KafkaClient(request.getfixturevalue("kafka_bootstrap")))
+    return Broker("embedded", EmbeddedClient(tmp_path / "broker"))
 
 
 @pytest.fixture

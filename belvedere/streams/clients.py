@@ -1,0 +1,264 @@
+"""Small synchronous broker clients for tools: create topics, produce, read a whole topic.
+
+The CLI (dead-letter listing and replay) and the test suite use these, so they work the
+same on both brokers. The embedded log can be opened by one process at a time, so on
+``embedded://`` these work while no worker runs on that data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from yarl import URL
+
+from belvedere.streams.embedded import Log, Record, StoredRecord, log_path
+from belvedere.streams.errors import BrokerError
+from belvedere.streams.partitioner import partition_for_key
+
+__all__ = ["BrokerClient", "EmbeddedClient", "KafkaClient", "Record", "StoredRecord", "client_for"]
+
+Offsets = Mapping[tuple[str, int], int]
+
+
+class BrokerClient(Protocol):
+    url: str
+
+    def create_topic(self, topic: str, partitions: int) -> None: ...
+
+    def partitions(self, topic: str) -> int | None: ...
+
+    def produce(
+        self, topic: str, records: Iterable[Record], partition: int | None = None
+    ) -> None: ...
+
+    def read(self, topic: str, start: Offsets | None = None) -> list[StoredRecord]: ...
+
+    def committed(self, group: str, topic: str) -> dict[tuple[str, int], int]: ...
+
+    def commit(self, group: str, offsets: Offsets) -> None: ...
+
+
+def client_for(brokers: Sequence[URL | str] | URL | str, datadir: Path | str) -> BrokerClient:
+    """The client for an app's broker URLs (``app.conf.broker``) and data directory."""
+    given = brokers if isinstance(brokers, (list, tuple)) else [brokers]
+    urls = [URL(str(u)) for u in given]
+    scheme = urls[0].scheme
+    if scheme == "embedded":
+        return EmbeddedClient(log_path(urls[0], Path(datadir)))
+    if scheme in ("kafka", "aiokafka"):
+        return KafkaClient(",".join(f"{u.host}:{u.port or 9092}" for u in urls))
+    raise BrokerError(f"no client for broker URL {str(urls[0])!r}")
+
+
+class EmbeddedClient:
+    """The embedded log, opened for each call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.url = f"embedded://{self.path.resolve()}"
+
+    def _log(self) -> Log:
+        return Log.acquire(self.path)
+
+    def create_topic(self, topic: str, partitions: int) -> None:
+        log = self._log()
+        try:
+            log.create_topic(topic, partitions)
+        finally:
+            log.release()
+
+    def partitions(self, topic: str) -> int | None:
+        log = self._log()
+        try:
+            return log.partitions(topic)
+        finally:
+            log.release()
+
+    def produce(self, topic: str, records: Iterable[Record], partition: int | None = None) -> None:
+        log = self._log()
+        try:
+            n = log.partitions(topic)
+            if n is None:
+                raise BrokerError(f"unknown topic {topic!r}")
+            for record in records:
+                p = partition if partition is not None else partition_for_key(record.key, n)
+                log.append(topic, p, [record])
+        finally:
+            log.release()
+
+    def read(self, topic: str, start: Offsets | None = None) -> list[StoredRecord]:
+        log = self._log()
+        try:
+            out: list[StoredRecord] = []
+            for p in range(log.partitions(topic) or 0):
+                offset = (start or {}).get((topic, p), 0)
+                while batch := log.read(topic, p, offset, 1000):
+                    out += batch
+                    offset = batch[-1].offset + 1
+            return out
+        finally:
+            log.release()
+
+    def committed(self, group: str, topic: str) -> dict[tuple[str, int], int]:
+        log = self._log()
+        try:
+            found = {
+                (topic, p): log.committed(group, topic, p)
+                for p in range(log.partitions(topic) or 0)
+            }
+            return {tp: off for tp, off in found.items() if off is not None}
+        finally:
+            log.release()
+
+    def commit(self, group: str, offsets: Offsets) -> None:
+        log = self._log()
+        try:
+            log.commit(group, offsets)
+        finally:
+            log.release()
+
+
+class KafkaClient:
+    """aiokafka, run to completion for each call."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.url = f"kafka://{bootstrap}"
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run(coro)
+
+    def create_topic(self, topic: str, partitions: int) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        async def create() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            try:
+                await admin.create_topics([NewTopic(topic, partitions, 1)])
+            except TopicAlreadyExistsError:
+                pass
+            finally:
+                await admin.close()
+
+        self._run(create())
+
+    async def _partitions(self, topic: str) -> int | None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            (found,) = await admin.describe_topics([topic])
+        finally:
+            await admin.close()
+        return len(found["partitions"]) if found["error_code"] == 0 else None
+
+    def partitions(self, topic: str) -> int | None:
+        return self._run(self._partitions(topic))
+
+    def produce(self, topic: str, records: Iterable[Record], partition: int | None = None) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        async def produce() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+            await producer.start()
+            try:
+                futures = [
+                    await producer.send(
+                        topic,
+                        r.value,
+                        key=r.key,
+                        partition=partition,
+                        headers=list(r.headers) or None,
+                        timestamp_ms=r.timestamp_ms or None,
+                    )
+                    for r in records
+                ]
+                await producer.flush()
+                for fut in futures:
+                    await fut
+            finally:
+                await producer.stop()
+
+        self._run(produce())
+
+    def read(self, topic: str, start: Offsets | None = None) -> list[StoredRecord]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        async def read_all() -> list[StoredRecord]:
+            n = await self._partitions(topic)
+            if n is None:
+                return []
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            await consumer.start()
+            try:
+                tps = [TopicPartition(topic, p) for p in range(n)]
+                consumer.assign(tps)
+                ends = await consumer.end_offsets(tps)
+                for tp in tps:
+                    consumer.seek(tp, (start or {}).get((topic, tp.partition), 0))
+                out: list[StoredRecord] = []
+                while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                    batches = await consumer.getmany(timeout_ms=1000)
+                    for tp, messages in batches.items():
+                        out += [
+                            StoredRecord(
+                                m.topic,
+                                m.partition,
+                                m.offset,
+                                m.timestamp,
+                                m.key,
+                                m.value,
+                                tuple(m.headers),
+                            )
+                            for m in messages
+                            if m.offset < ends[tp]
+                        ]
+                return out
+            finally:
+                await consumer.stop()
+
+        return self._run(read_all())
+
+    def committed(self, group: str, topic: str) -> dict[tuple[str, int], int]:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        async def committed() -> dict[tuple[str, int], int]:
+            n = await self._partitions(topic) or 0
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+            )
+            await consumer.start()
+            try:
+                out = {}
+                for p in range(n):
+                    off = await consumer.committed(TopicPartition(topic, p))
+                    if off is not None:
+                        out[(topic, p)] = off
+                return out
+            finally:
+                await consumer.stop()
+
+        return self._run(committed())
+
+    def commit(self, group: str, offsets: Offsets) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        async def commit() -> None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+            )
+            await consumer.start()
+            try:
+                tps = {TopicPartition(t, p): off for (t, p), off in offsets.items()}
+                consumer.assign(list(tps))
+                await consumer.commit(tps)
+            finally:
+                await consumer.stop()
+
+        self._run(commit())

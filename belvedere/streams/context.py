@@ -1,0 +1,46 @@
+"""Which event is being handled right now, so that what a handler publishes inherits from it.
+
+Inside a faust agent the current event is faust's own contextvar (set by the stream for each
+event it yields), so correlation propagates with no user code. Elsewhere (an HTTP handler,
+a script) ``with caused_by(event):`` sets it explicitly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+from faust.streams import current_event
+
+if TYPE_CHECKING:
+    from belvedere.streams.envelope import EventMeta
+    from belvedere.streams.records import Event
+
+__all__ = ["caused_by", "current_cause"]
+
+_cause: ContextVar[EventMeta | None] = ContextVar("belvedere_cause", default=None)
+
+
+def current_cause() -> EventMeta | None:
+    """The envelope of the event being handled, if any."""
+    meta = _cause.get()
+    if meta is not None:
+        return meta
+    event = current_event()
+    if event is None:
+        return None
+    return getattr(event.value, "meta", None)
+
+
+@contextmanager
+def caused_by(event: Event | EventMeta) -> Iterator[None]:
+    meta = getattr(event, "meta", event)
+    if meta is None:
+        raise ValueError("caused_by() needs an event read from a topic (it has no envelope yet)")
+    token = _cause.set(meta)
+    try:
+        yield
+    finally:
+        _cause.reset(token)

@@ -1,0 +1,143 @@
+"""Event topics: one topic, several event types, typed events out, envelopes in.
+
+``app.event_topic("orders", OrderCreated, OrderPaid)`` is a faust Topic whose agents
+receive ``OrderCreated``/``OrderPaid`` instances. Bad input goes to the dead letters and
+the partition moves on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from faust.exceptions import ValueDecodeError
+from faust.topics import Topic
+from faust.types import Message
+
+from belvedere.streams.context import current_cause
+from belvedere.streams.envelope import (
+    DEFAULT_MAX_EVENT_BYTES,
+    BadEvent,
+    EnvelopeCodec,
+    EventMeta,
+    new_meta,
+)
+from belvedere.streams.records import Event
+
+__all__ = ["EventTopic", "Published"]
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Where a published event went: its envelope and its partition offset."""
+
+    meta: EventMeta
+    topic: str
+    partition: int
+    offset: int
+
+
+class EventTopic(Topic):
+    """A faust Topic carrying envelopes of the given event types."""
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        event_types: Iterable[type[Event]],
+        key: str | None = None,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        **kwargs: Any,
+    ) -> None:
+        self.event_types = tuple(event_types)
+        if not self.event_types:
+            raise TypeError("an event topic needs at least one event type")
+        self.key_field = key
+        self.max_event_bytes = max_event_bytes
+        self.codec = EnvelopeCodec(self.event_types, max_bytes=max_event_bytes)
+        kwargs.update(key_type=str, key_serializer="raw", value_serializer="raw", value_type=None)
+        super().__init__(app, **kwargs)
+
+    def _clone_args(self) -> Mapping:
+        return {
+            **super()._clone_args(),
+            "event_types": self.event_types,
+            "key": self.key_field,
+            "max_event_bytes": self.max_event_bytes,
+        }
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _compile_decode(self) -> None:
+        self.decode = self._decode_event  # type: ignore[method-assign]
+
+    async def _decode_event(self, message: Message, *, propagate: bool = False) -> Any:
+        try:
+            key = None if message.key is None else message.key.decode()
+            event = self.codec.decode(
+                message.value,
+                headers=message.headers,
+                timestamp=message.timestamp,
+                source=f"{message.topic}-{message.partition}-{message.offset}",
+            )
+        except BadEvent as exc:
+            await self.app.dead_letters.send(message, exc.kind, exc.reason)
+            if propagate:
+                raise ValueDecodeError(exc.reason) from None
+            return None
+        except UnicodeDecodeError:
+            await self.app.dead_letters.send(message, "bad-key", "the key is not UTF-8")
+            if propagate:
+                raise ValueDecodeError("the key is not UTF-8") from None
+            return None
+        return self.app.create_event(key, event, message.headers, message)
+
+    async def on_value_decode_error(self, exc: Exception, message: Message) -> None:
+        """Already dead-lettered by the decoder; faust acks the message after this."""
+
+    # -- writing -----------------------------------------------------------------------
+
+    def key_for(self, event: Event, key: str | bytes | None = None) -> bytes:
+        if key is None:
+            name = type(event).event_key or self.key_field
+            if name is None:
+                raise ValueError(
+                    f"no key for {type(event).__name__} on {self.get_topic_name()!r}: pass key=, "
+                    "or declare key= on the event class or the topic"
+                )
+            key = getattr(event, name)
+        return key if isinstance(key, bytes) else str(key).encode()
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        key: str | bytes | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Published:
+        """Write ``event`` in its envelope; returns once the broker has it.
+
+        Handled inside an agent (or ``caused_by``), it continues the handled event's
+        correlation, and is caused by it.
+        """
+        known = self.codec.types.get(type(event).event_type)
+        if known is not type(event):
+            raise TypeError(
+                f"{type(event).__name__} is not one of {self.get_topic_name()!r}'s event types"
+            )
+        meta = new_meta(
+            event,
+            producer=self.app.conf.id,
+            cause=current_cause(),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
+        fut = await self.send(
+            key=self.key_for(event, key),
+            value=self.codec.encode(event, meta),
+            headers=self.codec.headers(event),
+        )
+        sent = await fut
+        return Published(meta, sent.topic, sent.partition, sent.offset)
