@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -34,6 +34,9 @@ __all__ = ["DEFAULT_MAX_EVENT_BYTES", "BadEvent", "EnvelopeCodec", "EventMeta", 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 HEADER_TYPE = "eventType"
 HEADER_VERSION = "eventVersion"
+_OPTIONAL_STR = (str, type(None))
+_fromisoformat = dt.datetime.fromisoformat
+_tuple_new = tuple.__new__
 
 
 class BadEvent(ValueError):
@@ -45,9 +48,8 @@ class BadEvent(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class EventMeta:
-    """The envelope fields around an event's data."""
+class EventMeta(NamedTuple):
+    """The envelope fields around an event's data (a tuple: cheap to build per event)."""
 
     event_id: str
     event_type: str
@@ -103,6 +105,7 @@ class EnvelopeCodec:
             self.types[cls.event_type] = cls
         self.max_bytes = max_bytes
         self._type_names = {name.encode(): name for name in self.types}
+        self._decoders: dict[str, tuple[type[Event], Any]] = {}
 
     def headers(self, event: Event) -> list[tuple[str, bytes]]:
         return [
@@ -143,12 +146,13 @@ class EnvelopeCodec:
             raise BadEvent(
                 "oversized", f"{len(value)} bytes is over the {self.max_bytes}-byte limit"
             )
-        named = _header(headers, HEADER_TYPE)
-        if named is not None and named not in self._type_names:
-            raise BadEvent(
-                "unknown-type",
-                f"unknown eventType {named.decode(errors='replace')!r} (from its header)",
-            )
+        if headers:
+            named = _header(headers, HEADER_TYPE)
+            if named is not None and named not in self._type_names:
+                raise BadEvent(
+                    "unknown-type",
+                    f"unknown eventType {named.decode(errors='replace')!r} (from its header)",
+                )
         try:
             doc = orjson.loads(value)
         except orjson.JSONDecodeError as exc:
@@ -158,11 +162,10 @@ class EnvelopeCodec:
                 "bad-envelope", f"the envelope must be a JSON object, not {type(doc).__name__}"
             )
         event_type = doc.get("eventType")
-        if type(event_type) is not str:
-            raise BadEvent("bad-envelope", "the envelope has no eventType string")
-        cls = self.types.get(event_type)
-        if cls is None:
-            raise BadEvent("unknown-type", f"unknown eventType {event_type!r}")
+        found = self._decoders.get(event_type) if type(event_type) is str else None
+        if found is None:
+            found = self._decoder(event_type)
+        cls, decode_data = found
         version = doc.get("eventVersion")
         if type(version) is not int:
             raise BadEvent("bad-envelope", f"eventVersion must be an integer, not {version!r}")
@@ -175,13 +178,22 @@ class EnvelopeCodec:
             except UpcastError as exc:
                 raise BadEvent(exc.kind, str(exc)) from None
         try:
-            event = codec(cls).decode(data)
+            event = decode_data(data)
         except FieldError as exc:
             raise BadEvent(
                 "invalid-data", f"{event_type} v{cls.event_version}: data.{exc}"
             ) from None
         event.__dict__["meta"] = self._meta(doc, event_type, version, timestamp, source)
         return event
+
+    def _decoder(self, event_type: Any) -> tuple[type[Event], Any]:
+        if type(event_type) is not str:
+            raise BadEvent("bad-envelope", "the envelope has no eventType string")
+        cls = self.types.get(event_type)
+        if cls is None:
+            raise BadEvent("unknown-type", f"unknown eventType {event_type!r}")
+        found = self._decoders[event_type] = (cls, codec(cls).decode)
+        return found
 
     @staticmethod
     def _meta(
@@ -197,9 +209,14 @@ class EnvelopeCodec:
             at = dt.datetime.fromtimestamp(timestamp or 0.0, dt.UTC)
         else:
             try:
-                at = parse_timestamp(when)
-            except FieldError as exc:
-                raise BadEvent("bad-envelope", f"timestamp: {exc}") from None
+                at = _fromisoformat(when) if type(when) is str else None
+            except ValueError:
+                at = None
+            if at is None or at.tzinfo is not dt.UTC:
+                try:
+                    at = parse_timestamp(when)
+                except FieldError as exc:
+                    raise BadEvent("bad-envelope", f"timestamp: {exc}") from None
         correlation = doc.get("correlationId") or event_id
         causation = doc.get("causationId")
         producer = doc.get("producer")
@@ -210,4 +227,6 @@ class EnvelopeCodec:
         ):
             if field is not None and type(field) is not str:
                 raise BadEvent("bad-envelope", f"{name} must be a string, not {field!r}")
-        return EventMeta(event_id, event_type, version, at, correlation, causation, producer)
+        return _tuple_new(
+            EventMeta, (event_id, event_type, version, at, correlation, causation, producer)
+        )

@@ -12,6 +12,7 @@ generated decoder with one inline type test per field for the common case, and a
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class Codec:
     """The compiled decode/encode pair of one record class."""
 
     def __init__(self, cls: type[Record]) -> None:
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, localns=cls.__dict__.get("__belvedere_localns__"))
         self.fields: list[FieldSpec] = []
         for f in dataclasses.fields(cls):
             try:
@@ -150,15 +151,33 @@ def _compile_encoder(fields: list[FieldSpec]) -> Callable[[Any], dict[str, Any]]
     return env["encode"]
 
 
+def _defining_scope() -> dict[str, Any] | None:
+    """The local names where a class statement ran, if inside a function.
+
+    With ``from __future__ import annotations`` a hint naming a class defined in the same
+    function cannot be resolved later without them.
+    """
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    if frame is None or frame.f_locals is frame.f_globals:
+        return None
+    return dict(frame.f_locals)
+
+
 class Record:
-    """An immutable, typed value, used as a nested field of events."""
+    """An immutable, typed value, used as a nested field of events.
+
+    Fields are keyword-only, so a field with a default may come before one without.
+    """
 
     __belvedere_codec__: ClassVar[Codec | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.__belvedere_codec__ = None
-        dataclass(frozen=True)(cls)
+        cls.__belvedere_localns__ = _defining_scope()
+        dataclass(frozen=True, kw_only=True)(cls)
 
     def __post_init__(self) -> None:
         codec(type(self)).check(self)

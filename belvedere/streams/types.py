@@ -94,9 +94,13 @@ def _float() -> Converter:
 
 def _decimal() -> Converter:
     def decode(value: Any) -> Decimal:
-        if type(value) in (str, int, float):
+        kind = type(value)
+        if kind is float:
+            if value - value == 0.0:  # finite
+                return Decimal(repr(value))
+        elif kind is str or kind is int:
             try:
-                result = Decimal(value if type(value) is not float else repr(value))
+                result = Decimal(value)
             except InvalidOperation:
                 pass
             else:
@@ -227,7 +231,7 @@ def _sequence(inner: Converter) -> Converter:
     def decode(value: Any) -> tuple:
         if type(value) is not list:
             raise FieldError(f"expected an array, got {_name(value)}")
-        return _each(inner.decode, value)
+        return _each(inner.decode, value) if value else ()
 
     def check(value: Any) -> tuple:
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
