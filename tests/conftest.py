@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -82,15 +82,21 @@ def unique_name() -> str:
 
 
 @pytest.fixture
-def counter(broker: Broker, tmp_path: Path, unique_name: str) -> Iterator[Worker]:
-    """A worker of tests/apps/counter.py on the broker under test (not started)."""
-    worker = Worker(
-        "tests.apps.counter:app",
-        broker_url=broker.url,
-        data_dir=tmp_path / "data",
-        env={"COUNTER_NAME": unique_name},
-    )
-    try:
-        yield worker
-    finally:
+def workers(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Make (not start) workers on the broker under test; all are killed at the end."""
+    made: list[Worker] = []
+
+    def make(app: str, env: dict[str, str], data_dir: str = "data") -> Worker:
+        worker = Worker(app, broker_url=broker.url, data_dir=tmp_path / data_dir, env=env)
+        made.append(worker)
+        return worker
+
+    yield make
+    for worker in made:
         worker.kill()
+
+
+@pytest.fixture
+def counter(workers: Callable[..., Worker], unique_name: str) -> Worker:
+    """A worker of tests/apps/counter.py on the broker under test (not started)."""
+    return workers("tests.apps.counter:app", {"COUNTER_NAME": unique_name})

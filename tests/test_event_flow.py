@@ -3,8 +3,7 @@ producers, upcasting on read, and dead-letter replay after a fix."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -49,19 +48,10 @@ def name(unique_name: str) -> str:
 
 
 @pytest.fixture
-def orders(broker: Broker, tmp_path: Path, name: str) -> Iterator[Worker]:
+def orders(broker: Broker, workers: Callable[..., Worker], name: str) -> Worker:
     for topic, partitions in (("orders", 4), ("invoices", 2), ("notifications", 1)):
         broker.create_topic(f"{name}-{topic}", partitions)
-    worker = Worker(
-        "tests.apps.orders:app",
-        broker_url=broker.url,
-        data_dir=tmp_path / "data",
-        env={"ORDERS_NAME": name},
-    )
-    try:
-        yield worker
-    finally:
-        worker.kill()
+    return workers("tests.apps.orders:app", {"ORDERS_NAME": name})
 
 
 def test_bad_input_goes_to_the_dead_letters_and_the_partition_keeps_going(

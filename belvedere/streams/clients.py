@@ -8,7 +8,8 @@ same on both brokers. The embedded log can be opened by one process at a time, s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,38 +61,33 @@ class EmbeddedClient:
         self.path = Path(path)
         self.url = f"embedded://{self.path.resolve()}"
 
-    def _log(self) -> Log:
-        return Log.acquire(self.path)
+    @contextmanager
+    def _log(self) -> Iterator[Log]:
+        log = Log.acquire(self.path)
+        try:
+            yield log
+        finally:
+            log.release()
 
     def create_topic(self, topic: str, partitions: int) -> None:
-        log = self._log()
-        try:
+        with self._log() as log:
             log.create_topic(topic, partitions)
-        finally:
-            log.release()
 
     def partitions(self, topic: str) -> int | None:
-        log = self._log()
-        try:
+        with self._log() as log:
             return log.partitions(topic)
-        finally:
-            log.release()
 
     def produce(self, topic: str, records: Iterable[Record], partition: int | None = None) -> None:
-        log = self._log()
-        try:
+        with self._log() as log:
             n = log.partitions(topic)
             if n is None:
                 raise BrokerError(f"unknown topic {topic!r}")
             for record in records:
                 p = partition if partition is not None else partition_for_key(record.key, n)
                 log.append(topic, p, [record])
-        finally:
-            log.release()
 
     def read(self, topic: str, start: Offsets | None = None) -> list[StoredRecord]:
-        log = self._log()
-        try:
+        with self._log() as log:
             out: list[StoredRecord] = []
             for p in range(log.partitions(topic) or 0):
                 offset = (start or {}).get((topic, p), 0)
@@ -99,26 +95,18 @@ class EmbeddedClient:
                     out += batch
                     offset = batch[-1].offset + 1
             return out
-        finally:
-            log.release()
 
     def committed(self, group: str, topic: str) -> dict[tuple[str, int], int]:
-        log = self._log()
-        try:
+        with self._log() as log:
             found = {
                 (topic, p): log.committed(group, topic, p)
                 for p in range(log.partitions(topic) or 0)
             }
             return {tp: off for tp, off in found.items() if off is not None}
-        finally:
-            log.release()
 
     def commit(self, group: str, offsets: Offsets) -> None:
-        log = self._log()
-        try:
+        with self._log() as log:
             log.commit(group, offsets)
-        finally:
-            log.release()
 
 
 class KafkaClient:
