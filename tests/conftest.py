@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +18,8 @@ import pytest
 
 from belvedere.streams.clients import EmbeddedClient, KafkaClient
 from tests.support.brokers import Broker
-from tests.support.worker import REPO, Worker
+from tests.support.kafka import KafkaStartFailed, private_kafka
+from tests.support.worker import Worker
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -41,29 +39,11 @@ def kafka_bootstrap() -> Iterator[str]:
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
     if missing:
         _kafka_unavailable(f"{' and '.join(missing)} not installed, and BELVEDERE_KAFKA is not set")
-    work = tempfile.mkdtemp(prefix="belvedere-kafka-")
-    env = {**os.environ, "KAFKA_WORK": work, "PYTHON": sys.executable}
     try:
-        subprocess.run(
-            ["bash", str(REPO / "ci/kafka/start.sh")],
-            env=env,
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-        subprocess.run(
-            [sys.executable, str(REPO / "ci/kafka/wait.py"), work, "120"],
-            check=True,
-            capture_output=True,
-            timeout=180,
-        )
-    except subprocess.CalledProcessError as exc:
-        subprocess.run(["bash", str(REPO / "ci/kafka/stop.sh")], env=env)
-        _kafka_unavailable(f"starting it failed: {exc.stderr.decode(errors='replace')[-500:]}")
-    try:
-        yield Path(work, "bootstrap").read_text().strip()
-    finally:
-        subprocess.run(["bash", str(REPO / "ci/kafka/stop.sh")], env=env, timeout=60)
+        with private_kafka() as bootstrap:
+            yield bootstrap
+    except KafkaStartFailed as exc:
+        _kafka_unavailable(f"starting it failed: {exc}")
 
 
 BROKERS = ["embedded", pytest.param("kafka", marks=pytest.mark.kafka)]
