@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import faust
-from faust.types.transports import ConductorT
+from faust.transport import by_url
+from faust.types.transports import ConductorT, TransportT
 from mode.utils.objects import cached_property
 
+from belvedere.agents.engine import ProjectionEngine
+from belvedere.agents.projection import Projection
 from belvedere.streams.conductor import Conductor
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
 from belvedere.streams.records import Event
+from belvedere.streams.tap import tapped
 from belvedere.streams.topics import EventTopic
+from belvedere.tables.view import View
 
 __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
 
@@ -64,6 +70,11 @@ class App(faust.App):
         self.max_event_bytes = max_event_bytes
         #: The event topics declared with :meth:`event_topic`, by name.
         self.event_topics: dict[str, EventTopic] = {}
+        #: The views declared with :meth:`view`, by name.
+        self.views: dict[str, View] = {}
+        self.projections = ProjectionEngine(self)
+        #: Set by the projection engine: takes fetched batches of its partitions.
+        self.batch_tap: Any = None
         host = _setting("BELVEDERE_WEB_HOST", web_host, DEFAULT_WEB_HOST)
         options.setdefault("store", "rocksdb://")
         options.setdefault("web_bind", host)
@@ -109,6 +120,58 @@ class App(faust.App):
         for topic in self.event_topics.values():
             found.update(topic.codec.types)
         return list(found.values())
+
+    def view(
+        self,
+        name: str,
+        *,
+        value: Any,
+        key: type = str,
+        indexes: Sequence[str] = (),
+        partitions: int | None = None,
+    ) -> View:
+        """A read model kept in RocksDB per partition, with a compacted changelog.
+
+        ``value`` is the row type (a Record, a number, ``dict`` ...); ``key`` is ``str`` or
+        ``int``; ``indexes`` names fields to look rows up by. Fill it with
+        :meth:`projection`; query it with ``get``/``scan``/``lookup``/``count``.
+        """
+        if name in self.views:
+            raise ValueError(f"view {name!r} is already declared")
+        view = self.views[name] = View(self.conf.id, name, value, key, tuple(indexes), partitions)
+        return view
+
+    def projection(
+        self, source: EventTopic, *, view: View, events: Sequence[type[Event]] | None = None
+    ) -> Any:
+        """Decorate the handlers (a function, or a class of methods) that fold ``source``
+        into ``view``. Several decorations for one view add to one projection."""
+        if not isinstance(source, EventTopic):
+            raise TypeError("a projection's source must be an event topic (app.event_topic)")
+        found = self.projections.projections.get(view.name)
+        if found is None:
+            found = Projection(source, view)
+            self.projections.add(found)
+        elif found.source is not source:
+            raise ValueError(
+                f"view {view.name!r} is already fed by {found.source.get_topic_name()!r}"
+            )
+        if source not in self.topics:
+            self.topics.add(source)
+
+        def register(target: Any) -> Any:
+            return found.register(target, events)
+
+        return register
+
+    def on_init_dependencies(self) -> Any:
+        services = list(super().on_init_dependencies())
+        if self.projections.projections and self.producer in services:
+            services.insert(services.index(self.producer) + 1, self.projections)
+        return services
+
+    def _new_transport(self) -> TransportT:
+        return tapped(by_url(self.conf.broker_consumer[0]))(self.conf.broker_consumer, self)
 
     @cached_property
     def dead_letters(self) -> DeadLetters:

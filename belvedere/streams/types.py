@@ -296,6 +296,8 @@ def converter_for(hint: Any) -> Converter:
     factory = _SCALARS.get(hint)
     if factory is not None:
         return factory()
+    if hint is dict or hint is list:  # untyped JSON, taken as it is
+        return _any()
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return _enum(hint)
     if isinstance(hint, type) and hasattr(hint, "__belvedere_codec__"):

@@ -68,6 +68,11 @@ class StoredRecord:
     value: bytes | None
     headers: Headers
 
+    @property
+    def timestamp(self) -> int:
+        """Milliseconds, as aiokafka's ConsumerRecord has it."""
+        return self.timestamp_ms
+
 
 @dataclass(slots=True)
 class TopicMeta:

@@ -1,0 +1,278 @@
+"""The projection engine: folds fetched batches into views, effectively once.
+
+For each fetched batch of a source partition (taken off faust's consumer by the tap):
+
+1. decode each event (bad input -> dead letters), skip offsets already applied, and
+   apply its handler inside a savepoint of the partition's transaction (a handler that
+   raises is rolled back and its event dead-lettered);
+2. write the changed rows, their index entries, the count and the next source offset in
+   one RocksDB batch, marking the rows pending;
+3. produce one changelog record per changed row, the last closing the checkpoint with the
+   source offsets, and wait for the broker;
+4. mark the rows confirmed with the changelog offset, then commit the source offset to
+   the broker (only a hint: the store's offset is the truth).
+
+A crash anywhere repeats at most the unfinished batch, whose offsets the store skips: the
+view is the fold of every event exactly once. On assignment each partition is restored
+from its changelog first (see :mod:`belvedere.tables.changelog`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from faust.types import TP
+from mode import Service
+
+from belvedere.agents.projection import Projection
+from belvedere.streams.envelope import BadEvent
+from belvedere.streams.readers import PartitionReader, reader_for
+from belvedere.tables.changelog import CHANGELOG_CONFIG, Restorer, changelog_records
+from belvedere.tables.store import PartitionStore, StoreBudget
+from belvedere.tables.transaction import PartitionTransaction, WrongPartition
+from belvedere.tables.view import PartitionStatus
+
+__all__ = ["ProjectionEngine"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Partition:
+    """One source partition's projection: its view partition, store and transaction."""
+
+    def __init__(
+        self, projection: Projection, tp: TP, store: PartitionStore, partitions: int
+    ) -> None:
+        self.projection = projection
+        self.tp = tp
+        self.store = store
+        self.txn = PartitionTransaction(projection.view, store, tp.partition, partitions)
+        self.next_offset = store.source_offsets().get((tp.topic, tp.partition), 0)
+        self.ready = asyncio.Event()
+        self.sought = False
+
+
+class ProjectionEngine(Service):
+    """Runs every projection of an app on the partitions this worker is assigned."""
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        self.app = app
+        self.projections: dict[str, Projection] = {}
+        self.budget: StoreBudget | None = None
+        self._by_topic: dict[str, Projection] = {}
+        self._active: dict[TP, _Partition] = {}
+        self._lock = asyncio.Lock()
+        self._reader: PartitionReader | None = None
+        super().__init__(**kwargs)
+
+    def add(self, projection: Projection) -> None:
+        topic = projection.source.get_topic_name()
+        other = self._by_topic.get(topic)
+        if other is not None and other is not projection:
+            raise ValueError(
+                f"topic {topic!r} already feeds view {other.view.name!r}; one projection per source topic"
+            )
+        self._by_topic[topic] = projection
+        self.projections[projection.view.name] = projection
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def on_start(self) -> None:
+        self.budget = StoreBudget()
+        for projection in self.projections.values():
+            source = projection.source
+            partitions = source.partitions or self.app.conf.topic_partitions
+            view = projection.view
+            if view.partitions is None:
+                view.partitions = partitions
+            elif view.partitions != partitions:
+                raise ValueError(
+                    f"view {view.name!r} has {view.partitions} partitions but {source.get_topic_name()!r} has "
+                    f"{partitions}; a projection's view is partitioned like its source"
+                )
+            await self.app.topic(
+                view.changelog_topic,
+                partitions=partitions,
+                compacting=True,
+                internal=True,
+                config=CHANGELOG_CONFIG,
+            ).maybe_declare()
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
+        self.app.batch_tap = self
+
+    async def on_stop(self) -> None:
+        async with self._lock:
+            for part in self._active.values():
+                part.store.close()
+            self._active.clear()
+            if self._reader is not None:
+                await self._reader.close()
+                self._reader = None
+
+    def _store_path(self, projection: Projection, partition: int) -> Path:
+        view = projection.view
+        return (
+            Path(self.app.conf.datadir)
+            / "views"
+            / f"{view.name}-g{view.generation}"
+            / f"{partition}.db"
+        )
+
+    # -- rebalancing --------------------------------------------------------------------------
+
+    async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        async with self._lock:
+            for tp in revoked:
+                part = self._active.pop(tp, None)
+                if part is not None:
+                    view = part.projection.view
+                    view.stores.pop(tp.partition, None)
+                    view.status.pop(tp.partition, None)
+                    part.store.close()
+
+    async def _on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        async with self._lock:
+            for tp in sorted(assigned):
+                projection = self._by_topic.get(tp.topic)
+                if projection is None or tp in self._active:
+                    continue
+                await self._restore(projection, tp)
+
+    async def _restore(self, projection: Projection, tp: TP) -> None:
+        view = projection.view
+        assert view.partitions is not None and self.budget is not None
+        status = view.status[tp.partition] = PartitionStatus(restore_started=time.monotonic())
+        store = PartitionStore(self._store_path(projection, tp.partition), self.budget)
+        if self._reader is None:
+            self._reader = reader_for(self.app)
+        changelog = TP(view.changelog_topic, tp.partition)
+        end = await self._reader.end_offset(changelog)
+        start_of_log = await self._reader.start_offset(changelog)
+        local = store.changelog_offset()
+        if local is not None and (local >= end or local + 1 < start_of_log):
+            logger.warning(
+                "view %s[%d]: local state (changelog offset %d) does not match the changelog [%d, %d); rebuilding it",
+                view.name, tp.partition, local, start_of_log, end,
+            )  # fmt: skip
+            path = store.path
+            store.destroy()
+            store = PartitionStore(path, self.budget)
+            local = None
+        start = start_of_log if local is None else local + 1
+        status.restore_total = max(end - start, 0)
+        restorer = Restorer(view, store)
+        async for batch in self._reader.read(changelog, start, end):
+            restorer.feed(batch)
+            status.restore_done = batch[-1].offset + 1 - start
+        repair = restorer.finish() | set(store.pending_keys())
+        part = _Partition(projection, tp, store, view.partitions)
+        if repair:
+            await self._write_changelog(part, {key: store.get(key) for key in repair})
+        view.stores[tp.partition] = store
+        status.state = "serving"
+        status.restore_finished = time.monotonic()
+        self._active[tp] = part
+        part.ready.set()
+        logger.info(
+            "view %s[%d]: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
+            view.name, tp.partition, restorer.applied, restorer.dropped, len(repair), part.next_offset,
+        )  # fmt: skip
+
+    # -- the batch path -----------------------------------------------------------------------
+
+    def claims(self, tp: TP) -> bool:
+        return tp.topic in self._by_topic
+
+    async def on_batch(self, batches: Mapping[TP, Sequence[Any]]) -> None:
+        async with self._lock:
+            for tp, records in batches.items():
+                part = self._active.get(tp)
+                if part is None:
+                    # Fetched before its restore started (or after a revoke): read it again later.
+                    if tp in self.app.consumer.assignment():
+                        await self.app.consumer.seek(tp, records[0].offset)
+                    continue
+                await self._process(part, records)
+
+    async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
+        first = records[0].offset
+        if first > part.next_offset and not part.sought:
+            # The broker's committed offset ran ahead of the store's (e.g. a restore from an
+            # older changelog): go back once rather than skip events.
+            part.sought = True
+            await self.app.consumer.seek(part.tp, part.next_offset)
+            return
+        part.sought = True
+        projection = part.projection
+        codec = projection.source.codec
+        handlers = projection.handlers
+        txn = part.txn
+        topic, partition = part.tp.topic, part.tp.partition
+        applied_any = False
+        for record in records:
+            offset = record.offset
+            if offset < part.next_offset:
+                continue
+            try:
+                event = codec.decode(
+                    record.value,
+                    headers=record.headers,
+                    timestamp=record.timestamp / 1000.0,
+                    source=f"{topic}-{partition}-{offset}",
+                )
+            except BadEvent as exc:
+                await self.app.dead_letters.send(record, exc.kind, exc.reason)
+            else:
+                handler = handlers.get(type(event))
+                if handler is not None:
+                    txn.savepoint()
+                    try:
+                        result = handler.fn(txn, event)
+                        if handler.is_async:
+                            await result
+                    except Exception as exc:  # a bad event must not stop the partition
+                        txn.rollback()
+                        kind = (
+                            "wrong-partition"
+                            if isinstance(exc, WrongPartition)
+                            else "handler-error"
+                        )
+                        await self.app.dead_letters.send(record, kind, f"{handler.name}: {exc!r}")
+                    else:
+                        txn.release()
+            part.next_offset = offset + 1
+            applied_any = True
+        if applied_any:
+            await self._checkpoint(part)
+
+    async def _checkpoint(self, part: _Partition) -> None:
+        store, txn = part.store, part.txn
+        rows = txn.encoded()
+        offsets = {(part.tp.topic, part.tp.partition): part.next_offset}
+        index_values = None
+        if part.projection.view.indexes:
+            view = part.projection.view
+            index_values = lambda data: view.index_values(view.decode_value(data))  # noqa: E731
+        index_changes, delta = store.plan(rows, index_values)
+        store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
+        txn.clear()
+        if rows:
+            await self._write_changelog(part, rows)
+        await self.app.consumer._commit({part.tp: part.next_offset})
+
+    async def _write_changelog(self, part: _Partition, rows: Mapping[bytes, bytes | None]) -> None:
+        topic = part.projection.view.changelog_topic
+        offsets = {(part.tp.topic, part.tp.partition): part.next_offset}
+        send = self.app.producer.send
+        futures = [
+            await send(topic, key, value, part.tp.partition, None, headers)
+            for key, value, headers in changelog_records(rows, offsets)
+        ]
+        sent = await asyncio.gather(*futures)
+        part.store.confirm(sent[-1].offset if sent else None)

@@ -1,0 +1,91 @@
+"""Projections: the handlers that fold a source topic's events into a view.
+
+A handler takes ``(view, event)`` and reads and writes the view like a mapping; which
+events it handles is read from its ``event`` parameter's annotation (or given with
+``events=``). Handlers may be plain or async functions, or the methods of one class::
+
+    @app.projection(orders, view=revenue)
+    def on_created(view, event: OrderCreated):
+        view[event.user_id] = view.get(event.user_id, Decimal(0)) + event.amount
+
+    @app.projection(orders, view=order_status)
+    class OrderStatus:
+        def created(self, view, event: OrderCreated): ...
+        async def paid(self, view, event: OrderPaid): ...
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from belvedere.streams.records import Event
+from belvedere.streams.topics import EventTopic
+from belvedere.tables.view import View
+
+__all__ = ["Handler", "Projection"]
+
+
+@dataclass(frozen=True)
+class Handler:
+    fn: Callable[[Any, Any], Any]
+    is_async: bool
+    name: str
+
+
+def _event_types(fn: Callable[..., Any]) -> list[type[Event]]:
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) != 2:
+        raise TypeError(f"{fn.__qualname__}: a projection handler takes (view, event)")
+    hint = typing.get_type_hints(fn).get(params[1].name)
+    if hint is None:
+        raise TypeError(f"{fn.__qualname__}: annotate the event parameter, or pass events=")
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if union else (hint,)
+    for option in options:
+        if not (isinstance(option, type) and issubclass(option, Event)):
+            raise TypeError(f"{fn.__qualname__}: {option!r} is not an Event class")
+    return list(options)
+
+
+@dataclass(eq=False)
+class Projection:
+    """The handlers that fold ``source`` into ``view``."""
+
+    source: EventTopic
+    view: View
+    handlers: dict[type[Event], Handler] = field(default_factory=dict)
+
+    def add(self, fn: Callable[..., Any], events: Iterable[type[Event]] | None = None) -> None:
+        types_ = list(events) if events is not None else _event_types(fn)
+        carried = set(self.source.codec.types.values())
+        for cls in types_:
+            if cls not in carried:
+                raise TypeError(
+                    f"{fn.__qualname__}: {cls.__name__} is not carried by {self.source.get_topic_name()!r}"
+                )
+            if cls in self.handlers:
+                raise TypeError(
+                    f"{cls.__name__} already has a handler in the projection into {self.view.name!r}"
+                )
+            self.handlers[cls] = Handler(fn, inspect.iscoroutinefunction(fn), fn.__qualname__)
+
+    def register(self, target: Any, events: Iterable[type[Event]] | None = None) -> Any:
+        """Add a function, or every annotated method of a class (instantiated once)."""
+        if inspect.isclass(target):
+            instance = target()
+            found = False
+            for name, _ in inspect.getmembers(target, inspect.isfunction):
+                if name.startswith("_"):
+                    continue
+                self.add(getattr(instance, name))
+                found = True
+            if not found:
+                raise TypeError(f"{target.__qualname__} has no handler methods")
+        else:
+            self.add(target, events)
+        return target

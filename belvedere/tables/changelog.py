@@ -1,0 +1,112 @@
+"""The changelog of a view: its records, and how a partition is restored from them.
+
+Each checkpoint produces one record per changed key (value, or None for a delete). Its
+last record carries two headers: ``bv-end`` (the checkpoint is complete) and
+``bv-source`` (the source offsets the state reflects after it). A restore applies records
+only up to the last complete checkpoint; records after it belong to a checkpoint that did
+not finish (a crash between the changelog and the local write) and are dropped, because
+their source events will be processed again from the offsets the restore ends at.
+
+Dropped records stay in the log, so the restoring worker writes those keys again (with
+their restored values) in a repair checkpoint before anything else: a later restore then
+applies the stale records and, before the next end marker, their corrections. A
+checkpoint is written locally first, with its keys marked pending until the changelog
+acknowledges it, so a crash between the two is repaired the same way on restart.
+
+If compaction removed a key's last complete value in favour of a dropped record, the
+repair would write the wrong value; changelog topics therefore carry
+``min.compaction.lag.ms`` (``CHANGELOG_CONFIG``), far longer than a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from belvedere.tables.store import PartitionStore
+from belvedere.tables.view import View
+
+__all__ = ["CHANGELOG_CONFIG", "HEADER_END", "HEADER_SOURCE", "Restorer", "changelog_records"]
+
+HEADER_END = "bv-end"
+HEADER_SOURCE = "bv-source"
+CHANGELOG_CONFIG = {"min.compaction.lag.ms": str(10 * 60 * 1000)}
+
+Offsets = Mapping[tuple[str, int], int]
+Headers = Sequence[tuple[str, bytes]]
+
+
+def encode_offsets(offsets: Offsets) -> bytes:
+    return orjson.dumps(
+        [[topic, partition, offset] for (topic, partition), offset in offsets.items()]
+    )
+
+
+def decode_offsets(data: bytes) -> dict[tuple[str, int], int]:
+    return {(topic, partition): offset for topic, partition, offset in orjson.loads(data)}
+
+
+def changelog_records(
+    rows: Mapping[bytes, bytes | None], source_offsets: Offsets
+) -> list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]:
+    """(key, value, headers) for each changed row; the last one closes the checkpoint."""
+    records: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = [
+        (k, v, []) for k, v in rows.items()
+    ]
+    if records:
+        key, value, _ = records[-1]
+        records[-1] = (
+            key,
+            value,
+            [(HEADER_END, b"1"), (HEADER_SOURCE, encode_offsets(source_offsets))],
+        )
+    return records
+
+
+def _header(headers: Headers | None, name: str) -> bytes | None:
+    for key, value in headers or ():
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class Restorer:
+    """Applies a partition's changelog records, in offset order, to its store."""
+
+    def __init__(self, view: View, store: PartitionStore) -> None:
+        self.view = view
+        self.store = store
+        self.pending: dict[bytes, bytes | None] = {}
+        self.applied = 0
+        self.dropped = 0
+        self._index_values = self._indexer()
+
+    def _indexer(self) -> Any:
+        if not self.view.indexes:
+            return None
+        view = self.view
+        return lambda data: view.index_values(view.decode_value(data))
+
+    def feed(self, records: Iterable[Any]) -> None:
+        """Records with ``.offset``, ``.key``, ``.value``, ``.headers``."""
+        for record in records:
+            self.pending[bytes(record.key)] = None if record.value is None else bytes(record.value)
+            if _header(record.headers, HEADER_END) is not None:
+                source = _header(record.headers, HEADER_SOURCE)
+                self._commit(decode_offsets(source) if source else {}, record.offset)
+
+    def _commit(self, source_offsets: Offsets, changelog_offset: int) -> None:
+        index_changes, delta = self.store.plan(self.pending, self._index_values)
+        self.store.write(self.pending, index_changes, delta, source_offsets, changelog_offset)
+        self.applied += len(self.pending)
+        self.pending = {}
+
+    def finish(self) -> set[bytes]:
+        """Drop the records of an unfinished checkpoint; returns their keys, which the
+        caller must write again with their restored values (see the module docstring)."""
+        dropped = set(self.pending)
+        self.dropped = len(dropped)
+        self.pending = {}
+        return dropped

@@ -1,0 +1,220 @@
+"""A view: a named, typed, partitioned read model, stored per partition in RocksDB.
+
+The view decides how keys and values become bytes:
+
+- a key has two encodings. Its *wire* bytes (``str(key)`` as UTF-8, what producers use
+  as the Kafka key) decide its partition. Its *store* bytes sort in key order: UTF-8 for
+  ``str``, and an order-preserving 8-byte form for ``int``, so that scans run in key order.
+- a value is encoded once, with orjson, through the same converters as event fields
+  (a Record, a number, a Decimal, a dict ...).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from belvedere.streams.partitioner import partition_for_key
+from belvedere.streams.types import converter_for
+
+if TYPE_CHECKING:
+    from belvedere.tables.store import PartitionStore
+
+__all__ = ["NotLocal", "PartitionStatus", "View", "key_codec"]
+
+
+class NotLocal(LookupError):
+    """The key's partition is not on this worker (or not restored yet)."""
+
+    def __init__(self, view: str, partition: int, state: str = "not assigned here") -> None:
+        super().__init__(f"view {view!r} partition {partition} is {state}")
+        self.partition = partition
+        self.state = state
+
+
+@dataclass
+class PartitionStatus:
+    """Where one local partition of a view stands."""
+
+    state: str = "recovering"  # recovering | serving
+    restore_done: int = 0
+    restore_total: int = 0
+    restore_started: float = 0.0
+    restore_finished: float = 0.0
+
+
+_INT = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class KeyCodec:
+    type: type
+    to_store: Callable[[Any], bytes]
+    from_store: Callable[[bytes], Any]
+    parse: Callable[[str], Any]
+
+
+def _int_to_store(key: int) -> bytes:
+    return _INT.pack(key + (1 << 63))
+
+
+def _int_from_store(data: bytes) -> int:
+    return _INT.unpack(data)[0] - (1 << 63)
+
+
+def key_codec(key_type: type) -> KeyCodec:
+    if key_type is str:
+        return KeyCodec(str, str.encode, bytes.decode, str)
+    if key_type is int:
+        return KeyCodec(int, _int_to_store, _int_from_store, int)
+    raise TypeError(f"view keys must be str or int, not {key_type!r}")
+
+
+@dataclass(eq=False)
+class View:
+    """The definition of a view; ``app.view(...)`` makes one and registers it."""
+
+    app_id: str
+    name: str
+    value_type: Any
+    key_type: type = str
+    indexes: Sequence[str] = ()
+    partitions: int | None = None
+    generation: int = 1
+    _codec: KeyCodec = field(init=False, repr=False)
+    #: The partitions of this view this worker holds, and where each stands.
+    stores: dict[int, PartitionStore] = field(default_factory=dict, init=False, repr=False)
+    status: dict[int, PartitionStatus] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._codec = key_codec(self.key_type)
+        converter = converter_for(self.value_type)
+        self._encode = converter.encode
+        self._decode = converter.decode
+        self._check = converter.check
+        for index in self.indexes:
+            if not index.isidentifier():
+                raise ValueError(f"view {self.name!r}: index {index!r} must name a field")
+
+    @property
+    def changelog_topic(self) -> str:
+        return f"{self.app_id}-view-{self.name}-g{self.generation}-changelog"
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def check_key(self, key: Any) -> Any:
+        if type(key) is not self.key_type:
+            raise TypeError(
+                f"view {self.name!r} is keyed by {self.key_type.__name__}, not {type(key).__name__}"
+            )
+        return key
+
+    def store_key(self, key: Any) -> bytes:
+        return self._codec.to_store(key)
+
+    def key_from_store(self, data: bytes) -> Any:
+        return self._codec.from_store(data)
+
+    def wire_key(self, key: Any) -> bytes:
+        return str(key).encode()
+
+    def parse_key(self, text: str) -> Any:
+        """A key given as text (a URL path segment), as the view's key type."""
+        return self._codec.parse(text)
+
+    def partition_of(self, key: Any, partitions: int) -> int:
+        return partition_for_key(self.wire_key(key), partitions)
+
+    # -- values ----------------------------------------------------------------------------
+
+    def encode_value(self, value: Any) -> bytes:
+        return orjson.dumps(self._encode(value))
+
+    def decode_value(self, data: bytes) -> Any:
+        return self._decode(orjson.loads(data))
+
+    def check_value(self, value: Any) -> Any:
+        return self._check(value)
+
+    def index_values(self, value: Any) -> dict[str, bytes | None]:
+        """Each index's value for a row, as bytes (None: not indexed)."""
+        out: dict[str, bytes | None] = {}
+        for index in self.indexes:
+            found = value.get(index) if isinstance(value, dict) else getattr(value, index, None)
+            out[index] = None if found is None else str(found).encode()
+        return out
+
+    # -- local queries -----------------------------------------------------------------------
+
+    def _serving(self, partition: int) -> PartitionStore:
+        store = self.stores.get(partition)
+        status = self.status.get(partition)
+        if store is None or status is None:
+            raise NotLocal(self.name, partition)
+        if status.state != "serving":
+            raise NotLocal(self.name, partition, status.state)
+        return store
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The row for ``key`` from this worker; NotLocal if another worker owns it."""
+        if self.partitions is None:
+            raise NotLocal(self.name, -1, "not started")
+        store = self._serving(self.partition_of(self.check_key(key), self.partitions))
+        data = store.get(self.store_key(key))
+        return default if data is None else self.decode_value(data)
+
+    def count(self) -> int:
+        """Rows in the partitions this worker serves."""
+        return sum(self._serving(p).count() for p in list(self.stores))
+
+    def scan(
+        self,
+        *,
+        prefix: str | None = None,
+        start: Any = None,
+        end: Any = None,
+        limit: int = 100,
+        after: bytes | None = None,
+    ) -> tuple[list[tuple[Any, Any]], bytes | None]:
+        """Rows of the local partitions in key order: ``[start, end)``, under ``prefix``.
+
+        Returns the rows and, when there may be more, the cursor to pass as ``after``.
+        """
+        if prefix is not None and self.key_type is not str:
+            raise TypeError(f"view {self.name!r}: prefix scans need str keys")
+        low = self.store_key(start) if start is not None else b""
+        if after is not None:
+            low = max(low, after + b"\0")
+        high = self.store_key(end) if end is not None else None
+        bytes_prefix = prefix.encode() if prefix is not None else b""
+        streams = [self._serving(p).rows(low, high, bytes_prefix) for p in sorted(self.stores)]
+        merged: Iterator[tuple[bytes, bytes]] = heapq.merge(*streams)
+        page = list(itertools.islice(merged, limit + 1))
+        more = len(page) > limit
+        page = page[:limit]
+        rows = [(self.key_from_store(k), self.decode_value(v)) for k, v in page]
+        return rows, (page[-1][0] if more and page else None)
+
+    def lookup(self, index: str, value: Any, limit: int = 1000) -> list[tuple[Any, Any]]:
+        """Rows of the local partitions whose ``index`` field equals ``value``."""
+        if index not in self.indexes:
+            raise KeyError(
+                f"view {self.name!r} has no index {index!r} (its indexes: {list(self.indexes)})"
+            )
+        wanted = str(value).encode()
+        out = []
+        for p in sorted(self.stores):
+            store = self._serving(p)
+            for key in store.index_keys(index, wanted):
+                data = store.get(key)
+                if data is not None:
+                    out.append((self.key_from_store(key), self.decode_value(data)))
+                if len(out) >= limit:
+                    return out
+        return out

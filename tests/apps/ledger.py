@@ -1,0 +1,70 @@
+"""The app the projection tests run as a worker: account balances folded from events.
+
+``balances`` is a view filled by a projection (the batch path), indexed by owner; ``ops``
+counts the events applied per account, so a double-applied event shows. Amounts of 13
+make the handler raise, to test that a failing handler dead-letters only its event.
+"""
+
+import os
+
+import belvedere
+
+NAME = os.environ["LEDGER_NAME"]
+PARTITIONS = 4
+
+app = belvedere.App(NAME)
+
+
+class Deposited(belvedere.Event, key="account"):
+    account: str
+    owner: str
+    amount: int
+
+
+class Withdrawn(belvedere.Event, key="account"):
+    account: str
+    amount: int
+
+
+class Balance(belvedere.Record):
+    owner: str
+    balance: int
+    ops: int
+
+
+movements = app.event_topic(f"{NAME}-movements", Deposited, Withdrawn, partitions=PARTITIONS)
+balances = app.view("balances", value=Balance, key=str, indexes=["owner"])
+
+
+@app.projection(movements, view=balances)
+class Balances:
+    def deposited(self, view, event: Deposited) -> None:
+        if event.amount == 13:
+            raise ValueError("unlucky amount")
+        row = view.get(event.account) or Balance(owner=event.owner, balance=0, ops=0)
+        view[event.account] = Balance(
+            owner=row.owner, balance=row.balance + event.amount, ops=row.ops + 1
+        )
+
+    async def withdrawn(self, view, event: Withdrawn) -> None:
+        row = view[event.account]
+        view[event.account] = Balance(
+            owner=row.owner, balance=row.balance - event.amount, ops=row.ops + 1
+        )
+
+
+@app.page("/state")
+async def state(web, request):
+    if not app.ready or any(s.state != "serving" for s in balances.status.values()):
+        return web.json({"ready": False}, status=503)
+    rows, _ = balances.scan(limit=100_000)
+    owner = request.query.get("owner")
+    return web.json(
+        {
+            "ready": True,
+            "count": balances.count(),
+            "rows": {key: row.to_data() for key, row in rows},
+            "byOwner": sorted(key for key, _ in balances.lookup("owner", owner)) if owner else None,
+            "deadLetters": app.dead_letters.total,
+        }
+    )

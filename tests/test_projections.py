@@ -1,0 +1,149 @@
+"""Projections into views, on both brokers: the fold, kill -9, restore, queries, bad events."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable
+
+import orjson
+import pytest
+
+from belvedere.streams.clients import Record
+from tests.support.brokers import Broker
+from tests.support.worker import Worker
+
+PARTITIONS = 4  # tests/apps/ledger.py
+
+
+def movements(n: int, accounts: int = 100, seed: int = 1) -> tuple[list[Record], dict[str, dict]]:
+    """``n`` events over ``accounts`` accounts, and the fold of them computed here."""
+    rng = random.Random(seed)
+    records, fold = [], {}
+    for i in range(n):
+        account = f"acct-{rng.randrange(accounts)}"
+        row = fold.get(account)
+        if row is None or rng.random() < 0.6:
+            amount = rng.choice([5, 10, 20, 50])
+            owner = row["owner"] if row else f"owner-{int(account.split('-')[1]) % 10}"
+            data = {"account": account, "owner": owner, "amount": amount}
+            kind = "Deposited"
+            fold[account] = {
+                "owner": owner,
+                "balance": (row["balance"] if row else 0) + amount,
+                "ops": (row["ops"] if row else 0) + 1,
+            }
+        else:
+            amount = rng.choice([1, 2, 3])
+            data = {"account": account, "amount": amount}
+            kind = "Withdrawn"
+            fold[account] = {**row, "balance": row["balance"] - amount, "ops": row["ops"] + 1}
+        envelope = {"eventId": f"e-{i}", "eventType": kind, "eventVersion": 1, "data": data}
+        records.append(Record(account.encode(), orjson.dumps(envelope), 0))
+    return records, fold
+
+
+@pytest.fixture
+def ledger(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
+    broker.create_topic(f"{unique_name}-movements", PARTITIONS)
+    return workers("tests.apps.ledger:app", {"LEDGER_NAME": unique_name})
+
+
+def total_ops(state: dict) -> int:
+    return sum(row["ops"] for row in state["rows"].values())
+
+
+def test_projection_equals_the_fold_of_its_events(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, fold = movements(50_000)
+    broker.produce(f"{unique_name}-movements", records)
+    ledger.start()
+    state = ledger.wait_until(
+        "/state?owner=owner-3",
+        lambda s: s["ready"] and total_ops(s) == 50_000,
+        timeout=240,
+        what="50,000 events folded",
+    )
+    assert state["rows"] == fold
+    assert state["count"] == len(fold)
+    assert state["byOwner"] == sorted(k for k, row in fold.items() if row["owner"] == "owner-3")
+    assert state["deadLetters"] == 0
+
+
+def test_kill_9_mid_projection_then_restart_gives_the_exact_fold(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, fold = movements(30_000, seed=2)
+    broker.produce(f"{unique_name}-movements", records)
+    ledger.start()
+    ledger.wait_until(
+        "/state", lambda s: s["ready"] and total_ops(s) >= 3_000, timeout=120, what="some progress"
+    )
+    ledger.kill()
+
+    ledger.start()
+    state = ledger.wait_until(
+        "/state",
+        lambda s: s["ready"] and total_ops(s) >= 30_000,
+        timeout=240,
+        what="all 30,000 events",
+    )
+    assert total_ops(state) == 30_000
+    assert state["rows"] == fold
+
+
+def test_view_is_restored_from_its_changelog(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, fold = movements(5_000, seed=3)
+    broker.produce(f"{unique_name}-movements", records)
+    ledger.start()
+    before = ledger.wait_until(
+        "/state", lambda s: s["ready"] and total_ops(s) == 5_000, what="5,000 events"
+    )
+    assert ledger.stop() == 0
+
+    shutil.rmtree(ledger.data_dir / "views")
+    ledger.start()
+    after = ledger.wait_until("/state?owner=owner-1", lambda s: s["ready"], what="restored")
+    assert after["rows"] == before["rows"] == fold
+    assert after["count"] == len(fold)
+    assert after["byOwner"] == sorted(k for k, row in fold.items() if row["owner"] == "owner-1")
+
+
+def test_a_failing_handler_dead_letters_its_event_and_the_partition_goes_on(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    def event(kind: str, **data: object) -> Record:
+        return Record(
+            b"acct-x",
+            orjson.dumps(
+                {"eventType": kind, "eventVersion": 1, "data": {"account": "acct-x", **data}}
+            ),
+            0,
+        )
+
+    broker.produce(
+        f"{unique_name}-movements",
+        [
+            event("Deposited", owner="o", amount=10),
+            event(
+                "Deposited", owner="o", amount=13
+            ),  # the handler raises: rolled back, dead-lettered
+            event("Withdrawn", amount="lots"),  # bad data: dead-lettered
+            event("Withdrawn", amount=4),
+        ],
+    )
+    ledger.start()
+    state = ledger.wait_until(
+        "/state",
+        lambda s: (
+            s["ready"]
+            and s["deadLetters"] == 2
+            and "acct-x" in s["rows"]
+            and s["rows"]["acct-x"]["ops"] == 2
+        ),
+        what="both good events",
+    )
+    assert state["rows"]["acct-x"] == {"owner": "o", "balance": 6, "ops": 2}
