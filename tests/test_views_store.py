@@ -1,0 +1,243 @@
+"""The view storage layer without a broker: store, transaction, changelog restore and repair."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import belvedere
+from belvedere.tables.changelog import HEADER_END, Restorer, changelog_records
+from belvedere.tables.store import PartitionStore, StoreBudget
+from belvedere.tables.transaction import PartitionTransaction, WrongPartition
+from belvedere.tables.view import NotLocal, PartitionStatus, View
+
+
+class Row(belvedere.Record):
+    owner: str
+    total: int
+
+
+@dataclass
+class Rec:
+    offset: int
+    key: bytes
+    value: bytes | None
+    headers: list
+
+
+@pytest.fixture
+def budget() -> StoreBudget:
+    return StoreBudget(8 << 20, 8 << 20)
+
+
+def view(**kwargs: object) -> View:
+    options = {
+        "app_id": "app",
+        "name": "rows",
+        "value_type": Row,
+        "indexes": ("owner",),
+        "partitions": 1,
+    }
+    options.update(kwargs)
+    return View(**options)  # type: ignore[arg-type]
+
+
+def open_partition(v: View, path: Path, budget: StoreBudget, partition: int = 0) -> PartitionStore:
+    store = PartitionStore(path / f"{partition}.db", budget)
+    v.stores[partition] = store
+    v.status[partition] = PartitionStatus(state="serving")
+    return store
+
+
+def flush(
+    v: View, store: PartitionStore, txn: PartitionTransaction, offsets: dict
+) -> dict[bytes, bytes | None]:
+    rows = txn.encoded()
+    changes, delta = store.plan(rows, lambda data: v.index_values(v.decode_value(data)))
+    store.write(rows, changes, delta, offsets, None)
+    txn.clear()
+    return rows
+
+
+def test_reads_see_their_own_writes_and_values_are_encoded_once_per_key(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    v = view()
+    store = open_partition(v, tmp_path, budget)
+    txn = PartitionTransaction(v, store, 0, 1)
+    txn["a"] = Row(owner="x", total=1)
+    txn["a"] = Row(owner="x", total=2)
+    assert txn["a"].total == 2 and "a" in txn and "b" not in txn
+    assert store.get(b"a") is None  # nothing written before the flush
+    rows = flush(v, store, txn, {("src", 0): 2})
+    assert rows == {b"a": b'{"owner":"x","total":2}'}
+    assert v.get("a") == Row(owner="x", total=2)
+    assert store.source_offsets() == {("src", 0): 2}
+
+
+def test_savepoints_undo_a_failed_events_writes(tmp_path: Path, budget: StoreBudget) -> None:
+    v = view()
+    txn = PartitionTransaction(v, open_partition(v, tmp_path, budget), 0, 1)
+    txn["a"] = Row(owner="x", total=1)
+    txn.savepoint()
+    txn["a"] = Row(owner="x", total=99)
+    txn["b"] = Row(owner="y", total=1)
+    del txn["a"]
+    txn.rollback()
+    assert txn["a"].total == 1 and "b" not in txn
+
+
+def test_keys_of_another_partition_are_refused(tmp_path: Path, budget: StoreBudget) -> None:
+    v = view(partitions=4)
+    txn = PartitionTransaction(v, open_partition(v, tmp_path, budget, 0), 0, 4)
+    other = next(k for k in (f"k{i}" for i in range(100)) if v.partition_of(k, 4) != 0)
+    with pytest.raises(WrongPartition, match=f"key '{other}' lives in partition"):
+        txn[other] = Row(owner="x", total=1)
+
+
+def test_count_index_and_deletes_stay_consistent(tmp_path: Path, budget: StoreBudget) -> None:
+    v = view()
+    store = open_partition(v, tmp_path, budget)
+    txn = PartitionTransaction(v, store, 0, 1)
+    for i in range(10):
+        txn[f"k{i}"] = Row(owner=f"o{i % 3}", total=i)
+    flush(v, store, txn, {})
+    txn["k0"] = Row(owner="o2", total=0)  # moves from o0 to o2
+    del txn["k1"]
+    flush(v, store, txn, {})
+    assert v.count() == 9
+    assert [k for k, _ in v.lookup("owner", "o0")] == ["k3", "k6", "k9"]
+    assert [k for k, _ in v.lookup("owner", "o2")] == ["k0", "k2", "k5", "k8"]
+    assert [k for k, _ in v.lookup("owner", "o1")] == ["k4", "k7"]
+    with pytest.raises(KeyError, match="has no index 'total'"):
+        v.lookup("total", 1)
+
+
+def test_scans_page_through_every_partition_in_key_order(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    v = view(partitions=3, indexes=())
+    txns = [PartitionTransaction(v, open_partition(v, tmp_path, budget, p), p, 3) for p in range(3)]
+    keys = [f"user-{i:03d}" for i in range(50)] + ["admin-1", "admin-2"]
+    for key in keys:
+        txns[v.partition_of(key, 3)][key] = Row(owner="o", total=len(key))
+    for p, txn in enumerate(txns):
+        flush(v, v.stores[p], txn, {})
+
+    seen, cursor = [], None
+    while True:
+        page, cursor = v.scan(prefix="user-", limit=7, after=cursor)
+        seen += [k for k, _ in page]
+        if cursor is None:
+            break
+    assert seen == sorted(k for k in keys if k.startswith("user-"))
+    window, _ = v.scan(start="user-010", end="user-013")
+    assert [k for k, _ in window] == ["user-010", "user-011", "user-012"]
+    assert v.count() == 52
+
+
+def test_int_keys_scan_in_numeric_order(tmp_path: Path, budget: StoreBudget) -> None:
+    v = view(key_type=int, indexes=())
+    store = open_partition(v, tmp_path, budget)
+    txn = PartitionTransaction(v, store, 0, 1)
+    for key in (10, -5, 2, 100, 9):
+        txn[key] = Row(owner="o", total=key)
+    flush(v, store, txn, {})
+    rows, _ = v.scan()
+    assert [k for k, _ in rows] == [-5, 2, 9, 10, 100]
+    with pytest.raises(TypeError, match="keyed by int, not str"):
+        v.get("10")
+
+
+def test_partitions_not_served_here_say_so(tmp_path: Path, budget: StoreBudget) -> None:
+    v = view(partitions=2, indexes=())
+    open_partition(v, tmp_path, budget, 0)
+    v.status[0].state = "recovering"
+    with pytest.raises(NotLocal, match="partition 0 is recovering"):
+        v.get(next(k for k in (f"k{i}" for i in range(50)) if v.partition_of(k, 2) == 0))
+    with pytest.raises(NotLocal, match="partition 1 is not assigned here"):
+        v.get(next(k for k in (f"k{i}" for i in range(50)) if v.partition_of(k, 2) == 1))
+
+
+def as_log(
+    checkpoints: list[tuple[dict[bytes, bytes | None], dict]], *, torn_tail: dict | None = None
+) -> list[Rec]:
+    log: list[Rec] = []
+    for rows, offsets in checkpoints:
+        for key, value, headers in changelog_records(rows, offsets):
+            log.append(Rec(len(log), key, value, headers))
+    for key, value in (torn_tail or {}).items():
+        log.append(Rec(len(log), key, value, []))
+    return log
+
+
+def test_restore_applies_complete_checkpoints_and_drops_a_torn_tail(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    v = view()
+    enc = v.encode_value
+    log = as_log(
+        [
+            (
+                {b"a": enc(Row(owner="x", total=1)), b"b": enc(Row(owner="y", total=1))},
+                {("src", 0): 10},
+            ),
+            ({b"a": enc(Row(owner="x", total=2)), b"b": None}, {("src", 0): 20}),
+        ],
+        torn_tail={b"c": enc(Row(owner="z", total=1)), b"a": enc(Row(owner="x", total=3))},
+    )
+    assert [r.headers != [] for r in log] == [False, True, False, True, False, False]
+
+    store = open_partition(v, tmp_path, budget)
+    restorer = Restorer(v, store)
+    restorer.feed(log)
+    dropped = restorer.finish()
+    assert dropped == {b"c", b"a"}
+    assert v.get("a") == Row(owner="x", total=2) and v.get("b") is None and v.get("c") is None
+    assert store.source_offsets() == {("src", 0): 20}
+    assert store.changelog_offset() == 3
+    assert v.count() == 1
+    assert [k for k, _ in v.lookup("owner", "x")] == ["a"]
+
+
+def test_a_repair_after_a_torn_tail_makes_a_later_restore_right(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    """The torn records stay in the log; the repair checkpoint written after them wins."""
+    v = view(indexes=())
+    enc = v.encode_value
+    first = [({b"a": enc(Row(owner="x", total=1))}, {("src", 0): 5})]
+    log = as_log(first, torn_tail={b"b": enc(Row(owner="y", total=7))})
+    store = open_partition(v, tmp_path / "one", budget)
+    restorer = Restorer(v, store)
+    restorer.feed(log)
+    repair = {key: store.get(key) for key in restorer.finish()}
+    assert repair == {b"b": None}
+    for key, value, headers in changelog_records(repair, {("src", 0): 5}):
+        log.append(Rec(len(log), key, value, headers))
+    assert log[-1].headers[0] == (HEADER_END, b"1")
+
+    fresh = open_partition(v, tmp_path / "two", budget)
+    again = Restorer(v, fresh)
+    again.feed(log)
+    assert again.finish() == set()
+    assert fresh.get(b"b") is None and v.decode_value(fresh.get(b"a")) == Row(owner="x", total=1)
+    assert fresh.source_offsets() == {("src", 0): 5}
+
+
+def test_rows_written_locally_stay_pending_until_the_changelog_confirms(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    v = view(indexes=())
+    store = PartitionStore(tmp_path / "p.db", budget)
+    store.write(
+        {b"a": v.encode_value(Row(owner="x", total=1))}, {}, 1, {("src", 0): 1}, None, pending=True
+    )
+    assert store.pending_keys() == [b"a"]
+    store.close()
+    reopened = PartitionStore(tmp_path / "p.db", budget)  # as after a crash
+    assert reopened.pending_keys() == [b"a"]
+    reopened.confirm(41)
+    assert reopened.pending_keys() == [] and reopened.changelog_offset() == 41
