@@ -216,6 +216,24 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reset(args: argparse.Namespace) -> int:
+    from belvedere.agents.reset import reset_view
+    from belvedere.streams.clients import client_for
+
+    app = _load_with_broker(args)
+    client = client_for(app.conf.broker, app.conf.datadir)
+    try:
+        report = _broker_call(lambda: reset_view(app, args.view, client))
+    except LookupError as exc:
+        raise UsageError(str(exc.args[0])) from None
+    print(
+        f"reset view {report.view}: changelog {report.changelog} recreated ({report.partitions} partitions), "
+        f"offsets of {report.source} back to the start, local files "
+        f"{'removed' if report.removed_local else 'absent'}; the next worker rebuilds it"
+    )
+    return 0
+
+
 def _broker_call(call: Any) -> Any:
     try:
         return call()
@@ -290,6 +308,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--broker", metavar="URL")
         sub.add_argument("--data-dir", metavar="DIR")
         sub.set_defaults(run=run)
+
+    reset = commands.add_parser(
+        "reset",
+        help="make a view start over from its source (workers stopped); other views are untouched",
+    )
+    reset.add_argument("app", metavar="MODULE:APP")
+    reset.add_argument("view", metavar="VIEW")
+    reset.add_argument("--broker", metavar="URL")
+    reset.add_argument("--data-dir", metavar="DIR")
+    reset.set_defaults(run=cmd_reset)
     return parser
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from belvedere.streams.clients import Record
 from tests.support.brokers import Broker
-from tests.support.worker import Worker
+from tests.support.worker import Worker, run_cli
 
 PARTITIONS = 4  # tests/apps/ledger.py
 
@@ -46,6 +46,7 @@ def movements(n: int, accounts: int = 100, seed: int = 1) -> tuple[list[Record],
 @pytest.fixture
 def ledger(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
     broker.create_topic(f"{unique_name}-movements", PARTITIONS)
+    broker.create_topic(f"{unique_name}-notes", PARTITIONS)
     return workers("tests.apps.ledger:app", {"LEDGER_NAME": unique_name})
 
 
@@ -147,3 +148,81 @@ def test_a_failing_handler_dead_letters_its_event_and_the_partition_goes_on(
         what="both good events",
     )
     assert state["rows"]["acct-x"] == {"owner": "o", "balance": 6, "ops": 2}
+
+
+def note(account: str, text: str) -> Record:
+    data = {"account": account, "text": text}
+    return Record(
+        account.encode(), orjson.dumps({"eventType": "Noted", "eventVersion": 1, "data": data}), 0
+    )
+
+
+def reset(ledger: Worker, broker: Broker, name: str, view: str) -> str:
+    result = run_cli(
+        "reset", "tests.apps.ledger:app", view, "--broker", broker.url, "--data-dir", str(ledger.data_dir),
+        env={"LEDGER_NAME": name},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_reset_rebuilds_the_named_view_and_leaves_the_other_alone(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, fold = movements(3_000, seed=4)
+    broker.produce(f"{unique_name}-movements", records)
+    broker.produce(f"{unique_name}-notes", [note(f"acct-{i}", f"note {i}") for i in range(20)])
+    ledger.start()
+    before = ledger.wait_until(
+        "/state",
+        lambda s: s["ready"] and total_ops(s) == 3_000 and len(s["notes"]) == 20,
+        what="both views",
+    )
+    assert ledger.stop() == 0
+
+    assert "reset view balances" in reset(ledger, broker, unique_name, "balances")
+    views = ledger.data_dir / "views"
+    assert not (views / "balances-g1").exists() and (views / "notes-g1").exists()
+
+    ledger.start()
+    after = ledger.wait_until(
+        "/state", lambda s: s["ready"] and total_ops(s) >= 3_000, what="balances rebuilt"
+    )
+    assert after["rows"] == fold and total_ops(after) == 3_000
+    assert after["calls"] == {
+        "balances": 3_000,
+        "notes": 0,
+    }  # rebuilt from the source; notes untouched
+    assert after["notes"] == before["notes"]
+
+
+def test_a_stale_local_copy_behind_a_recreated_changelog_is_rebuilt(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    first, _ = movements(2_000, seed=5)
+    broker.produce(f"{unique_name}-movements", first)
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"] and total_ops(s) == 2_000, what="2,000 events")
+    assert ledger.stop() == 0
+    local = ledger.data_dir / "views" / "balances-g1"
+    stale = ledger.data_dir.parent / "stale-balances"
+    shutil.copytree(local, stale)
+
+    reset(ledger, broker, unique_name, "balances")
+    records, fold = movements(3_000, seed=5)  # the same 2,000, then 1,000 more
+    assert records[:2_000] == first
+    broker.produce(f"{unique_name}-movements", records[2_000:])
+    ledger.start()
+    ledger.wait_until(
+        "/state",
+        lambda s: s["ready"] and total_ops(s) == 3_000,
+        what="3,000 events after the reset",
+    )
+    assert ledger.stop() == 0
+
+    shutil.rmtree(local)
+    shutil.copytree(stale, local)  # a machine that missed the reset comes back
+    ledger.start()
+    state = ledger.wait_until("/state", lambda s: s["ready"], what="restored")
+    assert state["rows"] == fold and total_ops(state) == 3_000
+    assert state["calls"]["balances"] == 0  # restored from the new changelog, not reprocessed

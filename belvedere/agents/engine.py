@@ -32,7 +32,7 @@ from mode import Service
 from belvedere.agents.projection import Projection
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.readers import PartitionReader, reader_for
-from belvedere.tables.changelog import CHANGELOG_CONFIG, Restorer, changelog_records
+from belvedere.tables.changelog import CHANGELOG_CONFIG, Restorer, changelog_records, reset_epoch
 from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.transaction import PartitionTransaction, WrongPartition
 from belvedere.tables.view import PartitionStatus
@@ -154,16 +154,20 @@ class ProjectionEngine(Service):
         changelog = TP(view.changelog_topic, tp.partition)
         end = await self._reader.end_offset(changelog)
         start_of_log = await self._reader.start_offset(changelog)
+        epoch = await self._epoch(changelog, start_of_log, end)
         local = store.changelog_offset()
-        if local is not None and (local >= end or local + 1 < start_of_log):
+        stale = local is not None and (local >= end or local + 1 < start_of_log)
+        if stale or (local is not None and store.epoch() != epoch):
             logger.warning(
-                "view %s[%d]: local state (changelog offset %d) does not match the changelog [%d, %d); rebuilding it",
+                "view %s[%d]: local state (changelog offset %s) does not match the changelog [%d, %d); rebuilding it",
                 view.name, tp.partition, local, start_of_log, end,
             )  # fmt: skip
             path = store.path
             store.destroy()
             store = PartitionStore(path, self.budget)
             local = None
+        if store.epoch() != epoch:
+            store.set_epoch(epoch)
         start = start_of_log if local is None else local + 1
         status.restore_total = max(end - start, 0)
         restorer = Restorer(view, store)
@@ -183,6 +187,15 @@ class ProjectionEngine(Service):
             "view %s[%d]: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
             view.name, tp.partition, restorer.applied, restorer.dropped, len(repair), part.next_offset,
         )  # fmt: skip
+
+    async def _epoch(self, changelog: TP, start: int, end: int) -> bytes | None:
+        """The reset epoch named by the changelog partition's first record, if any."""
+        assert self._reader is not None
+        if end <= start:
+            return None
+        async for batch in self._reader.read(changelog, start, start + 1):
+            return reset_epoch(batch[0])
+        return None
 
     # -- the batch path -----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ same on both brokers. The embedded log can be opened by one process at a time, s
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,16 @@ Offsets = Mapping[tuple[str, int], int]
 class BrokerClient(Protocol):
     url: str
 
-    def create_topic(self, topic: str, partitions: int) -> None: ...
+    def create_topic(
+        self,
+        topic: str,
+        partitions: int,
+        *,
+        compacted: bool = False,
+        config: Mapping[str, str] | None = None,
+    ) -> None: ...
+
+    def delete_topic(self, topic: str) -> None: ...
 
     def partitions(self, topic: str) -> int | None: ...
 
@@ -69,9 +79,21 @@ class EmbeddedClient:
         finally:
             log.release()
 
-    def create_topic(self, topic: str, partitions: int) -> None:
+    def create_topic(
+        self,
+        topic: str,
+        partitions: int,
+        *,
+        compacted: bool = False,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         with self._log() as log:
-            log.create_topic(topic, partitions)
+            log.create_topic(topic, partitions, compacting=compacted, config=config)
+
+    def delete_topic(self, topic: str) -> None:
+        with self._log() as log:
+            if log.partitions(topic) is not None:
+                log.delete_topic(topic)
 
     def partitions(self, topic: str) -> int | None:
         with self._log() as log:
@@ -119,21 +141,60 @@ class KafkaClient:
     def _run(self, coro: Any) -> Any:
         return asyncio.run(coro)
 
-    def create_topic(self, topic: str, partitions: int) -> None:
+    def create_topic(
+        self,
+        topic: str,
+        partitions: int,
+        *,
+        compacted: bool = False,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
+
+        configs = dict(config or {})
+        if compacted:
+            configs["cleanup.policy"] = "compact"
 
         async def create() -> None:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
             await admin.start()
             try:
-                await admin.create_topics([NewTopic(topic, partitions, 1)])
-            except TopicAlreadyExistsError:
-                pass
+                deadline = time.monotonic() + 30
+                while True:  # a topic being deleted refuses a create for a moment
+                    try:
+                        await admin.create_topics(
+                            [NewTopic(topic, partitions, 1, topic_configs=configs)]
+                        )
+                        return
+                    except TopicAlreadyExistsError:
+                        if time.monotonic() > deadline or await self._partitions(topic) is not None:
+                            return
+                        await asyncio.sleep(0.2)
             finally:
                 await admin.close()
 
         self._run(create())
+
+    def delete_topic(self, topic: str) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        async def delete() -> None:
+            if await self._partitions(topic) is None:
+                return
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics([topic])
+            finally:
+                await admin.close()
+            deadline = time.monotonic() + 30
+            while await self._partitions(topic) is not None:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"topic {topic!r} was not deleted within 30 s")
+                await asyncio.sleep(0.2)
+
+        self._run(delete())
 
     async def _partitions(self, topic: str) -> int | None:
         from aiokafka.admin import AIOKafkaAdminClient
@@ -141,6 +202,9 @@ class KafkaClient:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
+            # Describing a missing topic would auto-create it, on brokers that allow that.
+            if topic not in await admin.list_topics():
+                return None
             (found,) = await admin.describe_topics([topic])
         finally:
             await admin.close()

@@ -28,10 +28,22 @@ import orjson
 from belvedere.tables.store import PartitionStore
 from belvedere.tables.view import View
 
-__all__ = ["CHANGELOG_CONFIG", "HEADER_END", "HEADER_SOURCE", "Restorer", "changelog_records"]
+__all__ = [
+    "CHANGELOG_CONFIG",
+    "HEADER_END",
+    "HEADER_RESET",
+    "HEADER_SOURCE",
+    "RESET_KEY",
+    "Restorer",
+    "changelog_records",
+    "reset_epoch",
+]
 
 HEADER_END = "bv-end"
 HEADER_SOURCE = "bv-source"
+HEADER_RESET = "bv-reset"
+#: The key of the record a reset writes first in each changelog partition.
+RESET_KEY = b"__belvedere_reset__"
 CHANGELOG_CONFIG = {"min.compaction.lag.ms": str(10 * 60 * 1000)}
 
 Offsets = Mapping[tuple[str, int], int]
@@ -65,6 +77,11 @@ def changelog_records(
     return records
 
 
+def reset_epoch(record: Any) -> bytes | None:
+    """The epoch a reset marker record names, or None for any other record."""
+    return _header(record.headers, HEADER_RESET)
+
+
 def _header(headers: Headers | None, name: str) -> bytes | None:
     for key, value in headers or ():
         if key == name:
@@ -92,6 +109,8 @@ class Restorer:
     def feed(self, records: Iterable[Any]) -> None:
         """Records with ``.offset``, ``.key``, ``.value``, ``.headers``."""
         for record in records:
+            if reset_epoch(record) is not None:
+                continue
             self.pending[bytes(record.key)] = None if record.value is None else bytes(record.value)
             if _header(record.headers, HEADER_END) is not None:
                 source = _header(record.headers, HEADER_SOURCE)

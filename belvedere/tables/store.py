@@ -11,6 +11,7 @@ Layout (one rocksdict database per view partition, raw mode)::
     m:count                         number of rows (8 bytes, big-endian)
     m:changelog                     offset of the last changelog record reflected
     m:source:<topic>\\0<partition>  next source offset to apply (committed position)
+    m:epoch                         the changelog reset this state belongs to
     p<key>                          a row written locally whose changelog record is not yet acked
 
 Memory: every database of a worker shares one block cache and one write-buffer budget
@@ -37,6 +38,7 @@ INDEX = b"x"
 COUNT = b"m:count"
 CHANGELOG = b"m:changelog"
 SOURCE = b"m:source:"
+EPOCH = b"m:epoch"
 PENDING = b"p"
 
 
@@ -110,6 +112,16 @@ class PartitionStore:
             topic, partition = key[len(SOURCE) : -9], key[-8:]
             out[(topic.decode(), _U64.unpack(partition)[0])] = _U64.unpack(value)[0]
         return out
+
+    def epoch(self) -> bytes | None:
+        """Which reset of the changelog this state belongs to (None: never reset)."""
+        return self._db.get(EPOCH)
+
+    def set_epoch(self, epoch: bytes | None) -> None:
+        if epoch is None:
+            self._db.delete(EPOCH)
+        else:
+            self._db.put(EPOCH, epoch)
 
     def pending_keys(self) -> list[bytes]:
         """Rows written locally whose changelog records were not confirmed (a crash between)."""

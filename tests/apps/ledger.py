@@ -26,6 +26,11 @@ class Withdrawn(belvedere.Event, key="account"):
     amount: int
 
 
+class Noted(belvedere.Event, key="account"):
+    account: str
+    text: str
+
+
 class Balance(belvedere.Record):
     owner: str
     balance: int
@@ -34,11 +39,16 @@ class Balance(belvedere.Record):
 
 movements = app.event_topic(f"{NAME}-movements", Deposited, Withdrawn, partitions=PARTITIONS)
 balances = app.view("balances", value=Balance, key=str, indexes=["owner"])
+notes_topic = app.event_topic(f"{NAME}-notes", Noted, partitions=PARTITIONS)
+notes = app.view("notes", value=str, key=str)
+#: Handler calls in this process, per view: shows what a restart did (not) reprocess.
+calls = {"balances": 0, "notes": 0}
 
 
 @app.projection(movements, view=balances)
 class Balances:
     def deposited(self, view, event: Deposited) -> None:
+        calls["balances"] += 1
         if event.amount == 13:
             raise ValueError("unlucky amount")
         row = view.get(event.account) or Balance(owner=event.owner, balance=0, ops=0)
@@ -47,15 +57,23 @@ class Balances:
         )
 
     async def withdrawn(self, view, event: Withdrawn) -> None:
+        calls["balances"] += 1
         row = view[event.account]
         view[event.account] = Balance(
             owner=row.owner, balance=row.balance - event.amount, ops=row.ops + 1
         )
 
 
+@app.projection(notes_topic, view=notes)
+def noted(view, event: Noted) -> None:
+    calls["notes"] += 1
+    view[event.account] = event.text
+
+
 @app.page("/state")
 async def state(web, request):
-    if not app.ready or any(s.state != "serving" for s in balances.status.values()):
+    serving = [s.state == "serving" for v in (balances, notes) for s in v.status.values()]
+    if not app.ready or not all(serving):
         return web.json({"ready": False}, status=503)
     rows, _ = balances.scan(limit=100_000)
     owner = request.query.get("owner")
@@ -66,5 +84,7 @@ async def state(web, request):
             "rows": {key: row.to_data() for key, row in rows},
             "byOwner": sorted(key for key, _ in balances.lookup("owner", owner)) if owner else None,
             "deadLetters": app.dead_letters.total,
+            "notes": dict(notes.scan(limit=100_000)[0]),
+            "calls": calls,
         }
     )

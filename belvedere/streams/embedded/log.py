@@ -224,6 +224,27 @@ class Log:
         self.topics[name] = meta
         return meta
 
+    def delete_topic(self, name: str) -> None:
+        """Remove a topic: its records, offsets and every group's commits on it."""
+        meta = self.topics.pop(name, None)
+        if meta is None:
+            raise BrokerError(f"unknown topic {name!r}")
+        for partition in range(meta.partitions):
+            tp = _tp(name, partition)
+            self._db.delete_range(b"r" + tp, b"r" + tp + b"\xff" * 9)
+            self._db.delete(b"e" + tp)
+            self._db.delete(b"s" + tp)
+            for key in (self._end, self._start, self._dirty, self._live):
+                key.pop((name, partition), None)
+        commits = [
+            k
+            for k, _ in self._scan(b"c")
+            if k[1:].split(b"\0", 1)[1].startswith(name.encode() + b"\0")
+        ]
+        for key in commits:
+            self._db.delete(key)
+        self._db.delete(b"t" + name.encode())
+
     def partitions(self, topic: str) -> int | None:
         meta = self.topics.get(topic)
         return meta.partitions if meta else None
