@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -26,6 +27,12 @@ __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
 DEFAULT_BROKER = "embedded://"
 DEFAULT_WEB_HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 6066
+
+
+def _key_function(by: str | Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+    if by is None or callable(by):
+        return by
+    return operator.attrgetter(by)
 
 
 def _setting(env: str, argument: Any, default: Any) -> Any:
@@ -142,15 +149,35 @@ class App(faust.App):
         return view
 
     def projection(
-        self, source: EventTopic, *, view: View, events: Sequence[type[Event]] | None = None
+        self,
+        source: EventTopic,
+        *,
+        view: View,
+        by: str | Callable[[Any], Any] | None = None,
+        events: Sequence[type[Event]] | None = None,
     ) -> Any:
         """Decorate the handlers (a function, or a class of methods) that fold ``source``
-        into ``view``. Several decorations for one view add to one projection."""
+        into ``view``. Several decorations for one view add to one projection.
+
+        ``by`` gives the view key of an event (a field name, or a function) when the view is
+        keyed differently from the source: events are then re-keyed through an internal
+        topic, so each lands in the partition its view key hashes to.
+        """
         if not isinstance(source, EventTopic):
             raise TypeError("a projection's source must be an event topic (app.event_topic)")
         found = self.projections.projections.get(view.name)
         if found is None:
-            found = Projection(source, view)
+            found = Projection(source, view, by=_key_function(by))
+            if found.by is not None:
+                found.repartition = EventTopic(
+                    self,
+                    topics=[f"{self.conf.id}-view-{view.name}-repartition"],
+                    event_types=source.event_types,
+                    partitions=view.partitions or source.partitions or self.conf.topic_partitions,
+                    internal=True,
+                    max_event_bytes=self.max_event_bytes,
+                )
+                self.topics.add(found.repartition)
             self.projections.add(found)
         elif found.source is not source:
             raise ValueError(

@@ -47,6 +47,7 @@ def movements(n: int, accounts: int = 100, seed: int = 1) -> tuple[list[Record],
 def ledger(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
     broker.create_topic(f"{unique_name}-movements", PARTITIONS)
     broker.create_topic(f"{unique_name}-notes", PARTITIONS)
+    broker.create_topic(f"{unique_name}-orders", PARTITIONS)
     return workers("tests.apps.ledger:app", {"LEDGER_NAME": unique_name})
 
 
@@ -226,3 +227,33 @@ def test_a_stale_local_copy_behind_a_recreated_changelog_is_rebuilt(
     state = ledger.wait_until("/state", lambda s: s["ready"], what="restored")
     assert state["rows"] == fold and total_ops(state) == 3_000
     assert state["calls"]["balances"] == 0  # restored from the new changelog, not reprocessed
+
+
+def test_a_view_keyed_differently_from_its_source_is_repartitioned_exactly_once(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    rng = random.Random(6)
+    records, revenue = [], {}
+    for i in range(20_000):
+        user, amount = f"user-{rng.randrange(50)}", rng.randrange(1, 100)
+        revenue[user] = revenue.get(user, 0) + amount
+        data = {"orderId": f"order-{i}", "userId": user, "amount": amount}
+        envelope = {"eventType": "OrderPlaced", "eventVersion": 1, "data": data}
+        records.append(Record(f"order-{i}".encode(), orjson.dumps(envelope), 0))  # keyed by order
+    broker.produce(f"{unique_name}-orders", records)
+
+    ledger.start()
+    progress = ledger.wait_until(
+        "/state", lambda s: s["ready"] and sum(s["revenue"].values()) > 0, what="some revenue"
+    )
+    ledger.kill()  # mid-way: the re-keying stage will copy some events twice
+    assert sum(progress["revenue"].values()) < sum(revenue.values()), "the kill came after the end"
+
+    ledger.start()
+    state = ledger.wait_until(
+        "/state",
+        lambda s: s["ready"] and sum(s["revenue"].values()) >= sum(revenue.values()),
+        timeout=240,
+        what="all revenue",
+    )
+    assert state["revenue"] == revenue

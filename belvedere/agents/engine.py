@@ -37,7 +37,19 @@ from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.transaction import PartitionTransaction, WrongPartition
 from belvedere.tables.view import PartitionStatus
 
-__all__ = ["ProjectionEngine"]
+__all__ = ["HEADER_ORIGIN", "ProjectionEngine"]
+
+#: On a repartitioned copy: the original record's topic, partition and offset.
+HEADER_ORIGIN = "bv-origin"
+
+
+def _origin(record: Any) -> tuple[tuple[str, int], int] | None:
+    for name, value in record.headers or ():
+        if name == HEADER_ORIGIN:
+            topic, partition, offset = bytes(value).split(b"\0")
+            return (topic.decode(), int(partition)), int(offset)
+    return None
+
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +64,15 @@ class _Partition:
         self.tp = tp
         self.store = store
         self.txn = PartitionTransaction(projection.view, store, tp.partition, partitions)
-        self.next_offset = store.source_offsets().get((tp.topic, tp.partition), 0)
+        offsets = store.source_offsets()
+        self.next_offset = offsets.pop((tp.topic, tp.partition), 0)
+        #: For a repartitioned view: next offset to apply per original source partition.
+        self.origins: dict[tuple[str, int], int] = offsets
         self.ready = asyncio.Event()
         self.sought = False
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        return {**self.origins, (self.tp.topic, self.tp.partition): self.next_offset}
 
 
 class ProjectionEngine(Service):
@@ -65,19 +83,22 @@ class ProjectionEngine(Service):
         self.projections: dict[str, Projection] = {}
         self.budget: StoreBudget | None = None
         self._by_topic: dict[str, Projection] = {}
+        self._rekeys: dict[str, Projection] = {}
         self._active: dict[TP, _Partition] = {}
         self._lock = asyncio.Lock()
         self._reader: PartitionReader | None = None
         super().__init__(**kwargs)
 
     def add(self, projection: Projection) -> None:
-        topic = projection.source.get_topic_name()
-        other = self._by_topic.get(topic)
-        if other is not None and other is not projection:
-            raise ValueError(
-                f"topic {topic!r} already feeds view {other.view.name!r}; one projection per source topic"
-            )
-        self._by_topic[topic] = projection
+        for topic in {projection.source.get_topic_name(), projection.fold_topic.get_topic_name()}:
+            other = self._by_topic.get(topic) or self._rekeys.get(topic)
+            if other is not None and other is not projection:
+                raise ValueError(
+                    f"topic {topic!r} already feeds view {other.view.name!r}; one projection per source topic"
+                )
+        if projection.repartition is not None:
+            self._rekeys[projection.source.get_topic_name()] = projection
+        self._by_topic[projection.fold_topic.get_topic_name()] = projection
         self.projections[projection.view.name] = projection
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -85,15 +106,15 @@ class ProjectionEngine(Service):
     async def on_start(self) -> None:
         self.budget = StoreBudget()
         for projection in self.projections.values():
-            source = projection.source
-            partitions = source.partitions or self.app.conf.topic_partitions
+            fold = projection.fold_topic
+            partitions = fold.partitions or self.app.conf.topic_partitions
             view = projection.view
             if view.partitions is None:
                 view.partitions = partitions
             elif view.partitions != partitions:
                 raise ValueError(
-                    f"view {view.name!r} has {view.partitions} partitions but {source.get_topic_name()!r} has "
-                    f"{partitions}; a projection's view is partitioned like its source"
+                    f"view {view.name!r} has {view.partitions} partitions but {fold.get_topic_name()!r} has "
+                    f"{partitions}; a projection's view is partitioned like its source (or pass by=)"
                 )
             await self.app.topic(
                 view.changelog_topic,
@@ -200,11 +221,15 @@ class ProjectionEngine(Service):
     # -- the batch path -----------------------------------------------------------------------
 
     def claims(self, tp: TP) -> bool:
-        return tp.topic in self._by_topic
+        return tp.topic in self._by_topic or tp.topic in self._rekeys
 
     async def on_batch(self, batches: Mapping[TP, Sequence[Any]]) -> None:
         async with self._lock:
             for tp, records in batches.items():
+                rekey = self._rekeys.get(tp.topic)
+                if rekey is not None:
+                    await self._rekey(rekey, tp, records)
+                    continue
                 part = self._active.get(tp)
                 if part is None:
                     # Fetched before its restore started (or after a revoke): read it again later.
@@ -228,10 +253,18 @@ class ProjectionEngine(Service):
         txn = part.txn
         topic, partition = part.tp.topic, part.tp.partition
         applied_any = False
+        origins = part.origins if projection.repartition is not None else None
         for record in records:
             offset = record.offset
             if offset < part.next_offset:
                 continue
+            if origins is not None:
+                origin = _origin(record)
+                part.next_offset = offset + 1
+                applied_any = True
+                if origin is None or origin[1] < origins.get(origin[0], 0):
+                    continue  # a copy the re-keying stage wrote twice (it is at-least-once)
+                origins[origin[0]] = origin[1] + 1
             try:
                 event = codec.decode(
                     record.value,
@@ -264,10 +297,57 @@ class ProjectionEngine(Service):
         if applied_any:
             await self._checkpoint(part)
 
+    async def _rekey(self, projection: Projection, tp: TP, records: Sequence[Any]) -> None:
+        """Copy a source batch to the repartition topic under each event's view key.
+
+        At-least-once: after a crash the copies are written again, and the folding stage
+        skips them by their origin offset.
+        """
+        assert projection.by is not None and projection.repartition is not None
+        view, by = projection.view, projection.by
+        partitions = view.partitions or 1
+        target = projection.repartition.get_topic_name()
+        codec = projection.source.codec
+        send = self.app.producer.send
+        futures = []
+        for record in records:
+            try:
+                event = codec.decode(
+                    record.value,
+                    headers=record.headers,
+                    timestamp=record.timestamp / 1000.0,
+                    source=f"{tp.topic}-{tp.partition}-{record.offset}",
+                )
+                key = view.check_key(by(event))
+            except BadEvent as exc:
+                await self.app.dead_letters.send(record, exc.kind, exc.reason)
+                continue
+            except Exception as exc:  # the key function failed on this event
+                await self.app.dead_letters.send(
+                    record, "bad-view-key", f"by(event) for view {view.name!r}: {exc!r}"
+                )
+                continue
+            headers = [
+                *(record.headers or ()),
+                (HEADER_ORIGIN, b"%s\0%d\0%d" % (tp.topic.encode(), tp.partition, record.offset)),
+            ]
+            futures.append(
+                await send(
+                    target,
+                    view.wire_key(key),
+                    record.value,
+                    view.partition_of(key, partitions),
+                    None,
+                    headers,
+                )
+            )
+        await asyncio.gather(*futures)
+        await self.app.consumer._commit({tp: records[-1].offset + 1})
+
     async def _checkpoint(self, part: _Partition) -> None:
         store, txn = part.store, part.txn
         rows = txn.encoded()
-        offsets = {(part.tp.topic, part.tp.partition): part.next_offset}
+        offsets = part.offsets()
         index_values = None
         if part.projection.view.indexes:
             view = part.projection.view
@@ -281,7 +361,7 @@ class ProjectionEngine(Service):
 
     async def _write_changelog(self, part: _Partition, rows: Mapping[bytes, bytes | None]) -> None:
         topic = part.projection.view.changelog_topic
-        offsets = {(part.tp.topic, part.tp.partition): part.next_offset}
+        offsets = part.offsets()
         send = self.app.producer.send
         futures = [
             await send(topic, key, value, part.tp.partition, None, headers)

@@ -54,11 +54,22 @@ def _event_types(fn: Callable[..., Any]) -> list[type[Event]]:
 
 @dataclass(eq=False)
 class Projection:
-    """The handlers that fold ``source`` into ``view``."""
+    """The handlers that fold ``source`` into ``view``.
+
+    With ``by`` (the view key of an event), events are first re-keyed through the internal
+    topic ``repartition``, so each lands in the view partition its key hashes to.
+    """
 
     source: EventTopic
     view: View
+    by: Callable[[Any], Any] | None = None
+    repartition: EventTopic | None = None
     handlers: dict[type[Event], Handler] = field(default_factory=dict)
+
+    @property
+    def fold_topic(self) -> EventTopic:
+        """The topic the handlers are applied from."""
+        return self.repartition if self.repartition is not None else self.source
 
     def add(self, fn: Callable[..., Any], events: Iterable[type[Event]] | None = None) -> None:
         types_ = list(events) if events is not None else _event_types(fn)

@@ -48,6 +48,11 @@ def reset_view(app: Any, name: str, client: BrokerClient) -> ResetReport:
     for partition in range(partitions):
         client.produce(view.changelog_topic, [marker], partition=partition)
     client.commit(app.conf.id, {(source, p): 0 for p in range(source_partitions)})
+    if projection.repartition is not None:  # its copies would be applied again otherwise
+        repartition = projection.repartition.get_topic_name()
+        client.delete_topic(repartition)
+        client.create_topic(repartition, partitions)
+        client.commit(app.conf.id, {(repartition, p): 0 for p in range(partitions)})
 
     local = Path(app.conf.datadir) / "views" / f"{view.name}-g{view.generation}"
     removed = local.exists()

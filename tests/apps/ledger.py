@@ -31,6 +31,12 @@ class Noted(belvedere.Event, key="account"):
     text: str
 
 
+class OrderPlaced(belvedere.Event, key="order_id"):
+    order_id: str
+    user_id: str
+    amount: int
+
+
 class Balance(belvedere.Record):
     owner: str
     balance: int
@@ -41,6 +47,8 @@ movements = app.event_topic(f"{NAME}-movements", Deposited, Withdrawn, partition
 balances = app.view("balances", value=Balance, key=str, indexes=["owner"])
 notes_topic = app.event_topic(f"{NAME}-notes", Noted, partitions=PARTITIONS)
 notes = app.view("notes", value=str, key=str)
+orders = app.event_topic(f"{NAME}-orders", OrderPlaced, partitions=PARTITIONS)
+revenue = app.view("revenue", value=int, key=str)  # per user, from orders keyed by order id
 #: Handler calls in this process, per view: shows what a restart did (not) reprocess.
 calls = {"balances": 0, "notes": 0}
 
@@ -70,9 +78,14 @@ def noted(view, event: Noted) -> None:
     view[event.account] = event.text
 
 
+@app.projection(orders, view=revenue, by="user_id")
+def placed(view, event: OrderPlaced) -> None:
+    view[event.user_id] = view.get(event.user_id, 0) + event.amount
+
+
 @app.page("/state")
 async def state(web, request):
-    serving = [s.state == "serving" for v in (balances, notes) for s in v.status.values()]
+    serving = [s.state == "serving" for v in (balances, notes, revenue) for s in v.status.values()]
     if not app.ready or not all(serving):
         return web.json({"ready": False}, status=503)
     rows, _ = balances.scan(limit=100_000)
@@ -85,6 +98,7 @@ async def state(web, request):
             "byOwner": sorted(key for key, _ in balances.lookup("owner", owner)) if owner else None,
             "deadLetters": app.dead_letters.total,
             "notes": dict(notes.scan(limit=100_000)[0]),
+            "revenue": dict(revenue.scan(limit=100_000)[0]),
             "calls": calls,
         }
     )
