@@ -241,3 +241,12 @@ def test_rows_written_locally_stay_pending_until_the_changelog_confirms(
     assert reopened.pending_keys() == [b"a"]
     reopened.confirm(41)
     assert reopened.pending_keys() == [] and reopened.changelog_offset() == 41
+
+
+def test_restore_progress_gives_rate_and_eta() -> None:
+    status = PartitionStatus(restore_total=1_000, restore_done=250, restore_started=100.0)
+    assert status.restore_rate(now=102.0) == 125.0
+    assert status.restore_eta(now=102.0) == 6.0
+    assert PartitionStatus(restore_started=100.0).restore_rate(now=101.0) is None
+    status.state, status.restore_done, status.restore_finished = "serving", 1_000, 104.0
+    assert status.restore_rate(now=500.0) == 250.0 and status.restore_eta() == 0.0

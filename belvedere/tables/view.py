@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import struct
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,19 @@ class PartitionStatus:
     restore_total: int = 0
     restore_started: float = 0.0
     restore_finished: float = 0.0
+
+    def restore_rate(self, now: float | None = None) -> float | None:
+        """Changelog records restored per second (None before any)."""
+        end = self.restore_finished or (now if now is not None else time.monotonic())
+        elapsed = end - self.restore_started
+        return self.restore_done / elapsed if self.restore_done and elapsed > 0 else None
+
+    def restore_eta(self, now: float | None = None) -> float | None:
+        """Seconds left to restore, at the rate so far (0 once serving)."""
+        if self.state == "serving":
+            return 0.0
+        rate = self.restore_rate(now)
+        return None if rate is None else max(self.restore_total - self.restore_done, 0) / rate
 
 
 _INT = struct.Struct(">Q")
