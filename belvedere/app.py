@@ -60,7 +60,10 @@ class App(faust.App):
     Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
     through orjson (faust's codec picks it up when installed, and Belvedere requires it).
     Any other faust setting is passed through. ``max_event_bytes`` bounds an event's size
-    on event topics (larger ones go to the dead letters).
+    on event topics (larger ones go to the dead letters). Projections write a checkpoint
+    (state, changelog, offsets) every ``checkpoint_interval`` seconds or
+    ``checkpoint_events`` events per partition, whichever comes first: views lag their
+    source by up to that, and fewer, larger checkpoints write fewer changelog records.
     """
 
     def __init__(
@@ -72,6 +75,8 @@ class App(faust.App):
         web_host: str | None = None,
         web_port: int | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        checkpoint_interval: float = 0.5,
+        checkpoint_events: int = 20_000,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
@@ -80,10 +85,15 @@ class App(faust.App):
         #: The views declared with :meth:`view`, by name.
         self.views: dict[str, View] = {}
         self.projections = ProjectionEngine(self)
+        self.projections.checkpoint_interval = checkpoint_interval
+        self.projections.checkpoint_events = checkpoint_events
         #: Set by the projection engine: takes fetched batches of its partitions.
         self.batch_tap: Any = None
         host = _setting("BELVEDERE_WEB_HOST", web_host, DEFAULT_WEB_HOST)
         options.setdefault("store", "rocksdb://")
+        # faust fetches with a fixed 1.5 s max wait and 1 MiB per partition: batches of ~17k
+        # records, then an idle wait; larger fetches keep projections busy (docs/benchmarks.md).
+        options.setdefault("consumer_max_fetch_size", 8 << 20)
         options.setdefault("web_bind", host)
         super().__init__(
             id,

@@ -70,6 +70,9 @@ class _Partition:
         self.origins: dict[tuple[str, int], int] = offsets
         self.ready = asyncio.Event()
         self.sought = False
+        #: Events applied since the last checkpoint, and when that was.
+        self.dirty = 0
+        self.flushed_at = time.monotonic()
 
     def offsets(self) -> dict[tuple[str, int], int]:
         return {**self.origins, (self.tp.topic, self.tp.partition): self.next_offset}
@@ -87,6 +90,9 @@ class ProjectionEngine(Service):
         self._active: dict[TP, _Partition] = {}
         self._lock = asyncio.Lock()
         self._reader: PartitionReader | None = None
+        #: A checkpoint is written after this many seconds or events, whichever comes first.
+        self.checkpoint_interval = 0.5
+        self.checkpoint_events = 20_000
         super().__init__(**kwargs)
 
     def add(self, projection: Projection) -> None:
@@ -136,6 +142,27 @@ class ProjectionEngine(Service):
                 await self._reader.close()
                 self._reader = None
 
+    async def flush(self) -> None:
+        """Checkpoint every partition with applied events (the consumer is stopping)."""
+        async with self._lock:
+            for part in self._active.values():
+                if part.dirty:
+                    await self._checkpoint(part)
+
+    @Service.task
+    async def _checkpoint_timer(self) -> None:
+        """Checkpoint partitions whose events are older than the interval, when input is slow."""
+        interval = self.checkpoint_interval
+        while not self.should_stop:
+            await self.sleep(interval / 2)
+            if self._lock.locked():
+                continue
+            async with self._lock:
+                now = time.monotonic()
+                for part in list(self._active.values()):
+                    if part.dirty and now - part.flushed_at >= interval:
+                        await self._checkpoint(part)
+
     def _store_path(self, projection: Projection, partition: int) -> Path:
         view = projection.view
         return (
@@ -152,6 +179,8 @@ class ProjectionEngine(Service):
             for tp in revoked:
                 part = self._active.pop(tp, None)
                 if part is not None:
+                    if part.dirty:
+                        await self._checkpoint(part)
                     view = part.projection.view
                     view.stores.pop(tp.partition, None)
                     view.status.pop(tp.partition, None)
@@ -159,64 +188,84 @@ class ProjectionEngine(Service):
 
     async def _on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         async with self._lock:
-            for tp in sorted(assigned):
-                projection = self._by_topic.get(tp.topic)
-                if projection is None or tp in self._active:
-                    continue
-                await self._restore(projection, tp)
+            new = [
+                (self._by_topic[tp.topic], tp)
+                for tp in sorted(assigned)
+                if tp.topic in self._by_topic and tp not in self._active
+            ]
+            if new:
+                await self._restore(new)
 
-    async def _restore(self, projection: Projection, tp: TP) -> None:
-        view = projection.view
-        assert view.partitions is not None and self.budget is not None
-        status = view.status[tp.partition] = PartitionStatus(restore_started=time.monotonic())
-        store = PartitionStore(self._store_path(projection, tp.partition), self.budget)
+    async def _restore(self, new: list[tuple[Projection, TP]]) -> None:
+        """Bring each new partition's view up to its changelog, all partitions in one pass."""
+        assert self.budget is not None
         if self._reader is None:
             self._reader = reader_for(self.app)
-        changelog = TP(view.changelog_topic, tp.partition)
-        end = await self._reader.end_offset(changelog)
-        start_of_log = await self._reader.start_offset(changelog)
-        epoch = await self._epoch(changelog, start_of_log, end)
-        local = store.changelog_offset()
-        stale = local is not None and (local >= end or local + 1 < start_of_log)
-        if stale or (local is not None and store.epoch() != epoch):
-            logger.warning(
-                "view %s[%d]: local state (changelog offset %s) does not match the changelog [%d, %d); rebuilding it",
-                view.name, tp.partition, local, start_of_log, end,
-            )  # fmt: skip
-            path = store.path
-            store.destroy()
-            store = PartitionStore(path, self.budget)
-            local = None
-        if store.epoch() != epoch:
-            store.set_epoch(epoch)
-        start = start_of_log if local is None else local + 1
-        status.restore_total = max(end - start, 0)
-        restorer = Restorer(view, store)
-        async for batch in self._reader.read(changelog, start, end):
-            restorer.feed(batch)
-            status.restore_done = batch[-1].offset + 1 - start
-        repair = restorer.finish() | set(store.pending_keys())
-        part = _Partition(projection, tp, store, view.partitions)
-        if repair:
-            await self._write_changelog(part, {key: store.get(key) for key in repair})
-        view.stores[tp.partition] = store
-        status.state = "serving"
-        status.restore_finished = time.monotonic()
-        self._active[tp] = part
-        part.ready.set()
-        logger.info(
-            "view %s[%d]: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
-            view.name, tp.partition, restorer.applied, restorer.dropped, len(repair), part.next_offset,
-        )  # fmt: skip
+        reader = self._reader
+        stores: dict[TP, PartitionStore] = {}
+        changelogs: dict[TP, TP] = {}
+        for projection, tp in new:
+            view = projection.view
+            view.status[tp.partition] = PartitionStatus(restore_started=time.monotonic())
+            stores[tp] = PartitionStore(self._store_path(projection, tp.partition), self.budget)
+            changelogs[tp] = TP(view.changelog_topic, tp.partition)
+        bounds = await reader.offsets(list(changelogs.values()))
+        epochs: dict[TP, bytes | None] = dict.fromkeys(changelogs.values())
+        async for ctp, batch in reader.read(
+            {ctp: (lo, lo + 1) for ctp, (lo, hi) in bounds.items() if hi > lo}
+        ):
+            epochs[ctp] = reset_epoch(batch[0])
 
-    async def _epoch(self, changelog: TP, start: int, end: int) -> bytes | None:
-        """The reset epoch named by the changelog partition's first record, if any."""
-        assert self._reader is not None
-        if end <= start:
-            return None
-        async for batch in self._reader.read(changelog, start, start + 1):
-            return reset_epoch(batch[0])
-        return None
+        ranges: dict[TP, tuple[int, int]] = {}
+        restorers: dict[TP, Restorer] = {}
+        owners: dict[TP, tuple[Projection, TP]] = {}
+        for projection, tp in new:
+            view, ctp = projection.view, changelogs[tp]
+            store, (start_of_log, end), epoch = stores[tp], bounds[ctp], epochs[ctp]
+            local = store.changelog_offset()
+            stale = local is not None and (
+                local >= end or local + 1 < start_of_log or store.epoch() != epoch
+            )
+            if stale:
+                logger.warning(
+                    "view %s[%d]: local state (changelog offset %s) does not match the changelog [%d, %d); rebuilding it",
+                    view.name, tp.partition, local, start_of_log, end,
+                )  # fmt: skip
+                path = store.path
+                store.destroy()
+                store = stores[tp] = PartitionStore(path, self.budget)
+                local = None
+            if store.epoch() != epoch:
+                store.set_epoch(epoch)
+            start = start_of_log if local is None else local + 1
+            view.status[tp.partition].restore_total = max(end - start, 0)
+            ranges[ctp] = (start, end)
+            restorers[ctp] = Restorer(view, store)
+            owners[ctp] = (projection, tp)
+
+        async for ctp, batch in reader.read(ranges):
+            restorers[ctp].feed(batch)
+            projection, tp = owners[ctp]
+            projection.view.status[tp.partition].restore_done = (
+                batch[-1].offset + 1 - ranges[ctp][0]
+            )
+
+        for ctp, restorer in restorers.items():
+            projection, tp = owners[ctp]
+            view, store = projection.view, stores[tp]
+            repair = restorer.finish() | set(store.pending_keys())
+            part = _Partition(projection, tp, store, view.partitions or 1)
+            if repair:
+                await self._write_changelog(part, {key: store.get(key) for key in repair})
+            view.stores[tp.partition] = store
+            status = view.status[tp.partition]
+            status.state = "serving"
+            status.restore_finished = time.monotonic()
+            self._active[tp] = part
+            logger.info(
+                "view %s[%d]: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
+                view.name, tp.partition, restorer.applied, restorer.dropped, len(repair), part.next_offset,
+            )  # fmt: skip
 
     # -- the batch path -----------------------------------------------------------------------
 
@@ -252,16 +301,23 @@ class ProjectionEngine(Service):
         handlers = projection.handlers
         txn = part.txn
         topic, partition = part.tp.topic, part.tp.partition
-        applied_any = False
         origins = part.origins if projection.repartition is not None else None
-        for record in records:
+        for i, record in enumerate(records):
+            if i & 255 == 255 and part.dirty:
+                if self.app.rebalancing:
+                    # Let the rebalance have the partition: keep what is done, fetch the rest again.
+                    await self._checkpoint(part)
+                    await self.app.consumer.seek(part.tp, part.next_offset)
+                    return
+                if self._due(part):
+                    await self._checkpoint(part)
             offset = record.offset
             if offset < part.next_offset:
                 continue
             if origins is not None:
                 origin = _origin(record)
                 part.next_offset = offset + 1
-                applied_any = True
+                part.dirty += 1
                 if origin is None or origin[1] < origins.get(origin[0], 0):
                     continue  # a copy the re-keying stage wrote twice (it is at-least-once)
                 origins[origin[0]] = origin[1] + 1
@@ -293,9 +349,15 @@ class ProjectionEngine(Service):
                     else:
                         txn.release()
             part.next_offset = offset + 1
-            applied_any = True
-        if applied_any:
+            part.dirty += 1
+        if part.dirty and self._due(part):
             await self._checkpoint(part)
+
+    def _due(self, part: _Partition) -> bool:
+        return (
+            part.dirty >= self.checkpoint_events
+            or time.monotonic() - part.flushed_at >= self.checkpoint_interval
+        )
 
     async def _rekey(self, projection: Projection, tp: TP, records: Sequence[Any]) -> None:
         """Copy a source batch to the repartition topic under each event's view key.
@@ -355,17 +417,28 @@ class ProjectionEngine(Service):
         index_changes, delta = store.plan(rows, index_values)
         store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
         txn.clear()
+        part.dirty = 0
+        part.flushed_at = time.monotonic()
         if rows:
             await self._write_changelog(part, rows)
-        await self.app.consumer._commit({part.tp: part.next_offset})
+        try:
+            await self.app.consumer._commit({part.tp: part.next_offset})
+        except Exception as exc:  # only a hint of where to fetch from: the store holds the truth
+            logger.warning(
+                "view %s: committing %s failed: %r", part.projection.view.name, part.tp, exc
+            )
 
     async def _write_changelog(self, part: _Partition, rows: Mapping[bytes, bytes | None]) -> None:
         topic = part.projection.view.changelog_topic
-        offsets = part.offsets()
-        send = self.app.producer.send
-        futures = [
-            await send(topic, key, value, part.tp.partition, None, headers)
-            for key, value, headers in changelog_records(rows, offsets)
-        ]
-        sent = await asyncio.gather(*futures)
+        records = changelog_records(rows, part.offsets())
+        producer = self.app.producer
+        send_batch = getattr(producer, "send_batch", None)
+        if send_batch is not None:  # the embedded broker: one append for the whole checkpoint
+            sent = send_batch(topic, part.tp.partition, records)
+        else:
+            futures = [
+                await producer.send(topic, key, value, part.tp.partition, None, headers)
+                for key, value, headers in records
+            ]
+            sent = await asyncio.gather(*futures)
         part.store.confirm(sent[-1].offset if sent else None)

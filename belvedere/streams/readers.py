@@ -1,28 +1,29 @@
-"""Reading a topic partition from an offset to its end, outside faust's consumer.
+"""Reading topic partitions from an offset to an end, outside faust's consumer.
 
 Views restore their partitions from their changelogs with these, while faust's own
-consumer stays on the source topics.
+consumer stays on the source topics. Every call takes all the partitions of a restore at
+once: on Kafka, one assignment and one offsets request, not one per partition.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from faust.types import TP
 
 __all__ = ["PartitionReader", "reader_for"]
 
+Ranges = Mapping[TP, tuple[int, int]]
+
 
 class PartitionReader:
-    async def end_offset(self, tp: TP) -> int:
+    async def offsets(self, tps: Sequence[TP]) -> dict[TP, tuple[int, int]]:
+        """(log start, log end) of each partition."""
         raise NotImplementedError
 
-    async def start_offset(self, tp: TP) -> int:
-        raise NotImplementedError
-
-    def read(self, tp: TP, start: int, end: int) -> AsyncIterator[Sequence[Any]]:
-        """Batches of records with offsets in [start, end)."""
+    def read(self, ranges: Ranges) -> AsyncIterator[tuple[TP, Sequence[Any]]]:
+        """Batches of each partition's records with offsets in [start, end)."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -33,22 +34,26 @@ class EmbeddedReader(PartitionReader):
     def __init__(self, log: Any) -> None:
         self.log = log
 
-    async def end_offset(self, tp: TP) -> int:
-        return self.log.end_offset(tp.topic, tp.partition)
+    async def offsets(self, tps: Sequence[TP]) -> dict[TP, tuple[int, int]]:
+        return {
+            tp: (
+                self.log.start_offset(tp.topic, tp.partition),
+                self.log.end_offset(tp.topic, tp.partition),
+            )
+            for tp in tps
+        }
 
-    async def start_offset(self, tp: TP) -> int:
-        return self.log.start_offset(tp.topic, tp.partition)
-
-    async def read(self, tp: TP, start: int, end: int) -> AsyncIterator[Sequence[Any]]:
-        offset = start
-        while offset < end:
-            batch = [
-                r for r in self.log.read(tp.topic, tp.partition, offset, 2000) if r.offset < end
-            ]
-            if not batch:
-                return
-            yield batch
-            offset = batch[-1].offset + 1
+    async def read(self, ranges: Ranges) -> AsyncIterator[tuple[TP, Sequence[Any]]]:
+        for tp, (start, end) in ranges.items():
+            offset = start
+            while offset < end:
+                batch = [
+                    r for r in self.log.read(tp.topic, tp.partition, offset, 2000) if r.offset < end
+                ]
+                if not batch:
+                    break
+                yield tp, batch
+                offset = batch[-1].offset + 1
 
     async def close(self) -> None:
         self.log.release()
@@ -66,37 +71,50 @@ class KafkaReader(PartitionReader):
             self._consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
                 enable_auto_commit=False,
+                fetch_max_wait_ms=10,
                 max_partition_fetch_bytes=8 << 20,
             )
             await self._consumer.start()
         return self._consumer
 
-    async def end_offset(self, tp: TP) -> int:
+    async def offsets(self, tps: Sequence[TP]) -> dict[TP, tuple[int, int]]:
         from aiokafka import TopicPartition
 
         consumer = await self._client()
-        found = await consumer.end_offsets([TopicPartition(tp.topic, tp.partition)])
-        return next(iter(found.values()))
+        ktps = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+        starts = await consumer.beginning_offsets(list(ktps))
+        ends = await consumer.end_offsets(list(ktps))
+        return {tp: (starts[k], ends[k]) for k, tp in ktps.items()}
 
-    async def start_offset(self, tp: TP) -> int:
+    async def read(self, ranges: Ranges) -> AsyncIterator[tuple[TP, Sequence[Any]]]:
         from aiokafka import TopicPartition
 
+        wanted = {
+            TopicPartition(tp.topic, tp.partition): (tp, start, end)
+            for tp, (start, end) in ranges.items()
+            if end > start
+        }
+        if not wanted:
+            return
         consumer = await self._client()
-        found = await consumer.beginning_offsets([TopicPartition(tp.topic, tp.partition)])
-        return next(iter(found.values()))
-
-    async def read(self, tp: TP, start: int, end: int) -> AsyncIterator[Sequence[Any]]:
-        from aiokafka import TopicPartition
-
-        consumer = await self._client()
-        ktp = TopicPartition(tp.topic, tp.partition)
-        consumer.assign([ktp])
-        consumer.seek(ktp, start)
-        while await consumer.position(ktp) < end:
-            found = await consumer.getmany(ktp, timeout_ms=1000, max_records=5000)
-            batch = [r for r in found.get(ktp, ()) if r.offset < end]
-            if batch:
-                yield batch
+        consumer.assign(list(wanted))
+        for ktp, (_, start, _) in wanted.items():
+            consumer.seek(ktp, start)
+        left = dict(wanted)
+        try:
+            while left:
+                found = await consumer.getmany(*left, timeout_ms=1000, max_records=10_000)
+                for ktp, records in found.items():
+                    tp, _, end = wanted[ktp]
+                    batch = [r for r in records if r.offset < end]
+                    if batch:
+                        yield tp, batch
+                for ktp in list(left):
+                    if await consumer.position(ktp) >= left[ktp][2]:
+                        del left[ktp]
+                        consumer.pause(ktp)
+        finally:
+            consumer.assign([])
 
     async def close(self) -> None:
         if self._consumer is not None:

@@ -22,6 +22,8 @@ class Tap(Protocol):
 
     async def on_batch(self, batches: Mapping[TP, Sequence[Any]]) -> None: ...
 
+    async def flush(self) -> None: ...
+
 
 class BatchTap:
     """Consumer mixin; the app's ``batch_tap`` (if any) gets its partitions' records."""
@@ -36,6 +38,13 @@ class BatchTap:
             return records
         await tap.on_batch(claimed)
         return {tp: batch for tp, batch in records.items() if tp not in claimed}
+
+    async def on_stop(self) -> None:
+        """Let the tap write what it holds while the consumer can still commit."""
+        tap: Tap | None = getattr(self.app, "batch_tap", None)  # type: ignore[attr-defined]
+        if tap is not None:
+            await tap.flush()
+        await super().on_stop()  # type: ignore[misc]
 
 
 _TAPPED: dict[type, type] = {}

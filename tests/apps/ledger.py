@@ -5,6 +5,7 @@ counts the events applied per account, so a double-applied event shows. Amounts 
 make the handler raise, to test that a failing handler dead-letters only its event.
 """
 
+import asyncio
 import os
 
 import belvedere
@@ -12,7 +13,15 @@ import belvedere
 NAME = os.environ["LEDGER_NAME"]
 PARTITIONS = 4
 
-app = belvedere.App(NAME)
+# A short session, so that a worker killed by a test is noticed gone in seconds, not a minute;
+# small checkpoints, so that progress shows (and a kill lands) between many of them.
+app = belvedere.App(
+    NAME,
+    broker_session_timeout=6.0,
+    broker_heartbeat_interval=1.0,
+    checkpoint_events=500,
+    checkpoint_interval=0.2,
+)
 
 
 class Deposited(belvedere.Event, key="account"):
@@ -78,8 +87,14 @@ def noted(view, event: Noted) -> None:
     view[event.account] = event.text
 
 
+#: Slow the revenue projection down (seconds per event), so a test can kill it mid-way.
+REVENUE_DELAY = float(os.environ.get("LEDGER_REVENUE_DELAY", "0"))
+
+
 @app.projection(orders, view=revenue, by="user_id")
-def placed(view, event: OrderPlaced) -> None:
+async def placed(view, event: OrderPlaced) -> None:
+    if REVENUE_DELAY:
+        await asyncio.sleep(REVENUE_DELAY)
     view[event.user_id] = view.get(event.user_id, 0) + event.amount
 
 

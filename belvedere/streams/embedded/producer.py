@@ -106,6 +106,18 @@ class Producer(FaustProducer):
     ) -> RecordMetadata:
         return self._append(topic, key, value, partition, timestamp, headers)
 
+    def send_batch(
+        self, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes | None, Any]]
+    ) -> list[RecordMetadata]:
+        """Append ``(key, value, headers)`` records to one partition in one write batch."""
+        ts = time.time()
+        ms = int(ts * 1000)
+        base = self.broker_log.append(
+            topic, partition, [Record(k, v, ms, _headers(h)) for k, v, h in records]
+        )
+        tp = TP(topic, partition)
+        return [RecordMetadata(topic, partition, tp, base + i, ts, 0) for i in range(len(records))]
+
     async def flush(self) -> None:
         await self.buffer.flush()
 
