@@ -203,33 +203,37 @@ def quix_worker() -> None:
 # -- filling the input topic (outside the measured window) -------------------------------
 
 
-def fill_embedded(log_dir: Path, topic: str, events: Sequence[Event]) -> None:
+def fill_embedded(
+    log_dir: Path, topic: str, events: Sequence[Event], partitions: int = PARTITIONS
+) -> None:
     from belvedere.streams.embedded import Log, Record
     from belvedere.streams.partitioner import partition_for_key
 
     by_partition: dict[int, list[Record]] = defaultdict(list)
     ts = int(time.time() * 1000)
     for key, value in events:
-        by_partition[partition_for_key(key, PARTITIONS)].append(Record(key, value, ts))
+        by_partition[partition_for_key(key, partitions)].append(Record(key, value, ts))
     log = Log.acquire(log_dir)
     try:
-        log.create_topic(topic, PARTITIONS)
+        log.create_topic(topic, partitions)
         for partition, records in by_partition.items():
             for i in range(0, len(records), 1000):
                 log.append(topic, partition, records[i : i + 1000])
-        assert sum(log.end_offset(topic, p) for p in range(PARTITIONS)) == len(events)
+        assert sum(log.end_offset(topic, p) for p in range(partitions)) == len(events)
     finally:
         log.release()
 
 
-async def fill_kafka(bootstrap: str, topic: str, events: Sequence[Event]) -> None:
+async def fill_kafka(
+    bootstrap: str, topic: str, events: Sequence[Event], partitions: int = PARTITIONS
+) -> None:
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
     # aiokafka's default partitioner is Kafka's murmur2, as belvedere.streams.partitioner

@@ -80,6 +80,8 @@ from bench.broker_throughput import (  # noqa: E402
     WorkerProcess,
     _fmt,
     _has_quixstreams,
+    fill_embedded,
+    fill_kafka,
     free_port,
 )
 from tests.support.kafka import private_kafka  # noqa: E402
@@ -270,52 +272,6 @@ def quix_worker() -> None:
     app.run()
 
 
-# -- filling the input topic (outside the measured window) -------------------------------
-
-
-def fill_embedded(log_dir: Path, topic: str, messages: Sequence[Message]) -> None:
-    from belvedere.streams.embedded import Log, Record
-    from belvedere.streams.partitioner import partition_for_key
-
-    by_partition: dict[int, list[Any]] = defaultdict(list)
-    ts = int(time.time() * 1000)
-    for key, value in messages:
-        by_partition[partition_for_key(key, PARTITIONS)].append(Record(key, value, ts))
-    log = Log.acquire(log_dir)
-    try:
-        log.create_topic(topic, PARTITIONS)
-        for partition, records in by_partition.items():
-            for i in range(0, len(records), 1000):
-                log.append(topic, partition, records[i : i + 1000])
-        assert sum(log.end_offset(topic, p) for p in range(PARTITIONS)) == len(messages)
-    finally:
-        log.release()
-
-
-async def fill_kafka(bootstrap: str, topic: str, messages: Sequence[Message]) -> None:
-    from aiokafka import AIOKafkaProducer
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    finally:
-        await admin.close()
-    # aiokafka's default partitioner is Kafka's murmur2, as belvedere.streams.partitioner
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024
-    )
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=key) for key, value in messages]
-        await producer.flush()
-        offsets = await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-    assert len(offsets) == len(messages)
-
-
 # -- running one variant -----------------------------------------------------------------
 
 
@@ -441,7 +397,7 @@ def run_variant(
     if variant == "belvedere-embedded":
         topic = f"{name}-orders"
         t = time.monotonic()
-        fill_embedded(data_dir / "broker", topic, messages)
+        fill_embedded(data_dir / "broker", topic, messages, PARTITIONS)
         print(f"  input: {n:,} events in {time.monotonic() - t:.1f}s (not measured)", flush=True)
     else:
         assert bootstrap is not None and kafka_topic is not None
@@ -613,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kafka_topic = f"bench-proj-orders-{uuid.uuid4().hex[:8]}"
                 t = time.monotonic()
                 try:
-                    coro = fill_kafka(bootstrap, kafka_topic, messages)
+                    coro = fill_kafka(bootstrap, kafka_topic, messages, PARTITIONS)
                     asyncio.run(asyncio.wait_for(coro, 600))
                     print(
                         f"Kafka input: {len(messages):,} events into {kafka_topic} in "

@@ -43,6 +43,15 @@ __all__ = ["HEADER_ORIGIN", "ProjectionEngine"]
 HEADER_ORIGIN = "bv-origin"
 
 
+def _decode(codec: Any, record: Any) -> Any:
+    return codec.decode(
+        record.value,
+        headers=record.headers,
+        timestamp=record.timestamp / 1000.0,
+        source=f"{record.topic}-{record.partition}-{record.offset}",
+    )
+
+
 def _origin(record: Any) -> tuple[tuple[str, int], int] | None:
     for name, value in record.headers or ():
         if name == HEADER_ORIGIN:
@@ -300,7 +309,6 @@ class ProjectionEngine(Service):
         codec = projection.source.codec
         handlers = projection.handlers
         txn = part.txn
-        topic, partition = part.tp.topic, part.tp.partition
         origins = part.origins if projection.repartition is not None else None
         for i, record in enumerate(records):
             if i & 255 == 255 and part.dirty:
@@ -322,12 +330,7 @@ class ProjectionEngine(Service):
                     continue  # a copy the re-keying stage wrote twice (it is at-least-once)
                 origins[origin[0]] = origin[1] + 1
             try:
-                event = codec.decode(
-                    record.value,
-                    headers=record.headers,
-                    timestamp=record.timestamp / 1000.0,
-                    source=f"{topic}-{partition}-{offset}",
-                )
+                event = _decode(codec, record)
             except BadEvent as exc:
                 await self.app.dead_letters.send(record, exc.kind, exc.reason)
             else:
@@ -374,12 +377,7 @@ class ProjectionEngine(Service):
         futures = []
         for record in records:
             try:
-                event = codec.decode(
-                    record.value,
-                    headers=record.headers,
-                    timestamp=record.timestamp / 1000.0,
-                    source=f"{tp.topic}-{tp.partition}-{record.offset}",
-                )
+                event = _decode(codec, record)
                 key = view.check_key(by(event))
             except BadEvent as exc:
                 await self.app.dead_letters.send(record, exc.kind, exc.reason)
