@@ -35,10 +35,21 @@ Then every variant dumps its per-user totals (belvedere: a scan of the view; fau
 table's items; Quix: the value each key last wrote to its state) and the bench checks
 them against the totals it computed from the events it produced.
 
+With ``--recovery`` (belvedere variants only; off by default), once a run is verified the
+worker is stopped (SIGTERM), its local view state (``<data dir>/views/``) deleted and the
+worker started again; the bench polls the view's ``status`` (per partition, on the same page)
+until every partition is serving, checks the restored view against the totals and reports,
+under ``"recovery"``: ``records`` (changelog records read, the sum of ``restore_total``),
+``rows`` (rows applied, from the engine's log lines), ``recovery_records_per_s`` = records /
+(last ``restore_finished`` - first ``restore_started``), ``wall_s`` (process start -> every
+partition serving) and the restarted worker's ``peak_rss_mb``. The changelog holds about
+one record per changed key per checkpoint, so use many keys (``--keys 1000000``) for a
+meaningful figure.
+
 Usage (from the repository root):
 
     python bench/projection_throughput.py [--events N] [--keys K] [--only VARIANT ...]
-        [--kafka HOST:PORT] [--timeout S] [--json PATH] [--keep]
+        [--kafka HOST:PORT] [--timeout S] [--json PATH] [--keep] [--recovery]
 
 Without ``--kafka``, a private single-node Kafka broker is started with ci/kafka/start.sh
 (Java 17+ and Maven needed) and stopped at the end; without it, the Kafka variants are
@@ -54,6 +65,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -171,6 +183,7 @@ def _belvedere_app() -> Any:
             store.source_offsets().get((topic_name, partition), 0)
             for partition, store in list(revenue.stores.items())
         )
+        body["view"] = view_status(revenue)
         if request.query.get("dump"):
             rows, _ = revenue.scan(limit=1 << 40)
             write_dump(Path(os.environ["BENCH_DUMP"]), dict(rows))
@@ -178,6 +191,28 @@ def _belvedere_app() -> Any:
         return web.json(body)
 
     return app
+
+
+def view_status(view: Any) -> dict[str, dict[str, Any]]:
+    """Per view partition: its state and restore figures (PartitionStatus), times as wall clock."""
+    now_wall, now_mono = time.time(), time.monotonic()
+
+    def wall(mono: float) -> float | None:  # the engine stamps time.monotonic()
+        return now_wall - (now_mono - mono) if mono else None
+
+    return {
+        str(partition): {
+            "state": status.state,
+            "restore_total": status.restore_total,
+            "restore_done": status.restore_done,
+            "restore_started": wall(status.restore_started),
+            "restore_finished": wall(status.restore_finished),
+            "restore_s": status.restore_finished - status.restore_started
+            if status.restore_finished
+            else None,
+        }
+        for partition, status in sorted(dict(view.status).items())
+    }
 
 
 def _faust_app() -> Any:
@@ -386,6 +421,7 @@ def run_variant(
     bootstrap: str | None,
     kafka_topic: str | None,
     timeout: float,
+    recovery: bool = False,
 ) -> Result:
     n = len(messages)
     name = f"bench-proj-{variant}-{uuid.uuid4().hex[:8]}"
@@ -461,6 +497,12 @@ def run_variant(
         if variant != "quixstreams-kafka" and http_get(url + "?dump=1") is None:
             raise Failed(f"the dump request failed\n{worker.log_tail()}")
         extra |= verify(dump, truth)
+        if recovery and variant.startswith("belvedere"):
+            worker.stop()
+            log = work / f"{variant}-recovery.log"
+            extra["recovery"] = measure_recovery(
+                argv, env, log, data_dir, url, dump, truth, n, timeout
+            )
     except Failed as exc:
         return Result(variant, "failed", n, peak_rss_mb=rss, extra=extra, reason=str(exc))
     finally:
@@ -475,6 +517,90 @@ def run_variant(
         peak_rss_mb=rss,
         extra=extra,
     )
+
+
+RESTORED_LINE = re.compile(
+    r"view revenue\[(\d+)\]: restored (\d+) rows from the changelog "
+    r"\((\d+) dropped, (\d+) repaired\)"
+)
+
+
+def measure_recovery(
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    data_dir: Path,
+    url: str,
+    dump: Path,
+    truth: dict[str, int],
+    n: int,
+    timeout: float,
+) -> dict[str, Any]:
+    """With the worker stopped: delete its local view state, start it again, time the restore.
+
+        Waits (polling the worker's page) until every view partition is serving, then checks the
+        restored view against the ground truth. ``records`` is the changelog records the restore
+        read (the sum of ``restore_total``, an offset span: on the embedded broker it includes the
+    gaps compaction left), ``rows`` the rows it applied (from the engine's log lines).
+    """
+    views = data_dir / "views"
+    if not views.is_dir():
+        raise Failed(f"no local view state at {views}")
+    shutil.rmtree(views)
+    dump.unlink(missing_ok=True)
+    started = time.time()
+    worker = WorkerProcess(argv, env, log)
+    try:
+        deadline = time.monotonic() + timeout
+
+        def all_serving(body: dict[str, Any]) -> bool:
+            parts = body.get("view", {})
+            return len(parts) == PARTITIONS and all(p["state"] == "serving" for p in parts.values())
+
+        body = wait_for(
+            worker, lambda: http_get(url), all_serving, deadline, "every view partition serving"
+        )
+        seen = time.time()
+        rss = peak_rss_mb(worker.proc.pid)
+        parts = body["view"]
+        records = sum(p["restore_total"] for p in parts.values())
+        done = sum(p["restore_done"] for p in parts.values())
+        first = min(p["restore_started"] for p in parts.values())
+        last = max(p["restore_finished"] for p in parts.values())
+        if http_get(url + "?dump=1") is None:
+            raise Failed(f"the dump request after the restore failed\n{worker.log_tail()}")
+        checked = verify(dump, truth)
+        after = http_get(url) or {}
+        lines = [m.groups() for m in RESTORED_LINE.finditer(log.read_text(errors="replace"))]
+    finally:
+        worker.stop()
+    restore_s = last - first
+    # the embedded broker's compaction leaves offset gaps, so there rows can be < records
+    rows = sum(int(g[1]) for g in lines) if lines else None
+    return {
+        "recovery_records_per_s": round(records / restore_s, 1) if restore_s > 0 else None,
+        "rows_per_s": round(rows / restore_s, 1) if rows is not None and restore_s > 0 else None,
+        "records": records,
+        "records_done": done,
+        "rows": rows,
+        "dropped": sum(int(g[2]) for g in lines) if lines else None,
+        "repaired": sum(int(g[3]) for g in lines) if lines else None,
+        "restore_s": round(restore_s, 3),
+        "startup_s": round(first - started, 3),  # process start -> first restore started
+        "wall_s": round(last - started, 3),  # process start -> every partition serving
+        "seen_serving_s": round(seen - started, 3),  # to a poll interval
+        "peak_rss_mb": rss,
+        "reprocessed": after.get("processed"),  # events folded again after the restore
+        "checkpointed": after.get("checkpointed"),
+        "partitions": {
+            p: {
+                "records": v["restore_total"],
+                "restore_s": round(v["restore_s"], 3) if v["restore_s"] is not None else None,
+            }
+            for p, v in parts.items()
+        },
+        **checked,
+    }
 
 
 # -- reporting ---------------------------------------------------------------------------
@@ -511,6 +637,9 @@ def summary(results: list[Result], events: int, keys: int) -> dict[str, Any]:
     for r in results:
         out[SUMMARY_KEYS[r.variant]] = round(r.events_per_s, 1) if r.status == "ok" else None
     out["peak_rss_mb"] = {r.variant: r.peak_rss_mb for r in results}
+    for r in results:
+        if r.variant == "belvedere-kafka" and "recovery" in r.extra:
+            out["recovery_records_per_s"] = r.extra["recovery"]["recovery_records_per_s"]
     out |= {
         "events": events,
         "keys": keys,
@@ -542,6 +671,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write the results here (default bench/results/projection.json)",
     )
     parser.add_argument("--keep", action="store_true", help="keep data dirs and worker logs")
+    parser.add_argument(
+        "--recovery",
+        action="store_true",
+        help="belvedere: then delete the worker's local view state, restart it and time the "
+        "restore from the changelog",
+    )
     args = parser.parse_args(argv)
     variants = [v for v in VARIANTS if not args.only or v in args.only]
 
@@ -589,7 +724,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     try:
                         result = run_variant(
-                            variant, messages, truth, work, bootstrap, kafka_topic, args.timeout
+                            variant,
+                            messages,
+                            truth,
+                            work,
+                            bootstrap,
+                            kafka_topic,
+                            args.timeout,
+                            args.recovery,
                         )
                     except Exception as exc:  # e.g. the embedded log could not be filled
                         reason = f"{type(exc).__name__}: {exc}"
@@ -601,6 +743,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"{result.extra.get('users', 0):,} user totals verified",
                         flush=True,
                     )
+                    if "recovery" in result.extra:
+                        rec = result.extra["recovery"]
+                        rate = rec["recovery_records_per_s"]
+                        print(
+                            f"  recovery: {_fmt(rate, ',.0f')} changelog records/s "
+                            f"({rec['records']:,} records, {rec['rows']} rows, in "
+                            f"{rec['restore_s']:.2f}s), wall {rec['wall_s']:.2f}s to all "
+                            f"serving, peak RSS {rec['peak_rss_mb']} MB, "
+                            f"{rec['users']:,} user totals verified",
+                            flush=True,
+                        )
                 else:
                     print(f"  {result.status}: {result.reason}", flush=True)
                 results.append(result)
