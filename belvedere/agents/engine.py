@@ -77,7 +77,6 @@ class _Partition:
         self.next_offset = offsets.pop((tp.topic, tp.partition), 0)
         #: For a repartitioned view: next offset to apply per original source partition.
         self.origins: dict[tuple[str, int], int] = offsets
-        self.ready = asyncio.Event()
         self.sought = False
         #: Events applied since the last checkpoint, and when that was.
         self.dirty = 0
@@ -408,11 +407,7 @@ class ProjectionEngine(Service):
         store, txn = part.store, part.txn
         rows = txn.encoded()
         offsets = part.offsets()
-        index_values = None
-        if part.projection.view.indexes:
-            view = part.projection.view
-            index_values = lambda data: view.index_values(view.decode_value(data))  # noqa: E731
-        index_changes, delta = store.plan(rows, index_values)
+        index_changes, delta = store.plan(rows, part.projection.view.indexer())
         store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
         txn.clear()
         part.dirty = 0

@@ -98,13 +98,7 @@ class Restorer:
         self.pending: dict[bytes, bytes | None] = {}
         self.applied = 0
         self.dropped = 0
-        self._index_values = self._indexer()
-
-    def _indexer(self) -> Any:
-        if not self.view.indexes:
-            return None
-        view = self.view
-        return lambda data: view.index_values(view.decode_value(data))
+        self._index_values = view.indexer()
 
     def feed(self, records: Iterable[Any]) -> None:
         """Records with ``.offset``, ``.key``, ``.value``, ``.headers``."""

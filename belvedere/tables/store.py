@@ -29,6 +29,8 @@ from typing import Any
 
 import rocksdict
 
+from belvedere.streams.rocksdb_scan import scan_prefix
+
 __all__ = ["PartitionStore", "StoreBudget"]
 
 _U64 = struct.Struct(">Q")
@@ -144,14 +146,7 @@ class PartitionStore:
             yield key[len(prefix) :]
 
     def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        it = self._db.iter()
-        it.seek(start or prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                return
-            yield key, it.value()
-            it.next()
+        return scan_prefix(self._db, prefix, start)
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -156,6 +156,12 @@ class View:
     def check_value(self, value: Any) -> Any:
         return self._check(value)
 
+    def indexer(self) -> Callable[[bytes], dict[str, bytes | None]] | None:
+        """Index values of an encoded row, for :meth:`PartitionStore.plan` (None: no indexes)."""
+        if not self.indexes:
+            return None
+        return lambda data: self.index_values(self.decode_value(data))
+
     def index_values(self, value: Any) -> dict[str, bytes | None]:
         """Each index's value for a row, as bytes (None: not indexed)."""
         out: dict[str, bytes | None] = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -30,6 +30,7 @@ import orjson
 import rocksdict
 
 from belvedere.streams.errors import BrokerError, BrokerLocked, TopicMismatch
+from belvedere.streams.rocksdb_scan import scan_prefix
 
 __all__ = ["Log", "Record", "StoredRecord", "TopicMeta"]
 
@@ -188,15 +189,8 @@ class Log:
                 (partition,) = _PARTITION.unpack(key[-4:])
                 target[(key[1:-5].decode(), partition)] = _OFFSET.unpack(value)[0]
 
-    def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterable[tuple[bytes, bytes]]:
-        it = self._db.iter()
-        it.seek(start or prefix)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                break
-            yield key, it.value()
-            it.next()
+    def _scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        return scan_prefix(self._db, prefix, start)
 
     # -- topics ------------------------------------------------------------------------
 
