@@ -21,6 +21,7 @@ from belvedere.streams.records import Event
 from belvedere.streams.tap import tapped
 from belvedere.streams.topics import EventTopic
 from belvedere.tables.view import View
+from belvedere.views_api.routes import install as install_routes
 
 __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
 
@@ -55,6 +56,7 @@ class App(faust.App):
     ``data_dir``            ``BELVEDERE_DATA_DIR``  ``belvedere-data/<id>``
     ``web_host``            ``BELVEDERE_WEB_HOST``  ``127.0.0.1`` (bind and advertise)
     ``web_port``            ``BELVEDERE_WEB_PORT``  ``6066``
+    ``admin_token``         ``BELVEDERE_ADMIN_TOKEN`` none: admin requests from loopback only
     ======================  ======================  ===================================
 
     Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
@@ -77,9 +79,12 @@ class App(faust.App):
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         checkpoint_interval: float = 0.5,
         checkpoint_events: int = 20_000,
+        admin_token: str | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
+        #: What admin HTTP requests (a rebuild) must carry as a bearer token.
+        self.admin_token: str | None = _setting("BELVEDERE_ADMIN_TOKEN", admin_token, None)
         #: The event topics declared with :meth:`event_topic`, by name.
         self.event_topics: dict[str, EventTopic] = {}
         #: The views declared with :meth:`view`, by name.
@@ -206,6 +211,9 @@ class App(faust.App):
         if self.projections.projections and self.producer in services:
             services.insert(services.index(self.producer) + 1, self.projections)
         return services
+
+    def on_webserver_init(self, web: Any) -> None:
+        install_routes(self, web.web_app)
 
     def _new_transport(self) -> TransportT:
         return tapped(by_url(self.conf.broker_consumer[0]))(self.conf.broker_consumer, self)

@@ -12,6 +12,7 @@ import importlib
 import os
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,6 +235,87 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from belvedere.streams.types import FieldError, timestamp_ms
+    from belvedere.views_api.client import ApiError, WorkerClient
+
+    app = load_app(args.app)
+    if args.view not in app.views:
+        known = ", ".join(sorted(app.views)) or "none"
+        raise UsageError(f"{app.conf.id} has no view {args.view!r} (its views: {known})")
+    if args.from_timestamp is not None:
+        try:
+            timestamp_ms(args.from_timestamp)
+        except FieldError as exc:
+            raise UsageError(f"--from-timestamp: {exc}") from None
+    url = args.url or f"http://{app.conf.web_host}:{app.conf.web_port}"
+    client = WorkerClient(url, app.admin_token)
+    try:
+        if args.status:
+            print(_progress_line(client.rebuild_status(args.view)))
+            return 0
+        started = client.start_rebuild(args.view, args.from_timestamp)
+        target = started["building"]
+        print(
+            f"rebuilding view {args.view} into generation {target} "
+            f"(generation {started['generation']} serves meanwhile)",
+            file=sys.stderr,
+        )
+        if args.no_wait:
+            return 0
+        began = time.monotonic()
+        report = _watch(client, args.view, target)
+    except ApiError as exc:
+        raise UsageError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(
+            f"\nstopped watching; the workers go on rebuilding ({sys.argv[0]} rebuild ... --status)",
+            file=sys.stderr,
+        )
+        return 130
+    print(
+        f"view {args.view} now serves generation {report['generation']} "
+        f"(rebuilt in {time.monotonic() - began:.1f} s)"
+    )
+    return 0
+
+
+def _watch(client: Any, view: str, target: int) -> dict[str, Any]:
+    """Show the rebuild's progress until every worker serves ``target``."""
+    tty = sys.stderr.isatty()
+    shown = 0.0
+    while True:
+        report = client.rebuild_status(view)
+        if report["generation"] >= target and report["state"] == "idle":
+            if tty:
+                print(file=sys.stderr)
+            return report
+        if report["building"] not in (None, target) or report["generation"] > target:
+            raise UsageError(f"view {view}: generation {target} was abandoned")
+        now = time.monotonic()
+        if tty:
+            print("\r" + _progress_line(report), end="", file=sys.stderr, flush=True)
+        elif now - shown >= 5:
+            print(_progress_line(report), file=sys.stderr, flush=True)
+            shown = now
+        time.sleep(0.5)
+
+
+def _progress_line(report: dict[str, Any]) -> str:
+    done, total = report["done"], report["total"]
+    share = done / total if total else 1.0
+    bar = "#" * int(share * 30)
+    eta = report.get("eta")
+    eta_text = "?" if eta is None else f"{eta:.0f}s"
+    state = report["state"]
+    if state == "idle":
+        return f"view {report['view']}: generation {report['generation']}, no rebuild running"
+    return (
+        f"[{bar:<30}] {share:6.1%} {done:,}/{total:,} events  {report['rate']:,.0f} ev/s  "
+        f"ETA {eta_text}  {state} g{report['building'] or report['generation']}"
+    )
+
+
 def _broker_call(call: Any) -> Any:
     try:
         return call()
@@ -318,6 +400,26 @@ def build_parser() -> argparse.ArgumentParser:
     reset.add_argument("--broker", metavar="URL")
     reset.add_argument("--data-dir", metavar="DIR")
     reset.set_defaults(run=cmd_reset)
+
+    rebuild = commands.add_parser(
+        "rebuild",
+        help="rebuild a view from its source into a new generation while workers keep serving",
+    )
+    rebuild.add_argument("app", metavar="MODULE:APP")
+    rebuild.add_argument("view", metavar="VIEW")
+    rebuild.add_argument(
+        "--from-timestamp",
+        metavar="T",
+        help="replay source events from T (ms since the epoch, or ISO-8601) instead of the start",
+    )
+    rebuild.add_argument(
+        "--url", metavar="URL", help="a running worker (default: the app's web host and port)"
+    )
+    rebuild.add_argument("--status", action="store_true", help="show progress; start nothing")
+    rebuild.add_argument(
+        "--no-wait", action="store_true", help="start it and return without watching"
+    )
+    rebuild.set_defaults(run=cmd_rebuild)
     return parser
 
 

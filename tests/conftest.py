@@ -80,3 +80,11 @@ def workers(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
 def counter(workers: Callable[..., Worker], unique_name: str) -> Worker:
     """A worker of tests/apps/counter.py on the broker under test (not started)."""
     return workers("tests.apps.counter:app", {"COUNTER_NAME": unique_name})
+
+
+@pytest.fixture
+def ledger(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
+    """The projection tests' app (tests/apps/ledger.py), its source topics created."""
+    for topic in ("movements", "notes", "orders"):
+        broker.create_topic(f"{unique_name}-{topic}", 4)
+    return workers("tests.apps.ledger:app", {"LEDGER_NAME": unique_name})

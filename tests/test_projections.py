@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import random
 import shutil
-from collections.abc import Callable
 
 import orjson
-import pytest
 
 from belvedere.streams.clients import Record
 from tests.support.brokers import Broker
@@ -41,14 +39,6 @@ def movements(n: int, accounts: int = 100, seed: int = 1) -> tuple[list[Record],
         envelope = {"eventId": f"e-{i}", "eventType": kind, "eventVersion": 1, "data": data}
         records.append(Record(account.encode(), orjson.dumps(envelope), 0))
     return records, fold
-
-
-@pytest.fixture
-def ledger(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
-    broker.create_topic(f"{unique_name}-movements", PARTITIONS)
-    broker.create_topic(f"{unique_name}-notes", PARTITIONS)
-    broker.create_topic(f"{unique_name}-orders", PARTITIONS)
-    return workers("tests.apps.ledger:app", {"LEDGER_NAME": unique_name})
 
 
 def total_ops(state: dict) -> int:
@@ -167,19 +157,25 @@ def reset(ledger: Worker, broker: Broker, name: str, view: str) -> str:
     return result.stdout
 
 
+def fill_both_views(broker: Broker, ledger: Worker, name: str, records: list[Record]) -> dict:
+    """Fold ``records`` into balances and 20 notes into notes, then stop; the state then."""
+    broker.produce(f"{name}-movements", records)
+    broker.produce(f"{name}-notes", [note(f"acct-{i}", f"note {i}") for i in range(20)])
+    ledger.start()
+    before = ledger.wait_until(
+        "/state",
+        lambda s: s["ready"] and total_ops(s) == len(records) and len(s["notes"]) == 20,
+        what="both views",
+    )
+    assert ledger.stop() == 0
+    return before
+
+
 def test_reset_rebuilds_the_named_view_and_leaves_the_other_alone(
     broker: Broker, ledger: Worker, unique_name: str
 ) -> None:
     records, fold = movements(3_000, seed=4)
-    broker.produce(f"{unique_name}-movements", records)
-    broker.produce(f"{unique_name}-notes", [note(f"acct-{i}", f"note {i}") for i in range(20)])
-    ledger.start()
-    before = ledger.wait_until(
-        "/state",
-        lambda s: s["ready"] and total_ops(s) == 3_000 and len(s["notes"]) == 20,
-        what="both views",
-    )
-    assert ledger.stop() == 0
+    before = fill_both_views(broker, ledger, unique_name, records)
 
     assert "reset view balances" in reset(ledger, broker, unique_name, "balances")
     views = ledger.data_dir / "views"

@@ -15,6 +15,10 @@ For each fetched batch of a source partition (taken off faust's consumer by the 
 A crash anywhere repeats at most the unfinished batch, whose offsets the store skips: the
 view is the fold of every event exactly once. On assignment each partition is restored
 from its changelog first (see :mod:`belvedere.tables.changelog`).
+
+A view being rebuilt has a second partition object per source partition, for its new
+generation: :mod:`belvedere.agents.rebuild` replays history into it, and once it has caught
+up, the live batches here are folded into both generations until the switch.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from faust.types import TP
 from mode import Service
 
 from belvedere.agents.projection import Projection
+from belvedere.agents.rebuild import Rebuilder
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.readers import PartitionReader, reader_for
 from belvedere.tables.changelog import CHANGELOG_CONFIG, Restorer, changelog_records, reset_epoch
@@ -64,14 +69,29 @@ logger = logging.getLogger(__name__)
 
 
 class _Partition:
-    """One source partition's projection: its view partition, store and transaction."""
+    """One source partition's projection into one generation of its view."""
 
     def __init__(
-        self, projection: Projection, tp: TP, store: PartitionStore, partitions: int
+        self,
+        projection: Projection,
+        tp: TP,
+        store: PartitionStore,
+        partitions: int,
+        generation: int,
+        status: PartitionStatus,
     ) -> None:
         self.projection = projection
         self.tp = tp
         self.store = store
+        self.generation = generation
+        self.changelog = projection.view.changelog_topic_for(generation)
+        self.status = status
+        #: live (the served generation) | replaying | following (a generation being built)
+        self.mode = "live"
+        #: A replay's first offset (log start or timestamp), where it resumed, and when.
+        self.positioned = False
+        self.replay_start = self.replay_from = 0
+        self.replay_began = 0.0
         self.txn = PartitionTransaction(projection.view, store, tp.partition, partitions)
         offsets = store.source_offsets()
         self.next_offset = offsets.pop((tp.topic, tp.partition), 0)
@@ -96,6 +116,9 @@ class ProjectionEngine(Service):
         self._by_topic: dict[str, Projection] = {}
         self._rekeys: dict[str, Projection] = {}
         self._active: dict[TP, _Partition] = {}
+        #: Partitions of a generation being rebuilt, next to their live ones in ``_active``.
+        self._building: dict[TP, _Partition] = {}
+        self.rebuilds = Rebuilder(self)
         self._lock = asyncio.Lock()
         self._reader: PartitionReader | None = None
         #: A checkpoint is written after this many seconds or events, whichever comes first.
@@ -119,6 +142,7 @@ class ProjectionEngine(Service):
 
     async def on_start(self) -> None:
         self.budget = StoreBudget()
+        await self.rebuilds.load()
         for projection in self.projections.values():
             fold = projection.fold_topic
             partitions = fold.partitions or self.app.conf.topic_partitions
@@ -130,32 +154,52 @@ class ProjectionEngine(Service):
                     f"view {view.name!r} has {view.partitions} partitions but {fold.get_topic_name()!r} has "
                     f"{partitions}; a projection's view is partitioned like its source (or pass by=)"
                 )
-            await self.app.topic(
-                view.changelog_topic,
-                partitions=partitions,
-                compacting=True,
-                internal=True,
-                config=CHANGELOG_CONFIG,
-            ).maybe_declare()
+            gen = self.rebuilds.generation(view.name)
+            view.generation = gen.active
+            for generation in {gen.active, gen.building} - {None}:
+                await self.declare_changelog(view, generation)  # type: ignore[arg-type]
+            self.rebuilds.remove_stale_files(view)
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.batch_tap = self
 
+    async def declare_changelog(self, view: Any, generation: int) -> None:
+        await self.app.topic(
+            view.changelog_topic_for(generation),
+            partitions=view.partitions,
+            compacting=True,
+            internal=True,
+            config=CHANGELOG_CONFIG,
+        ).maybe_declare()
+
     async def on_stop(self) -> None:
         async with self._lock:
-            for part in self._active.values():
+            for part in [*self._active.values(), *self._building.values()]:
                 part.store.close()
             self._active.clear()
+            self._building.clear()
             if self._reader is not None:
                 await self._reader.close()
                 self._reader = None
+            await self.rebuilds.close()
+
+    def _parts(self) -> list[_Partition]:
+        return [*self._active.values(), *self._building.values()]
 
     async def flush(self) -> None:
         """Checkpoint every partition with applied events (the consumer is stopping)."""
         async with self._lock:
-            for part in self._active.values():
+            for part in self._parts():
                 if part.dirty:
                     await self._checkpoint(part)
+
+    @Service.task
+    async def _control(self) -> None:
+        await self.rebuilds.follow_control()
+
+    @Service.task
+    async def _replay(self) -> None:
+        await self.rebuilds.replay()
 
     @Service.task
     async def _checkpoint_timer(self) -> None:
@@ -167,31 +211,28 @@ class ProjectionEngine(Service):
                 continue
             async with self._lock:
                 now = time.monotonic()
-                for part in list(self._active.values()):
+                for part in self._parts():
                     if part.dirty and now - part.flushed_at >= interval:
                         await self._checkpoint(part)
 
-    def _store_path(self, projection: Projection, partition: int) -> Path:
-        view = projection.view
-        return (
-            Path(self.app.conf.datadir)
-            / "views"
-            / f"{view.name}-g{view.generation}"
-            / f"{partition}.db"
-        )
+    def store_dir(self, view: Any, generation: int) -> Path:
+        return Path(self.app.conf.datadir) / "views" / f"{view.name}-g{generation}"
 
     # -- rebalancing --------------------------------------------------------------------------
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         async with self._lock:
             for tp in revoked:
-                part = self._active.pop(tp, None)
-                if part is not None:
+                for parts in (self._building, self._active):
+                    part = parts.pop(tp, None)
+                    if part is None:
+                        continue
                     if part.dirty:
                         await self._checkpoint(part)
-                    view = part.projection.view
-                    view.stores.pop(tp.partition, None)
-                    view.status.pop(tp.partition, None)
+                    if part.mode == "live":
+                        view = part.projection.view
+                        view.stores.pop(tp.partition, None)
+                        view.status.pop(tp.partition, None)
                     part.store.close()
 
     async def _on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
@@ -201,22 +242,52 @@ class ProjectionEngine(Service):
                 for tp in sorted(assigned)
                 if tp.topic in self._by_topic and tp not in self._active
             ]
-            if new:
-                await self._restore(new)
+            entries = []
+            for projection, tp in new:
+                view = projection.view
+                gen = self.rebuilds.generation(view.name)
+                status = view.status[tp.partition] = PartitionStatus(
+                    generation=view.generation, restore_started=time.monotonic()
+                )
+                entries.append((projection, tp, view.generation, status))
+                if gen.building is not None:
+                    building = PartitionStatus(
+                        generation=gen.building, restore_started=time.monotonic()
+                    )
+                    entries.append((projection, tp, gen.building, building))
+            if entries:
+                for part in await self.restore(entries):
+                    if part.generation == part.projection.view.generation:
+                        self._serve(part)
+                    else:
+                        self.rebuilds.adopt(part)
 
-    async def _restore(self, new: list[tuple[Projection, TP]]) -> None:
-        """Bring each new partition's view up to its changelog, all partitions in one pass."""
+    def _serve(self, part: _Partition) -> None:
+        view, partition = part.projection.view, part.tp.partition
+        view.stores[partition] = part.store
+        view.status[partition] = part.status
+        part.status.state = "serving"
+        self._active[part.tp] = part
+
+    async def restore(
+        self, entries: Sequence[tuple[Projection, TP, int, PartitionStatus]]
+    ) -> list[_Partition]:
+        """Bring each (source partition, generation)'s view partition up to its changelog,
+        all of them in one pass."""
         assert self.budget is not None
         if self._reader is None:
             self._reader = reader_for(self.app)
         reader = self._reader
         stores: dict[TP, PartitionStore] = {}
         changelogs: dict[TP, TP] = {}
-        for projection, tp in new:
+        new: dict[TP, tuple[Projection, TP, int, PartitionStatus]] = {}
+        for projection, tp, generation, status in entries:
             view = projection.view
-            view.status[tp.partition] = PartitionStatus(restore_started=time.monotonic())
-            stores[tp] = PartitionStore(self._store_path(projection, tp.partition), self.budget)
-            changelogs[tp] = TP(view.changelog_topic, tp.partition)
+            ctp = TP(view.changelog_topic_for(generation), tp.partition)
+            path = self.store_dir(view, generation) / f"{tp.partition}.db"
+            stores[ctp] = PartitionStore(path, self.budget)
+            changelogs[ctp] = ctp
+            new[ctp] = (projection, tp, generation, status)
         bounds = await reader.offsets(list(changelogs.values()))
         epochs: dict[TP, bytes | None] = dict.fromkeys(changelogs.values())
         async for ctp, batch in reader.read(
@@ -226,10 +297,9 @@ class ProjectionEngine(Service):
 
         ranges: dict[TP, tuple[int, int]] = {}
         restorers: dict[TP, Restorer] = {}
-        owners: dict[TP, tuple[Projection, TP]] = {}
-        for projection, tp in new:
-            view, ctp = projection.view, changelogs[tp]
-            store, (start_of_log, end), epoch = stores[tp], bounds[ctp], epochs[ctp]
+        for ctp, (projection, tp, _, status) in new.items():
+            view = projection.view
+            store, (start_of_log, end), epoch = stores[ctp], bounds[ctp], epochs[ctp]
             local = store.changelog_offset()
             stale = local is not None and (
                 local >= end or local + 1 < start_of_log or store.epoch() != epoch
@@ -241,39 +311,34 @@ class ProjectionEngine(Service):
                 )  # fmt: skip
                 path = store.path
                 store.destroy()
-                store = stores[tp] = PartitionStore(path, self.budget)
+                store = stores[ctp] = PartitionStore(path, self.budget)
                 local = None
             if store.epoch() != epoch:
                 store.set_epoch(epoch)
             start = start_of_log if local is None else local + 1
-            view.status[tp.partition].restore_total = max(end - start, 0)
+            status.restore_total = max(end - start, 0)
             ranges[ctp] = (start, end)
             restorers[ctp] = Restorer(view, store)
-            owners[ctp] = (projection, tp)
 
         async for ctp, batch in reader.read(ranges):
             restorers[ctp].feed(batch)
-            projection, tp = owners[ctp]
-            projection.view.status[tp.partition].restore_done = (
-                batch[-1].offset + 1 - ranges[ctp][0]
-            )
+            new[ctp][3].restore_done = batch[-1].offset + 1 - ranges[ctp][0]
 
+        parts = []
         for ctp, restorer in restorers.items():
-            projection, tp = owners[ctp]
-            view, store = projection.view, stores[tp]
+            projection, tp, generation, status = new[ctp]
+            view, store = projection.view, stores[ctp]
             repair = restorer.finish() | set(store.pending_keys())
-            part = _Partition(projection, tp, store, view.partitions or 1)
+            part = _Partition(projection, tp, store, view.partitions or 1, generation, status)
             if repair:
                 await self._write_changelog(part, {key: store.get(key) for key in repair})
-            view.stores[tp.partition] = store
-            status = view.status[tp.partition]
-            status.state = "serving"
             status.restore_finished = time.monotonic()
-            self._active[tp] = part
+            parts.append(part)
             logger.info(
-                "view %s[%d]: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
-                view.name, tp.partition, restorer.applied, restorer.dropped, len(repair), part.next_offset,
+                "view %s[%d] g%d: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
+                view.name, tp.partition, generation, restorer.applied, restorer.dropped, len(repair), part.next_offset,
             )  # fmt: skip
+        return parts
 
     # -- the batch path -----------------------------------------------------------------------
 
@@ -294,6 +359,9 @@ class ProjectionEngine(Service):
                         await self.app.consumer.seek(tp, records[0].offset)
                     continue
                 await self._process(part, records)
+                building = self._building.get(tp)
+                if building is not None and building.mode == "following":
+                    await self.rebuilds.follow(building, records, part.next_offset)
 
     async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
         first = records[0].offset
@@ -304,6 +372,14 @@ class ProjectionEngine(Service):
             await self.app.consumer.seek(part.tp, part.next_offset)
             return
         part.sought = True
+        await self.fold(part, records)
+
+    async def fold(self, part: _Partition, records: Sequence[Any]) -> None:
+        """Apply ``records`` (in offset order) to ``part``, checkpointing as they go.
+
+        A live partition stops early for a rebalance, and seeks back to what it left.
+        """
+        live = part.mode == "live"
         projection = part.projection
         codec = projection.source.codec
         handlers = projection.handlers
@@ -311,7 +387,7 @@ class ProjectionEngine(Service):
         origins = part.origins if projection.repartition is not None else None
         for i, record in enumerate(records):
             if i & 255 == 255 and part.dirty:
-                if self.app.rebalancing:
+                if live and self.app.rebalancing:
                     # Let the rebalance have the partition: keep what is done, fetch the rest again.
                     await self._checkpoint(part)
                     await self.app.consumer.seek(part.tp, part.next_offset)
@@ -414,6 +490,8 @@ class ProjectionEngine(Service):
         part.flushed_at = time.monotonic()
         if rows:
             await self._write_changelog(part, rows)
+        if part.mode != "live":
+            return  # the live generation's offsets are the group's
         try:
             await self.app.consumer._commit({part.tp: part.next_offset})
         except Exception as exc:  # only a hint of where to fetch from: the store holds the truth
@@ -422,7 +500,7 @@ class ProjectionEngine(Service):
             )
 
     async def _write_changelog(self, part: _Partition, rows: Mapping[bytes, bytes | None]) -> None:
-        topic = part.projection.view.changelog_topic
+        topic = part.changelog
         records = changelog_records(rows, part.offsets())
         producer = self.app.producer
         send_batch = getattr(producer, "send_batch", None)

@@ -3,7 +3,8 @@
 Only the named view is touched: its changelog is recreated (with a reset marker naming a
 new epoch, so that a stale local copy on any machine is recognised and dropped), its
 projection's committed source offsets go back to the start, and this machine's local
-files of the view are removed. The next worker to start rebuilds it from the source.
+files of the view are removed. A rebuild under way is abandoned, and its changelog
+deleted. The next worker to start rebuilds the view from the source.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from belvedere.streams.clients import BrokerClient, Record
 from belvedere.tables.changelog import CHANGELOG_CONFIG, HEADER_RESET, RESET_KEY
+from belvedere.tables.generations import Generation, Generations, control_topic, gen_key
 
 __all__ = ["ResetReport", "reset_view"]
 
@@ -41,12 +43,23 @@ def reset_view(app: Any, name: str, client: BrokerClient) -> ResetReport:
     partitions = view.partitions or projection.source.partitions or app.conf.topic_partitions
     source_partitions = client.partitions(source) or partitions
 
-    client.delete_topic(view.changelog_topic)
-    client.create_topic(view.changelog_topic, partitions, compacted=True, config=CHANGELOG_CONFIG)
+    control = control_topic(app.conf.id)
+    generations = Generations()
+    generations.apply((r.key, r.value) for r in client.read(control) if r.key is not None)
+    gen = generations.of(name)
+    changelog = view.changelog_topic_for(gen.active)
+    for other in (gen.building, gen.previous):
+        if other is not None:
+            client.delete_topic(view.changelog_topic_for(other))
+    client.delete_topic(changelog)
+    client.create_topic(changelog, partitions, compacted=True, config=CHANGELOG_CONFIG)
     epoch = uuid.uuid4().hex.encode()
     marker = Record(RESET_KEY, epoch, 0, ((HEADER_RESET, epoch),))
     for partition in range(partitions):
-        client.produce(view.changelog_topic, [marker], partition=partition)
+        client.produce(changelog, [marker], partition=partition)
+    if gen.building is not None or gen.previous is not None:
+        settled = Generation(active=gen.active, highest=gen.highest)
+        client.produce(control, [Record(gen_key(name), settled.encode(), 0)], partition=0)
     client.commit(app.conf.id, {(source, p): 0 for p in range(source_partitions)})
     if projection.repartition is not None:  # its copies would be applied again otherwise
         repartition = projection.repartition.get_topic_name()
@@ -54,7 +67,9 @@ def reset_view(app: Any, name: str, client: BrokerClient) -> ResetReport:
         client.create_topic(repartition, partitions)
         client.commit(app.conf.id, {(repartition, p): 0 for p in range(partitions)})
 
-    local = Path(app.conf.datadir) / "views" / f"{view.name}-g{view.generation}"
-    removed = local.exists()
-    shutil.rmtree(local, ignore_errors=True)
-    return ResetReport(name, view.changelog_topic, source, partitions, removed)
+    removed = False
+    for local in (Path(app.conf.datadir) / "views").glob(f"{view.name}-g*"):
+        if local.name[len(view.name) + 2 :].isdigit():
+            removed = True
+            shutil.rmtree(local, ignore_errors=True)
+    return ResetReport(name, changelog, source, partitions, removed)

@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from belvedere.streams.envelope import EventMeta
     from belvedere.streams.records import Event
 
-__all__ = ["caused_by", "current_cause"]
+__all__ = ["caused_by", "current_cause", "replaying", "side_effects_suppressed"]
 
 _cause: ContextVar[EventMeta | None] = ContextVar("belvedere_cause", default=None)
+_replaying: ContextVar[bool] = ContextVar("belvedere_replaying", default=False)
 
 
 def current_cause() -> EventMeta | None:
@@ -44,3 +45,21 @@ def caused_by(event: Event | EventMeta) -> Iterator[None]:
         yield
     finally:
         _cause.reset(token)
+
+
+def side_effects_suppressed() -> bool:
+    """True while a projection replays history into a new generation of its view.
+
+    The events it replays had their effects when they were first handled; publishing
+    (and dead-lettering) them again would repeat those effects.
+    """
+    return _replaying.get()
+
+
+@contextmanager
+def replaying() -> Iterator[None]:
+    token = _replaying.set(True)
+    try:
+        yield
+    finally:
+        _replaying.reset(token)

@@ -17,6 +17,7 @@ from typing import Any
 
 from faust.types import Message
 
+from belvedere.streams.context import side_effects_suppressed
 from belvedere.streams.types import format_timestamp
 
 __all__ = ["DeadLetter", "DeadLetters", "ReplayReport", "dead_letter_topic", "replay"]
@@ -79,6 +80,8 @@ class DeadLetters:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.counts: Counter[tuple[str, str]] = Counter()
+        #: Dead letters not sent because a rebuild replayed events already dead-lettered.
+        self.suppressed: Counter[tuple[str, str]] = Counter()
         self._declared: set[str] = set()
 
     @property
@@ -86,6 +89,13 @@ class DeadLetters:
         return sum(self.counts.values())
 
     async def send(self, message: Message, kind: str, reason: str) -> None:
+        if side_effects_suppressed():
+            self.suppressed[(message.topic, kind)] += 1
+            logger.info(
+                "replay: not dead-lettering %s[%d]@%d again: %s",
+                message.topic, message.partition, message.offset, reason,
+            )  # fmt: skip
+            return
         letter = DeadLetter(
             message.key,
             message.value,

@@ -22,6 +22,11 @@ class PartitionReader:
         """(log start, log end) of each partition."""
         raise NotImplementedError
 
+    async def offsets_for_time(self, tps: Sequence[TP], timestamp_ms: int) -> dict[TP, int]:
+        """The first offset of each partition whose record is at ``timestamp_ms`` or later
+        (the log end if none is)."""
+        raise NotImplementedError
+
     def read(self, ranges: Ranges) -> AsyncIterator[tuple[TP, Sequence[Any]]]:
         """Batches of each partition's records with offsets in [start, end)."""
         raise NotImplementedError
@@ -42,6 +47,24 @@ class EmbeddedReader(PartitionReader):
             )
             for tp in tps
         }
+
+    async def offsets_for_time(self, tps: Sequence[TP], timestamp_ms: int) -> dict[TP, int]:
+        # Like Kafka's time index: a binary search that takes timestamps to rise with offsets.
+        out = {}
+        for tp in tps:
+            low = self.log.start_offset(tp.topic, tp.partition)
+            high = self.log.end_offset(tp.topic, tp.partition)
+            while low < high:
+                middle = (low + high) // 2
+                found = self.log.read(tp.topic, tp.partition, middle, 1)
+                if not found:
+                    break
+                if found[0].timestamp_ms < timestamp_ms:
+                    low = min(found[0].offset + 1, high)
+                else:
+                    high = middle
+            out[tp] = low
+        return out
 
     async def read(self, ranges: Ranges) -> AsyncIterator[tuple[TP, Sequence[Any]]]:
         for tp, (start, end) in ranges.items():
@@ -85,6 +108,15 @@ class KafkaReader(PartitionReader):
         starts = await consumer.beginning_offsets(list(ktps))
         ends = await consumer.end_offsets(list(ktps))
         return {tp: (starts[k], ends[k]) for k, tp in ktps.items()}
+
+    async def offsets_for_time(self, tps: Sequence[TP], timestamp_ms: int) -> dict[TP, int]:
+        from aiokafka import TopicPartition
+
+        consumer = await self._client()
+        ktps = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+        found = await consumer.offsets_for_times(dict.fromkeys(ktps, timestamp_ms))
+        ends = await consumer.end_offsets(list(ktps))
+        return {tp: ends[k] if found.get(k) is None else found[k].offset for k, tp in ktps.items()}
 
     async def read(self, ranges: Ranges) -> AsyncIterator[tuple[TP, Sequence[Any]]]:
         from aiokafka import TopicPartition

@@ -15,7 +15,7 @@ from faust.exceptions import ValueDecodeError
 from faust.topics import Topic
 from faust.types import Message
 
-from belvedere.streams.context import current_cause
+from belvedere.streams.context import current_cause, side_effects_suppressed
 from belvedere.streams.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
     BadEvent,
@@ -36,6 +36,8 @@ class Published:
     topic: str
     partition: int
     offset: int
+    #: Not sent: a rebuild replayed the event that caused it (partition and offset are -1).
+    suppressed: bool = False
 
 
 class EventTopic(Topic):
@@ -120,7 +122,8 @@ class EventTopic(Topic):
         """Write ``event`` in its envelope; returns once the broker has it.
 
         Handled inside an agent (or ``caused_by``), it continues the handled event's
-        correlation, and is caused by it.
+        correlation, and is caused by it. While a rebuild replays history into a new
+        generation of a view, a projection's publishes are not sent (``suppressed``).
         """
         known = self.codec.types.get(type(event).event_type)
         if known is not type(event):
@@ -134,6 +137,8 @@ class EventTopic(Topic):
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
+        if side_effects_suppressed():
+            return Published(meta, self.get_topic_name(), -1, -1, suppressed=True)
         fut = await self.send(
             key=self.key_for(event, key),
             value=self.codec.encode(event, meta),

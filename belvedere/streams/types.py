@@ -140,6 +140,20 @@ def parse_timestamp(value: Any) -> dt.datetime:
     raise FieldError(f"expected an ISO-8601 date-time, got {_name(value)}")
 
 
+def timestamp_ms(text: str) -> int:
+    """A point in time given by a person: milliseconds since the epoch, or ISO-8601."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        when = parse_timestamp(text)
+    except FieldError:
+        raise FieldError(
+            f"expected milliseconds since the epoch or an ISO-8601 date-time, got {text!r}"
+        ) from None
+    return int(when.timestamp() * 1000)
+
+
 def _datetime() -> Converter:
     def check(value: Any) -> dt.datetime:
         if isinstance(value, dt.datetime):

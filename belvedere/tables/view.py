@@ -44,6 +44,7 @@ class PartitionStatus:
     """Where one local partition of a view stands."""
 
     state: str = "recovering"  # recovering | serving
+    generation: int = 1
     restore_done: int = 0
     restore_total: int = 0
     restore_started: float = 0.0
@@ -118,7 +119,11 @@ class View:
 
     @property
     def changelog_topic(self) -> str:
-        return f"{self.app_id}-view-{self.name}-g{self.generation}-changelog"
+        """The changelog of the generation new partitions are restored to."""
+        return self.changelog_topic_for(self.generation)
+
+    def changelog_topic_for(self, generation: int) -> str:
+        return f"{self.app_id}-view-{self.name}-g{generation}-changelog"
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -183,11 +188,15 @@ class View:
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The row for ``key`` from this worker; NotLocal if another worker owns it."""
+        data = self.get_encoded(key)
+        return default if data is None else self.decode_value(data)
+
+    def get_encoded(self, key: Any) -> bytes | None:
+        """The row's JSON bytes, as stored (what an HTTP answer sends)."""
         if self.partitions is None:
             raise NotLocal(self.name, -1, "not started")
         store = self._serving(self.partition_of(self.check_key(key), self.partitions))
-        data = store.get(self.store_key(key))
-        return default if data is None else self.decode_value(data)
+        return store.get(self.store_key(key))
 
     def count(self) -> int:
         """Rows in the partitions this worker serves."""

@@ -3,10 +3,17 @@
 ``balances`` is a view filled by a projection (the batch path), indexed by owner; ``ops``
 counts the events applied per account, so a double-applied event shows. Amounts of 13
 make the handler raise, to test that a failing handler dead-letters only its event.
+
+``LEDGER_FACTOR`` changes the balances logic (amounts count that many times), as a new
+release would, for the rebuild tests; deposits of 50 by owner-0 publish a LargeDeposit,
+the projection's side effect.
 """
 
 import asyncio
 import os
+
+import faust.web
+import orjson
 
 import belvedere
 
@@ -46,6 +53,11 @@ class OrderPlaced(belvedere.Event, key="order_id"):
     amount: int
 
 
+class LargeDeposit(belvedere.Event, key="account"):
+    account: str
+    amount: int
+
+
 class Balance(belvedere.Record):
     owner: str
     balance: int
@@ -58,26 +70,30 @@ notes_topic = app.event_topic(f"{NAME}-notes", Noted, partitions=PARTITIONS)
 notes = app.view("notes", value=str, key=str)
 orders = app.event_topic(f"{NAME}-orders", OrderPlaced, partitions=PARTITIONS)
 revenue = app.view("revenue", value=int, key=str)  # per user, from orders keyed by order id
+alerts = app.event_topic(f"{NAME}-alerts", LargeDeposit, partitions=1)
+FACTOR = int(os.environ.get("LEDGER_FACTOR", "1"))
 #: Handler calls in this process, per view: shows what a restart did (not) reprocess.
 calls = {"balances": 0, "notes": 0}
 
 
 @app.projection(movements, view=balances)
 class Balances:
-    def deposited(self, view, event: Deposited) -> None:
+    async def deposited(self, view, event: Deposited) -> None:
         calls["balances"] += 1
         if event.amount == 13:
             raise ValueError("unlucky amount")
         row = view.get(event.account) or Balance(owner=event.owner, balance=0, ops=0)
         view[event.account] = Balance(
-            owner=row.owner, balance=row.balance + event.amount, ops=row.ops + 1
+            owner=row.owner, balance=row.balance + event.amount * FACTOR, ops=row.ops + 1
         )
+        if event.amount == 50 and event.owner == "owner-0":
+            await alerts.publish(LargeDeposit(account=event.account, amount=event.amount))
 
     async def withdrawn(self, view, event: Withdrawn) -> None:
         calls["balances"] += 1
         row = view[event.account]
         view[event.account] = Balance(
-            owner=row.owner, balance=row.balance - event.amount, ops=row.ops + 1
+            owner=row.owner, balance=row.balance - event.amount * FACTOR, ops=row.ops + 1
         )
 
 
@@ -117,3 +133,17 @@ async def state(web, request):
             "calls": calls,
         }
     )
+
+
+@app.page("/produce/{topic}")
+class Produce(faust.web.View):
+    """Appends ``[[key, envelope], ...]`` to a topic through this worker: on the embedded
+    broker, while the worker runs, nothing else can."""
+
+    async def post(self, request, topic):
+        futures = [
+            await app.producer.send(topic, key.encode(), orjson.dumps(value), None, None, None)
+            for key, value in orjson.loads(await request.read())
+        ]
+        await asyncio.gather(*futures)
+        return self.json({"produced": len(futures)})

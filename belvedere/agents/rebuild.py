@@ -1,0 +1,357 @@
+"""Rebuilding a view into a new generation while the current one keeps serving.
+
+``start`` writes the view's generation record (see :mod:`belvedere.tables.generations`)
+naming a new generation. Every worker follows the control topic, and for each source
+partition it owns:
+
+1. *replaying*: folds the source partition's history (from its start, or from a
+   timestamp) into the new generation's own store and changelog, a chunk at a time,
+   with the projection's side effects suppressed;
+2. *following*: once caught up with the live position, folds each live batch into both
+   generations (the new one still without side effects), and says so;
+3. the worker owning partition 0 sees every partition following and writes the switch;
+   each worker then serves the new generation for each of its partitions (a partition
+   that moved in the meantime switches as soon as it has caught up here) and deletes the
+   old generation's files. When every partition has switched, the coordinator deletes
+   the old changelog topic.
+
+Reads never see a partly built generation: a partition serves the new one only once it
+holds every event the old one held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from faust.types import TP
+
+from belvedere.streams.clients import EmbeddedClient, client_for
+from belvedere.streams.context import replaying
+from belvedere.streams.readers import PartitionReader, reader_for
+from belvedere.tables.generations import (
+    Generation,
+    Generations,
+    PartitionProgress,
+    control_topic,
+    gen_key,
+    part_key,
+)
+from belvedere.tables.view import PartitionStatus
+
+if TYPE_CHECKING:
+    from belvedere.agents.engine import ProjectionEngine, _Partition
+
+__all__ = ["RebuildConflict", "Rebuilder"]
+
+logger = logging.getLogger(__name__)
+
+#: Records replayed per partition between two looks at the live position.
+CHUNK = 20_000
+#: Seconds between two reads of the control topic, and between two progress reports.
+POLL = 0.2
+REPORT_EVERY = 1.0
+
+
+class RebuildConflict(Exception):
+    """A rebuild of this view is already under way."""
+
+
+class Rebuilder:
+    """A worker's part in its views' rebuilds (one per projection engine)."""
+
+    def __init__(self, engine: ProjectionEngine) -> None:
+        self.engine = engine
+        self.app = engine.app
+        self.state = Generations()
+        self.reader: PartitionReader | None = None
+        self._replay_reader: PartitionReader | None = None
+        self._control_offset = 0
+        self._poll_lock = asyncio.Lock()
+        self._reported: dict[tuple[str, int], tuple[int, str]] = {}
+        self._last_report: dict[TP, float] = {}
+
+    @property
+    def topic(self) -> str:
+        return control_topic(self.app.conf.id)
+
+    def generation(self, view: str) -> Generation:
+        return self.state.of(view)
+
+    def report(self, view: str) -> dict[str, Any]:
+        return self.state.report(view, self.app.views[view].partitions or 1)
+
+    # -- the control topic ------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the whole control topic: which generation of each view to restore."""
+        await self.app.topic(
+            self.topic, partitions=1, compacting=True, internal=True
+        ).maybe_declare()
+        self.reader = reader_for(self.app)
+        await self._poll()
+
+    async def _poll(self) -> None:
+        assert self.reader is not None
+        ctp = TP(self.topic, 0)
+        async with self._poll_lock:
+            start, end = (await self.reader.offsets([ctp]))[ctp]
+            low = max(self._control_offset, start)
+            if end > low:
+                async for _, batch in self.reader.read({ctp: (low, end)}):
+                    self.state.apply((bytes(r.key), r.value) for r in batch)
+                self._control_offset = end
+
+    async def _write(self, key: bytes, value: bytes) -> None:
+        await self.app.producer.send_and_wait(self.topic, key, value, 0, None, None)
+
+    async def follow_control(self) -> None:
+        """Act on what the control topic says, for as long as the worker runs."""
+        engine = self.engine
+        while not engine.should_stop:
+            try:
+                await self._poll()
+                for name in list(self.state.views):
+                    if name in engine.projections:
+                        await self._act(name)
+            except Exception:  # the next poll tries again; the rebuild waits meanwhile
+                logger.exception("views control topic: poll failed")
+            await engine.sleep(POLL)
+
+    async def _act(self, name: str) -> None:
+        engine = self.engine
+        view = self.app.views[name]
+        gen = self.generation(name)
+        async with engine._lock:
+            if gen.building is not None:
+                await self._start_building(view, gen.building)
+            if view.generation != gen.active:
+                logger.info("view %s: switching to generation %d", name, gen.active)
+                view.generation = gen.active
+            for tp, part in list(engine._building.items()):
+                if part.projection.view is not view:
+                    continue
+                if part.generation == gen.active and part.mode == "following":
+                    await self._switch(part)
+                elif part.generation not in (gen.active, gen.building):  # abandoned
+                    del engine._building[tp]
+                    part.store.destroy()
+            for part in list(engine._active.values()):
+                if part.projection.view is view and part.generation == gen.active:
+                    await self._progress(part, "switched")
+        if self._coordinates(view):
+            await self._coordinate(view, gen)
+
+    def _coordinates(self, view: Any) -> bool:
+        projection = self.engine.projections[view.name]
+        return TP(projection.fold_topic.get_topic_name(), 0) in self.engine._active
+
+    async def _coordinate(self, view: Any, gen: Generation) -> None:
+        partitions = view.partitions or 1
+        following = {"following", "switched"}
+        if gen.building is not None and self.state.all_in(
+            view.name, gen.building, partitions, following
+        ):
+            logger.info("view %s: every partition caught up; switching", view.name)
+            await self._write(gen_key(view.name), gen.switched().encode())
+        elif gen.previous is not None and self.state.all_in(
+            view.name, gen.active, partitions, {"switched"}
+        ):
+            old = view.changelog_topic_for(gen.previous)
+            client = client_for(self.app.conf.broker, self.app.conf.datadir)
+            if isinstance(client, EmbeddedClient):  # this process's own log: not from a thread
+                client.delete_topic(old)
+            else:
+                await asyncio.to_thread(client.delete_topic, old)
+            await self._write(gen_key(view.name), gen.cleaned().encode())
+            logger.info("view %s: generation %d retired (%s deleted)", view.name, gen.previous, old)
+
+    async def start(self, name: str, from_timestamp: int | None = None) -> Generation:
+        """Begin rebuilding view ``name``; returns its new generation record."""
+        if name not in self.engine.projections:
+            raise LookupError(f"view {name!r} has no projection to rebuild it from")
+        await self._poll()
+        gen = self.generation(name)
+        if gen.building is not None:
+            raise RebuildConflict(f"view {name!r} is already rebuilding generation {gen.building}")
+        if gen.previous is not None:
+            raise RebuildConflict(
+                f"view {name!r} is still retiring generation {gen.previous}; try again shortly"
+            )
+        new = gen.start(from_timestamp)
+        assert new.building is not None
+        await self.engine.declare_changelog(self.app.views[name], new.building)
+        await self._write(gen_key(name), new.encode())
+        await self._poll()
+        return new
+
+    # -- one partition's new generation -------------------------------------------------------
+
+    async def _start_building(self, view: Any, generation: int) -> None:
+        """Open the new generation of each live partition of ``view`` here (lock held)."""
+        engine = self.engine
+        entries = [
+            (part.projection, tp, generation, PartitionStatus(generation=generation))
+            for tp, part in engine._active.items()
+            if part.projection.view is view
+            and part.generation != generation
+            and tp not in engine._building
+        ]
+        if not entries:
+            return
+        await engine.declare_changelog(view, generation)
+        for part in await engine.restore(entries):
+            self.adopt(part)
+
+    def adopt(self, part: _Partition) -> None:
+        """A restored partition of a generation being built: replay into it."""
+        part.mode = "replaying"
+        part.positioned = False
+        part.status.state = "rebuilding"
+        self.engine._building[part.tp] = part
+
+    async def follow(self, part: _Partition, records: Any, live_next: int) -> None:
+        """Fold a live batch into a caught-up new generation, up to where the live one got."""
+        done = [r for r in records if r.offset < live_next]
+        if not done:
+            return
+        if done[-1].offset >= part.next_offset and done[0].offset > part.next_offset:
+            part.mode = "replaying"  # a gap: let the replay fill it
+            return
+        with replaying():
+            await self.engine.fold(part, done)
+        part.next_offset = max(part.next_offset, live_next)
+
+    async def _position(self, part: _Partition) -> None:
+        """Where the replay of ``part`` starts: the log start, or the given timestamp."""
+        if self._replay_reader is None:
+            self._replay_reader = reader_for(self.app)
+        gen = self.generation(part.projection.view.name)
+        start, _ = (await self._replay_reader.offsets([part.tp]))[part.tp]
+        if gen.from_timestamp is not None:
+            found = await self._replay_reader.offsets_for_time([part.tp], gen.from_timestamp)
+            start = max(start, found[part.tp])
+        fresh = not part.store.source_offsets()
+        if fresh or part.next_offset < start:
+            part.next_offset = start
+        part.replay_start = start
+        part.replay_began = time.monotonic()
+        part.replay_from = part.next_offset
+        part.positioned = True
+
+    async def _caught_up(self, part: _Partition) -> None:
+        if part.generation == part.projection.view.generation:
+            await self._switch(part)
+        else:
+            part.mode = "following"
+            await self._progress(part, "following")
+            logger.info(
+                "view %s[%d] g%d: caught up at offset %d; following live events",
+                part.projection.view.name, part.tp.partition, part.generation, part.next_offset,
+            )  # fmt: skip
+
+    async def _switch(self, new: _Partition) -> None:
+        """Serve ``new`` instead of the live partition (lock held, both at one offset)."""
+        engine = self.engine
+        old = engine._active[new.tp]
+        del engine._building[new.tp]
+        new.mode = "live"
+        new.sought = True
+        engine._serve(new)
+        old.store.destroy()
+        view = new.projection.view
+        old_dir = engine.store_dir(view, old.generation)
+        if old_dir.exists() and not any(old_dir.iterdir()):
+            old_dir.rmdir()
+        await self._progress(new, "switched")
+        logger.info(
+            "view %s[%d]: now serving generation %d (generation %d deleted)",
+            view.name, new.tp.partition, new.generation, old.generation,
+        )  # fmt: skip
+
+    async def _progress(self, part: _Partition, state: str, *, force: bool = False) -> None:
+        view, partition = part.projection.view.name, part.tp.partition
+        if not force and self._reported.get((view, partition)) == (part.generation, state):
+            return
+        live = self.engine._active.get(part.tp)
+        replayed = part.next_offset - part.replay_from
+        elapsed = time.monotonic() - part.replay_began if part.positioned else 0.0
+        progress = PartitionProgress(
+            generation=part.generation,
+            state=state,
+            start=part.replay_start if part.positioned else part.next_offset,
+            offset=part.next_offset,
+            end=max(live.next_offset if live is not None else 0, part.next_offset),
+            rate=replayed / elapsed if elapsed > 0 and state == "replaying" else 0.0,
+        )
+        await self._write(part_key(view, partition), progress.encode())
+        self._reported[(view, partition)] = (part.generation, state)
+
+    # -- the replay ----------------------------------------------------------------------
+
+    async def replay(self) -> None:
+        """Fold history into every partition still replaying, a chunk at a time."""
+        engine = self.engine
+        while not engine.should_stop:
+            ranges = await self._next_chunks()
+            if not ranges:
+                await engine.sleep(POLL / 2)
+                continue
+            assert self._replay_reader is not None
+            fetched: dict[TP, list[Any]] = defaultdict(list)
+            async for tp, batch in self._replay_reader.read(ranges):
+                fetched[tp].extend(batch)
+            async with engine._lock:
+                now = time.monotonic()
+                for tp, (low, high) in ranges.items():
+                    part = engine._building.get(tp)
+                    if part is None or part.mode != "replaying" or part.next_offset != low:
+                        continue  # revoked, or moved on, while the chunk was read
+                    if fetched[tp]:
+                        with replaying():
+                            await engine.fold(part, fetched[tp])
+                    part.next_offset = max(part.next_offset, high)
+                    if now - self._last_report.get(tp, 0.0) >= REPORT_EVERY:
+                        self._last_report[tp] = now
+                        await self._progress(part, "replaying", force=True)
+
+    async def _next_chunks(self) -> dict[TP, tuple[int, int]]:
+        engine = self.engine
+        ranges = {}
+        async with engine._lock:
+            for tp, part in list(engine._building.items()):
+                live = engine._active.get(tp)
+                if part.mode != "replaying" or live is None:
+                    continue
+                if not part.positioned:
+                    await self._position(part)
+                    await self._progress(part, "replaying", force=True)
+                if part.next_offset >= live.next_offset:
+                    await self._caught_up(part)
+                    continue
+                ranges[tp] = (part.next_offset, min(live.next_offset, part.next_offset + CHUNK))
+        return ranges
+
+    async def close(self) -> None:
+        for reader in (self.reader, self._replay_reader):
+            if reader is not None:
+                await reader.close()
+        self.reader = self._replay_reader = None
+
+    # -- files ---------------------------------------------------------------------------
+
+    def remove_stale_files(self, view: Any) -> None:
+        """Delete this machine's files of the view's retired or abandoned generations."""
+        gen = self.generation(view.name)
+        keep = {self.engine.store_dir(view, g).name for g in (gen.active, gen.building) if g}
+        root = self.engine.store_dir(view, gen.active).parent
+        if not root.exists():
+            return
+        for path in root.glob(f"{view.name}-g*"):
+            if path.name not in keep and path.name[len(view.name) + 2 :].isdigit():
+                logger.info("view %s: removing retired files %s", view.name, path)
+                shutil.rmtree(path, ignore_errors=True)

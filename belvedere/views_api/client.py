@@ -1,0 +1,57 @@
+"""A small blocking client of a worker's HTTP API, for the command line."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+__all__ = ["ApiError", "WorkerClient"]
+
+
+class ApiError(Exception):
+    """The worker answered with an error, or did not answer; the message is one line."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WorkerClient:
+    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = None
+        if body is not None:
+            data = orjson.dumps(body)
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.url + path, data, headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return orjson.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                detail = orjson.loads(exc.read()).get("detail", exc.reason)
+            except (orjson.JSONDecodeError, AttributeError):
+                detail = exc.reason
+            raise ApiError(f"{self.url} answered {exc.code}: {detail}", exc.code) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ApiError(
+                f"no worker answers at {self.url} ({reason}); is `belvedere worker` running?"
+            ) from None
+
+    def start_rebuild(self, view: str, from_timestamp: str | None = None) -> dict[str, Any]:
+        body = {} if from_timestamp is None else {"fromTimestamp": from_timestamp}
+        return self.request("POST", f"/views/{view}/rebuild", body)
+
+    def rebuild_status(self, view: str) -> dict[str, Any]:
+        return self.request("GET", f"/views/{view}/rebuild")

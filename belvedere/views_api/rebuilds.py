@@ -1,0 +1,52 @@
+"""Starting a view's rebuild, and watching it: ``POST``/``GET /views/{view}/rebuild``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from belvedere.agents.rebuild import RebuildConflict
+from belvedere.streams.types import FieldError, timestamp_ms
+from belvedere.views_api.auth import refuse_admin
+from belvedere.views_api.errors import error, json
+from belvedere.views_api.reads import view_or_404
+
+__all__ = ["rebuild_status", "start_rebuild"]
+
+
+async def start_rebuild(app: Any, request: web.Request) -> web.StreamResponse:
+    """Body (optional): ``{"fromTimestamp": <ms or ISO-8601>}``. Answers 202 and the status."""
+    refused = refuse_admin(request, app.admin_token)
+    if refused is not None:
+        return refused
+    view = view_or_404(app, request)
+    if isinstance(view, web.Response):
+        return view
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        return error(400, "bad-body", f"the body is not JSON: {exc}")
+    if not isinstance(body, dict) or set(body) - {"fromTimestamp"}:
+        return error(400, "bad-body", 'expected {"fromTimestamp": <ms or ISO-8601>} or nothing')
+    since = body.get("fromTimestamp")
+    try:
+        since_ms = None if since is None else timestamp_ms(str(since))
+    except FieldError as exc:
+        return error(400, "bad-timestamp", str(exc))
+    try:
+        await app.projections.rebuilds.start(view.name, since_ms)
+    except LookupError as exc:
+        return error(400, "not-rebuildable", str(exc))
+    except RebuildConflict as exc:
+        return error(409, "rebuild-running", str(exc))
+    return json(app.projections.rebuilds.report(view.name), 202)
+
+
+async def rebuild_status(app: Any, request: web.Request) -> web.StreamResponse:
+    view = view_or_404(app, request)
+    if isinstance(view, web.Response):
+        return view
+    return json(app.projections.rebuilds.report(view.name))

@@ -1,0 +1,215 @@
+"""Rebuilding a view into a new generation while it serves, on both brokers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import orjson
+import pytest
+
+from belvedere.streams.clients import Record
+from belvedere.tables.generations import Generation, Generations, PartitionProgress
+from tests.support.brokers import Broker
+from tests.support.worker import REPO, Worker, run_cli
+from tests.test_projections import fill_both_views, movements, total_ops
+
+APP = "tests.apps.ledger:app"
+
+
+def scaled(fold: dict[str, dict], factor: int) -> dict[str, dict]:
+    """The fold under the new logic (amounts count ``factor`` times)."""
+    return {k: {**row, "balance": row["balance"] * factor} for k, row in fold.items()}
+
+
+def alert_worthy(records: list[Record]) -> int:
+    count = 0
+    for record in records:
+        envelope = orjson.loads(record.value)
+        data = envelope["data"]
+        if envelope["eventType"] == "Deposited" and data["amount"] == 50:
+            count += data["owner"] == "owner-0"
+    return count
+
+
+class Reads(threading.Thread):
+    """GETs rows of a view in a loop, keeping every answer's status, until stopped."""
+
+    def __init__(self, url: str, keys: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.keys = url, keys
+        self.statuses: list[int] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self.stopping.is_set():
+            key = self.keys[i % len(self.keys)]
+            i += 1
+            try:
+                with urllib.request.urlopen(f"{self.url}/views/balances/{key}", timeout=10) as r:
+                    self.statuses.append(r.status)
+            except urllib.error.HTTPError as exc:
+                self.statuses.append(exc.code)
+            except OSError:
+                self.statuses.append(0)  # no answer at all
+
+    def stop(self) -> list[int]:
+        self.stopping.set()
+        self.join(30)
+        return self.statuses
+
+
+def produce_through(worker: Worker, topic: str, records: list[Record]) -> None:
+    for i in range(0, len(records), 500):
+        body = [[r.key.decode(), orjson.loads(r.value)] for r in records[i : i + 500]]
+        request = urllib.request.Request(f"{worker.url}/produce/{topic}", orjson.dumps(body))
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+
+
+def rebuild(worker: Worker, name: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "belvedere.cli", "rebuild", APP, "balances", "--url", worker.url, *args],
+        cwd=REPO,
+        env={**os.environ, **worker.env, "LEDGER_NAME": name},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def test_rebuild_while_reads_run_serves_the_new_logic_and_touches_nothing_else(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, fold = movements(12_000, seed=11)
+    first, later = records[:8_000], records[8_000:]
+    before = fill_both_views(broker, ledger, unique_name, first)
+    ledger.env["LEDGER_FACTOR"] = "3"  # the new release
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"], what="the new release serving")
+
+    reads = Reads(ledger.url, sorted(before["rows"]))
+    reads.start()
+    cli = rebuild(ledger, unique_name)
+    produce_through(ledger, f"{unique_name}-movements", later)  # live events go on meanwhile
+    out, err = cli.communicate(timeout=240)
+    assert cli.returncode == 0, err
+    assert "now serves generation 2" in out
+
+    state = ledger.wait_until(
+        "/state", lambda s: s["ready"] and total_ops(s) == 12_000, what="all 12,000 events"
+    )
+    statuses = reads.stop()
+    assert len(statuses) > 50 and set(statuses) == {200}, sorted(set(statuses))
+    assert state["rows"] == scaled(fold, 3)  # the new logic's fold of every event
+    assert state["notes"] == before["notes"] and state["calls"]["notes"] == 0
+    views = ledger.data_dir / "views"
+    assert not (views / "balances-g1").exists() and (views / "balances-g2").exists()
+    assert (views / "notes-g1").exists()
+    status = ledger.get("/views/balances/rebuild")  # idle: the old changelog is retired
+    assert status["generation"] == 2 and status["state"] == "idle"
+    assert ledger.stop() == 0
+    assert broker.partitions(f"{unique_name}-view-balances-g1-changelog") is None
+    assert broker.partitions(f"{unique_name}-view-notes-g1-changelog") == 4
+    # The replay published nothing: one alert per alert-worthy event, each handled live once.
+    alerts = broker.read(f"{unique_name}-alerts")
+    assert len(alerts) == alert_worthy(records)
+
+    ledger.start()  # generation 2 survives a restart
+    again = ledger.wait_until("/state", lambda s: s["ready"], what="restarted")
+    assert again["rows"] == scaled(fold, 3) and again["calls"]["balances"] == 0
+
+
+def test_rebuild_from_a_timestamp_folds_only_later_events(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    now = int(time.time() * 1000)
+    old, _ = movements(2_000, seed=12)
+    new, new_fold = movements(3_000, seed=13)
+    stamp = [Record(r.key, r.value, now - 3_600_000 + i) for i, r in enumerate(old)]
+    stamp += [Record(r.key, r.value, now - 60_000 + i) for i, r in enumerate(new)]
+    broker.produce(f"{unique_name}-movements", stamp)
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"] and total_ops(s) == 5_000, what="5,000 events")
+
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((now - 600_000) / 1000))
+    cli = rebuild(ledger, unique_name, "--from-timestamp", since)
+    _, err = cli.communicate(timeout=240)
+    assert cli.returncode == 0, err
+    state = ledger.wait_until("/state", lambda s: s["ready"], what="serving")
+    assert state["rows"] == new_fold and total_ops(state) == 3_000
+
+
+def test_rebuild_requests_are_checked(broker: Broker, ledger: Worker, unique_name: str) -> None:
+    ledger.env["BELVEDERE_ADMIN_TOKEN"] = "s3cret"
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"], what="serving")
+
+    def post(path: str, token: str | None, body: bytes = b"") -> tuple[int, dict]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(ledger.url + path, body, headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status, orjson.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, orjson.loads(exc.read())
+
+    assert post("/views/balances/rebuild", None)[0] == 401
+    assert post("/views/balances/rebuild", "wrong")[0] == 403
+    status, body = post("/views/nope/rebuild", "s3cret")
+    assert status == 404 and body["error"] == "unknown-view"
+    status, body = post("/views/balances/rebuild", "s3cret", b'{"fromTimestamp": "yesterday"}')
+    assert status == 400 and "ISO-8601" in body["detail"]
+    status, body = post("/views/balances/rebuild", "s3cret")
+    assert status == 202 and body["building"] == 2
+    status, body = post("/views/balances/rebuild", "s3cret")
+    assert status == 409 and body["error"] == "rebuild-running"
+    status = ledger.wait_until(
+        "/views/balances/rebuild", lambda s: s["state"] == "idle", what="the switch"
+    )
+    assert status["generation"] == 2
+
+    result = run_cli(
+        "rebuild", APP, "balances", "--url", ledger.url, env={"LEDGER_NAME": unique_name}
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "401" in result.stderr
+
+
+# -- the control state, without a broker -----------------------------------------------------
+
+
+def test_generation_records_go_building_switched_cleaned() -> None:
+    gen = Generation().start(from_timestamp=5)
+    assert (gen.active, gen.building, gen.from_timestamp, gen.highest) == (1, 2, 5, 2)
+    switched = gen.switched()
+    assert (switched.active, switched.building, switched.previous) == (2, None, 1)
+    assert switched.cleaned().start(None).building == 3
+
+
+def test_generations_know_when_every_partition_caught_up() -> None:
+    state = Generations()
+    gen = Generation().start(None)
+    state.apply([(b"gen/v", gen.encode())])
+    state.apply([(b"part/v/0", PartitionProgress(2, "following", 0, 10, 10).encode())])
+    assert not state.all_in("v", 2, 2, {"following"})
+    state.apply([(b"part/v/1", PartitionProgress(2, "replaying", 0, 4, 10, 2.0).encode())])
+    report = state.report("v", 2)
+    assert (report["state"], report["done"], report["total"], report["eta"]) == (
+        "rebuilding", 14, 20, 3.0,
+    )  # fmt: skip
+    state.apply([(b"part/v/1", PartitionProgress(2, "following", 0, 10, 10).encode())])
+    assert state.all_in("v", 2, 2, {"following"})
+    assert not state.all_in("v", 3, 2, {"following"})
+
+
+@pytest.mark.parametrize("bad", [b"other/v", b"gen"])
+def test_a_foreign_control_record_is_refused(bad: bytes) -> None:
+    with pytest.raises((ValueError, IndexError)):
+        Generations().apply([(bad, b"{}")])
