@@ -520,7 +520,7 @@ def run_variant(
 
 
 RESTORED_LINE = re.compile(
-    r"view revenue\[(\d+)\]: restored (\d+) rows from the changelog "
+    r"view revenue\[(\d+)\](?: g\d+)?: restored (\d+) rows from the changelog "
     r"\((\d+) dropped, (\d+) repaired\)"
 )
 

@@ -159,6 +159,8 @@ class ProjectionEngine(Service):
             for generation in {gen.active, gen.building} - {None}:
                 await self.declare_changelog(view, generation)  # type: ignore[arg-type]
             self.rebuilds.remove_stale_files(view)
+        self._reader = reader_for(self.app)
+        await self._reader.connect()  # ahead of the first restore, which a rebalance waits on
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.batch_tap = self
@@ -289,10 +291,15 @@ class ProjectionEngine(Service):
             changelogs[ctp] = ctp
             new[ctp] = (projection, tp, generation, status)
         bounds = await reader.offsets(list(changelogs.values()))
+        # A local copy is checked against the changelog's reset epoch (its first record);
+        # an empty one learns the epoch as it reads from the start.
         epochs: dict[TP, bytes | None] = dict.fromkeys(changelogs.values())
-        async for ctp, batch in reader.read(
-            {ctp: (lo, lo + 1) for ctp, (lo, hi) in bounds.items() if hi > lo}
-        ):
+        checked = {
+            ctp: (lo, lo + 1)
+            for ctp, (lo, hi) in bounds.items()
+            if hi > lo and stores[ctp].changelog_offset() is not None
+        }
+        async for ctp, batch in reader.read(checked):
             epochs[ctp] = reset_epoch(batch[0])
 
         ranges: dict[TP, tuple[int, int]] = {}
@@ -313,8 +320,6 @@ class ProjectionEngine(Service):
                 store.destroy()
                 store = stores[ctp] = PartitionStore(path, self.budget)
                 local = None
-            if store.epoch() != epoch:
-                store.set_epoch(epoch)
             start = start_of_log if local is None else local + 1
             status.restore_total = max(end - start, 0)
             ranges[ctp] = (start, end)

@@ -18,6 +18,9 @@ Ranges = Mapping[TP, tuple[int, int]]
 
 
 class PartitionReader:
+    async def connect(self) -> None:
+        """Be ready to read (connected), ahead of the first call."""
+
     async def offsets(self, tps: Sequence[TP]) -> dict[TP, tuple[int, int]]:
         """(log start, log end) of each partition."""
         raise NotImplementedError
@@ -71,7 +74,9 @@ class EmbeddedReader(PartitionReader):
             offset = start
             while offset < end:
                 batch = [
-                    r for r in self.log.read(tp.topic, tp.partition, offset, 2000) if r.offset < end
+                    r
+                    for r in self.log.read(tp.topic, tp.partition, offset, 10_000)
+                    if r.offset < end
                 ]
                 if not batch:
                     break
@@ -99,6 +104,9 @@ class KafkaReader(PartitionReader):
             )
             await self._consumer.start()
         return self._consumer
+
+    async def connect(self) -> None:
+        await self._client()
 
     async def offsets(self, tps: Sequence[TP]) -> dict[TP, tuple[int, int]]:
         from aiokafka import TopicPartition
