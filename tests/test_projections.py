@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import random
 import shutil
+from collections.abc import Callable
 
 import orjson
+import pytest
 
 from belvedere.streams.clients import Record
 from tests.support.brokers import Broker
-from tests.support.worker import Worker, run_cli
+from tests.support.worker import Worker, run_cli, wait_for
 
 PARTITIONS = 4  # tests/apps/ledger.py
 
@@ -255,3 +257,50 @@ def test_a_view_keyed_differently_from_its_source_is_repartitioned_exactly_once(
         what="all revenue",
     )
     assert state["revenue"] == revenue
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("broker", ["kafka"], indirect=True)  # standbys need two members
+def test_a_standby_keeps_a_warm_copy_and_takes_over_without_a_full_restore(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    for topic in ("movements", "notes", "orders"):
+        broker.create_topic(f"{unique_name}-{topic}", PARTITIONS)
+    records, fold = movements(8_000, seed=21)
+    broker.produce(f"{unique_name}-movements", records)
+    env = {"LEDGER_NAME": unique_name}
+    first = workers("tests.apps.ledger:app", env, data_dir="first").start()
+    second = workers("tests.apps.ledger:app", env, data_dir="second").start()
+
+    def settled(worker: Worker) -> dict | None:
+        parts = worker.get("/partitions")
+        if parts is None:
+            return None
+        mine = parts["balances"]
+        served = {p for p, s in mine["active"].items() if s["state"] == "serving"}
+        standing = {p for p, lag in mine["standbyLag"].items() if lag == 0}
+        return mine if served and standing and len(served | standing) == PARTITIONS else None
+
+    def folded() -> int:
+        states = [w.get("/state") for w in (first, second)]
+        if not all(s and s["ready"] for s in states):
+            return 0
+        return sum(total_ops(s) for s in states)
+
+    wait_for(lambda: folded() == 8_000, timeout=120, what="8,000 events over two workers")
+    wait_for(lambda: settled(first) and settled(second), timeout=60, what="caught-up standbys")
+    standing = set(settled(second)["standbyLag"])
+    first.kill()
+
+    taken = second.wait_until(
+        "/partitions",
+        lambda b: (
+            {p for p, s in b["balances"]["active"].items() if s["state"] == "serving"}
+            == {str(p) for p in range(PARTITIONS)}
+        ),
+        timeout=90,
+        what="the survivor serving every partition",
+    )["balances"]["active"]
+    assert standing and all(taken[p]["restoreTotal"] == 0 for p in standing), taken
+    state = second.wait_until("/state", lambda s: s["ready"], what="serving")
+    assert state["rows"] == fold

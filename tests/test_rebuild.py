@@ -213,3 +213,10 @@ def test_generations_know_when_every_partition_caught_up() -> None:
 def test_a_foreign_control_record_is_refused(bad: bytes) -> None:
     with pytest.raises((ValueError, IndexError)):
         Generations().apply([(bad, b"{}")])
+
+
+def test_a_late_record_about_an_older_generation_does_not_hide_a_newer_one() -> None:
+    state = Generations()
+    state.apply([(b"part/v/0", PartitionProgress(2, "following").encode())])
+    state.apply([(b"part/v/0", PartitionProgress(1, "switched").encode())])
+    assert state.all_in("v", 2, 1, {"following"})

@@ -35,9 +35,11 @@ from mode import Service
 
 from belvedere.agents.projection import Projection
 from belvedere.agents.rebuild import Rebuilder
+from belvedere.agents.standby import Standbys
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.readers import PartitionReader, reader_for
-from belvedere.tables.changelog import CHANGELOG_CONFIG, Restorer, changelog_records, reset_epoch
+from belvedere.tables.changelog import CHANGELOG_CONFIG, changelog_records
+from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.transaction import PartitionTransaction, WrongPartition
 from belvedere.tables.view import PartitionStatus
@@ -119,6 +121,7 @@ class ProjectionEngine(Service):
         #: Partitions of a generation being rebuilt, next to their live ones in ``_active``.
         self._building: dict[TP, _Partition] = {}
         self.rebuilds = Rebuilder(self)
+        self.standbys = Standbys(self)
         self._lock = asyncio.Lock()
         self._reader: PartitionReader | None = None
         #: A checkpoint is written after this many seconds or events, whichever comes first.
@@ -184,6 +187,7 @@ class ProjectionEngine(Service):
                 await self._reader.close()
                 self._reader = None
             await self.rebuilds.close()
+        await self.standbys.close()
 
     def _parts(self) -> list[_Partition]:
         return [*self._active.values(), *self._building.values()]
@@ -202,6 +206,10 @@ class ProjectionEngine(Service):
     @Service.task
     async def _replay(self) -> None:
         await self.rebuilds.replay()
+
+    @Service.task
+    async def _standbys(self) -> None:
+        await self.standbys.follow()
 
     @Service.task
     async def _checkpoint_timer(self) -> None:
@@ -280,64 +288,31 @@ class ProjectionEngine(Service):
         if self._reader is None:
             self._reader = reader_for(self.app)
         reader = self._reader
-        stores: dict[TP, PartitionStore] = {}
-        changelogs: dict[TP, TP] = {}
-        new: dict[TP, tuple[Projection, TP, int, PartitionStatus]] = {}
+        targets: dict[TP, Target] = {}
+        new: dict[TP, tuple[Projection, TP, int]] = {}
         for projection, tp, generation, status in entries:
             view = projection.view
             ctp = TP(view.changelog_topic_for(generation), tp.partition)
             path = self.store_dir(view, generation) / f"{tp.partition}.db"
-            stores[ctp] = PartitionStore(path, self.budget)
-            changelogs[ctp] = ctp
-            new[ctp] = (projection, tp, generation, status)
-        bounds = await reader.offsets(list(changelogs.values()))
-        # A local copy is checked against the changelog's reset epoch (its first record);
-        # an empty one learns the epoch as it reads from the start.
-        epochs: dict[TP, bytes | None] = dict.fromkeys(changelogs.values())
-        checked = {
-            ctp: (lo, lo + 1)
-            for ctp, (lo, hi) in bounds.items()
-            if hi > lo and stores[ctp].changelog_offset() is not None
-        }
-        async for ctp, batch in reader.read(checked):
-            epochs[ctp] = reset_epoch(batch[0])
-
-        ranges: dict[TP, tuple[int, int]] = {}
-        restorers: dict[TP, Restorer] = {}
-        for ctp, (projection, tp, _, status) in new.items():
-            view = projection.view
-            store, (start_of_log, end), epoch = stores[ctp], bounds[ctp], epochs[ctp]
-            local = store.changelog_offset()
-            stale = local is not None and (
-                local >= end or local + 1 < start_of_log or store.epoch() != epoch
-            )
-            if stale:
-                logger.warning(
-                    "view %s[%d]: local state (changelog offset %s) does not match the changelog [%d, %d); rebuilding it",
-                    view.name, tp.partition, local, start_of_log, end,
-                )  # fmt: skip
-                path = store.path
-                store.destroy()
-                store = stores[ctp] = PartitionStore(path, self.budget)
-                local = None
-            start = start_of_log if local is None else local + 1
-            status.restore_total = max(end - start, 0)
-            ranges[ctp] = (start, end)
-            restorers[ctp] = Restorer(view, store)
-
-        async for ctp, batch in reader.read(ranges):
-            restorers[ctp].feed(batch)
-            new[ctp][3].restore_done = batch[-1].offset + 1 - ranges[ctp][0]
+            await self.standbys.release(path)
+            targets[ctp] = Target(view, PartitionStore(path, self.budget), status)
+            new[ctp] = (projection, tp, generation)
+        await catch_up(reader, targets, self.budget)
 
         parts = []
-        for ctp, restorer in restorers.items():
-            projection, tp, generation, status = new[ctp]
-            view, store = projection.view, stores[ctp]
+        for ctp, target in targets.items():
+            projection, tp, generation = new[ctp]
+            view, store, restorer, status = (
+                target.view,
+                target.store,
+                target.restorer,
+                target.status,
+            )
+            assert restorer is not None and status is not None
             repair = restorer.finish() | set(store.pending_keys())
             part = _Partition(projection, tp, store, view.partitions or 1, generation, status)
             if repair:
                 await self._write_changelog(part, {key: store.get(key) for key in repair})
-            status.restore_finished = time.monotonic()
             parts.append(part)
             logger.info(
                 "view %s[%d] g%d: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",

@@ -72,7 +72,7 @@ class Rebuilder:
         self._replay_reader: PartitionReader | None = None
         self._control_offset = 0
         self._poll_lock = asyncio.Lock()
-        self._reported: dict[tuple[str, int], tuple[int, str]] = {}
+        self._reported: dict[tuple[str, int, int], str] = {}
         self._last_report: dict[TP, float] = {}
 
     @property
@@ -140,9 +140,10 @@ class Rebuilder:
                 elif part.generation not in (gen.active, gen.building):  # abandoned
                     del engine._building[tp]
                     part.store.destroy()
-            for part in list(engine._active.values()):
-                if part.projection.view is view and part.generation == gen.active:
-                    await self._progress(part, "switched")
+            if gen.previous is not None:  # retiring the old generation waits for these
+                for part in list(engine._active.values()):
+                    if part.projection.view is view and part.generation == gen.active:
+                        await self._progress(part, "switched")
         if self._coordinates(view):
             await self._coordinate(view, gen)
 
@@ -275,7 +276,7 @@ class Rebuilder:
 
     async def _progress(self, part: _Partition, state: str, *, force: bool = False) -> None:
         view, partition = part.projection.view.name, part.tp.partition
-        if not force and self._reported.get((view, partition)) == (part.generation, state):
+        if not force and self._reported.get((view, partition, part.generation)) == state:
             return
         live = self.engine._active.get(part.tp)
         replayed = part.next_offset - part.replay_from
@@ -289,7 +290,7 @@ class Rebuilder:
             rate=replayed / elapsed if elapsed > 0 and state == "replaying" else 0.0,
         )
         await self._write(part_key(view, partition), progress.encode())
-        self._reported[(view, partition)] = (part.generation, state)
+        self._reported[(view, partition, part.generation)] = state
 
     # -- the replay ----------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ Every worker of an app shares one compacted, single-partition control topic
   still to delete (``previous``). Writing it is how a rebuild starts and how it switches.
 - ``part/<view>/<partition>``: how far the owner of one partition got with a generation:
   ``replaying`` (with offsets), ``following`` (caught up, applying live events to both
-  generations) or ``switched`` (serving the new one only).
+  generations) or ``switched`` (serving the new one only). A record about an older
+  generation than the one already known for the partition is ignored.
 
 A generation's rows live in their own files (``views/<view>-g<N>/``) and changelog topic,
 so building one never touches what the live one serves.
@@ -131,7 +132,10 @@ class Generations:
             elif data is None:
                 self.progress.get(view, {}).pop(partition, None)  # type: ignore[arg-type]
             else:
-                self.progress.setdefault(view, {})[partition] = data  # type: ignore[index]
+                found = self.progress.setdefault(view, {})
+                known = found.get(partition)  # type: ignore[arg-type]
+                if known is None or known.generation <= data.generation:
+                    found[partition] = data  # type: ignore[index]
         return changed
 
     def all_in(self, view: str, generation: int, partitions: int, states: set[str]) -> bool:

@@ -106,6 +106,8 @@ class View:
     #: The partitions of this view this worker holds, and where each stands.
     stores: dict[int, PartitionStore] = field(default_factory=dict, init=False, repr=False)
     status: dict[int, PartitionStatus] = field(default_factory=dict, init=False, repr=False)
+    #: Partitions this worker keeps as standbys, and how many changelog records each lags.
+    standby_lag: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._codec = key_codec(self.key_type)

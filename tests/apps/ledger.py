@@ -135,6 +135,27 @@ async def state(web, request):
     )
 
 
+@app.page("/partitions")
+async def partitions(web, request):
+    """Each view's partitions here: served (with what their restore read) and standbys."""
+    return web.json(
+        {
+            view.name: {
+                "active": {
+                    p: {
+                        "state": s.state,
+                        "restoreTotal": s.restore_total,
+                        "generation": s.generation,
+                    }
+                    for p, s in view.status.items()
+                },
+                "standbyLag": view.standby_lag,
+            }
+            for view in (balances, notes, revenue)
+        }
+    )
+
+
 @app.page("/produce/{topic}")
 class Produce(faust.web.View):
     """Appends ``[[key, envelope], ...]`` to a topic through this worker: on the embedded

@@ -1,0 +1,125 @@
+"""Standby replicas of views: warm copies of partitions that another worker serves.
+
+faust's assignor already chooses standbys (``table_standby_replicas``, 1 by default) for
+every partition of the topics a worker subscribes to, and prefers a partition's standby
+when it moves its active. Views are not faust tables, so faust would not fill those
+standbys; this keeps, for each standby partition of a projection's source, the view
+partition's store caught up with its changelog (never serving it, never writing the
+changelog). When the partition is assigned here, its restore reads only what the
+standby had not yet applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from faust.types import TP
+
+from belvedere.streams.readers import PartitionReader, reader_for
+from belvedere.tables.recovery import Target, catch_up
+from belvedere.tables.store import PartitionStore
+
+if TYPE_CHECKING:
+    from belvedere.agents.engine import ProjectionEngine
+
+__all__ = ["Standbys"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two reads of the standbys' changelogs.
+POLL = 0.5
+
+
+class Standbys:
+    """This worker's standby view partitions, keyed by changelog partition."""
+
+    def __init__(self, engine: ProjectionEngine) -> None:
+        self.engine = engine
+        self.app = engine.app
+        self.targets: dict[TP, Target] = {}
+        self._reader: PartitionReader | None = None
+        self._lock = asyncio.Lock()
+
+    def _wanted(self) -> dict[TP, tuple[Any, int, Path]]:
+        engine = self.engine
+        try:
+            standbys = self.app.assignor.assigned_standbys()
+        except Exception:  # no assignment yet
+            return {}
+        wanted = {}
+        for tp in standbys:
+            projection = engine._by_topic.get(tp.topic)
+            if projection is None or tp in engine._active:
+                continue
+            view = projection.view
+            ctp = TP(view.changelog_topic_for(view.generation), tp.partition)
+            wanted[ctp] = (view, view.generation, engine.store_dir(view, view.generation))
+        return wanted
+
+    def _reassign(self) -> None:
+        wanted = self._wanted()
+        for ctp in [c for c in self.targets if c not in wanted]:
+            target = self.targets.pop(ctp)
+            if target.view.changelog_topic_for(target.view.generation) == ctp.topic:
+                target.store.close()  # kept: it may be wanted again
+            else:
+                target.store.destroy()  # a retired generation's copy
+            target.view.standby_lag.pop(ctp.partition, None)
+        budget = self.engine.budget
+        assert budget is not None
+        for ctp, (view, _, directory) in wanted.items():
+            if ctp not in self.targets:
+                store = PartitionStore(directory / f"{ctp.partition}.db", budget)
+                self.targets[ctp] = Target(view, store)
+                logger.info("view %s[%d]: standby here", view.name, ctp.partition)
+
+    async def release(self, path: Path) -> None:
+        """Close the standby store at ``path``: the partition is becoming active here."""
+        async with self._lock:
+            for ctp, target in list(self.targets.items()):
+                if target.store.path == path:
+                    del self.targets[ctp]
+                    target.store.close()
+                    target.view.standby_lag.pop(ctp.partition, None)
+
+    async def follow(self) -> None:
+        """Keep every standby caught up, for as long as the worker runs."""
+        engine = self.engine
+        while not engine.should_stop:
+            await engine.sleep(POLL)
+            if engine.app.rebalancing:
+                continue
+            try:
+                async with self._lock:
+                    self._reassign()
+                    if self.targets:
+                        await self._catch_up()
+            except Exception:  # the next poll tries again
+                logger.exception("standby views: catching up failed")
+
+    async def _catch_up(self) -> None:
+        if self._reader is None:
+            self._reader = reader_for(self.app)
+        budget = self.engine.budget
+        assert budget is not None
+        targets = dict(self.targets)
+        await catch_up(self._reader, targets, budget)
+        for ctp, target in targets.items():
+            assert target.restorer is not None
+            target.restorer.finish()  # an unfinished checkpoint is read again next time
+            local = target.store.changelog_offset()
+            target.view.standby_lag[ctp.partition] = target.end - (
+                target.start if local is None else local + 1
+            )
+
+    async def close(self) -> None:
+        async with self._lock:
+            for target in self.targets.values():
+                target.store.close()
+            self.targets.clear()
+            if self._reader is not None:
+                await self._reader.close()
+                self._reader = None
