@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -16,7 +17,7 @@ import pytest
 from belvedere.streams.clients import Record
 from belvedere.tables.generations import Generation, Generations, PartitionProgress
 from tests.support.brokers import Broker
-from tests.support.worker import REPO, Worker, run_cli
+from tests.support.worker import REPO, Worker, run_cli, wait_for
 from tests.test_projections import fill_both_views, movements, total_ops
 
 APP = "tests.apps.ledger:app"
@@ -220,3 +221,44 @@ def test_a_late_record_about_an_older_generation_does_not_hide_a_newer_one() -> 
     state.apply([(b"part/v/0", PartitionProgress(2, "following").encode())])
     state.apply([(b"part/v/0", PartitionProgress(1, "switched").encode())])
     assert state.all_in("v", 2, 1, {"following"})
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("broker", ["kafka"], indirect=True)  # two workers in one group
+def test_every_worker_switches_to_the_rebuilt_generation(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    for topic in ("movements", "notes", "orders"):
+        broker.create_topic(f"{unique_name}-{topic}", 4)
+    records, fold = movements(10_000, seed=14)
+    broker.produce(f"{unique_name}-movements", records)
+    env = {"LEDGER_NAME": unique_name}
+    pair = [workers(APP, dict(env), data_dir=name) for name in ("first", "second")]
+
+    def merged() -> dict | None:
+        states = [w.get("/state") for w in pair]
+        if not all(s and s["ready"] for s in states):
+            return None
+        return {k: v for s in states for k, v in s["rows"].items()}
+
+    for worker in pair:
+        worker.start()
+    wait_for(lambda: (m := merged()) and sum(r["ops"] for r in m.values()) == 10_000,
+             timeout=120, what="10,000 events over two workers")  # fmt: skip
+    for worker in pair:  # a rolling release of the new logic
+        assert worker.stop() == 0
+        worker.env["LEDGER_FACTOR"] = "3"
+        worker.start()
+    wait_for(merged, timeout=120, what="both workers serving again")
+
+    cli = rebuild(pair[0], unique_name)
+    _, err = cli.communicate(timeout=240)
+    assert cli.returncode == 0, err
+    for worker in pair:
+        status = worker.wait_until(
+            "/views/balances/rebuild", lambda s: s["state"] == "idle", what="idle"
+        )
+        assert status["generation"] == 2
+        parts = worker.get("/partitions")["balances"]["active"]
+        assert parts and {p["generation"] for p in parts.values()} == {2}, parts
+    assert wait_for(lambda: merged() == scaled(fold, 3), timeout=60, what="the new fold")
