@@ -206,6 +206,24 @@ class App(faust.App):
 
         return register
 
+    def check(self) -> None:
+        """Refuse what cannot work, before a worker starts: a faust agent on a topic a
+        projection reads would never see an event (the projection takes every batch of
+        its source off the consumer first)."""
+        claimed = {
+            topic.get_topic_name(): projection.view.name
+            for projection in self.projections.projections.values()
+            for topic in (projection.source, projection.fold_topic)
+        }
+        for agent in self.agents.values():
+            for name in getattr(agent.channel, "topics", ()):
+                if name in claimed:
+                    raise ValueError(
+                        f"agent {agent.name!r} consumes {name!r}, which the projection into "
+                        f"view {claimed[name]!r} reads: it would get no events. Give the "
+                        "agent its own topic, or make it a projection handler"
+                    )
+
     def on_init_dependencies(self) -> Any:
         services = list(super().on_init_dependencies())
         if self.projections.projections and self.producer in services:

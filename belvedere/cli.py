@@ -120,6 +120,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_env("BELVEDERE_WEB_HOST", args.web_host)
     _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
     app = load_app(args.app)
+    try:
+        app.check()
+    except ValueError as exc:
+        raise UsageError(f"{args.app}: {exc}") from None
     check_port_free(app.conf.web_bind, app.conf.web_port)
     check_broker(app)
     worker = app.Worker(loglevel=args.loglevel)

@@ -59,6 +59,11 @@ def test_object_that_is_not_an_app(tmp_path: Path) -> None:
     assert "not a belvedere.App" in line
 
 
+def test_an_agent_on_a_projection_source_is_refused(tmp_path: Path) -> None:
+    line = one_line_error(run_cli("worker", "tests.apps.starved:app", "--data-dir", str(tmp_path)))
+    assert "agent" in line and "'starved-seen'" in line and "view 'latest'" in line
+
+
 def test_port_in_use(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
