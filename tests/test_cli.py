@@ -64,6 +64,23 @@ def test_an_agent_on_a_projection_source_is_refused(tmp_path: Path) -> None:
     assert "agent" in line and "'starved-seen'" in line and "view 'latest'" in line
 
 
+def test_rebuild_with_no_worker_running_is_one_line() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {"LEDGER_NAME": "x"}
+    line = one_line_error(
+        run_cli("rebuild", "tests.apps.ledger:app", "balances", "--url", url, env=env)
+    )
+    assert "no worker answers" in line
+    line = one_line_error(
+        run_cli("rebuild", "tests.apps.ledger:app", "nope", "--url", url, env=env)
+    )
+    assert "no view 'nope'" in line
+    bad = run_cli(
+        "rebuild", "tests.apps.ledger:app", "balances", "--from-timestamp", "soon", env=env
+    )
+    assert "--from-timestamp" in one_line_error(bad)
+
+
 def test_port_in_use(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
