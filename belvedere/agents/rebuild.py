@@ -22,10 +22,10 @@ holds every event the old one held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
@@ -50,8 +50,6 @@ __all__ = ["RebuildConflict", "Rebuilder"]
 
 logger = logging.getLogger(__name__)
 
-#: Records replayed per partition between two looks at the live position.
-CHUNK = 20_000
 #: Seconds between two reads of the control topic, and between two progress reports.
 POLL = 0.2
 REPORT_EVERY = 1.0
@@ -72,6 +70,8 @@ class Rebuilder:
         self._replay_reader: PartitionReader | None = None
         self._control_offset = 0
         self._poll_lock = asyncio.Lock()
+        #: Set when this worker wrote a control record: act on it without waiting a poll.
+        self._wake = asyncio.Event()
         self._reported: dict[tuple[str, int, int], str] = {}
         self._last_report: dict[TP, float] = {}
 
@@ -108,6 +108,7 @@ class Rebuilder:
 
     async def _write(self, key: bytes, value: bytes) -> None:
         await self.app.producer.send_and_wait(self.topic, key, value, 0, None, None)
+        self._wake.set()
 
     async def follow_control(self) -> None:
         """Act on what the control topic says, for as long as the worker runs."""
@@ -120,7 +121,9 @@ class Rebuilder:
                         await self._act(name)
             except Exception:  # the next poll tries again; the rebuild waits meanwhile
                 logger.exception("views control topic: poll failed")
-            await engine.sleep(POLL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL)
+            self._wake.clear()
 
     async def _act(self, name: str) -> None:
         engine = self.engine
@@ -295,34 +298,40 @@ class Rebuilder:
     # -- the replay ----------------------------------------------------------------------
 
     async def replay(self) -> None:
-        """Fold history into every partition still replaying, a chunk at a time."""
+        """Fold history into every partition still replaying, batch by batch as it is read
+        (the reader fetches the next batches while one is folded)."""
         engine = self.engine
         while not engine.should_stop:
-            ranges = await self._next_chunks()
+            ranges, parts = await self._next_ranges()
             if not ranges:
                 await engine.sleep(POLL / 2)
                 continue
             assert self._replay_reader is not None
-            fetched: dict[TP, list[Any]] = defaultdict(list)
+            read_to = {tp: low for tp, (low, _) in ranges.items()}
             async for tp, batch in self._replay_reader.read(ranges):
-                fetched[tp].extend(batch)
-            async with engine._lock:
-                now = time.monotonic()
-                for tp, (low, high) in ranges.items():
-                    part = engine._building.get(tp)
-                    if part is None or part.mode != "replaying" or part.next_offset != low:
-                        continue  # revoked, or moved on, while the chunk was read
-                    if fetched[tp]:
-                        with replaying():
-                            await engine.fold(part, fetched[tp])
-                    part.next_offset = max(part.next_offset, high)
+                previous, read_to[tp] = read_to[tp], batch[-1].offset + 1
+                async with engine._lock:
+                    part = parts[tp]
+                    if engine._building.get(tp) is not part or part.mode != "replaying":
+                        continue  # revoked (or replaced) while it was read
+                    if part.next_offset < previous:
+                        continue  # it missed an earlier batch: read again from it later
+                    with replaying():
+                        await engine.fold(part, batch)
+                    now = time.monotonic()
                     if now - self._last_report.get(tp, 0.0) >= REPORT_EVERY:
                         self._last_report[tp] = now
                         await self._progress(part, "replaying", force=True)
+            async with engine._lock:
+                for tp, (low, high) in ranges.items():
+                    part = parts[tp]
+                    if engine._building.get(tp) is part and part.next_offset >= low:
+                        part.next_offset = max(part.next_offset, high)  # gaps left by compaction
 
-    async def _next_chunks(self) -> dict[TP, tuple[int, int]]:
+    async def _next_ranges(self) -> tuple[dict[TP, tuple[int, int]], dict[TP, _Partition]]:
+        """What each replaying partition still has to read: up to the live position now."""
         engine = self.engine
-        ranges = {}
+        ranges, parts = {}, {}
         async with engine._lock:
             for tp, part in list(engine._building.items()):
                 live = engine._active.get(tp)
@@ -334,8 +343,9 @@ class Rebuilder:
                 if part.next_offset >= live.next_offset:
                     await self._caught_up(part)
                     continue
-                ranges[tp] = (part.next_offset, min(live.next_offset, part.next_offset + CHUNK))
-        return ranges
+                ranges[tp] = (part.next_offset, live.next_offset)
+                parts[tp] = part
+        return ranges, parts
 
     async def close(self) -> None:
         for reader in (self.reader, self._replay_reader):
