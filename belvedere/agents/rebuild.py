@@ -55,6 +55,13 @@ POLL = 0.2
 REPORT_EVERY = 1.0
 
 
+def _delete(store: Any, directory: Any) -> None:
+    """Delete a retired generation's partition, and its directory once empty."""
+    store.destroy()
+    with contextlib.suppress(OSError):  # not empty yet, or another partition's did it
+        directory.rmdir()
+
+
 class RebuildConflict(Exception):
     """A rebuild of this view is already under way."""
 
@@ -74,6 +81,7 @@ class Rebuilder:
         self._wake = asyncio.Event()
         self._reported: dict[tuple[str, int, int], str] = {}
         self._last_report: dict[TP, float] = {}
+        self._retiring: set[asyncio.Future[None]] = set()
 
     @property
     def topic(self) -> str:
@@ -266,11 +274,13 @@ class Rebuilder:
         new.mode = "live"
         new.sought = True
         engine._serve(new)
-        old.store.destroy()
         view = new.projection.view
-        old_dir = engine.store_dir(view, old.generation)
-        if old_dir.exists() and not any(old_dir.iterdir()):
-            old_dir.rmdir()
+        # Closing a database flushes it: off the event loop, the partition serves already.
+        retire = asyncio.ensure_future(
+            asyncio.to_thread(_delete, old.store, engine.store_dir(view, old.generation))
+        )
+        self._retiring.add(retire)
+        retire.add_done_callback(self._retiring.discard)
         await self._progress(new, "switched")
         logger.info(
             "view %s[%d]: now serving generation %d (generation %d deleted)",
@@ -348,6 +358,8 @@ class Rebuilder:
         return ranges, parts
 
     async def close(self) -> None:
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
         for reader in (self.reader, self._replay_reader):
             if reader is not None:
                 await reader.close()
