@@ -14,8 +14,8 @@ group and data directory:
     belvedere-embedded   the Belvedere projection on the embedded broker (its log filled
                          directly through ``belvedere.streams.embedded.Log``)
 
-The Kafka variants read the same input topic (produced once, before the first worker
-starts). The input is written outside the measured window. Each worker stamps
+The Kafka variants read the same input topic (produced once per key count, before the
+first worker starts). The input is written outside the measured window. Each worker stamps
 (``time.time()``) the first event its handler folds and the latest one; the bench polls a
 cheap progress counter (an HTTP page for belvedere/faust, a status file for Quix) until it
 reaches N, then reports:
@@ -46,10 +46,33 @@ partition serving) and the restarted worker's ``peak_rss_mb``. The changelog hol
 one record per changed key per checkpoint, so use many keys (``--keys 1000000``) for a
 meaningful figure.
 
+With ``--rebuild`` (belvedere variants only; off by default), after that (on the running
+worker: the first one, or the one the recovery restarted) the bench starts a rebuild of
+the view with ``POST /views/revenue/rebuild`` and polls ``GET /views/revenue/rebuild``
+(every 50 ms) until its ``state`` is ``idle`` with ``generation`` = the ``building``
+generation the POST answered (the new generation replayed the whole source topic, took
+over, and the old one is retired). It reports, under ``"rebuild"``:
+``rebuild_events_per_s`` = N / (POST -> finished), ``rebuild_s``, ``vs_live`` (rebuild
+events/s / the run's events/s), ``steps`` (from the worker's log lines: when the new
+generation was opened, caught up, switched to, and the old one retired),
+``replay_events_per_s`` = N / (caught up - opened), ``cpu_share``, the handler calls the
+replay made, a ``timeline`` of the status and the worker's peak RSS so far; then it checks
+the rebuilt view against the totals. A rebuild whose status stops changing for 60 s has
+failed (as has a recovery that fails): reported under its key, the run's figures stand.
+
+``--repeat R`` runs each variant R times and reports the median (``statistics.median_low``:
+the lower middle one for an even R, so always a measured value) of each figure, the run
+with the median events/s as the variant's details and every run's figures under
+``"samples"``. ``--sweep K1,K2,...`` then runs the ``--sweep-only`` variants (default
+belvedere-kafka and quixstreams-kafka) at each of those key counts too, as many times, and
+reports events/s and peak RSS (and the recovery and rebuild figures, if asked) per key
+count under ``"sweep"``; a key count equal to ``--keys`` reuses the main runs.
+
 Usage (from the repository root):
 
     python bench/projection_throughput.py [--events N] [--keys K] [--only VARIANT ...]
-        [--kafka HOST:PORT] [--timeout S] [--json PATH] [--keep] [--recovery]
+        [--kafka HOST:PORT] [--timeout S] [--json PATH] [--keep] [--recovery] [--rebuild]
+        [--repeat R] [--sweep K1,K2,...] [--sweep-only VARIANT ...]
 
 Without ``--kafka``, a private single-node Kafka broker is started with ci/kafka/start.sh
 (Java 17+ and Maven needed) and stopped at the end; without it, the Kafka variants are
@@ -59,74 +82,56 @@ reported as skipped.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
-import platform
 import random
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: the repo root holds tests.support and bench
+if str(REPO) not in sys.path:  # run as a script: the repo root holds bench and tests.support
     sys.path.insert(0, str(REPO))
 
-from bench.broker_throughput import (  # noqa: E402
-    POLL_INTERVAL,
-    Failed,
-    Progress,
-    WorkerProcess,
-    _fmt,
-    _has_quixstreams,
-    fill_embedded,
-    fill_kafka,
-    free_port,
-)
-from tests.support.kafka import private_kafka  # noqa: E402
+from bench import harness  # noqa: E402
 
 MODULE = "bench.projection_throughput"
 PARTITIONS = 6
 EVENTS = 200_000
 KEYS = 1000
 EVENT_TYPE = "OrderPlaced"
-ANCHOR = "faust-kafka"
+VIEW = "revenue"
 VARIANTS = ("belvedere-kafka", "faust-kafka", "quixstreams-kafka", "belvedere-embedded")
-KAFKA_VARIANTS = frozenset(v for v in VARIANTS if v.endswith("-kafka"))
+SWEEP_VARIANTS = ("belvedere-kafka", "quixstreams-kafka")
 SUMMARY_KEYS = {
     "belvedere-kafka": "belvedere_events_per_s",
     "faust-kafka": "faust_events_per_s",
     "quixstreams-kafka": "quix_events_per_s",
     "belvedere-embedded": "embedded_events_per_s",
 }
-
-Message = tuple[bytes, bytes]  # (Kafka key = user id, envelope JSON)
+REBUILD_POLL = 0.05  # seconds between two looks at a rebuild's status
+REBUILD_STALL = 60.0  # a rebuild whose status did not change for this long has failed
 
 
 # -- the workload ------------------------------------------------------------------------
 
 
-def make_events(n: int, keys: int, seed: int = 4) -> tuple[list[Message], dict[str, int]]:
+def make_events(n: int, keys: int, seed: int = 4) -> tuple[list[harness.Message], dict[str, int]]:
     """``n`` OrderPlaced envelopes over ``keys`` users, and the revenue per user in cents."""
     import orjson
 
     rng = random.Random(seed)
     start = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
     truth: dict[str, int] = defaultdict(int)
-    messages: list[Message] = []
+    messages: list[harness.Message] = []
     for i in range(n):
         user = f"user-{rng.randrange(keys)}"
         cents = rng.randrange(100, 100_000)
@@ -147,10 +152,13 @@ def make_events(n: int, keys: int, seed: int = 4) -> tuple[list[Message], dict[s
     return messages, dict(truth)
 
 
-def write_dump(path: Path, totals: dict[str, int]) -> None:
+def write_dump(totals: dict[str, int]) -> int:
+    """Write a worker's per-user totals where the bench reads them (``BENCH_DUMP``)."""
+    path = Path(os.environ["BENCH_DUMP"])
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(totals))
     tmp.replace(path)
+    return len(totals)
 
 
 # -- the worker apps (imported by the worker subprocesses, configured by BENCH_* variables) --
@@ -167,8 +175,8 @@ def _belvedere_app() -> Any:
     topic_name = os.environ["BENCH_TOPIC"]
     app = belvedere.App(os.environ["BENCH_NAME"])
     orders = app.event_topic(topic_name, OrderPlaced, partitions=PARTITIONS)
-    revenue = app.view("revenue", value=int, key=str)
-    progress = Progress()
+    revenue = app.view(VIEW, value=int, key=str)
+    progress = harness.Progress()
 
     @app.projection(orders, view=revenue, events=[OrderPlaced])
     def placed(view: Any, event: Any) -> None:
@@ -184,10 +192,9 @@ def _belvedere_app() -> Any:
             for partition, store in list(revenue.stores.items())
         )
         body["view"] = view_status(revenue)
+        body["generation"] = revenue.generation
         if request.query.get("dump"):
-            rows, _ = revenue.scan(limit=1 << 40)
-            write_dump(Path(os.environ["BENCH_DUMP"]), dict(rows))
-            body["dumped"] = len(rows)
+            body["dumped"] = write_dump(dict(revenue.scan(limit=1 << 40)[0]))
         return web.json(body)
 
     return app
@@ -216,28 +223,14 @@ def view_status(view: Any) -> dict[str, dict[str, Any]]:
 
 
 def _faust_app() -> Any:
-    import faust
     import orjson
 
-    app = faust.App(
-        os.environ["BENCH_NAME"],
-        broker=os.environ["BENCH_BROKER"],
-        store="rocksdb://",
-        datadir=os.environ["BENCH_DATA_DIR"],
-        web_bind="127.0.0.1",
-        web_host="127.0.0.1",
-    )
-    topic = app.topic(
-        os.environ["BENCH_TOPIC"],
-        partitions=PARTITIONS,
-        key_type=str,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    revenue = app.Table("revenue", default=int, partitions=PARTITIONS)
-    progress = Progress()
+    app = harness.faust_app()
+    topic = harness.input_topic(app, PARTITIONS, "raw")
+    revenue = app.Table(VIEW, default=int, partitions=PARTITIONS)
+    progress = harness.Progress()
 
-    @app.agent(topic, name="revenue")
+    @app.agent(topic, name=VIEW)
     async def fold(stream: Any) -> None:
         async for value in stream:
             data = orjson.loads(value)["data"]
@@ -248,153 +241,66 @@ def _faust_app() -> Any:
     async def status(web: Any, request: Any) -> Any:
         body = progress.as_dict()
         if request.query.get("dump"):
-            totals = dict(revenue.items())
-            write_dump(Path(os.environ["BENCH_DUMP"]), totals)
-            body["dumped"] = len(totals)
+            body["dumped"] = write_dump(dict(revenue.items()))
         return web.json(body)
 
     return app
 
 
-_APPS: dict[str, Callable[[], Any]] = {"app": _belvedere_app, "faust_app": _faust_app}
-_built: dict[str, Any] = {}
-
-
-def __getattr__(name: str) -> Any:
-    """``bench.projection_throughput:app`` / ``:faust_app``, built on first access in a worker."""
-    if name not in _APPS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    if name not in _built:
-        _built[name] = _APPS[name]()
-    return _built[name]
+__getattr__ = harness.lazy_apps(__name__, {"app": _belvedere_app, "faust_app": _faust_app})
 
 
 def quix_worker() -> None:
     """The Quix Streams worker: ``python bench/projection_throughput.py quix-worker`` (BENCH_*)."""
-    from quixstreams import Application
-
-    events = int(os.environ["BENCH_EVENTS"])
-    status_path = Path(os.environ["BENCH_STATUS"])
-    app = Application(
-        broker_address=os.environ["BENCH_BOOTSTRAP"],
-        consumer_group=os.environ["BENCH_NAME"],
-        auto_offset_reset="earliest",
-        state_dir=os.environ["BENCH_DATA_DIR"],
-        loglevel="INFO",
-    )
-    topic = app.topic(os.environ["BENCH_TOPIC"], key_deserializer="str", value_deserializer="json")
-    progress = Progress()
+    status = harness.QuixStatus()
     latest: dict[str, int] = {}  # each user's total as just written to the state store
 
-    def write_status(**extra: Any) -> None:
-        tmp = status_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**progress.as_dict(), **extra}))
-        tmp.replace(status_path)
-
     def fold(value: Any, key: str, timestamp: int, headers: Any, state: Any) -> None:
-        data = value["data"]
-        cents = state.get("cents", 0) + data["amount"]
+        cents = state.get("cents", 0) + value["data"]["amount"]
         state.set("cents", cents)
         latest[key] = cents
-        progress.tick()
-        if progress.processed == 1 or progress.processed % 10_000 == 0:
-            write_status()
-        if progress.processed == events:
-            write_dump(Path(os.environ["BENCH_DUMP"]), latest)
-            write_status(dumped=len(latest))
+        if status.tick():  # the N-th: the totals first, then the status that says so
+            status.write(dumped=write_dump(latest))
 
-    app.dataframe(topic).update(fold, stateful=True, metadata=True)
-    app.run()
+    harness.run_quix(fold)
 
 
 # -- running one variant -----------------------------------------------------------------
 
 
 @dataclass
-class Result:
-    variant: str
-    status: str  # "ok", "skipped" or "failed"
-    events: int
-    startup_s: float | None = None
-    processing_s: float | None = None
-    wall_s: float | None = None
-    peak_rss_mb: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
+class Input:
+    """One workload: the events over ``keys`` users, their totals, and the Kafka topic."""
 
-    @property
-    def events_per_s(self) -> float | None:
-        if self.processing_s is None:
-            return None
-        return self.events / self.processing_s if self.processing_s > 0 else float("inf")
-
-    def as_json(self) -> dict[str, Any]:
-        if self.status != "ok":
-            return {"status": self.status, "reason": self.reason, **self.extra}
-        return {
-            "events_per_s": round(self.events_per_s or 0.0, 1),
-            "wall_s": round(self.wall_s or 0.0, 3),
-            "startup_s": round(self.startup_s or 0.0, 3),
-            "processing_s": round(self.processing_s or 0.0, 3),
-            "peak_rss_mb": self.peak_rss_mb,
-            "events": self.events,
-            **self.extra,
-            "status": "ok",
-        }
+    keys: int
+    messages: list[harness.Message]
+    truth: dict[str, int]
+    kafka_topic: str | None = None
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """The process's peak resident set (VmHWM), in MiB."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)  # kB
-    except OSError:
-        pass
-    return None
+def prepare_input(env: harness.Bench, n: int, keys: int, kafka: bool) -> Input:
+    """Generate the events; produce them to a new Kafka topic if ``kafka`` (and a broker)."""
+    t = time.monotonic()
+    messages, truth = make_events(n, keys)
+    print(f"{keys:,} keys: generated in {time.monotonic() - t:.1f}s, {len(truth):,} users")
+    data = Input(keys, messages, truth)
+    if kafka and env.bootstrap is not None:
+        topic = f"bench-proj-orders-{uuid.uuid4().hex[:8]}"
+        try:
+            harness.fill_input(env.bootstrap, topic, messages, PARTITIONS)
+            data.kafka_topic = topic
+        except Exception as exc:
+            env.kafka_problem = f"could not produce the input: {type(exc).__name__}: {exc}"
+            env.bootstrap = None
+    return data
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """The process's user + system CPU time so far (all its threads), in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
-def http_get(url: str) -> dict[str, Any] | None:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return json.loads(response.read())
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None  # not serving yet
-
-
-def file_get(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def wait_for(
-    worker: WorkerProcess,
-    read: Callable[[], dict[str, Any] | None],
-    done: Callable[[dict[str, Any]], bool],
-    deadline: float,
-    what: str,
-) -> dict[str, Any]:
-    last: dict[str, Any] | None = None
-    while time.monotonic() < deadline:
-        worker.check_alive()
-        body = read()
-        if body is not None:
-            last = body
-            if done(body):
-                return body
-        time.sleep(POLL_INTERVAL)
-    raise Failed(f"timed out waiting for {what}; last status {last}\n{worker.log_tail()}")
+@dataclass
+class Options:
+    timeout: float
+    recovery: bool = False
+    rebuild: bool = False
+    keep: bool = False
 
 
 def verify(dump: Path, truth: dict[str, int]) -> dict[str, Any]:
@@ -402,84 +308,81 @@ def verify(dump: Path, truth: dict[str, int]) -> dict[str, Any]:
     try:
         got = json.loads(dump.read_text())
     except (OSError, ValueError) as exc:
-        raise Failed(f"no per-user totals from the worker: {exc}") from None
+        raise harness.Failed(f"no per-user totals from the worker: {exc}") from None
     wrong = [u for u in truth.keys() | got.keys() if got.get(u) != truth.get(u)]
     if wrong:
         sample = {u: {"worker": got.get(u), "expected": truth.get(u)} for u in sorted(wrong)[:5]}
-        raise Failed(
+        raise harness.Failed(
             f"{len(wrong):,} of {len(truth):,} users have a wrong total (sum {sum(got.values()):,}"
             f" vs {sum(truth.values()):,} cents); e.g. {sample}"
         )
     return {"users": len(got), "verified": True}
 
 
+def dump_and_verify(
+    worker: harness.WorkerProcess, url: str, dump: Path, truth: dict[str, int]
+) -> Any:
+    """Have a belvedere/faust worker write its totals, and check them."""
+    dump.unlink(missing_ok=True)
+    if harness.http_get(url + "?dump=1") is None:
+        raise harness.Failed(f"the dump request failed\n{worker.log_tail()}")
+    return verify(dump, truth)
+
+
+def all_serving(body: dict[str, Any]) -> bool:
+    parts = body.get("view", {})
+    return len(parts) == PARTITIONS and all(p["state"] == "serving" for p in parts.values())
+
+
 def run_variant(
-    variant: str,
-    messages: Sequence[Message],
-    truth: dict[str, int],
-    work: Path,
-    bootstrap: str | None,
-    kafka_topic: str | None,
-    timeout: float,
-    recovery: bool = False,
-) -> Result:
-    n = len(messages)
+    variant: str, data: Input, env: harness.Bench, run_id: str, opts: Options
+) -> harness.Result:
+    n = len(data.messages)
     name = f"bench-proj-{variant}-{uuid.uuid4().hex[:8]}"
-    data_dir = work / variant
+    data_dir = env.work / run_id
     data_dir.mkdir(parents=True)
-    port = free_port()
+    port = harness.free_port()
     dump = data_dir / "totals.json"
-    status_file = data_dir / "status.json"
     if variant == "belvedere-embedded":
         topic = f"{name}-orders"
-        t = time.monotonic()
-        fill_embedded(data_dir / "broker", topic, messages, PARTITIONS)
-        print(f"  input: {n:,} events in {time.monotonic() - t:.1f}s (not measured)", flush=True)
+        harness.fill_input(data_dir / "broker", topic, data.messages, PARTITIONS)
     else:
-        assert bootstrap is not None and kafka_topic is not None
-        topic = kafka_topic
-    env = {
+        assert env.bootstrap is not None and data.kafka_topic is not None
+        topic = data.kafka_topic
+    bench_env = {
         "BENCH_NAME": name,
         "BENCH_TOPIC": topic,
         "BENCH_DATA_DIR": str(data_dir),
         "BENCH_DUMP": str(dump),
     }
-
+    argv, more = harness.worker_command(
+        variant, MODULE, Path(__file__), port, data_dir, env.bootstrap, n
+    )
+    bench_env |= more
     url = f"http://127.0.0.1:{port}/bench/"
-    read: Callable[[], dict[str, Any] | None] = lambda: http_get(url)  # noqa: E731
-    belvedere = [sys.executable, "-m", "belvedere.cli", "worker", f"{MODULE}:app"]
-    belvedere += ["--web-port", str(port), "--data-dir", str(data_dir)]
-    if variant == "belvedere-embedded":
-        argv = [*belvedere, "--broker", "embedded://"]
-    elif variant == "belvedere-kafka":
-        argv = [*belvedere, "--broker", f"kafka://{bootstrap}"]
-    elif variant == "faust-kafka":
-        env["BENCH_BROKER"] = f"kafka://{bootstrap}"
-        argv = [sys.executable, "-m", "faust", "--datadir", str(data_dir)]
-        argv += ["-A", f"{MODULE}:faust_app", "worker", "-l", "info", "--web-port", str(port)]
-    else:
-        env |= {"BENCH_BOOTSTRAP": str(bootstrap), "BENCH_EVENTS": str(n)}
-        env["BENCH_STATUS"] = str(status_file)
-        argv = [sys.executable, str(Path(__file__).resolve()), "quix-worker"]
-        read = lambda: file_get(status_file)  # noqa: E731
+    read: Callable[[], dict[str, Any] | None] = lambda: harness.http_get(url)  # noqa: E731
+    if variant == "quixstreams-kafka":
+        read = lambda: harness.file_get(harness.status_file(data_dir))  # noqa: E731
+    belvedere = variant.startswith("belvedere")
 
-    started = time.time()
-    worker = WorkerProcess(argv, env, work / f"{variant}.log")
+    worker = harness.WorkerProcess(argv, bench_env, env.work / f"{run_id}.log")
     extra: dict[str, Any] = {}
     rss = None
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + opts.timeout
         cpu_at_first: list[float | None] = []  # CPU time when the first event was seen folded
 
         def all_folded(body: dict[str, Any]) -> bool:
             if not cpu_at_first and body.get("first_at") is not None:
-                cpu_at_first.append(cpu_seconds(worker.proc.pid))
+                cpu_at_first.append(worker.cpu_seconds())
             return body["processed"] >= n
 
-        body = wait_for(worker, read, all_folded, deadline, f"{n:,} events")
-        cpu = cpu_seconds(worker.proc.pid)
+        body = harness.wait_for(worker, read, all_folded, deadline, f"{n:,} events")
+        cpu = worker.cpu_seconds()
+        extra["loadavg_1m"] = round(os.getloadavg()[0], 2)  # others on the machine show here
         if body["processed"] > n:
-            raise Failed(f"the handler ran {body['processed']:,} times for {n:,} events")
+            raise harness.Failed(f"the handler ran {body['processed']:,} times for {n:,} events")
+        result = harness.timed(variant, n, worker.started, body, extra=extra)
         first, last = float(body["first_at"]), float(body["last_at"])
         if cpu is not None and cpu_at_first and cpu_at_first[0] is not None:
             extra["cpu_s"] = round(cpu, 2)
@@ -487,36 +390,42 @@ def run_variant(
             extra["processing_cpu_share"] = round(
                 (cpu - cpu_at_first[0]) / max(last - first, 1e-6), 2
             )
-        if variant.startswith("belvedere"):
-            body = wait_for(
+        if belvedere:
+            body = harness.wait_for(
                 worker, read, lambda b: b["checkpointed"] >= n, deadline, "the last checkpoint"
             )
             extra["checkpointed_s"] = round(time.time() - first, 3)
-        rss = peak_rss_mb(worker.proc.pid)  # before the dump, which reads the whole view
+        rss = result.peak_rss_mb = worker.peak_rss_mb()  # before the dump reads the whole view
         # (Quix wrote its totals with the N-th event; the others write them when asked)
-        if variant != "quixstreams-kafka" and http_get(url + "?dump=1") is None:
-            raise Failed(f"the dump request failed\n{worker.log_tail()}")
-        extra |= verify(dump, truth)
-        if recovery and variant.startswith("belvedere"):
+        if variant == "quixstreams-kafka":
+            extra |= verify(dump, data.truth)
+        else:
+            extra |= dump_and_verify(worker, url, dump, data.truth)
+        # a recovery or rebuild that fails is reported under its key; the run's own figures stand
+        if opts.recovery and belvedere:
             worker.stop()
-            log = work / f"{variant}-recovery.log"
-            extra["recovery"] = measure_recovery(
-                argv, env, log, data_dir, url, dump, truth, n, timeout
-            )
-    except Failed as exc:
-        return Result(variant, "failed", n, peak_rss_mb=rss, extra=extra, reason=str(exc))
+            log = env.work / f"{run_id}-recovery.log"
+            try:
+                extra["recovery"], worker = measure_recovery(
+                    argv, bench_env, log, data_dir, url, dump, data.truth, opts.timeout
+                )
+            except harness.Failed as exc:
+                extra["recovery"] = {"status": "failed", "reason": str(exc)}
+        if opts.rebuild and belvedere and worker.running:
+            live = result.events_per_s or 0.0
+            try:
+                extra["rebuild"] = measure_rebuild(
+                    worker, port, dump, data.truth, n, opts.timeout, live
+                )
+            except harness.Failed as exc:
+                extra["rebuild"] = {"status": "failed", "reason": str(exc)}
+    except harness.Failed as exc:
+        return harness.Result(variant, "failed", n, peak_rss_mb=rss, extra=extra, reason=str(exc))
     finally:
         worker.stop()
-    return Result(
-        variant,
-        "ok",
-        n,
-        startup_s=first - started,
-        processing_s=last - first,
-        wall_s=last - started,
-        peak_rss_mb=rss,
-        extra=extra,
-    )
+        if not opts.keep:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    return result
 
 
 RESTORED_LINE = re.compile(
@@ -533,51 +442,47 @@ def measure_recovery(
     url: str,
     dump: Path,
     truth: dict[str, int],
-    n: int,
     timeout: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], harness.WorkerProcess]:
     """With the worker stopped: delete its local view state, start it again, time the restore.
 
-        Waits (polling the worker's page) until every view partition is serving, then checks the
-        restored view against the ground truth. ``records`` is the changelog records the restore
-        read (the sum of ``restore_total``, an offset span: on the embedded broker it includes the
-    gaps compaction left), ``rows`` the rows it applied (from the engine's log lines).
+    Waits (polling the worker's page) until every view partition is serving, then checks the
+    restored view against the ground truth. ``records`` is the changelog records the restore
+    read (the sum of ``restore_total``, an offset span: on the embedded broker it includes the
+    gaps compaction left), ``rows`` the rows it applied (from the engine's log lines). Returns
+    the figures and the restarted worker, still running.
     """
     views = data_dir / "views"
     if not views.is_dir():
-        raise Failed(f"no local view state at {views}")
+        raise harness.Failed(f"no local view state at {views}")
     shutil.rmtree(views)
-    dump.unlink(missing_ok=True)
-    started = time.time()
-    worker = WorkerProcess(argv, env, log)
+    worker = harness.WorkerProcess(argv, env, log)
     try:
         deadline = time.monotonic() + timeout
-
-        def all_serving(body: dict[str, Any]) -> bool:
-            parts = body.get("view", {})
-            return len(parts) == PARTITIONS and all(p["state"] == "serving" for p in parts.values())
-
-        body = wait_for(
-            worker, lambda: http_get(url), all_serving, deadline, "every view partition serving"
+        body = harness.wait_for(
+            worker,
+            lambda: harness.http_get(url),
+            all_serving,
+            deadline,
+            "every view partition serving",
         )
         seen = time.time()
-        rss = peak_rss_mb(worker.proc.pid)
+        rss = worker.peak_rss_mb()
         parts = body["view"]
         records = sum(p["restore_total"] for p in parts.values())
         done = sum(p["restore_done"] for p in parts.values())
         first = min(p["restore_started"] for p in parts.values())
         last = max(p["restore_finished"] for p in parts.values())
-        if http_get(url + "?dump=1") is None:
-            raise Failed(f"the dump request after the restore failed\n{worker.log_tail()}")
-        checked = verify(dump, truth)
-        after = http_get(url) or {}
+        checked = dump_and_verify(worker, url, dump, truth)
+        after = harness.http_get(url) or {}
         lines = [m.groups() for m in RESTORED_LINE.finditer(log.read_text(errors="replace"))]
-    finally:
+    except BaseException:
         worker.stop()
+        raise
     restore_s = last - first
     # the embedded broker's compaction leaves offset gaps, so there rows can be < records
     rows = sum(int(g[1]) for g in lines) if lines else None
-    return {
+    figures = {
         "recovery_records_per_s": round(records / restore_s, 1) if restore_s > 0 else None,
         "rows_per_s": round(rows / restore_s, 1) if rows is not None and restore_s > 0 else None,
         "records": records,
@@ -586,9 +491,9 @@ def measure_recovery(
         "dropped": sum(int(g[2]) for g in lines) if lines else None,
         "repaired": sum(int(g[3]) for g in lines) if lines else None,
         "restore_s": round(restore_s, 3),
-        "startup_s": round(first - started, 3),  # process start -> first restore started
-        "wall_s": round(last - started, 3),  # process start -> every partition serving
-        "seen_serving_s": round(seen - started, 3),  # to a poll interval
+        "startup_s": round(first - worker.started, 3),  # process start -> first restore started
+        "wall_s": round(last - worker.started, 3),  # process start -> every partition serving
+        "seen_serving_s": round(seen - worker.started, 3),  # to a poll interval
         "peak_rss_mb": rss,
         "reprocessed": after.get("processed"),  # events folded again after the restore
         "checkpointed": after.get("checkpointed"),
@@ -601,176 +506,424 @@ def measure_recovery(
         },
         **checked,
     }
+    return figures, worker
 
 
-# -- reporting ---------------------------------------------------------------------------
+def rebuild_lines(log: Path, most: int = 40) -> str:
+    """The worker's log lines about generations: what a stalled rebuild did last."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    found = [line for line in lines if re.search(r" g\d+[:;]|generation \d|switch|rebuild", line)]
+    return "\n".join(f"    | {line}" for line in found[-most:])
 
 
-def report(results: list[Result]) -> str:
-    anchor = next((r for r in results if r.variant == ANCHOR and r.status == "ok"), None)
-    header = (
-        f"{'variant':<20} {'events/s':>10} {'wall s':>8} {'startup s':>10} "
-        f"{'proc. s':>8} {'peak RSS MB':>12} {'ev/s vs faust':>14} {'wall vs faust':>14}"
-    )
-    lines = [header, "-" * len(header)]
-    for r in results:
-        if r.status != "ok":
-            reason = r.reason.splitlines()[0] if r.reason else ""
-            lines.append(f"{r.variant:<20} {r.status}: {reason}")
+LOG_LINE = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] .*?view revenue(?:\[(\d+)\])?"
+    r"(?: g(\d+))?: (restored|caught up|now serving generation (\d+)|generation (\d+) retired)",
+    re.M,
+)
+
+
+def rebuild_steps(log: Path, generation: int, t0: float) -> dict[str, float | None]:
+    """When (seconds after the POST, from the worker's log lines, to the millisecond) the
+    rebuild's steps were done: the new generation opened (its empty restores), replayed
+    (every partition caught up), served (every partition switched) and the old one retired."""
+    found: dict[str, list[float]] = defaultdict(list)
+    for m in LOG_LINE.finditer(log.read_text(errors="replace")):
+        stamp, _, gen, what, serving, retired = m.groups()
+        t = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0
+        if t < 0:
             continue
-        speed = wall = None
-        if anchor is not None:
-            speed = (r.events_per_s or 0) / (anchor.events_per_s or 1)
-            wall = (r.wall_s or 0) / (anchor.wall_s or 1)
+        if what in ("restored", "caught up") and gen == str(generation):
+            found[what].append(t)
+        elif serving == str(generation):
+            found["serving"].append(t)
+        elif retired is not None:
+            found["retired"].append(t)
+    steps = {
+        "opened_s": max(found["restored"], default=None),
+        "replayed_s": max(found["caught up"], default=None),
+        "switched_s": max(found["serving"], default=None),
+        "retired_s": max(found["retired"], default=None),
+    }
+    return {k: round(v, 3) if v is not None else None for k, v in steps.items()}
+
+
+def measure_rebuild(
+    worker: harness.WorkerProcess,
+    port: int,
+    dump: Path,
+    truth: dict[str, int],
+    n: int,
+    timeout: float,
+    live_events_per_s: float,
+) -> dict[str, Any]:
+    """Rebuild the view on the running worker: POST, then poll until the new generation
+    serves and the old one is retired; then check the view against the ground truth."""
+    url = f"http://127.0.0.1:{port}/bench/"
+    rebuild_url = f"http://127.0.0.1:{port}/views/{VIEW}/rebuild"
+    deadline = time.monotonic() + timeout
+    harness.wait_for(
+        worker, lambda: harness.http_get(url), all_serving, deadline, "every view partition serving"
+    )
+    before = harness.http_get(url) or {}
+    cpu_before = worker.cpu_seconds()
+    t0 = time.time()
+    code, started = harness.http_request(rebuild_url, "POST")
+    if code != 202 or not started or started.get("building") is None:
+        raise harness.Failed(f"POST {rebuild_url} answered {code}: {started}\n{worker.log_tail()}")
+    target = started["building"]
+    # the first time each (state, generation) was seen, in seconds after the POST
+    phases: dict[str, float] = {}
+    # [seconds after the POST, state, done, total, rate] each time the status changed
+    timeline: list[list[Any]] = []
+
+    changed = [time.monotonic(), None]  # when the status last changed (rates aside), and to what
+
+    def finished(body: dict[str, Any]) -> bool:
+        t = round(time.time() - t0, 3)
+        phase = f"{body['state']} g{body['generation']}"
+        phases.setdefault(phase, t)
+        row = [body["state"], body["done"], body["total"], round(body["rate"] or 0.0, 1)]
+        if not timeline or timeline[-1][1:] != row:
+            timeline.append([t, *row])
+        if body["state"] == "idle" and body["generation"] == target:
+            return True
+        still = {k: v for k, v in body.items() if k not in ("rate", "eta")}
+        still["partitions"] = [(p["state"], p["done"], p["total"]) for p in body["partitions"]]
+        if still != changed[1]:
+            changed[:] = [time.monotonic(), still]
+        elif time.monotonic() - changed[0] > REBUILD_STALL:
+            raise harness.Failed(
+                f"the rebuild of generation {target} stalled: no change in {REBUILD_STALL:.0f}s, "
+                f"status {body}\n{rebuild_lines(worker.logfile)}"
+            )
+        return False
+
+    harness.wait_for(
+        worker,
+        lambda: harness.http_get(rebuild_url),
+        finished,
+        deadline,
+        f"the rebuild of generation {target} (state idle)",
+        interval=REBUILD_POLL,
+    )
+    rebuild_s = time.time() - t0
+    cpu = worker.cpu_seconds()
+    rss = worker.peak_rss_mb()
+    switched = min(
+        (t for phase, t in phases.items() if phase.endswith(f" g{target}")), default=None
+    )
+    body = harness.wait_for(
+        worker,
+        lambda: harness.http_get(url),
+        lambda b: all_serving(b) and b["checkpointed"] >= n,
+        deadline,
+        "the rebuilt view serving, checkpointed to N",
+    )
+    checked = dump_and_verify(worker, url, dump, truth)
+    rate = n / rebuild_s
+    steps = rebuild_steps(worker.logfile, target, t0)
+    opened, replayed = steps["opened_s"], steps["replayed_s"]
+    replay_s = replayed - opened if opened is not None and replayed is not None else None
+    return {
+        "rebuild_events_per_s": round(rate, 1),
+        "rebuild_s": round(rebuild_s, 3),
+        "seen_switching_s": switched,  # POST -> first seen serving the new generation (polled)
+        # the replay alone: the new generation opened -> every partition caught up (log lines)
+        "replay_events_per_s": round(n / replay_s, 1) if replay_s else None,
+        "replay_s": round(replay_s, 3) if replay_s is not None else None,
+        "steps": steps,
+        "vs_live": round(rate / live_events_per_s, 2) if live_events_per_s else None,
+        # the worker's CPU seconds per second from the POST to finished (2 CPUs: up to 2)
+        "cpu_share": round((cpu - cpu_before) / rebuild_s, 2)
+        if cpu is not None and cpu_before is not None
+        else None,
+        "generation": target,
+        "view_generation": body.get("generation"),
+        "phases": phases,
+        "timeline": timeline,
+        "handler_calls": body["processed"] - before.get("processed", 0),
+        "checkpointed": body["checkpointed"],
+        "peak_rss_mb": rss,  # the worker's peak so far, the live run's included
+        **checked,
+    }
+
+
+# -- repeats, the sweep, and reporting ---------------------------------------------------
+
+FIGURES: dict[str, Callable[[harness.Result], float | None]] = {
+    "events_per_s": lambda r: round(r.events_per_s or 0.0, 1),
+    "wall_s": lambda r: round(r.wall_s or 0.0, 3),
+    "peak_rss_mb": lambda r: r.peak_rss_mb,
+    "recovery_records_per_s": lambda r: r.extra.get("recovery", {}).get("recovery_records_per_s"),
+    "rebuild_events_per_s": lambda r: r.extra.get("rebuild", {}).get("rebuild_events_per_s"),
+    "rebuild_s": lambda r: r.extra.get("rebuild", {}).get("rebuild_s"),
+    "replay_events_per_s": lambda r: r.extra.get("rebuild", {}).get("replay_events_per_s"),
+    "rebuild_vs_live": lambda r: r.extra.get("rebuild", {}).get("vs_live"),
+}
+
+
+@dataclass(eq=False)
+class Runs:
+    """One variant's repeated runs at one key count."""
+
+    variant: str
+    keys: int
+    results: list[harness.Result]
+
+    @property
+    def ok(self) -> list[harness.Result]:
+        return [r for r in self.results if r.status == "ok"]
+
+    @property
+    def samples(self) -> dict[str, list[float | None]]:
+        found = {name: [get(r) for r in self.ok] for name, get in FIGURES.items()}
+        return {
+            name: values for name, values in found.items() if any(v is not None for v in values)
+        }
+
+    @property
+    def medians(self) -> dict[str, float | None]:
+        return {name: harness.median(values) for name, values in self.samples.items()}
+
+    def median(self, figure: str) -> float | None:
+        return self.medians.get(figure)
+
+    @property
+    def representative(self) -> harness.Result:
+        """A failed or skipped run if any; else the run with the median events/s."""
+        for r in self.results:
+            if r.status != "ok":
+                return r
+        target = self.median("events_per_s")
+        return next(r for r in self.results if FIGURES["events_per_s"](r) == target)
+
+    def failures(self, what: str) -> int:
+        """How many of the runs' recovery or rebuild measurements failed."""
+        return sum(r.extra.get(what, {}).get("status") == "failed" for r in self.results)
+
+    def as_json(self) -> dict[str, Any]:
+        body = self.representative.as_json()
+        if len(self.results) > 1:
+            body |= {"repeat": len(self.results), "median": self.medians, "samples": self.samples}
+        for what in ("recovery", "rebuild"):
+            if self.failures(what):  # their reasons are in the failed runs' lines and details
+                body[f"{what}_failures"] = self.failures(what)
+        return body
+
+
+def describe(result: harness.Result) -> None:
+    """The lines printed after a run's own: verified totals, recovery, rebuild."""
+    if result.status != "ok":
+        return
+    lines = [f"{result.extra.get('users', 0):,} user totals verified"]
+    for what in ("recovery", "rebuild"):
+        if result.extra.get(what, {}).get("status") == "failed":
+            lines.append(f"{what} failed: {result.extra[what]['reason']}")
+    fmt = harness.fmt
+    rec = result.extra.get("recovery", {})
+    if "recovery_records_per_s" in rec:
         lines.append(
-            f"{r.variant:<20} {_fmt(r.events_per_s, ',.0f'):>10} {_fmt(r.wall_s, '.2f'):>8} "
-            f"{_fmt(r.startup_s, '.2f'):>10} {_fmt(r.processing_s, '.2f'):>8} "
-            f"{_fmt(r.peak_rss_mb, ',.0f'):>12} "
-            f"{_fmt(speed, '.2f') + 'x' if speed is not None else '-':>14} "
-            f"{_fmt(wall, '.2f') + 'x' if wall is not None else '-':>14}"
+            f"recovery: {fmt(rec['recovery_records_per_s'], ',.0f')} changelog records/s "
+            f"({rec['records']:,} records, {rec['rows']} rows, in {rec['restore_s']:.2f}s), "
+            f"wall {rec['wall_s']:.2f}s to all serving, peak RSS {rec['peak_rss_mb']} MB, "
+            f"{rec['users']:,} user totals verified"
         )
+    reb = result.extra.get("rebuild", {})
+    if "rebuild_events_per_s" in reb:
+        rate, replay = reb["rebuild_events_per_s"], fmt(reb["replay_events_per_s"], ",.0f")
+        took = f"{reb['rebuild_s']:.2f}s to idle on generation {reb['generation']}"
+        calls, users = reb["handler_calls"], reb["users"]
+        lines.append(f"rebuild: {rate:,.0f} events/s ({took}; replay alone {replay} events/s), ")
+        lines[-1] += f"{fmt(reb['vs_live'], '.2f')}x live, {calls:,} handler calls, "
+        lines[-1] += f"{users:,} user totals verified"
+    for line in lines:
+        print(f"  {line}", flush=True)
+
+
+def report_more(main: list[Runs], sweep: list[Runs]) -> str:
+    lines = []
+    measured = [r for r in main + sweep if "recovery" in r.representative.extra]
+    measured += [r for r in main + sweep if "rebuild" in r.representative.extra]
+    if measured:
+        header = (
+            f"{'variant':<20} {'keys':>9} {'recovery rec/s':>15} {'rebuild ev/s':>13} "
+            f"{'rebuild s':>10} {'rebuild/live':>13} {'failed':>7}"
+        )
+        lines += ["", header, "-" * len(header)]
+        for runs in dict.fromkeys(measured):
+            failed = runs.failures("recovery") + runs.failures("rebuild")
+            lines.append(
+                f"{runs.variant:<20} {runs.keys:>9,} "
+                f"{harness.fmt(runs.median('recovery_records_per_s'), ',.0f'):>15} "
+                f"{harness.fmt(runs.median('rebuild_events_per_s'), ',.0f'):>13} "
+                f"{harness.fmt(runs.median('rebuild_s'), '.2f'):>10} "
+                f"{harness.fmt(runs.median('rebuild_vs_live'), '.2f'):>13} {failed:>7}"
+            )
+    if sweep:
+        header = f"{'variant':<20} {'keys':>9} {'events/s':>10} {'peak RSS MB':>12} {'runs':>5}"
+        lines += ["", header, "-" * len(header)]
+        for runs in sorted(sweep, key=lambda r: (r.variant, r.keys)):
+            lines.append(
+                f"{runs.variant:<20} {runs.keys:>9,} "
+                f"{harness.fmt(runs.median('events_per_s'), ',.0f'):>10} "
+                f"{harness.fmt(runs.median('peak_rss_mb'), ',.0f'):>12} {len(runs.ok):>5}"
+            )
     return "\n".join(lines)
 
 
-def summary(results: list[Result], events: int, keys: int) -> dict[str, Any]:
+def summary(main: list[Runs], sweep: list[Runs], args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for r in results:
-        out[SUMMARY_KEYS[r.variant]] = round(r.events_per_s, 1) if r.status == "ok" else None
-    out["peak_rss_mb"] = {r.variant: r.peak_rss_mb for r in results}
-    for r in results:
-        if r.variant == "belvedere-kafka" and "recovery" in r.extra:
-            out["recovery_records_per_s"] = r.extra["recovery"]["recovery_records_per_s"]
+    by_variant = {r.variant: r for r in main}
+    for runs in main:
+        out[SUMMARY_KEYS[runs.variant]] = runs.median("events_per_s")
+    mine = by_variant.get("belvedere-kafka")
+    for other, key in (
+        ("faust-kafka", "belvedere_vs_faust"),
+        ("quixstreams-kafka", "belvedere_vs_quix"),
+    ):
+        theirs = by_variant.get(other)
+        if mine and theirs and mine.median("events_per_s") and theirs.median("events_per_s"):
+            out[key] = round(mine.median("events_per_s") / theirs.median("events_per_s"), 2)
+    out["peak_rss_mb"] = {r.variant: r.median("peak_rss_mb") for r in main}
+    kafka = [r for r in main + sweep if r.variant == "belvedere-kafka"]
+    # recovery: at the most keys measured (the changelog holds about a record per changed key
+    # per checkpoint, so only many keys make a meaningful rate)
+    recovered = [r for r in kafka if r.median("recovery_records_per_s") is not None]
+    if recovered:
+        most = max(recovered, key=lambda r: r.keys)
+        out["recovery_records_per_s"] = most.median("recovery_records_per_s")
+        out["recovery_keys"] = most.keys
+    if mine and mine.median("rebuild_events_per_s") is not None:
+        out["rebuild_events_per_s"] = mine.median("rebuild_events_per_s")
+        out["rebuild_vs_live"] = mine.median("rebuild_vs_live")
+    million = [r for r in kafka if r.keys == 1_000_000 and r.ok]
+    if million:
+        out["peak_rss_mb_1m_keys"] = million[0].median("peak_rss_mb")
+        out["events_per_s_1m_keys"] = million[0].median("events_per_s")
     out |= {
-        "events": events,
-        "keys": keys,
+        "events": args.events,
+        "keys": args.keys,
         "partitions": PARTITIONS,
-        "anchor": ANCHOR,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "runs": {r.variant: r.as_json() for r in results},
+        "repeat": args.repeat,
+        "statistic": "median_low" if args.repeat > 1 else "one run",
+        **harness.machine(),
+        "runs": {r.variant: r.as_json() for r in main},
     }
+    if sweep:
+        out["sweep"] = {
+            variant: [
+                {"keys": r.keys, **r.medians, "runs": len(r.results), "samples": r.samples}
+                | {"run": r.representative.as_json()}  # the median run's details
+                | ({} if len(r.ok) == len(r.results) else {"failed": r.representative.reason})
+                | {f"{w}_failures": r.failures(w) for w in ("recovery", "rebuild") if r.failures(w)}
+                for r in sorted(sweep, key=lambda r: r.keys)
+                if r.variant == variant
+            ]
+            for variant in dict.fromkeys(r.variant for r in sweep)
+        }
     return out
 
 
+def key_counts(text: str) -> list[int]:
+    return [int(k.replace("_", "")) for k in text.split(",") if k.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["quix-worker"]:
-        quix_worker()
-        return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events", type=int, default=EVENTS, metavar="N")
+    return harness.dispatch(argv, quix_worker, bench)
+
+
+def bench(argv: list[str]) -> int:
+    parser = harness.parser(__doc__, EVENTS, VARIANTS, REPO / "bench/results/projection.json")
     parser.add_argument("--keys", type=int, default=KEYS, metavar="K", help="distinct users")
-    parser.add_argument("--only", action="append", choices=VARIANTS, metavar="VARIANT")
-    parser.add_argument("--kafka", metavar="HOST:PORT", help="use this broker, start none")
-    parser.add_argument("--timeout", type=float, default=600, help="per variant, in seconds")
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=REPO / "bench/results/projection.json",
-        metavar="PATH",
-        help="write the results here (default bench/results/projection.json)",
-    )
-    parser.add_argument("--keep", action="store_true", help="keep data dirs and worker logs")
     parser.add_argument(
         "--recovery",
         action="store_true",
         help="belvedere: then delete the worker's local view state, restart it and time the "
         "restore from the changelog",
     )
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="belvedere: then rebuild the view (POST /views/revenue/rebuild) and time it",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="R",
+        help="runs per variant; report medians",
+    )
+    parser.add_argument(
+        "--sweep",
+        type=key_counts,
+        default=[],
+        metavar="K1,K2,...",
+        help="also run the --sweep-only variants at these key counts",
+    )
+    parser.add_argument(
+        "--sweep-only",
+        action="append",
+        choices=VARIANTS,
+        metavar="VARIANT",
+        help="the variants of the sweep (default belvedere-kafka and quixstreams-kafka)",
+    )
     args = parser.parse_args(argv)
     variants = [v for v in VARIANTS if not args.only or v in args.only]
+    sweep_variants = [v for v in VARIANTS if v in (args.sweep_only or SWEEP_VARIANTS)]
+    opts = Options(args.timeout, args.recovery, args.rebuild, args.keep)
 
-    print(
-        f"{args.events:,} events, {args.keys:,} keys, {PARTITIONS} partitions; "
-        f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
-        flush=True,
-    )
-    t = time.monotonic()
-    messages, truth = make_events(args.events, args.keys)
-    print(f"generated in {time.monotonic() - t:.1f}s: {len(truth):,} users", flush=True)
-    work = Path(tempfile.mkdtemp(prefix="belvedere-bench-"))
-    results: list[Result] = []
-    try:
-        with contextlib.ExitStack() as stack:
-            bootstrap, kafka_problem, kafka_topic = args.kafka, "", None
-            if bootstrap is None and KAFKA_VARIANTS & set(variants):
-                print("starting a private Kafka broker (ci/kafka/start.sh) ...", flush=True)
-                try:
-                    bootstrap = stack.enter_context(private_kafka())
-                except (RuntimeError, subprocess.SubprocessError) as exc:
-                    output = getattr(exc, "stderr", "") or ""
-                    kafka_problem = f"no Kafka broker: {exc}; {str(output)[-300:]}".strip()
-            if bootstrap is not None and KAFKA_VARIANTS & set(variants):
-                kafka_topic = f"bench-proj-orders-{uuid.uuid4().hex[:8]}"
-                t = time.monotonic()
-                try:
-                    coro = fill_kafka(bootstrap, kafka_topic, messages, PARTITIONS)
-                    asyncio.run(asyncio.wait_for(coro, 600))
-                    print(
-                        f"Kafka input: {len(messages):,} events into {kafka_topic} in "
-                        f"{time.monotonic() - t:.1f}s (not measured)",
-                        flush=True,
-                    )
-                except Exception as exc:
-                    kafka_problem = f"could not produce the input: {type(exc).__name__}: {exc}"
-                    bootstrap = None
-            for variant in variants:
-                print(f"{variant}:", flush=True)
-                if variant in KAFKA_VARIANTS and bootstrap is None:
-                    result = Result(variant, "skipped", args.events, reason=kafka_problem)
-                elif variant == "quixstreams-kafka" and not _has_quixstreams():
-                    reason = "quixstreams is not installed (pip install quixstreams)"
-                    result = Result(variant, "skipped", args.events, reason=reason)
-                else:
-                    try:
-                        result = run_variant(
-                            variant,
-                            messages,
-                            truth,
-                            work,
-                            bootstrap,
-                            kafka_topic,
-                            args.timeout,
-                            args.recovery,
-                        )
-                    except Exception as exc:  # e.g. the embedded log could not be filled
-                        reason = f"{type(exc).__name__}: {exc}"
-                        result = Result(variant, "failed", args.events, reason=reason)
-                if result.status == "ok":
-                    print(
-                        f"  {result.events_per_s:,.0f} events/s, wall {result.wall_s:.2f}s, "
-                        f"startup {result.startup_s:.2f}s, peak RSS {result.peak_rss_mb} MB, "
-                        f"{result.extra.get('users', 0):,} user totals verified",
-                        flush=True,
-                    )
-                    if "recovery" in result.extra:
-                        rec = result.extra["recovery"]
-                        rate = rec["recovery_records_per_s"]
-                        print(
-                            f"  recovery: {_fmt(rate, ',.0f')} changelog records/s "
-                            f"({rec['records']:,} records, {rec['rows']} rows, in "
-                            f"{rec['restore_s']:.2f}s), wall {rec['wall_s']:.2f}s to all "
-                            f"serving, peak RSS {rec['peak_rss_mb']} MB, "
-                            f"{rec['users']:,} user totals verified",
-                            flush=True,
-                        )
-                else:
-                    print(f"  {result.status}: {result.reason}", flush=True)
+    harness.describe_machine(args.events, args.keys, PARTITIONS)
+    main_runs: list[Runs] = []
+    sweep_runs: list[Runs] = []
+    everything = variants + (sweep_variants if args.sweep else [])
+
+    def run_all(keys: int, which: list[str]) -> list[Runs]:
+        data = prepare_input(env, args.events, keys, any(v.endswith("-kafka") for v in which))
+        done = []
+        for variant in which:
+            results = []
+            for i in range(args.repeat):
+                run_id = f"{variant}-{keys}-{i + 1}"
+                if args.repeat > 1:
+                    print(f"[{keys:,} keys, run {i + 1} of {args.repeat}] ", end="")
+                result = env.run(
+                    variant,
+                    args.events,
+                    lambda: run_variant(variant, data, env, run_id, opts),  # noqa: B023
+                )
+                describe(result)
                 results.append(result)
-    finally:
-        if args.keep:
-            print(f"data dirs and worker logs kept in {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+            done.append(Runs(variant, keys, results))
+        return done
+
+    with harness.environment(args.kafka, everything, args.keep) as env:
+        main_runs = run_all(args.keys, variants)
+        for keys in args.sweep:
+            if keys == args.keys:
+                sweep_runs += [r for r in main_runs if r.variant in sweep_variants]
+                missing = [v for v in sweep_variants if v not in variants]
+            else:
+                missing = sweep_variants
+            if missing:
+                sweep_runs += run_all(keys, missing)
 
     print()
-    print(report(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        body = summary(results, args.events, args.keys)
-        args.json.write_text(json.dumps(body, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
-    return 0 if all(r.status != "failed" for r in results) else 1
+    print(harness.report([r.representative for r in main_runs]))
+    more = report_more(main_runs, sweep_runs)
+    if more:
+        print(more)
+    harness.write_json(args.json, summary(main_runs, sweep_runs, args))
+    results = [r for runs in main_runs + sweep_runs for r in runs.results]
+    parts_failed = any(
+        r.extra.get(what, {}).get("status") == "failed"
+        for r in results
+        for what in ("recovery", "rebuild")
+    )
+    return harness.exit_status(results) or int(parts_failed)
 
 
 if __name__ == "__main__":
