@@ -121,6 +121,8 @@ class ProjectionEngine(Service):
         #: Partitions of a generation being rebuilt, next to their live ones in ``_active``.
         self._building: dict[TP, _Partition] = {}
         self.rebuilds = Rebuilder(self)
+        #: Changelog topics already declared by this worker.
+        self._declared: set[str] = set()
         self.standbys = Standbys(self)
         self._lock = asyncio.Lock()
         self._reader: PartitionReader | None = None
@@ -169,13 +171,17 @@ class ProjectionEngine(Service):
         self.app.batch_tap = self
 
     async def declare_changelog(self, view: Any, generation: int) -> None:
+        name = view.changelog_topic_for(generation)
+        if name in self._declared:
+            return
         await self.app.topic(
-            view.changelog_topic_for(generation),
+            name,
             partitions=view.partitions,
             compacting=True,
             internal=True,
             config=CHANGELOG_CONFIG,
         ).maybe_declare()
+        self._declared.add(name)
 
     async def on_stop(self) -> None:
         async with self._lock:

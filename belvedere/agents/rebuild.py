@@ -125,13 +125,25 @@ class Rebuilder:
             try:
                 await self._poll()
                 for name in list(self.state.views):
-                    if name in engine.projections:
+                    if name in engine.projections and not self._settled(name):
                         await self._act(name)
             except Exception:  # the next poll tries again; the rebuild waits meanwhile
                 logger.exception("views control topic: poll failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL)
             self._wake.clear()
+
+    def _settled(self, name: str) -> bool:
+        """Nothing to do for this view here: no rebuild, and this worker is on its generation
+        (so the control loop does not take the engine's lock, which live batches need)."""
+        gen = self.generation(name)
+        view = self.app.views[name]
+        return (
+            gen.building is None
+            and gen.previous is None
+            and view.generation == gen.active
+            and not any(p.projection.view is view for p in self.engine._building.values())
+        )
 
     async def _act(self, name: str) -> None:
         engine = self.engine
@@ -231,7 +243,7 @@ class Rebuilder:
         done = [r for r in records if r.offset < live_next]
         if not done:
             return
-        if done[-1].offset >= part.next_offset and done[0].offset > part.next_offset:
+        if done[0].offset > part.next_offset:
             part.mode = "replaying"  # a gap: let the replay fill it
             return
         with replaying():
