@@ -57,6 +57,7 @@ class App(faust.App):
     ``web_host``            ``BELVEDERE_WEB_HOST``  ``127.0.0.1`` (bind and advertise)
     ``web_port``            ``BELVEDERE_WEB_PORT``  ``6066``
     ``admin_token``         ``BELVEDERE_ADMIN_TOKEN`` none: admin requests from loopback only
+    ``api_token``           ``BELVEDERE_API_TOKEN``   none: reads and event posts are open
     ======================  ======================  ===================================
 
     Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
@@ -80,11 +81,14 @@ class App(faust.App):
         checkpoint_interval: float = 0.5,
         checkpoint_events: int = 20_000,
         admin_token: str | None = None,
+        api_token: str | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
         #: What admin HTTP requests (a rebuild) must carry as a bearer token.
         self.admin_token: str | None = _setting("BELVEDERE_ADMIN_TOKEN", admin_token, None)
+        #: What reads and ``POST /events`` must carry as a bearer token, if set.
+        self.api_token: str | None = _setting("BELVEDERE_API_TOKEN", api_token, None)
         #: The event topics declared with :meth:`event_topic`, by name.
         self.event_topics: dict[str, EventTopic] = {}
         #: The views declared with :meth:`view`, by name.

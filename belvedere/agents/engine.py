@@ -103,6 +103,9 @@ class _Partition:
         #: Events applied since the last checkpoint, and when that was.
         self.dirty = 0
         self.flushed_at = time.monotonic()
+        #: The timestamp (ms) of the last event applied.
+        self.last_event_ms: int | None = None
+        status.positions = self.offsets()
 
     def offsets(self) -> dict[tuple[str, int], int]:
         return {**self.origins, (self.tp.topic, self.tp.partition): self.next_offset}
@@ -126,6 +129,8 @@ class ProjectionEngine(Service):
         self.standbys = Standbys(self)
         self._lock = asyncio.Lock()
         self._reader: PartitionReader | None = None
+        #: Source events applied (or dead-lettered) per view, since the worker started.
+        self.events_processed: dict[str, int] = {}
         #: A checkpoint is written after this many seconds or events, whichever comes first.
         self.checkpoint_interval = 0.5
         self.checkpoint_events = 20_000
@@ -390,6 +395,8 @@ class ProjectionEngine(Service):
                 if origin is None or origin[1] < origins.get(origin[0], 0):
                     continue  # a copy the re-keying stage wrote twice (it is at-least-once)
                 origins[origin[0]] = origin[1] + 1
+                if record.value is None:
+                    continue  # a watermark: nothing from that origin before it is left to come
             try:
                 event = _decode(codec, record)
             except BadEvent as exc:
@@ -414,6 +421,8 @@ class ProjectionEngine(Service):
                         txn.release()
             part.next_offset = offset + 1
             part.dirty += 1
+        if records:
+            part.last_event_ms = records[-1].timestamp
         if part.dirty and self._due(part):
             await self._checkpoint(part)
 
@@ -427,7 +436,8 @@ class ProjectionEngine(Service):
         """Copy a source batch to the repartition topic under each event's view key.
 
         At-least-once: after a crash the copies are written again, and the folding stage
-        skips them by their origin offset.
+        skips them by their origin offset. Each batch ends with a watermark in every
+        partition (no value, the batch's last origin offset).
         """
         assert projection.by is not None and projection.repartition is not None
         view, by = projection.view, projection.by
@@ -463,6 +473,16 @@ class ProjectionEngine(Service):
                 )
             )
         await asyncio.gather(*futures)
+        # Tell every partition that nothing before this is left to come from ``tp``: a
+        # consistency token on the source then has a position each partition can reach.
+        watermark = [
+            (HEADER_ORIGIN, b"%s\0%d\0%d" % (tp.topic.encode(), tp.partition, records[-1].offset))
+        ]
+        futures = [
+            await send(target, None, None, partition, None, watermark)
+            for partition in range(partitions)
+        ]
+        await asyncio.gather(*futures)
         await self.app.consumer._commit({tp: records[-1].offset + 1})
 
     async def _checkpoint(self, part: _Partition) -> None:
@@ -472,6 +492,13 @@ class ProjectionEngine(Service):
         index_changes, delta = store.plan(rows, part.projection.view.indexer())
         store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
         txn.clear()
+        view = part.projection.view
+        if part.mode == "live":
+            self.events_processed[view.name] = self.events_processed.get(view.name, 0) + part.dirty
+        part.status.positions = offsets
+        if part.last_event_ms is not None:
+            part.status.last_event_ms = part.last_event_ms
+        view.advanced()
         part.dirty = 0
         part.flushed_at = time.monotonic()
         if rows:

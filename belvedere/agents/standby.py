@@ -67,14 +67,21 @@ class Standbys:
                 target.store.close()  # kept: it may be wanted again
             else:
                 target.store.destroy()  # a retired generation's copy
-            target.view.standby_lag.pop(ctp.partition, None)
+            self._forget(target, ctp.partition)
         budget = self.engine.budget
         assert budget is not None
         for ctp, (view, _, directory) in wanted.items():
             if ctp not in self.targets:
                 store = PartitionStore(directory / f"{ctp.partition}.db", budget)
                 self.targets[ctp] = Target(view, store)
+                view.standby_stores[ctp.partition] = store
                 logger.info("view %s[%d]: standby here", view.name, ctp.partition)
+
+    @staticmethod
+    def _forget(target: Target, partition: int) -> None:
+        target.view.standby_lag.pop(partition, None)
+        if target.view.standby_stores.get(partition) is target.store:
+            del target.view.standby_stores[partition]
 
     async def release(self, path: Path) -> None:
         """Close the standby store at ``path``: the partition is becoming active here."""
@@ -82,8 +89,8 @@ class Standbys:
             for ctp, target in list(self.targets.items()):
                 if target.store.path == path:
                     del self.targets[ctp]
+                    self._forget(target, ctp.partition)
                     target.store.close()
-                    target.view.standby_lag.pop(ctp.partition, None)
 
     async def follow(self) -> None:
         """Keep every standby caught up, for as long as the worker runs."""
@@ -110,6 +117,7 @@ class Standbys:
         for ctp, target in targets.items():
             assert target.restorer is not None
             target.restorer.finish()  # an unfinished checkpoint is read again next time
+            target.view.standby_stores[ctp.partition] = target.store  # a stale copy is replaced
             local = target.store.changelog_offset()
             target.view.standby_lag[ctp.partition] = target.end - (
                 target.start if local is None else local + 1
@@ -117,7 +125,8 @@ class Standbys:
 
     async def close(self) -> None:
         async with self._lock:
-            for target in self.targets.values():
+            for ctp, target in self.targets.items():
+                self._forget(target, ctp.partition)
                 target.store.close()
             self.targets.clear()
             if self._reader is not None:

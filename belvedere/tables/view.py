@@ -11,6 +11,8 @@ The view decides how keys and values become bytes:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import heapq
 import itertools
 import struct
@@ -27,7 +29,7 @@ from belvedere.streams.types import converter_for
 if TYPE_CHECKING:
     from belvedere.tables.store import PartitionStore
 
-__all__ = ["NotLocal", "PartitionStatus", "View", "key_codec"]
+__all__ = ["LocalPartition", "NotLocal", "PartitionStatus", "View", "key_codec"]
 
 
 class NotLocal(LookupError):
@@ -49,6 +51,11 @@ class PartitionStatus:
     restore_total: int = 0
     restore_started: float = 0.0
     restore_finished: float = 0.0
+    #: The next offset of each source partition whose effect a read can see (empty until
+    #: restored): the folded partition's own, and for a re-keyed view each origin's.
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: When the last event a read can see was produced (ms since the epoch; None: unknown).
+    last_event_ms: int | None = None
 
     def restore_rate(self, now: float | None = None) -> float | None:
         """Changelog records restored per second (None before any)."""
@@ -91,6 +98,17 @@ def key_codec(key_type: type) -> KeyCodec:
     raise TypeError(f"view keys must be str or int, not {key_type!r}")
 
 
+@dataclass(frozen=True)
+class LocalPartition:
+    """A partition this worker can answer from, and how far behind it may be."""
+
+    store: PartitionStore
+    #: serving | recovering | standby
+    state: str
+    #: Records not yet applied here (0 when serving; a recovering or standby copy's backlog).
+    behind: int
+
+
 @dataclass(eq=False)
 class View:
     """The definition of a view; ``app.view(...)`` makes one and registers it."""
@@ -108,6 +126,9 @@ class View:
     status: dict[int, PartitionStatus] = field(default_factory=dict, init=False, repr=False)
     #: Partitions this worker keeps as standbys, and how many changelog records each lags.
     standby_lag: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    #: The standby copies, readable by callers that accept their lag.
+    standby_stores: dict[int, PartitionStore] = field(default_factory=dict, init=False, repr=False)
+    _advanced: asyncio.Event | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._codec = key_codec(self.key_type)
@@ -188,6 +209,47 @@ class View:
             raise NotLocal(self.name, partition, status.state)
         return store
 
+    def local(self, partition: int, max_behind: int | None = None) -> LocalPartition:
+        """The copy of ``partition`` here to answer from: the serving one, or, for a caller
+        that accepts ``max_behind`` records of lag, one being restored or a standby."""
+        store = self.stores.get(partition)
+        status = self.status.get(partition)
+        if store is not None and status is not None:
+            if status.state == "serving":
+                return LocalPartition(store, "serving", 0)
+            behind = max(status.restore_total - status.restore_done, 0)
+            if max_behind is not None and behind <= max_behind:
+                return LocalPartition(store, status.state, behind)
+        standby = self.standby_stores.get(partition)
+        if standby is not None and max_behind is not None:
+            behind = self.standby_lag.get(partition)
+            if behind is not None and behind <= max_behind:
+                return LocalPartition(standby, "standby", behind)
+        if status is not None and status.state != "serving":
+            raise NotLocal(self.name, partition, status.state)
+        raise NotLocal(self.name, partition)
+
+    def partition_for(self, key: Any) -> int:
+        """The partition ``key`` lives in (NotLocal before the view knows its partitions)."""
+        if self.partitions is None:
+            raise NotLocal(self.name, -1, "not started")
+        return self.partition_of(self.check_key(key), self.partitions)
+
+    # -- positions ---------------------------------------------------------------------------
+
+    def advanced(self) -> None:
+        """A checkpoint made more of the view readable: wake whoever waits for a position."""
+        if self._advanced is not None:
+            self._advanced.set()
+            self._advanced = None
+
+    async def wait_advanced(self, timeout: float) -> None:
+        """Until the next :meth:`advanced`, or ``timeout`` seconds."""
+        if self._advanced is None:
+            self._advanced = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._advanced.wait(), timeout)
+
     def get(self, key: Any, default: Any = None) -> Any:
         """The row for ``key`` from this worker; NotLocal if another worker owns it."""
         data = self.get_encoded(key)
@@ -195,10 +257,7 @@ class View:
 
     def get_encoded(self, key: Any) -> bytes | None:
         """The row's JSON bytes, as stored (what an HTTP answer sends)."""
-        if self.partitions is None:
-            raise NotLocal(self.name, -1, "not started")
-        store = self._serving(self.partition_of(self.check_key(key), self.partitions))
-        return store.get(self.store_key(key))
+        return self._serving(self.partition_for(key)).get(self.store_key(key))
 
     def count(self) -> int:
         """Rows in the partitions this worker serves."""
@@ -217,6 +276,24 @@ class View:
 
         Returns the rows and, when there may be more, the cursor to pass as ``after``.
         """
+        page, more = self.scan_encoded(
+            sorted(self.stores), prefix=prefix, start=start, end=end, limit=limit, after=after
+        )
+        rows = [(self.key_from_store(k), self.decode_value(v)) for k, v in page]
+        return rows, (page[-1][0] if more and page else None)
+
+    def scan_encoded(
+        self,
+        partitions: Sequence[int],
+        *,
+        prefix: str | None = None,
+        start: Any = None,
+        end: Any = None,
+        limit: int = 100,
+        after: bytes | None = None,
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """(store key, stored JSON) of ``partitions``' rows in key order, past the store key
+        ``after``; and whether there are more."""
         if prefix is not None and self.key_type is not str:
             raise TypeError(f"view {self.name!r}: prefix scans need str keys")
         low = self.store_key(start) if start is not None else b""
@@ -224,28 +301,39 @@ class View:
             low = max(low, after + b"\0")
         high = self.store_key(end) if end is not None else None
         bytes_prefix = prefix.encode() if prefix is not None else b""
-        streams = [self._serving(p).rows(low, high, bytes_prefix) for p in sorted(self.stores)]
+        streams = [self._serving(p).rows(low, high, bytes_prefix) for p in partitions]
         merged: Iterator[tuple[bytes, bytes]] = heapq.merge(*streams)
         page = list(itertools.islice(merged, limit + 1))
-        more = len(page) > limit
-        page = page[:limit]
-        rows = [(self.key_from_store(k), self.decode_value(v)) for k, v in page]
-        return rows, (page[-1][0] if more and page else None)
+        return page[:limit], len(page) > limit
 
     def lookup(self, index: str, value: Any, limit: int = 1000) -> list[tuple[Any, Any]]:
         """Rows of the local partitions whose ``index`` field equals ``value``."""
+        found = self.lookup_encoded(sorted(self.stores), index, value, limit)
+        return [(self.key_from_store(k), self.decode_value(v)) for k, v in found]
+
+    def lookup_encoded(
+        self,
+        partitions: Sequence[int],
+        index: str,
+        value: Any,
+        limit: int = 1000,
+        after: bytes | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """(store key, stored JSON) of ``partitions``' rows whose ``index`` field equals
+        ``value``, in key order, past the store key ``after``."""
         if index not in self.indexes:
             raise KeyError(
                 f"view {self.name!r} has no index {index!r} (its indexes: {list(self.indexes)})"
             )
         wanted = str(value).encode()
-        out = []
-        for p in sorted(self.stores):
-            store = self._serving(p)
+
+        def rows(store: PartitionStore) -> Iterator[tuple[bytes, bytes]]:
             for key in store.index_keys(index, wanted):
+                if after is not None and key <= after:
+                    continue
                 data = store.get(key)
                 if data is not None:
-                    out.append((self.key_from_store(key), self.decode_value(data)))
-                if len(out) >= limit:
-                    return out
-        return out
+                    yield key, data
+
+        merged = heapq.merge(*(rows(self._serving(p)) for p in partitions))
+        return list(itertools.islice(merged, limit))

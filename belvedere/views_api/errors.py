@@ -9,16 +9,25 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["error", "errors_as_json", "json"]
+__all__ = ["BadRequest", "error", "errors_as_json", "json"]
 
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class BadRequest(ValueError):
+    """What the client asked for cannot be done as asked: a 400 with this detail."""
+
+    code = "bad-request"
+
+
 def json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+        body=orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS),
+        status=status,
+        headers=headers,
+        content_type="application/json",
     )
 
 
@@ -33,6 +42,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     """aiohttp's own errors (an unknown path, a wrong method) and crashes, as JSON."""
     try:
         return await handler(request)
+    except BadRequest as exc:
+        return error(400, exc.code, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

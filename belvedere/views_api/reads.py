@@ -1,17 +1,41 @@
-"""Reading a view's rows from the worker that holds them."""
+"""A view's rows by key, answered by whichever worker is asked.
+
+``GET /views/{view}/{key}`` (or ``GET /views/{view}?key=...`` for a key that clashes
+with a sub-path, such as ``rebuild``): parsed to the view's key type and hashed as
+producers hash it, answered here when this worker serves the partition, otherwise
+forwarded to the worker that does. Options:
+
+- ``max_lag=N``: a copy up to N records behind will do (one being restored, or a standby),
+  instead of 503 while the partition recovers;
+- ``after=TOKEN`` and ``timeout=S``: first wait until the view has applied the token's
+  positions (read-your-writes), else 504 with where it is.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
+from faust.types import TP
 
 from belvedere.tables.view import NotLocal, View
 from belvedere.views_api.errors import error
+from belvedere.views_api.params import after_token, int_param, key_param, timeout_param
+from belvedere.views_api.positions import (
+    HEADER_POSITION,
+    Lineage,
+    encode_token,
+    staleness_headers,
+    wait_until_applied,
+)
+from belvedere.views_api.routing import HEADER_FORWARDED, forward, owner_of, self_url
 
-__all__ = ["get_row", "view_or_404"]
+__all__ = ["HEADER_GENERATION", "get_row", "lineage", "not_here", "source_end", "view_or_404"]
 
 HEADER_GENERATION = "X-Belvedere-Generation"
+#: Largest ``max_lag`` a read may give.
+MAX_LAG = 2**62
 
 
 def view_or_404(app: Any, request: web.Request) -> View | web.Response:
@@ -23,21 +47,83 @@ def view_or_404(app: Any, request: web.Request) -> View | web.Response:
     return view
 
 
+def lineage(app: Any, view: View) -> Lineage:
+    """The topics the view's partitions follow and its tokens are told in."""
+    projection = app.projections.projections.get(view.name)
+    if projection is None:
+        unfed = f"{app.conf.id}-view-{view.name}-unfed"
+        return Lineage(unfed, unfed)
+    return Lineage(projection.source.get_topic_name(), projection.fold_topic.get_topic_name())
+
+
+def source_end(app: Any, topic: str, partition: int) -> int | None:
+    """The end offset of the source partition as last fetched (None: not known here)."""
+    try:
+        end = app.consumer.highwater(TP(topic, partition))
+    except Exception:  # not assigned here, or nothing fetched yet
+        return None
+    return end if isinstance(end, int) and end >= 0 else None
+
+
+async def not_here(
+    app: Any, request: web.Request, view: View, partition: int, why: NotLocal, wait: float = 0.0
+) -> web.Response:
+    """Forward to the partition's owner; or 503 with Retry-After if that is this worker, or
+    unknown, or the request was already forwarded once."""
+    owner = owner_of(app, lineage(app, view).folded, partition)
+    if owner is not None and owner != self_url(app) and HEADER_FORWARDED not in request.headers:
+        return await forward(request, owner, wait)
+    detail = str(why) if owner is not None else f"{why}; no worker holds it now (a rebalance?)"
+    return error(503, "not-serving", detail, {"Retry-After": "1"})
+
+
 async def get_row(app: Any, request: web.Request) -> web.StreamResponse:
     """The row's JSON as stored (encoded once, when it was written)."""
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
-    text = request.match_info["key"]
+    text = request.match_info.get("key")
+    if text is None:
+        text = request.query["key"]
+    key = key_param(view, text)
+    max_lag = int_param(request, "max_lag", None, 0, MAX_LAG)
+    token = after_token(request)
+    timeout = timeout_param(request) if token is not None else 0.0
     try:
-        key = view.parse_key(text)
-    except ValueError:
-        return error(400, "bad-key", f"view {view.name!r} is keyed by {view.key_type.__name__}")
-    try:
-        data = view.get_encoded(key)
+        partition = view.partition_for(key)
+        local = view.local(partition, max_lag)
     except NotLocal as exc:
-        return error(503, "not-serving", str(exc), {"Retry-After": "1"})
-    headers = {HEADER_GENERATION: str(view.generation)}
+        if exc.partition < 0:
+            return error(503, "not-serving", str(exc), {"Retry-After": "1"})
+        return await not_here(app, request, view, partition, exc, timeout)
+    topics = lineage(app, view)
+    if token is not None:
+        wanted = topics.wanted(token, partition)
+        short = await wait_until_applied(view, {partition: wanted}, time.monotonic() + timeout)
+        if short:
+            return error(
+                504,
+                "not-yet-applied",
+                f"view {view.name!r} has not applied the token's positions within {timeout:g}s",
+                {
+                    HEADER_POSITION: encode_token(
+                        topics.position(view.status.get(partition), partition)
+                    )
+                },
+            )
+        try:
+            local = view.local(partition, max_lag)  # it may have moved while we waited
+        except NotLocal as exc:
+            return await not_here(app, request, view, partition, exc, timeout)
+    headers = staleness_headers(
+        topics,
+        partition,
+        local,
+        view.status.get(partition),
+        source_end(app, topics.folded, partition),
+    )
+    headers[HEADER_GENERATION] = str(view.generation)
+    data = local.store.get(view.store_key(key))
     if data is None:
         return error(404, "no-such-key", f"view {view.name!r} has no row {text!r}", headers)
     return web.Response(body=data, headers=headers, content_type="application/json")

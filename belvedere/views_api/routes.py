@@ -1,4 +1,8 @@
-"""Which path goes where. Installed on faust's aiohttp application when its server starts."""
+"""Which path goes where. Installed on faust's aiohttp application when its server starts.
+
+Paths under ``/views/{view}/`` that are not keys: ``rebuild``, ``changes`` and ``by``. A
+row whose key is one of those is read with ``GET /views/{view}?key=...``.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +11,38 @@ from typing import Any
 
 from aiohttp import web
 
+from belvedere.views_api.auth import tokens_required
+from belvedere.views_api.catalog import list_views
 from belvedere.views_api.errors import errors_as_json
+from belvedere.views_api.events import publish_events
+from belvedere.views_api.health import health, ready
+from belvedere.views_api.metrics import metrics, timed
 from belvedere.views_api.reads import get_row
 from belvedere.views_api.rebuilds import rebuild_status, start_rebuild
+from belvedere.views_api.routing import close_session, request_ids
+from belvedere.views_api.scans import lookup_rows, scan_rows
 
-__all__ = ["install"]
+__all__ = ["ROUTES", "install"]
+
+#: (method, path, handler): also what the OpenAPI spec describes.
+ROUTES: list[tuple[str, str, Any]] = [
+    ("GET", "/health", health),
+    ("GET", "/ready", ready),
+    ("GET", "/metrics", metrics),
+    ("GET", "/views", list_views),
+    ("GET", "/views/{view}", scan_rows),
+    ("POST", "/views/{view}/rebuild", start_rebuild),
+    ("GET", "/views/{view}/rebuild", rebuild_status),
+    ("GET", "/views/{view}/by/{index}/{value}", lookup_rows),
+    ("GET", "/views/{view}/{key}", get_row),
+    ("POST", "/events/{topic}", publish_events),
+]
 
 
 def install(app: Any, web_app: web.Application) -> None:
-    web_app.middlewares.append(errors_as_json)
-    routes = [
-        # Before the row route, which therefore cannot read a key named "rebuild".
-        ("POST", "/views/{view}/rebuild", start_rebuild),
-        ("GET", "/views/{view}/rebuild", rebuild_status),
-        ("GET", "/views/{view}/{key}", get_row),
-    ]
-    for method, path, handler in routes:
-        web_app.router.add_route(method, path, functools.partial(handler, app))
+    web_app.middlewares.extend([request_ids, timed, errors_as_json, tokens_required(app)])
+    for method, path, handler in ROUTES:
+        web_app.router.add_route(
+            method, path, functools.partial(handler, app), name=handler.__name__
+        )
+    web_app.on_cleanup.append(close_session)

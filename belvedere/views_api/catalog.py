@@ -1,0 +1,114 @@
+"""``GET /views``: every view, where each of its partitions stands, across all workers.
+
+Each worker knows its own partitions; the worker asked gathers the others' (``scope=local``)
+and answers for the whole group. A worker that does not answer is listed under
+``unreachable``, and its partitions are missing rather than guessed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from belvedere.tables.view import View
+from belvedere.views_api.errors import json
+from belvedere.views_api.reads import lineage, source_end
+from belvedere.views_api.routing import ask_members, members_of, self_url
+
+__all__ = ["list_views", "local_views"]
+
+
+def _partition(app: Any, view: View, partition: int, now: float) -> dict[str, Any]:
+    status = view.status[partition]
+    store = view.stores.get(partition)
+    topics = lineage(app, view)
+    end = source_end(app, topics.folded, partition)
+    here = status.positions.get((topics.folded, partition))
+    serving = status.state == "serving"
+    return {
+        "state": status.state,
+        "generation": status.generation,
+        "position": topics.position(status, partition)[topics.source],
+        "lag": end - here if end is not None and here is not None else None,
+        "lastEvent": status.last_event_ms,
+        "rows": store.count() if serving and store is not None else None,
+        "restore": {
+            "done": status.restore_done,
+            "total": status.restore_total,
+            "rate": status.restore_rate(now),
+            "eta": status.restore_eta(now),
+        },
+    }
+
+
+def local_views(app: Any) -> dict[str, Any]:
+    """What this worker holds of each view."""
+    now = time.monotonic()
+    me = self_url(app)
+    out = {}
+    for name, view in app.views.items():
+        out[name] = {
+            "partitions": {
+                p: {**_partition(app, view, p, now), "worker": me} for p in sorted(view.status)
+            },
+            "standbys": {p: {"lag": lag, "worker": me} for p, lag in view.standby_lag.items()},
+        }
+    return out
+
+
+def _state(view: View, partitions: dict[Any, Any], rebuild: dict[str, Any]) -> str:
+    if rebuild.get("state") in ("rebuilding", "switching"):
+        return "rebuilding"
+    expected = view.partitions or 0
+    serving = sum(1 for p in partitions.values() if p["state"] == "serving")
+    return "serving" if expected and serving >= expected else "recovering"
+
+
+async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
+    if request.query.get("scope") == "local":
+        return json({"views": local_views(app)})
+    me = self_url(app)
+    members: set[str] = {me}
+    for view in app.views.values():
+        members.update(members_of(app, lineage(app, view).folded))
+    others = sorted(members - {me})
+    parts = {me: local_views(app)}
+    unreachable = []
+    if others:
+        asked = await ask_members(request, {m: "/views?scope=local" for m in others})
+        for member, (status, body) in asked.items():
+            if status == 200 and isinstance(body, dict):
+                parts[member] = body["views"]
+            else:
+                unreachable.append(member)
+    views = []
+    for name, view in sorted(app.views.items()):
+        partitions: dict[str, Any] = {}
+        standbys: dict[str, list[Any]] = {}
+        for part in parts.values():
+            found = part.get(name, {})
+            for p, info in found.get("partitions", {}).items():
+                # during a rebalance two workers may list one partition: keep the serving one
+                if str(p) not in partitions or info["state"] == "serving":
+                    partitions[str(p)] = info
+            for p, info in found.get("standbys", {}).items():
+                standbys.setdefault(str(p), []).append(info)
+        rebuild = app.projections.rebuilds.report(name)
+        rows = [p["rows"] for p in partitions.values() if p["rows"] is not None]
+        views.append(
+            {
+                "name": name,
+                "generation": view.generation,
+                "state": _state(view, partitions, rebuild),
+                "keyType": view.key_type.__name__,
+                "indexes": list(view.indexes),
+                "partitionCount": view.partitions,
+                "keys": sum(rows),
+                "partitions": dict(sorted(partitions.items(), key=lambda kv: int(kv[0]))),
+                "standbys": standbys,
+                "rebuild": rebuild,
+            }
+        )
+    return json({"views": views, "workers": sorted(parts), "unreachable": unreachable})

@@ -1,0 +1,138 @@
+"""``GET /metrics`` in Prometheus text format, and the request timing behind it.
+
+Counters and gauges are read from the app when scraped; only request latencies are
+recorded as requests come (a middleware), in a fixed-bucket histogram per route.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from belvedere.views_api.reads import lineage, source_end
+
+__all__ = ["RequestTimes", "metrics", "timed"]
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_TIMES = web.AppKey("belvedere.request_times", object)
+
+
+class RequestTimes:
+    """Latency histograms, keyed by (method, route, status class)."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, str, str], list[float]] = {}
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, f"{status // 100}xx")
+        found = self.series.get(key)
+        if found is None:
+            found = self.series[key] = [0.0] * (len(BUCKETS) + 2)  # buckets, +Inf, sum
+        found[bisect.bisect_left(BUCKETS, seconds)] += 1
+        found[-1] += seconds
+
+
+def _times(web_app: web.Application) -> RequestTimes:
+    found = web_app.get(_TIMES)
+    if found is None:
+        found = web_app[_TIMES] = RequestTimes()
+    return found  # type: ignore[return-value]
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        _times(request.app).observe(request.method, route, status, time.perf_counter() - started)
+
+
+def _label(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**labels: Any) -> str:
+    return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in labels.items()) + "}"
+
+
+def _render(app: Any, times: RequestTimes) -> str:
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_: str) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+
+    engine = app.projections
+    family("belvedere_events_processed_total", "counter", "Source events folded into each view")
+    for view in sorted(app.views):
+        count = engine.events_processed.get(view, 0)
+        lines.append(f"belvedere_events_processed_total{_labels(view=view)} {count}")
+    family("belvedere_dead_letters_total", "counter", "Messages sent to the dead letters")
+    lines.append(f"belvedere_dead_letters_total {app.dead_letters.total}")
+
+    family("belvedere_view_lag_events", "gauge", "Source events not yet applied, per partition")
+    family_rows: list[str] = []
+    done: list[str] = []
+    total: list[str] = []
+    serving: list[str] = []
+    for name, view in sorted(app.views.items()):
+        topic = lineage(app, view).folded
+        for p, status in sorted(view.status.items()):
+            labels = _labels(view=name, partition=p)
+            end = source_end(app, topic, p)
+            here = status.positions.get((topic, p))
+            if end is not None and here is not None:
+                lines.append(f"belvedere_view_lag_events{labels} {end - here}")
+            store = view.stores.get(p)
+            if status.state == "serving" and store is not None:
+                family_rows.append(f"belvedere_view_rows{labels} {store.count()}")
+            done.append(f"belvedere_view_restore_done_records{labels} {status.restore_done}")
+            total.append(f"belvedere_view_restore_total_records{labels} {status.restore_total}")
+            serving.append(f"belvedere_view_serving{labels} {int(status.state == 'serving')}")
+    family("belvedere_view_rows", "gauge", "Rows in each served partition")
+    lines.extend(family_rows)
+    family("belvedere_view_restore_done_records", "gauge", "Changelog records restored")
+    lines.extend(done)
+    family("belvedere_view_restore_total_records", "gauge", "Changelog records to restore")
+    lines.extend(total)
+    family("belvedere_view_serving", "gauge", "1 once the partition is restored and serving")
+    lines.extend(serving)
+
+    family("belvedere_http_request_duration_seconds", "histogram", "HTTP request latency, by route")
+    for (method, route, status), counts in sorted(times.series.items()):
+        running = 0.0
+        base = {"method": method, "route": route, "status": status}
+        for bound, count in zip((*BUCKETS, "+Inf"), counts[:-1], strict=True):
+            running += count
+            le = bound if isinstance(bound, str) else repr(bound)
+            lines.append(
+                f"belvedere_http_request_duration_seconds_bucket{_labels(**base, le=le)} {running:g}"
+            )
+        lines.append(f"belvedere_http_request_duration_seconds_count{_labels(**base)} {running:g}")
+        lines.append(f"belvedere_http_request_duration_seconds_sum{_labels(**base)} {counts[-1]}")
+    return "\n".join(lines) + "\n"
+
+
+async def metrics(app: Any, request: web.Request) -> web.StreamResponse:
+    return web.Response(
+        text=_render(app, _times(request.app)),
+        content_type="text/plain",
+        headers={"X-Content-Type-Options": "nosniff"},
+        charset="utf-8",
+    )

@@ -1,0 +1,173 @@
+"""Which worker holds which view partition, and asking it.
+
+A view partition lives with the source partition it is folded from, so its owner is the
+member the last rebalance gave that partition to: faust's assignor shares that map
+(``external_topic_distribution``, member URL -> topic -> partitions) with every member.
+On the embedded broker there is one worker and no map: everything is local.
+
+A forwarded request carries ``X-Belvedere-Forwarded`` and is never forwarded again, so two
+workers with different views of a rebalance cannot bounce a request between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from belvedere.views_api.errors import error
+
+__all__ = [
+    "HEADER_FORWARDED",
+    "HEADER_REQUEST_ID",
+    "Member",
+    "ask_members",
+    "close_session",
+    "forward",
+    "members_of",
+    "owner_of",
+    "request_ids",
+    "self_url",
+]
+
+HEADER_FORWARDED = "X-Belvedere-Forwarded"
+HEADER_REQUEST_ID = "X-Request-Id"
+#: Seconds a forwarded request may take, beyond any wait the request itself asks for.
+FORWARD_TIMEOUT = 10.0
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "content-encoding",
+    "accept-encoding",
+    "host",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+}
+_SESSION = web.AppKey("belvedere.http", aiohttp.ClientSession)
+
+Member = str
+
+
+def self_url(app: Any) -> str:
+    return str(app.conf.canonical_url).rstrip("/")
+
+
+def _distribution(app: Any) -> Mapping[str, Mapping[str, Any]]:
+    try:
+        return app.assignor.external_topic_distribution or {}
+    except AttributeError:  # before the first assignment
+        return {}
+
+
+def owner_of(app: Any, topic: str, partition: int) -> Member | None:
+    """The URL of the worker that was given ``partition`` of ``topic`` (None: unknown)."""
+    for url, topics in _distribution(app).items():
+        if partition in topics.get(topic, ()):
+            return url.rstrip("/")
+    return None
+
+
+def members_of(app: Any, topic: str) -> dict[Member, list[int]]:
+    """Every worker holding partitions of ``topic``, with them; just this one if no map
+    is known (the embedded broker, or before the first rebalance)."""
+    out: dict[Member, list[int]] = {}
+    for url, topics in _distribution(app).items():
+        partitions = topics.get(topic)
+        if partitions:
+            out[url.rstrip("/")] = sorted(partitions)
+    return out or {self_url(app): []}
+
+
+def _session(request: web.Request) -> aiohttp.ClientSession:
+    session = request.app.get(_SESSION)
+    if session is None or session.closed:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
+        )
+        request.app[_SESSION] = session
+    return session
+
+
+async def close_session(web_app: web.Application) -> None:
+    session = web_app.get(_SESSION)
+    if session is not None:
+        await session.close()
+
+
+def _outgoing_headers(request: web.Request) -> dict[str, str]:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+    headers[HEADER_FORWARDED] = "1"
+    headers[HEADER_REQUEST_ID] = request["request_id"]
+    return headers
+
+
+async def forward(request: web.Request, member: Member, extra_timeout: float = 0.0) -> web.Response:
+    """Ask ``member`` the same request; its answer is passed back as it is (status, body,
+    headers). A worker that does not answer gives 503 with Retry-After."""
+    url = member + request.rel_url.path_qs
+    timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
+    try:
+        async with _session(request).request(
+            request.method,
+            url,
+            headers=_outgoing_headers(request),
+            data=await request.read() if request.can_read_body else None,
+            timeout=timeout,
+            allow_redirects=False,
+        ) as answer:
+            body = await answer.read()
+            headers = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+            return web.Response(status=answer.status, body=body, headers=headers)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        return error(
+            503,
+            "owner-unavailable",
+            f"the worker at {member} holds this partition but did not answer ({exc!r})",
+            {"Retry-After": "1"},
+        )
+
+
+async def ask_members(
+    request: web.Request, paths: Mapping[Member, str], extra_timeout: float = 0.0
+) -> dict[Member, tuple[int, Any]]:
+    """GET each member's path (with its query) at once, as forwarded requests: (status,
+    JSON body) per member; a member that did not answer has status 0 and the reason."""
+
+    async def one(member: Member, path_qs: str) -> tuple[int, Any]:
+        timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
+        try:
+            async with _session(request).get(
+                member + path_qs, headers=_outgoing_headers(request), timeout=timeout
+            ) as answer:
+                return answer.status, orjson.loads(await answer.read())
+        except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
+            return 0, repr(exc)
+
+    found = await asyncio.gather(*(one(m, path) for m, path in paths.items()))
+    return dict(zip(paths, found, strict=True))
+
+
+@web.middleware
+async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Each request has an id (the caller's ``X-Request-Id``, or a new one), passed along
+    on forwards and echoed in the answer, so one read can be followed across workers."""
+    given = request.headers.get(HEADER_REQUEST_ID, "")
+    request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+    request["request_id"] = request_id
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers[HEADER_REQUEST_ID] = request_id
+        raise
+    response.headers[HEADER_REQUEST_ID] = request_id
+    return response

@@ -1,0 +1,217 @@
+"""Queries over every partition of a view, wherever they live: scans and index lookups.
+
+The worker asked splits the view's partitions by owner, asks each owner for its part
+(``scope=local&partitions=...``, as a forwarded request), answers its own part itself,
+and merges the parts in key order. Each part is at most ``limit`` rows past the cursor, so
+the merged page is exact; its ``next`` cursor is the last key it holds. A partition that
+no worker serves makes the answer a 503 with Retry-After, never a silently partial page.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from belvedere.tables.view import NotLocal, View
+from belvedere.views_api.errors import BadRequest, error, json
+from belvedere.views_api.params import (
+    BadParam,
+    after_token,
+    cursor_param,
+    encode_cursor,
+    int_param,
+    key_param,
+    timeout_param,
+)
+from belvedere.views_api.positions import (
+    HEADER_LAG,
+    HEADER_LAST_EVENT,
+    HEADER_POSITION,
+    encode_token,
+    format_ms,
+    wait_until_applied,
+)
+from belvedere.views_api.reads import (
+    HEADER_GENERATION,
+    get_row,
+    lineage,
+    source_end,
+    view_or_404,
+)
+from belvedere.views_api.routing import ask_members, members_of, self_url
+
+__all__ = ["lookup_rows", "scan_rows"]
+
+MAX_LIMIT = 10_000
+DEFAULT_LIMIT = 100
+
+#: (view, partitions, limit, after) -> [(store key, stored JSON)], more?
+Local = Callable[[View, list[int], int, bytes | None], tuple[list[tuple[bytes, bytes]], bool]]
+
+
+def _partitions_param(request: web.Request, view: View) -> list[int]:
+    assert view.partitions is not None
+    text = request.query.get("partitions", "")
+    try:
+        found = sorted({int(p) for p in text.split(",") if p})
+    except ValueError:
+        raise BadParam(f"partitions must be a comma-separated list, not {text[:40]!r}") from None
+    if any(not 0 <= p < view.partitions for p in found):
+        raise BadParam(f"partitions must be in [0, {view.partitions})")
+    return found
+
+
+async def _local_part(
+    app: Any, request: web.Request, view: View, partitions: list[int], local: Local
+) -> dict[str, Any]:
+    """This worker's part: the rows of the partitions it serves, and those it does not."""
+    token = after_token(request)
+    topics = lineage(app, view)
+    if token is not None:
+        wanted = {p: topics.wanted(token, p) for p in partitions}
+        await wait_until_applied(view, wanted, time.monotonic() + timeout_param(request))
+    served = [p for p in partitions if p in view.stores and view.status[p].state == "serving"]
+    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    try:
+        rows, more = local(view, served, limit, cursor_param(request, view))
+    except NotLocal:  # revoked in between; the caller retries
+        rows, more, served = [], False, []
+    except (KeyError, TypeError) as exc:
+        raise BadRequest(exc.args[0] if exc.args else str(exc)) from None
+    lag, last = 0, None
+    for p in served:
+        status = view.status[p]
+        end = source_end(app, topics.folded, p)
+        here = status.positions.get((topics.folded, p))
+        if end is not None and here is not None:
+            lag = max(lag, end - here)
+        if status.last_event_ms is not None:
+            last = max(last or 0, status.last_event_ms)
+    return {
+        "rows": [[view.key_from_store(k), orjson.Fragment(v)] for k, v in rows],
+        "more": more,
+        "served": served,
+        "missing": {
+            p: (view.status[p].state if p in view.status else "not assigned here")
+            for p in partitions
+            if p not in served
+        },
+        "position": topics.combine(topics.position(view.status[p], p) for p in served),
+        "lag": lag,
+        "lastEvent": last,
+    }
+
+
+async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamResponse:
+    view = view_or_404(app, request)
+    if isinstance(view, web.Response):
+        return view
+    if view.partitions is None:
+        return error(503, "not-serving", f"view {view.name!r} is not started", {"Retry-After": "1"})
+    if request.query.get("scope") == "local":
+        return json(await _local_part(app, request, view, _partitions_param(request, view), local))
+    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    token = after_token(request)
+    wait = timeout_param(request) if token is not None else 0.0
+    cursor_param(request, view)  # refuse a bad one here, not once per worker
+    topics = lineage(app, view)
+    if token is not None:
+        topics.wanted(token, 0)  # refuse a foreign token here, not once per worker
+    members = members_of(app, topics.folded)
+    me = self_url(app)
+    if list(members) == [me] and not members[me]:
+        members = {me: list(range(view.partitions))}
+    parts: dict[str, Any] = {}
+    others = [m for m in members if m != me]
+    if others:
+        query = {k: v for k, v in request.query.items() if k not in ("scope", "partitions")}
+        asked = await ask_members(
+            request,
+            {
+                m: request.rel_url.with_query(
+                    {**query, "scope": "local", "partitions": ",".join(map(str, members[m]))}
+                ).path_qs
+                for m in others
+            },
+            wait,
+        )
+        for member, (status, body) in asked.items():
+            if status == 200 and isinstance(body, dict):
+                parts[member] = body
+            elif status == 400:
+                return json(body, 400)
+    if me in members:
+        parts[me] = await _local_part(app, request, view, members[me], local)
+    served = {p for part in parts.values() for p in part["served"]}
+    missing = sorted(set(range(view.partitions)) - served)
+    if missing:
+        return error(
+            503,
+            "not-serving",
+            f"view {view.name!r}: partitions {missing} are not served right now (recovering, "
+            "or moving between workers)",
+            {"Retry-After": "1"},
+        )
+    merged = list(heapq.merge(*(part["rows"] for part in parts.values()), key=lambda r: r[0]))
+    page = merged[:limit]
+    more = len(merged) > limit or any(part["more"] for part in parts.values())
+    position = topics.combine(part["position"] for part in parts.values() if part["served"])
+    headers = {
+        HEADER_POSITION: encode_token(position),
+        HEADER_LAG: str(max(part["lag"] for part in parts.values())),
+        HEADER_GENERATION: str(view.generation),
+    }
+    last = [part["lastEvent"] for part in parts.values() if part["lastEvent"] is not None]
+    if last:
+        headers[HEADER_LAST_EVENT] = format_ms(max(last))
+    body = {
+        "rows": [{"key": key, "value": value} for key, value in page],
+        "next": encode_cursor(page[-1][0]) if more and page else None,
+    }
+    return json(body, headers=headers)
+
+
+def _scan(request: web.Request) -> Local:
+    prefix = request.query.get("prefix") or None
+    start, end = request.query.get("start"), request.query.get("end")
+
+    def run(
+        view: View, partitions: list[int], limit: int, after: bytes | None
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        return view.scan_encoded(
+            partitions,
+            prefix=prefix,
+            start=None if start is None else key_param(view, start, "start"),
+            end=None if end is None else key_param(view, end, "end"),
+            limit=limit,
+            after=after,
+        )
+
+    return run
+
+
+async def scan_rows(app: Any, request: web.Request) -> web.StreamResponse:
+    """``GET /views/{view}?prefix=&start=&end=&limit=&cursor=``: rows in key order
+    (``?key=K`` reads the one row, as ``GET /views/{view}/{key}`` does)."""
+    if "key" in request.query:
+        return await get_row(app, request)
+    return await _gather(app, request, _scan(request))
+
+
+async def lookup_rows(app: Any, request: web.Request) -> web.StreamResponse:
+    """``GET /views/{view}/by/{index}/{value}?limit=&cursor=``: rows whose indexed field
+    has that value, in key order."""
+    index, value = request.match_info["index"], request.match_info["value"]
+
+    def run(
+        view: View, partitions: list[int], limit: int, after: bytes | None
+    ) -> tuple[list[tuple[bytes, bytes]], bool]:
+        found = view.lookup_encoded(partitions, index, value, limit + 1, after)
+        return found[:limit], len(found) > limit
+
+    return await _gather(app, request, run)
