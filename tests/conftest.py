@@ -85,6 +85,5 @@ def counter(workers: Callable[..., Worker], unique_name: str) -> Worker:
 @pytest.fixture
 def ledger(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
     """The projection tests' app (tests/apps/ledger.py), its source topics created."""
-    for topic in ("movements", "notes", "orders"):
-        broker.create_topic(f"{unique_name}-{topic}", 4)
+    broker.create_ledger_topics(unique_name)
     return workers("tests.apps.ledger:app", {"LEDGER_NAME": unique_name})

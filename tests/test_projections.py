@@ -264,8 +264,7 @@ def test_a_view_keyed_differently_from_its_source_is_repartitioned_exactly_once(
 def test_a_standby_keeps_a_warm_copy_and_takes_over_without_a_full_restore(
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:
-    for topic in ("movements", "notes", "orders"):
-        broker.create_topic(f"{unique_name}-{topic}", PARTITIONS)
+    broker.create_ledger_topics(unique_name)
     records, fold = movements(8_000, seed=21)
     broker.produce(f"{unique_name}-movements", records)
     env = {"LEDGER_NAME": unique_name}

@@ -229,8 +229,7 @@ def test_a_late_record_about_an_older_generation_does_not_hide_a_newer_one() -> 
 def test_every_worker_switches_to_the_rebuilt_generation(
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:
-    for topic in ("movements", "notes", "orders"):
-        broker.create_topic(f"{unique_name}-{topic}", 4)
+    broker.create_ledger_topics(unique_name)
     records, fold = movements(10_000, seed=14)
     broker.produce(f"{unique_name}-movements", records)
     env = {"LEDGER_NAME": unique_name}

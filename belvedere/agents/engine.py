@@ -48,6 +48,8 @@ __all__ = ["HEADER_ORIGIN", "ProjectionEngine"]
 
 #: On a repartitioned copy: the original record's topic, partition and offset.
 HEADER_ORIGIN = "bv-origin"
+#: The key of a watermark on a repartition topic (Kafka wants a key or a value).
+WATERMARK_KEY = b"__belvedere_watermark__"
 
 
 def _decode(codec: Any, record: Any) -> Any:
@@ -479,7 +481,7 @@ class ProjectionEngine(Service):
             (HEADER_ORIGIN, b"%s\0%d\0%d" % (tp.topic.encode(), tp.partition, records[-1].offset))
         ]
         futures = [
-            await send(target, None, None, partition, None, watermark)
+            await send(target, WATERMARK_KEY, None, partition, None, watermark)
             for partition in range(partitions)
         ]
         await asyncio.gather(*futures)

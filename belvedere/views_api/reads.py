@@ -29,7 +29,13 @@ from belvedere.views_api.positions import (
     staleness_headers,
     wait_until_applied,
 )
-from belvedere.views_api.routing import HEADER_FORWARDED, forward, owner_of, self_url
+from belvedere.views_api.routing import (
+    HEADER_FORWARDED,
+    HEADER_WORKER,
+    forward,
+    owner_of,
+    self_url,
+)
 
 __all__ = ["HEADER_GENERATION", "get_row", "lineage", "not_here", "source_end", "view_or_404"]
 
@@ -123,6 +129,7 @@ async def get_row(app: Any, request: web.Request) -> web.StreamResponse:
         source_end(app, topics.folded, partition),
     )
     headers[HEADER_GENERATION] = str(view.generation)
+    headers[HEADER_WORKER] = self_url(app)
     data = local.store.get(view.store_key(key))
     if data is None:
         return error(404, "no-such-key", f"view {view.name!r} has no row {text!r}", headers)

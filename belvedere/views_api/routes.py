@@ -17,6 +17,7 @@ from belvedere.views_api.errors import errors_as_json
 from belvedere.views_api.events import publish_events
 from belvedere.views_api.health import health, ready
 from belvedere.views_api.metrics import metrics, timed
+from belvedere.views_api.openapi import openapi
 from belvedere.views_api.reads import get_row
 from belvedere.views_api.rebuilds import rebuild_status, start_rebuild
 from belvedere.views_api.routing import close_session, request_ids
@@ -29,6 +30,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/health", health),
     ("GET", "/ready", ready),
     ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
     ("GET", "/views", list_views),
     ("GET", "/views/{view}", scan_rows),
     ("POST", "/views/{view}/rebuild", start_rebuild),

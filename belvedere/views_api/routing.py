@@ -25,6 +25,7 @@ from belvedere.views_api.errors import error
 __all__ = [
     "HEADER_FORWARDED",
     "HEADER_REQUEST_ID",
+    "HEADER_WORKER",
     "Member",
     "ask_members",
     "close_session",
@@ -37,6 +38,8 @@ __all__ = [
 
 HEADER_FORWARDED = "X-Belvedere-Forwarded"
 HEADER_REQUEST_ID = "X-Request-Id"
+#: On a key read: the worker whose copy answered.
+HEADER_WORKER = "X-Belvedere-Worker"
 #: Seconds a forwarded request may take, beyond any wait the request itself asks for.
 FORWARD_TIMEOUT = 10.0
 _HOP_BY_HOP = {

@@ -58,6 +58,10 @@ class LargeDeposit(belvedere.Event, key="account"):
     amount: int
 
 
+class Tallied(belvedere.Event, key="n"):
+    n: int
+
+
 class Balance(belvedere.Record):
     owner: str
     balance: int
@@ -70,6 +74,8 @@ notes_topic = app.event_topic(f"{NAME}-notes", Noted, partitions=PARTITIONS)
 notes = app.view("notes", value=str, key=str)
 orders = app.event_topic(f"{NAME}-orders", OrderPlaced, partitions=PARTITIONS)
 revenue = app.view("revenue", value=int, key=str)  # per user, from orders keyed by order id
+tallies_topic = app.event_topic(f"{NAME}-tallies", Tallied, partitions=PARTITIONS)
+tallies = app.view("tallies", value=int, key=int)  # keyed by int, like its source
 alerts = app.event_topic(f"{NAME}-alerts", LargeDeposit, partitions=1)
 FACTOR = int(os.environ.get("LEDGER_FACTOR", "1"))
 #: Handler calls in this process, per view: shows what a restart did (not) reprocess.
@@ -103,6 +109,11 @@ def noted(view, event: Noted) -> None:
     view[event.account] = event.text
 
 
+@app.projection(tallies_topic, view=tallies)
+def tallied(view, event: Tallied) -> None:
+    view[event.n] = view.get(event.n, 0) + 1
+
+
 #: Slow the revenue projection down (seconds per event), so a test can kill it mid-way.
 REVENUE_DELAY = float(os.environ.get("LEDGER_REVENUE_DELAY", "0"))
 
@@ -116,7 +127,7 @@ async def placed(view, event: OrderPlaced) -> None:
 
 @app.page("/state")
 async def state(web, request):
-    serving = [s.state == "serving" for v in (balances, notes, revenue) for s in v.status.values()]
+    serving = [s.state == "serving" for v in app.views.values() for s in v.status.values()]
     if not app.ready or not all(serving):
         return web.json({"ready": False}, status=503)
     rows, _ = balances.scan(limit=100_000)

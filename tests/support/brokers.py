@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from belvedere.streams.clients import BrokerClient, Record, StoredRecord
 
 KeyValue = tuple[bytes | None, bytes | None]
+#: The source topics of tests/apps/ledger.py (each under the app's name), 4 partitions each.
+LEDGER_TOPICS = ("movements", "notes", "orders", "tallies")
 
 
 class Broker:
@@ -19,6 +21,10 @@ class Broker:
         self.name = name
         self.client = client
         self.url = client.url
+
+    def create_ledger_topics(self, name: str) -> None:
+        for topic in LEDGER_TOPICS:
+            self.create_topic(f"{name}-{topic}", 4)
 
     def create_topic(self, topic: str, partitions: int) -> None:
         self.client.create_topic(topic, partitions)

@@ -1,0 +1,271 @@
+"""``GET /openapi.json``: the HTTP layer described in OpenAPI 3.1, for this app's views.
+
+Built from the app when asked, so a view or topic added to the app is in the spec with
+its name listed where a path takes one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from belvedere.views_api.errors import json
+
+__all__ = ["openapi", "spec"]
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _param(name: str, where: str, description: str, schema: dict, required: bool = False) -> dict:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _answers(ok: str, *errors: int, ok_status: str = "200", body: dict | None = None) -> dict:
+    out: dict[str, Any] = {
+        ok_status: {
+            "description": ok,
+            "content": {"application/json": {"schema": body or {}}},
+        }
+    }
+    reasons = {
+        400: "a bad parameter or body",
+        401: "no token where one is needed",
+        403: "a wrong token",
+        404: "no such view, key, topic or path",
+        409: "a rebuild is already running",
+        503: "the partition is not served right now (recovering, or moving): retry after",
+        504: "the view did not apply the token's positions in time",
+    }
+    for status in (*errors, 401, 403):
+        out[str(status)] = {
+            "description": reasons[status],
+            "content": {"application/json": {"schema": ERROR}},
+        }
+    return out
+
+
+def spec(app: Any) -> dict[str, Any]:
+    views = sorted(app.views) or ["none"]
+    topics = sorted(app.event_topics) or ["none"]
+    view = _param("view", "path", "a view's name", {"type": "string", "enum": views})
+    token = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4096}
+    after = _param(
+        "after",
+        "query",
+        "a consistency token (from X-Belvedere-Position or POST /events): wait until the "
+        "view has applied it",
+        token,
+    )
+    timeout = _param(
+        "timeout",
+        "query",
+        "seconds to wait for `after`",
+        {"type": "number", "minimum": 0, "maximum": 60},
+    )
+    max_lag = _param(
+        "max_lag",
+        "query",
+        "accept a copy this many records behind (recovering, or a standby)",
+        {"type": "integer", "minimum": 0},
+    )
+    limit = _param(
+        "limit", "query", "rows per page", {"type": "integer", "minimum": 1, "maximum": 10000}
+    )
+    cursor = _param("cursor", "query", "the `next` of the previous page", token)
+    page = {"$ref": "#/components/schemas/Page"}
+    get_row = {
+        "summary": "One row by key, from whichever worker holds it",
+        "parameters": [
+            view,
+            _param("key", "path", "the row's key, as text", {"type": "string", "minLength": 1}),
+            after,
+            timeout,
+            max_lag,
+        ],
+        "responses": _answers("the row's value", 400, 404, 503, 504),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": f"{app.conf.id}: Belvedere views",
+            "version": "1",
+            "description": "Materialized views over HTTP, from any worker. Every error is "
+            'JSON: {"error": ..., "detail": ...}.',
+        },
+        "paths": {
+            "/health": {
+                "get": {"summary": "Liveness", "responses": _answers("the process answers")}
+            },
+            "/ready": {
+                "get": {
+                    "summary": "Readiness: every assigned partition is recovered",
+                    "responses": _answers("ready", 503),
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {"description": "text format", "content": {"text/plain": {}}}
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": _answers("the spec")}
+            },
+            "/views": {
+                "get": {
+                    "summary": "Every view and its partitions",
+                    "responses": _answers("the views"),
+                }
+            },
+            "/views/{view}": {
+                "get": {
+                    "summary": "Rows in key order across every worker (or one row with `key`)",
+                    "parameters": [
+                        view,
+                        _param("key", "query", "read this one row instead", {"type": "string"}),
+                        _param(
+                            "prefix",
+                            "query",
+                            "keys starting with this (text keys)",
+                            {"type": "string"},
+                        ),
+                        _param("start", "query", "the first key (inclusive)", {"type": "string"}),
+                        _param("end", "query", "the last key (exclusive)", {"type": "string"}),
+                        limit,
+                        cursor,
+                        after,
+                        timeout,
+                    ],
+                    "responses": _answers("a page of rows", 400, 404, 503, 504, body=page),
+                }
+            },
+            "/views/{view}/{key}": {"get": get_row},
+            "/views/{view}/by/{index}/{value}": {
+                "get": {
+                    "summary": "Rows whose indexed field has a value, across every worker",
+                    "parameters": [
+                        view,
+                        _param("index", "path", "an index of the view", {"type": "string"}),
+                        _param("value", "path", "the field's value", {"type": "string"}),
+                        limit,
+                        cursor,
+                        after,
+                        timeout,
+                    ],
+                    "responses": _answers("a page of rows", 400, 404, 503, body=page),
+                }
+            },
+            "/views/{view}/rebuild": {
+                "get": {
+                    "summary": "A rebuild's progress (admin token)",
+                    "parameters": [view],
+                    "responses": _answers("the rebuild's state", 404),
+                    "security": [{"admin": []}],
+                },
+                "post": {
+                    "summary": "Rebuild the view into a new generation (admin token)",
+                    "parameters": [view],
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "fromTimestamp": {"type": ["string", "integer"]}
+                                    },
+                                    "additionalProperties": False,
+                                }
+                            }
+                        },
+                    },
+                    "responses": _answers("started", 400, 404, 409, ok_status="202"),
+                    "security": [{"admin": []}],
+                },
+            },
+            "/events/{topic}": {
+                "post": {
+                    "summary": "Publish events (one envelope or an array); answers a token",
+                    "parameters": [
+                        _param(
+                            "topic", "path", "an event topic", {"type": "string", "enum": topics}
+                        )
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Envelope"},
+                                        {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Envelope"},
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": _answers("written", 400, 404, ok_status="201"),
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+                },
+                "Page": {
+                    "type": "object",
+                    "required": ["rows", "next"],
+                    "properties": {
+                        "rows": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {"key": {}, "value": {}},
+                            },
+                        },
+                        "next": {"type": ["string", "null"]},
+                    },
+                },
+                "Envelope": {
+                    "type": "object",
+                    "required": ["eventType", "eventVersion", "data"],
+                    "properties": {
+                        "eventId": {"type": "string"},
+                        "eventType": {
+                            "type": "string",
+                            "enum": sorted({t.event_type for t in app.event_types}) or ["none"],
+                        },
+                        "eventVersion": {"type": "integer"},
+                        "timestamp": {"type": "string"},
+                        "correlationId": {"type": "string"},
+                        "causationId": {"type": "string"},
+                        "producer": {"type": "string"},
+                        "data": {"type": "object"},
+                    },
+                },
+            },
+            "securitySchemes": {
+                "admin": {"type": "http", "scheme": "bearer"},
+                "api": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }
+
+
+async def openapi(app: Any, request: web.Request) -> web.StreamResponse:
+    return json(spec(app))

@@ -1,0 +1,400 @@
+"""The HTTP query layer: reads, scans, tokens, status and errors; two workers on Kafka."""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+import orjson
+import pytest
+
+from belvedere.streams.clients import Record
+from belvedere.views_api.positions import decode_token, encode_token
+from tests.support.brokers import Broker
+from tests.support.http import Answer, call
+from tests.support.worker import Worker, wait_for
+from tests.test_projections import movements, total_ops
+
+APP = "tests.apps.ledger:app"
+
+
+def deposit(account: str, amount: int, owner: str = "owner-x") -> dict:
+    data = {"account": account, "owner": owner, "amount": amount}
+    return {"eventType": "Deposited", "eventVersion": 1, "data": data}
+
+
+def tallies(n: int, seed: int) -> tuple[list[Record], dict[int, int]]:
+    """``n`` Tallied events over ints (some negative), and the count per int."""
+    rng = random.Random(seed)
+    records, counts = [], {}
+    for _ in range(n):
+        value = rng.randrange(-50, 250)
+        counts[value] = counts.get(value, 0) + 1
+        envelope = {"eventType": "Tallied", "eventVersion": 1, "data": {"n": value}}
+        records.append(Record(str(value).encode(), orjson.dumps(envelope), 0))
+    return records, counts
+
+
+def scan_all(url: str, limit: int, query: str = "") -> tuple[list, list[Answer]]:
+    """Every row of a scan, page by page; and the answers."""
+    rows, answers, cursor = [], [], None
+    while True:
+        page = call(f"{url}?limit={limit}{query}" + (f"&cursor={cursor}" if cursor else ""))
+        answers.append(page)
+        assert page.status == 200, page.raw
+        rows += [(r["key"], r["value"]) for r in page.body["rows"]]
+        cursor = page.body["next"]
+        if cursor is None:
+            return rows, answers
+
+
+def serving_all(worker: Worker) -> dict:
+    return worker.wait_until("/state", lambda s: s["ready"], what="every view serving")
+
+
+def test_a_write_is_read_back_with_its_token_and_bad_requests_get_json_errors(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    ledger.start()
+    serving_all(ledger)
+    url, topic = ledger.url, f"{unique_name}-movements"
+    posted = call(f"{url}/events/{topic}", "POST", [deposit(f"acct-{i}", 20 + i) for i in range(8)])
+    assert posted.status == 201, posted.raw
+    token = posted.body["token"]
+    assert posted.headers["X-Belvedere-Position"] == token
+    assert len(posted.body["events"]) == 8
+    for i in range(8):
+        read = call(f"{url}/views/balances/acct-{i}?after={token}&timeout=20")
+        assert read.status == 200, read.raw
+        assert read.body == {"owner": "owner-x", "balance": 20 + i, "ops": 1}
+        assert read.headers["X-Belvedere-Generation"] == "1"
+        assert read.headers["X-Belvedere-Served-From"] == "serving"
+        assert read.headers["X-Belvedere-Worker"] == url
+        assert "X-Belvedere-Last-Event" in read.headers and "X-Belvedere-Lag" in read.headers
+        assert read.headers["X-Request-Id"]
+        # the position answered covers the write: as a token, it needs no wait
+        again = call(
+            f"{url}/views/balances/acct-{i}?after={read.headers['X-Belvedere-Position']}&timeout=0"
+        )
+        assert again.status == 200, again.raw
+    assert call(f"{url}/views/balances?key=acct-3").body["balance"] == 23
+    assert call(f"{url}/views/balances?key=rebuild").status == 404  # a key named like a sub-path
+    given = call(f"{url}/views/balances/acct-1", headers={"X-Request-Id": "trace-me-1"})
+    assert given.headers["X-Request-Id"] == "trace-me-1"
+
+    # a token for a write not made yet: 504 with where the view is, after the timeout
+    ahead = encode_token(
+        {t: {p: o + 1000 for p, o in parts.items()} for t, parts in decode_token(token).items()}
+    )
+    late = call(f"{url}/views/balances/acct-0?after={ahead}&timeout=0.3")
+    assert late.status == 504 and late.body["error"] == "not-yet-applied"
+    assert late.headers["X-Belvedere-Position"]
+
+    bad = {
+        "/views/balances/nobody": (404, "no-such-key"),
+        "/views/nothing/x": (404, "unknown-view"),
+        "/views/balances?limit=abc": (400, "bad-parameter"),
+        "/views/balances?limit=0": (400, "bad-parameter"),
+        "/views/balances?cursor=@@": (400, "bad-parameter"),
+        "/views/balances/acct-1?after=nonsense": (400, "bad-parameter"),
+        "/views/balances/acct-1?max_lag=-1": (400, "bad-parameter"),
+        "/views/balances/acct-1?after=" + token + "&timeout=nan": (400, "bad-parameter"),
+        "/views/tallies/abc": (400, "bad-parameter"),
+        "/views/tallies?prefix=1": (400, "bad-request"),
+        "/views/balances/by/nope/1": (400, "bad-request"),
+        f"/views/notes/x?after={token}": (400, "bad-token"),  # names another view's topic
+        "/no/such/path": (404, "not-found"),
+    }
+    for path, (status, kind) in bad.items():
+        answer = call(url + path)
+        assert (answer.status, answer.body["error"]) == (status, kind), (path, answer.raw)
+        assert answer.headers["Content-Type"].startswith("application/json")
+        assert set(answer.body) >= {"error", "detail"}
+
+    before = call(f"{url}/views/balances?limit=1000").body["rows"]
+    for body, kind in [
+        (b"{not json", "bad-body"),
+        ([], "bad-body"),
+        ([deposit("acct-100", 5), {"eventType": "Deposited", "data": {}}], "bad-envelope"),
+        ({"eventType": "Nope", "eventVersion": 1, "data": {}}, "unknown-type"),
+        ({"eventType": "Deposited", "eventVersion": 1, "data": {"account": 5}}, "invalid-data"),
+    ]:
+        answer = call(f"{url}/events/{topic}", "POST", body)
+        assert (answer.status, answer.body["error"]) == (400, kind), (body, answer.raw)
+    assert call(f"{url}/events/nothing", "POST", deposit("a", 1)).status == 404
+    sealed = call(f"{url}/events/{topic}", "POST", deposit("acct-0", 1)).body["token"]
+    assert call(f"{url}/views/balances/acct-0?after={sealed}&timeout=20").body["balance"] == 21
+    after = call(f"{url}/views/balances?limit=1000").body["rows"]
+    assert len(after) == len(before)  # nothing of the refused requests was written
+
+
+def test_scans_and_index_lookups_page_through_every_row_in_key_order(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, fold = movements(3_000, accounts=400, seed=31)
+    broker.produce(f"{unique_name}-movements", records)
+    ints, counts = tallies(2_000, seed=32)
+    broker.produce(f"{unique_name}-tallies", ints)
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"] and total_ops(s) == 3_000, what="the fold")
+    url = ledger.url
+    wait_for(
+        lambda: sum(v for _, v in scan_all(f"{url}/views/tallies", 1000)[0]) == 2_000,
+        timeout=60,
+        what="every tally",
+    )
+
+    rows, answers = scan_all(f"{url}/views/balances", 37)
+    assert rows == sorted(fold.items()) and len(answers) > 5
+    prefix, _ = scan_all(f"{url}/views/balances", 10, "&prefix=acct-1")
+    assert prefix == sorted((k, v) for k, v in fold.items() if k.startswith("acct-1"))
+    ranged, _ = scan_all(f"{url}/views/balances", 10, "&start=acct-2&end=acct-3")
+    assert ranged == sorted((k, v) for k, v in fold.items() if "acct-2" <= k < "acct-3")
+    owned, _ = scan_all(f"{url}/views/balances/by/owner/owner-3", 7)
+    assert owned == sorted((k, v) for k, v in fold.items() if v["owner"] == "owner-3")
+
+    numbers, _ = scan_all(f"{url}/views/tallies", 25)
+    assert numbers == sorted(counts.items())  # ints in numeric order, negatives first
+    between, _ = scan_all(f"{url}/views/tallies", 25, "&start=-10&end=10")
+    assert between == sorted((k, v) for k, v in counts.items() if -10 <= k < 10)
+    for n in random.Random(3).sample(sorted(counts), 20):
+        assert call(f"{url}/views/tallies/{n}").body == counts[n]
+
+
+def _metrics(text: str) -> dict[str, float]:
+    label = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
+    sample = re.compile(
+        rf"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{{{label}(?:,{label})*\}})? "
+        r"(-?[0-9.]+(?:e[+-]?[0-9]+)?|\+Inf|NaN)$"
+    )
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        match = sample.match(line)
+        assert match, f"not a Prometheus sample line: {line!r}"
+        found[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return found
+
+
+def test_views_health_ready_and_metrics_describe_the_worker(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, fold = movements(1_000, accounts=50, seed=33)
+    broker.produce(f"{unique_name}-movements", records)
+    ledger.start()
+    assert wait_for(lambda: call(ledger.url + "/health").status == 200, timeout=60, what="up")
+    wait_for(lambda: call(ledger.url + "/ready").status == 200, timeout=90, what="ready")
+    ledger.wait_until("/state", lambda s: s["ready"] and total_ops(s) == 1_000, what="the fold")
+
+    listed = call(ledger.url + "/views").body
+    views = {v["name"]: v for v in listed["views"]}
+    assert set(views) == {"balances", "notes", "revenue", "tallies"}
+    balances = views["balances"]
+    assert balances["state"] == "serving" and balances["generation"] == 1
+    assert balances["keys"] == len(fold) and balances["indexes"] == ["owner"]
+    assert set(balances["partitions"]) == {"0", "1", "2", "3"}
+    assert all(p["lag"] == 0 for p in balances["partitions"].values())
+    assert sum(sum(p["position"].values()) for p in balances["partitions"].values()) == 1_000
+    assert listed["workers"] == [ledger.url] and listed["unreachable"] == []
+
+    for _ in range(5):
+        call(ledger.url + "/views/balances/acct-1")
+    metrics = call(ledger.url + "/metrics")
+    assert metrics.status == 200 and metrics.headers["Content-Type"].startswith("text/plain")
+    found = _metrics(metrics.raw.decode())
+    assert found['belvedere_events_processed_total{view="balances"}'] == 1_000
+    assert found["belvedere_dead_letters_total"] == 0
+    rows = sum(v for k, v in found.items() if k.startswith('belvedere_view_rows{view="balances"'))
+    assert rows == len(fold)
+    reads = 'belvedere_http_request_duration_seconds_count{method="GET",route="/views/{view}/{key}",status="2xx"}'
+    assert found[reads] >= 5
+
+
+def test_an_api_token_guards_reads_and_posts_but_not_health(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    broker.create_ledger_topics(unique_name)
+    worker = workers(APP, {"LEDGER_NAME": unique_name, "BELVEDERE_API_TOKEN": "s3cret"}).start()
+    wait_for(lambda: call(worker.url + "/ready").status == 200, timeout=90, what="ready")
+    for path in ("/views", "/views/balances", "/views/balances/x", "/metrics"):
+        assert call(worker.url + path).status == 401, path
+        assert call(worker.url + path, headers={"Authorization": "Bearer nope"}).status == 403
+        right = call(worker.url + path, headers={"Authorization": "Bearer s3cret"})
+        assert right.status in (200, 404), (path, right.raw)
+    post = call(f"{worker.url}/events/{unique_name}-movements", "POST", deposit("a", 1))
+    assert post.status == 401
+    assert call(worker.url + "/health").status == 200
+    assert "s3cret" not in worker.logfile.read_text()
+
+
+# -- two workers on Kafka ----------------------------------------------------------------------
+
+
+def start_pair(broker: Broker, workers: Callable[..., Worker], name: str) -> list[Worker]:
+    env = {"LEDGER_NAME": name}
+    pair = [workers(APP, dict(env), data_dir=d).start() for d in ("first", "second")]
+
+    def split() -> bool:
+        parts = [w.get("/partitions") for w in pair]
+        if not all(parts):
+            return False
+        served = [
+            {p for p, s in part["balances"]["active"].items() if s["state"] == "serving"}
+            for part in parts
+        ]
+        return all(served) and set.union(*served) == {"0", "1", "2", "3"}
+
+    wait_for(split, timeout=120, what="the partitions split over two serving workers")
+    return pair
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("broker", ["kafka"], indirect=True)
+def test_two_workers_answer_any_key_merge_scans_and_read_your_writes_through_a_forward(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    broker.create_ledger_topics(unique_name)
+    records, fold = movements(4_000, accounts=200, seed=41)
+    broker.produce(f"{unique_name}-movements", records)
+    ints, counts = tallies(1_000, seed=42)
+    broker.produce(f"{unique_name}-tallies", ints)
+    pair = start_pair(broker, workers, unique_name)
+
+    def everything() -> bool:
+        rows = scan_all(f"{pair[0].url}/views/balances", 500)[0]
+        return sum(v["ops"] for _, v in rows) == 4_000
+
+    wait_for(everything, timeout=120, what="every event folded")
+    for worker in pair:
+        answered_by = set()
+        for key, row in fold.items():
+            read = call(f"{worker.url}/views/balances/{quote(key)}")
+            assert read.status == 200 and read.body == row, (key, read.raw)
+            answered_by.add(read.headers["X-Belvedere-Worker"])
+        assert answered_by == {w.url for w in pair}  # some answered here, some forwarded
+        for n, count in counts.items():
+            assert call(f"{worker.url}/views/tallies/{n}").body == count, n
+        rows, _ = scan_all(f"{worker.url}/views/balances", 23)
+        assert rows == sorted(fold.items())
+        owned, _ = scan_all(f"{worker.url}/views/balances/by/owner/owner-4", 5)
+        assert owned == sorted((k, v) for k, v in fold.items() if v["owner"] == "owner-4")
+        numbers, _ = scan_all(f"{worker.url}/views/tallies", 40)
+        assert numbers == sorted(counts.items())
+
+    # read-your-writes: written through one worker, read at once through the other
+    writer, reader = pair
+    forwarded = 0
+    for i, key in enumerate(sorted(fold)[:40]):
+        posted = call(f"{writer.url}/events/{unique_name}-movements", "POST", deposit(key, 1000))
+        assert posted.status == 201, posted.raw
+        read = call(f"{reader.url}/views/balances/{key}?after={posted.body['token']}&timeout=20")
+        assert read.status == 200 and read.body["balance"] == fold[key]["balance"] + 1000, read.raw
+        forwarded += read.headers["X-Belvedere-Worker"] != reader.url
+        if i % 10 == 0:  # a scan with the token waits on every worker too
+            page = call(f"{reader.url}/views/balances?after={posted.body['token']}&limit=500")
+            assert dict((r["key"], r["value"]) for r in page.body["rows"])[key]["balance"] == (
+                fold[key]["balance"] + 1000
+            )
+    assert forwarded > 0
+
+    order = {"eventType": "OrderPlaced", "eventVersion": 1}
+    placed = call(
+        f"{writer.url}/events/{unique_name}-orders",
+        "POST",
+        [{**order, "data": {"orderId": f"o-{i}", "userId": "u-7", "amount": 5}} for i in range(6)],
+    )
+    read = call(f"{reader.url}/views/revenue/u-7?after={placed.body['token']}&timeout=30")
+    assert read.status == 200 and read.body == 30, read.raw  # through the re-keyed view
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("broker", ["kafka"], indirect=True)
+def test_when_a_worker_dies_the_other_takes_over_and_reads_meanwhile_get_503_not_500(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    broker.create_ledger_topics(unique_name)
+    records, fold = movements(3_000, accounts=120, seed=43)
+    broker.produce(f"{unique_name}-movements", records)
+    first, second = start_pair(broker, workers, unique_name)
+    wait_for(
+        lambda: sum(v["ops"] for _, v in scan_all(f"{second.url}/views/balances", 500)[0]) == 3_000,
+        timeout=120,
+        what="every event folded",
+    )
+    keys = sorted(fold)
+    answers: list[Answer] = []
+    stopping = threading.Event()
+
+    def read_loop() -> None:
+        i = 0
+        while not stopping.is_set():
+            answers.append(call(f"{second.url}/views/balances/{keys[i % len(keys)]}", timeout=30))
+            i += 1
+
+    reader = threading.Thread(target=read_loop, daemon=True)
+    reader.start()
+    wait_for(lambda: len(answers) > 50, timeout=30, what="reads before the kill")
+    first.kill()
+
+    def all_here() -> bool:
+        return all(
+            (a := call(f"{second.url}/views/balances/{k}")).status == 200
+            and a.headers["X-Belvedere-Worker"] == second.url
+            and a.body == fold[k]
+            for k in keys
+        )
+
+    wait_for(all_here, timeout=120, what="the survivor answering every key itself")
+    stopping.set()
+    reader.join(60)
+    statuses = {a.status for a in answers}
+    assert statuses <= {200, 503}, [a.raw for a in answers if a.status not in (200, 503)][:3]
+    for answer in answers:
+        if answer.status == 503:
+            assert answer.headers.get("Retry-After") and answer.body["error"], answer.raw
+
+
+def test_fuzzing_the_openapi_spec_finds_no_server_error(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, _ = movements(500, accounts=40, seed=51)
+    broker.produce(f"{unique_name}-movements", records)
+    ledger.start()
+    serving_all(ledger)
+    spec = call(ledger.url + "/openapi.json").body
+    assert spec["openapi"].startswith("3.") and "/views/{view}/{key}" in spec["paths"]
+    assert spec["paths"]["/views/{view}"]["get"]["parameters"][0]["schema"]["enum"] == [
+        "balances",
+        "notes",
+        "revenue",
+        "tallies",
+    ]
+    fuzz = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            ledger.url + "/openapi.json",
+            "--checks",
+            "not_a_server_error,content_type_conformance",
+            "--max-examples",
+            "40",
+            "--workers",
+            "1",
+            "--seed",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert fuzz.returncode == 0, fuzz.stdout[-4000:] + fuzz.stderr[-2000:]
+    generated = re.search(r"(\d+) generated, (\d+) passed", fuzz.stdout)
+    assert generated and int(generated.group(1)) > 300 and generated.group(1) == generated.group(2)
+    assert ledger.get("/state")["ready"]  # and the worker still serves
