@@ -322,10 +322,15 @@ class ProjectionEngine(Service):
                 target.status,
             )
             assert restorer is not None and status is not None
-            repair = restorer.finish() | set(store.pending_keys())
+            pending = set(store.pending_keys())
+            undone = restorer.finish() - pending
+            repair = undone | pending
             part = _Partition(projection, tp, store, view.partitions or 1, generation, status)
-            if repair:
-                await self._write_changelog(part, {key: store.get(key) for key in repair})
+            if undone:  # values readers of the changelog already had
+                rows = {key: store.get(key) for key in undone}
+                await self._write_changelog(part, rows, repair=True)
+            if pending:  # values the changelog never completed
+                await self._write_changelog(part, {key: store.get(key) for key in pending})
             parts.append(part)
             logger.info(
                 "view %s[%d] g%d: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
@@ -514,9 +519,11 @@ class ProjectionEngine(Service):
                 "view %s: committing %s failed: %r", part.projection.view.name, part.tp, exc
             )
 
-    async def _write_changelog(self, part: _Partition, rows: Mapping[bytes, bytes | None]) -> None:
+    async def _write_changelog(
+        self, part: _Partition, rows: Mapping[bytes, bytes | None], *, repair: bool = False
+    ) -> None:
         topic = part.changelog
-        records = changelog_records(rows, part.offsets())
+        records = changelog_records(rows, part.offsets(), repair=repair)
         producer = self.app.producer
         send_batch = getattr(producer, "send_batch", None)
         if send_batch is not None:  # the embedded broker: one append for the whole checkpoint
@@ -527,4 +534,4 @@ class ProjectionEngine(Service):
                 for key, value, headers in records
             ]
             sent = await asyncio.gather(*futures)
-        part.store.confirm(sent[-1].offset if sent else None)
+        part.store.confirm(sent[-1].offset if sent else None, rows.keys())

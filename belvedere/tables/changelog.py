@@ -31,17 +31,21 @@ from belvedere.tables.view import View
 __all__ = [
     "CHANGELOG_CONFIG",
     "HEADER_END",
+    "HEADER_REPAIR",
     "HEADER_RESET",
     "HEADER_SOURCE",
     "RESET_KEY",
     "Restorer",
     "changelog_records",
+    "header",
     "reset_epoch",
 ]
 
 HEADER_END = "bv-end"
 HEADER_SOURCE = "bv-source"
 HEADER_RESET = "bv-reset"
+#: On the end of a checkpoint that only undoes an unfinished one before it.
+HEADER_REPAIR = "bv-repair"
 #: The key of the record a reset writes first in each changelog partition.
 RESET_KEY = b"__belvedere_reset__"
 #: Keys an empty store's restore keeps in memory before it reads existence from the store.
@@ -63,28 +67,32 @@ def decode_offsets(data: bytes) -> dict[tuple[str, int], int]:
 
 
 def changelog_records(
-    rows: Mapping[bytes, bytes | None], source_offsets: Offsets
+    rows: Mapping[bytes, bytes | None], source_offsets: Offsets, *, repair: bool = False
 ) -> list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]]:
-    """(key, value, headers) for each changed row; the last one closes the checkpoint."""
+    """(key, value, headers) for each changed row; the last one closes the checkpoint.
+
+    A ``repair`` checkpoint only puts back values that an unfinished checkpoint before it
+    overwrote: it changes nothing a reader of complete checkpoints saw (a change feed
+    skips both).
+    """
     records: list[tuple[bytes, bytes | None, list[tuple[str, bytes]]]] = [
         (k, v, []) for k, v in rows.items()
     ]
     if records:
         key, value, _ = records[-1]
-        records[-1] = (
-            key,
-            value,
-            [(HEADER_END, b"1"), (HEADER_SOURCE, encode_offsets(source_offsets))],
-        )
+        headers = [(HEADER_END, b"1"), (HEADER_SOURCE, encode_offsets(source_offsets))]
+        if repair:
+            headers.append((HEADER_REPAIR, b"1"))
+        records[-1] = (key, value, headers)
     return records
 
 
 def reset_epoch(record: Any) -> bytes | None:
     """The epoch a reset marker record names, or None for any other record."""
-    return _header(record.headers, HEADER_RESET)
+    return header(record.headers, HEADER_RESET)
 
 
-def _header(headers: Headers | None, name: str) -> bytes | None:
+def header(headers: Headers | None, name: str) -> bytes | None:
     for key, value in headers or ():
         if key == name:
             return bytes(value)
@@ -114,13 +122,13 @@ class Restorer:
             if not headers:  # most records: a row of a checkpoint that goes on
                 pending[bytes(record.key)] = record.value and bytes(record.value)
                 continue
-            epoch = _header(headers, HEADER_RESET)
+            epoch = header(headers, HEADER_RESET)
             if epoch is not None:
                 self.store.set_epoch(epoch)
                 continue
             pending[bytes(record.key)] = record.value and bytes(record.value)
-            if _header(headers, HEADER_END) is not None:
-                source = _header(headers, HEADER_SOURCE)
+            if header(headers, HEADER_END) is not None:
+                source = header(headers, HEADER_SOURCE)
                 self._commit(decode_offsets(source) if source else {}, record.offset)
                 pending = self.pending
 

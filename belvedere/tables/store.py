@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import shutil
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -216,10 +216,11 @@ class PartitionStore:
             batch.put(CHANGELOG, _I64.pack(changelog_offset))
         self._db.write(batch, self.write_options)
 
-    def confirm(self, changelog_offset: int | None) -> None:
-        """The pending rows are in the changelog, up to ``changelog_offset``."""
+    def confirm(self, changelog_offset: int | None, keys: Iterable[bytes] | None = None) -> None:
+        """The pending rows (or those of ``keys``) are in the changelog, up to
+        ``changelog_offset``."""
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for key in self.pending_keys():
+        for key in self.pending_keys() if keys is None else keys:
             batch.delete(PENDING + key)
         if changelog_offset is not None:
             batch.put(CHANGELOG, _I64.pack(changelog_offset))

@@ -40,6 +40,7 @@ def _answers(ok: str, *errors: int, ok_status: str = "200", body: dict | None = 
         403: "a wrong token",
         404: "no such view, key, topic or path",
         409: "a rebuild is already running",
+        410: "the position is gone (the view was rebuilt, or its changelog compacted)",
         503: "the partition is not served right now (recovering, or moving): retry after",
         504: "the view did not apply the token's positions in time",
     }
@@ -162,6 +163,31 @@ def spec(app: Any) -> dict[str, Any]:
                         timeout,
                     ],
                     "responses": _answers("a page of rows", 400, 404, 503, body=page),
+                }
+            },
+            "/views/{view}/changes": {
+                "get": {
+                    "summary": "The view's updates as Server-Sent Events, resumable by event id",
+                    "parameters": [
+                        view,
+                        _param("after", "query", "the id of the last event received", token),
+                        _param(
+                            "from",
+                            "query",
+                            "where a feed without an id starts",
+                            {"type": "string", "enum": ["end", "start"]},
+                        ),
+                        _param(
+                            "Last-Event-ID", "header", "the id of the last event received", token
+                        ),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "an event stream",
+                            "content": {"text/event-stream": {}},
+                        },
+                        **{k: v for k, v in _answers("", 400, 404, 410, 503).items() if k != "200"},
+                    },
                 }
             },
             "/views/{view}/rebuild": {

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from belvedere.views_api.auth import tokens_required
 from belvedere.views_api.catalog import list_views
+from belvedere.views_api.changes import changes
 from belvedere.views_api.errors import errors_as_json
 from belvedere.views_api.events import publish_events
 from belvedere.views_api.health import health, ready
@@ -36,6 +37,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/views/{view}/rebuild", start_rebuild),
     ("GET", "/views/{view}/rebuild", rebuild_status),
     ("GET", "/views/{view}/by/{index}/{value}", lookup_rows),
+    ("GET", "/views/{view}/changes", changes),
     ("GET", "/views/{view}/{key}", get_row),
     ("POST", "/events/{topic}", publish_events),
 ]

@@ -1,0 +1,175 @@
+"""``GET /views/{view}/changes``: a view's updates as Server-Sent Events, resumable.
+
+Any worker serves the whole feed: it reads the view's changelog (durable, and the same
+whoever writes it), so a rebalance or a restart does not end a feed, and a client that
+reconnects to any worker with the last event id it saw (``Last-Event-ID``, or
+``?after=``) gets every later change exactly once.
+
+Each event is ``event: change`` with ``data: {"key", "value", "deleted", "partition"}``
+and an ``id`` that resumes right after it. The id says, per partition, the checkpoint to
+read from and how many of its changes were already sent. Without an id the feed starts at
+the end (``?from=start``: at the beginning, the whole view as it was built). A rebuild
+switching the view to a new generation ends the feed with ``event: rebuilt``; a position
+the changelog no longer holds answers 410: start again without an id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+from faust.types import TP
+
+from belvedere.streams.readers import reader_for
+from belvedere.tables.changes import Checkpoint, Truncated, checkpoints
+from belvedere.tables.view import View
+from belvedere.views_api.errors import BadRequest, error
+from belvedere.views_api.reads import view_or_404
+
+__all__ = ["changes"]
+
+#: Seconds between two reads of an idle changelog, and between two keep-alive comments.
+IDLE_POLL = 0.2
+KEEPALIVE = 15.0
+
+#: partition -> (first offset of the checkpoint to read, changes of it already sent)
+Resume = dict[int, tuple[int, int]]
+
+
+class BadResume(BadRequest):
+    code = "bad-token"
+
+
+def encode_resume(topic: str, resume: Resume) -> str:
+    flat = [[topic, p, offset, sent] for p, (offset, sent) in sorted(resume.items())]
+    return base64.urlsafe_b64encode(orjson.dumps(flat)).rstrip(b"=").decode()
+
+
+def decode_resume(text: str, partitions: int) -> tuple[str, Resume]:
+    try:
+        flat = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        topics = {entry[0] for entry in flat}
+        resume = {int(p): (int(offset), int(sent)) for _, p, offset, sent in flat}
+        if len(topics) != 1 or set(resume) != set(range(partitions)):
+            raise ValueError
+        if any(offset < 0 or sent < 0 for offset, sent in resume.values()):
+            raise ValueError
+        return topics.pop(), resume
+    except (binascii.Error, ValueError, TypeError):
+        raise BadResume(
+            f"{text[:80]!r} is not a change feed id (use the id of the last event received)"
+        ) from None
+
+
+def _event(kind: str, data: bytes, event_id: str | None = None) -> bytes:
+    head = f"id: {event_id}\n".encode() if event_id else b""
+    return head + b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n"
+
+
+async def _start(view: View, reader: Any, topic: str, from_start: bool) -> Resume:
+    assert view.partitions is not None
+    tps = [TP(topic, p) for p in range(view.partitions)]
+    bounds = await reader.offsets(tps)
+    return {tp.partition: (bounds[tp][0] if from_start else bounds[tp][1], 0) for tp in tps}
+
+
+async def changes(app: Any, request: web.Request) -> web.StreamResponse:
+    view = view_or_404(app, request)
+    if isinstance(view, web.Response):
+        return view
+    if view.partitions is None:
+        return error(503, "not-serving", f"view {view.name!r} is not started", {"Retry-After": "1"})
+    generation, topic = view.generation, view.changelog_topic
+    given = request.headers.get("Last-Event-ID") or request.query.get("after")
+    origin = request.query.get("from", "end")
+    if origin not in ("start", "end"):
+        raise BadRequest(f"from must be start or end, not {origin[:20]!r}")
+    resume: Resume | None = None
+    if given:
+        named, resume = decode_resume(given, view.partitions)
+        if named != topic:
+            return error(
+                410,
+                "rebuilt",
+                f"view {view.name!r} was rebuilt since that id: start again without one",
+            )
+    reader = reader_for(app)
+    try:
+        if resume is None:
+            resume = await _start(view, reader, topic, origin == "start")
+        feed = checkpoints(reader, topic, {p: offset for p, (offset, _) in resume.items()})
+        first = await anext(feed)  # a position the log no longer holds fails here, as a 410
+    except Truncated as exc:
+        await reader.close()
+        return error(410, "truncated", f"{exc}: start again without an id")
+    except BaseException:
+        await reader.close()
+        raise
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    try:
+        await response.prepare(request)
+        await _stream(view, generation, topic, resume, first, feed, response)
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass  # the client went away
+    except Truncated as exc:
+        await response.write(_event("truncated", orjson.dumps({"detail": str(exc)})))
+    finally:
+        await feed.aclose()
+        await reader.close()
+    return response
+
+
+async def _stream(
+    view: View,
+    generation: int,
+    topic: str,
+    resume: Resume,
+    first: Checkpoint | None,
+    feed: Any,
+    response: web.StreamResponse,
+) -> None:
+    last_write = time.monotonic()
+    found = first
+    while True:
+        if view.generation != generation:
+            data = {"generation": view.generation, "detail": "reconnect without an id"}
+            await response.write(_event("rebuilt", orjson.dumps(data)))
+            return
+        if found is None:
+            if time.monotonic() - last_write >= KEEPALIVE:
+                await response.write(b": keep-alive\n\n")
+                last_write = time.monotonic()
+            await asyncio.sleep(IDLE_POLL)
+        else:
+            p = found.partition
+            offset, sent = resume[p]
+            skip = sent if found.start == offset else 0
+            count = len(found.changes)
+            chunks = []
+            for i, (key, value) in enumerate(found.changes):
+                if i < skip:
+                    continue
+                resume[p] = (found.start, i + 1) if i + 1 < count else (found.end, 0)
+                data = {
+                    "key": view.key_from_store(key),
+                    "value": None if value is None else orjson.Fragment(value),
+                    "deleted": value is None,
+                    "partition": p,
+                }
+                chunks.append(_event("change", orjson.dumps(data), encode_resume(topic, resume)))
+            resume[p] = (found.end, 0)
+            if chunks:
+                await response.write(b"".join(chunks))
+                last_write = time.monotonic()
+        found = await anext(feed)
