@@ -22,6 +22,7 @@ from belvedere.streams.tap import tapped
 from belvedere.streams.topics import EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.routes import install as install_routes
+from belvedere.views_api.server import Web as BelvedereWeb
 
 __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
 
@@ -236,6 +237,11 @@ class App(faust.App):
 
     def on_webserver_init(self, web: Any) -> None:
         install_routes(self, web.web_app)
+
+    def _new_web(self) -> Any:
+        if self.conf.web.scheme == "aiohttp":  # "/" is the status page, not faust's index
+            return BelvedereWeb(self)
+        return super()._new_web()
 
     def _new_transport(self) -> TransportT:
         return tapped(by_url(self.conf.broker_consumer[0]))(self.conf.broker_consumer, self)

@@ -3,7 +3,8 @@
 Kafka: ``BELVEDERE_KAFKA=host:port`` uses a running broker; otherwise, where Java and Maven
 are installed, a single-node KRaft broker is started for the session from ``ci/kafka``.
 Without either, the Kafka variants are skipped with the reason, except under ``CI=true``,
-where that is an error.
+where that is an error. The same holds for Chromium (the status page's test), which is
+installed with apt-get when missing and the suite runs as root.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from belvedere.streams.clients import EmbeddedClient, KafkaClient
 from tests.support.brokers import Broker
+from tests.support.chromium import find_chromium
 from tests.support.kafka import KafkaStartFailed, private_kafka
 from tests.support.worker import Worker
 
@@ -44,6 +46,28 @@ def kafka_bootstrap() -> Iterator[str]:
             yield bootstrap
     except KafkaStartFailed as exc:
         _kafka_unavailable(f"starting it failed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Headless Chromium for the status page (installed with apt-get if missing, as root)."""
+    found, why = find_chromium()
+    if found is None:
+        if IN_CI:
+            pytest.fail(f"Chromium is required when CI=true: {why}", pytrace=False)
+        pytest.skip(f"no Chromium: {why}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def test_output() -> Path:
+    """Where tests leave what a person may want to look at (screenshots):
+    ``BELVEDERE_TEST_OUTPUT``, else ``test-output/`` in the repository."""
+    path = Path(
+        os.environ.get("BELVEDERE_TEST_OUTPUT") or Path(__file__).parent.parent / "test-output"
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 BROKERS = ["embedded", pytest.param("kafka", marks=pytest.mark.kafka)]

@@ -23,11 +23,13 @@ from belvedere.views_api.reads import get_row
 from belvedere.views_api.rebuilds import rebuild_status, start_rebuild
 from belvedere.views_api.routing import close_session, request_ids
 from belvedere.views_api.scans import lookup_rows, scan_rows
+from belvedere.views_api.status_page import status_page
 
 __all__ = ["ROUTES", "install"]
 
 #: (method, path, handler): also what the OpenAPI spec describes.
 ROUTES: list[tuple[str, str, Any]] = [
+    ("GET", "/", status_page),
     ("GET", "/health", health),
     ("GET", "/ready", ready),
     ("GET", "/metrics", metrics),

@@ -1,0 +1,24 @@
+"""``GET /``: a status page of the views, their partitions, lag and rebuilds.
+
+One HTML file with its script inline and no build step: it reads ``GET /views`` every
+second and redraws, so it stays current while the worker runs.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+__all__ = ["status_page"]
+
+_PAGE = resources.files("belvedere.views_api").joinpath("static/status.html")
+
+
+async def status_page(app: Any, request: web.Request) -> web.StreamResponse:
+    return web.Response(
+        text=_PAGE.read_text(encoding="utf-8").replace("{{app}}", app.conf.id),
+        content_type="text/html",
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
