@@ -17,6 +17,7 @@ import pytest
 from belvedere.streams.clients import Record
 from belvedere.tables.generations import Generation, Generations, PartitionProgress
 from tests.support.brokers import Broker
+from tests.support.http import call
 from tests.support.worker import REPO, Worker, run_cli, wait_for
 from tests.test_projections import fill_both_views, movements, total_ops
 
@@ -172,8 +173,16 @@ def test_rebuild_requests_are_checked(broker: Broker, ledger: Worker, unique_nam
     assert status == 202 and body["building"] == 2
     status, body = post("/views/balances/rebuild", "s3cret")
     assert status == 409 and body["error"] == "rebuild-running"
-    status = ledger.wait_until(
-        "/views/balances/rebuild", lambda s: s["state"] == "idle", what="the switch"
+    assert call(ledger.url + "/views/balances/rebuild").status == 401  # watching is admin too
+    admin = {"Authorization": "Bearer s3cret"}
+    status = wait_for(
+        lambda: (
+            (a := call(ledger.url + "/views/balances/rebuild", headers=admin)).status == 200
+            and a.body["state"] == "idle"
+            and a.body
+        ),
+        timeout=90,
+        what="the switch",
     )
     assert status["generation"] == 2
 

@@ -288,6 +288,26 @@ def test_two_workers_answer_any_key_merge_scans_and_read_your_writes_through_a_f
         numbers, _ = scan_all(f"{worker.url}/views/tallies", 40)
         assert numbers == sorted(counts.items())
 
+    # a caller that accepts staleness is answered from the local standby, without a forward
+    first, second = pair
+
+    def standing() -> dict | None:
+        parts = second.get("/partitions")["balances"]
+        served_by_first = {str(p) for p in range(4)} - set(parts["active"])
+        lags = parts["standbyLag"]
+        ok = served_by_first and all(lags.get(p) == 0 for p in served_by_first)
+        return parts if ok else None
+
+    wait_for(standing, timeout=60, what="the second worker's standbys caught up")
+    remote = [k for k in fold if call(f"{second.url}/views/balances/{k}").headers[
+        "X-Belvedere-Worker"] == first.url][:20]  # fmt: skip
+    assert remote
+    for key in remote:
+        stale = call(f"{second.url}/views/balances/{key}?max_lag=0")
+        assert stale.status == 200 and stale.body == fold[key], stale.raw
+        assert stale.headers["X-Belvedere-Served-From"] == "standby"
+        assert stale.headers["X-Belvedere-Worker"] == second.url
+
     # read-your-writes: written through one worker, read at once through the other
     writer, reader = pair
     forwarded = 0

@@ -46,6 +46,9 @@ async def start_rebuild(app: Any, request: web.Request) -> web.StreamResponse:
 
 
 async def rebuild_status(app: Any, request: web.Request) -> web.StreamResponse:
+    refused = refuse_admin(request, app.admin_token)
+    if refused is not None:
+        return refused
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
