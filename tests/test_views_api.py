@@ -382,7 +382,7 @@ def test_when_a_worker_dies_the_other_takes_over_and_reads_meanwhile_get_503_not
 
 
 def test_fuzzing_the_openapi_spec_finds_no_server_error(
-    broker: Broker, ledger: Worker, unique_name: str
+    broker: Broker, ledger: Worker, unique_name: str, tmp_path: Path
 ) -> None:
     records, _ = movements(500, accounts=40, seed=51)
     broker.produce(f"{unique_name}-movements", records)
@@ -413,6 +413,7 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(
         capture_output=True,
         text=True,
         timeout=240,
+        cwd=tmp_path,  # where it keeps its run data
     )
     assert fuzz.returncode == 0, fuzz.stdout[-4000:] + fuzz.stderr[-2000:]
     generated = re.search(r"(\d+) generated, (\d+) passed", fuzz.stdout)
