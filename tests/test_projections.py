@@ -43,6 +43,16 @@ def movements(n: int, accounts: int = 100, seed: int = 1) -> tuple[list[Record],
     return records, fold
 
 
+def deposits_by_owner(records: list[Record]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for record in records:
+        envelope = orjson.loads(record.value)
+        if envelope["eventType"] == "Deposited":
+            data = envelope["data"]
+            out[data["owner"]] = out.get(data["owner"], 0) + data["amount"]
+    return out
+
+
 def total_ops(state: dict) -> int:
     return sum(row["ops"] for row in state["rows"].values())
 
@@ -85,6 +95,16 @@ def test_kill_9_mid_projection_then_restart_gives_the_exact_fold(
     )
     assert total_ops(state) == 30_000
     assert state["rows"] == fold
+    # the two other views of the same topic, one re-keyed (so it lags), each exact too
+    owners = deposits_by_owner(records)
+    state = ledger.wait_until(
+        "/state",
+        lambda s: sum(s["owners"].values()) >= sum(owners.values()),
+        timeout=120,
+        what="every deposit in the re-keyed view",
+    )
+    assert state["activity"] == {k: row["ops"] for k, row in fold.items()}
+    assert state["owners"] == owners
 
 
 def test_view_is_restored_from_its_changelog(

@@ -38,7 +38,7 @@ def test_the_status_page_shows_every_view_and_keeps_itself_up_to_date(
             timeout=30,
             what="the page showing the balances view",
         )
-        assert set(shown) == {"balances", "notes", "revenue", "tallies"}
+        assert set(shown) == {"activity", "balances", "notes", "owners", "revenue", "tallies"}
         assert all(v["states"] == ["serving"] * 4 for v in shown.values()), shown
         shot = browser.screenshot(test_output / f"status-page-{broker.name}.png")
         assert shot.stat().st_size > 10_000

@@ -33,7 +33,7 @@ from typing import Any
 from faust.types import TP
 from mode import Service
 
-from belvedere.agents.projection import Projection
+from belvedere.agents.projection import Projection, Slot, slot
 from belvedere.agents.rebuild import Rebuilder
 from belvedere.agents.standby import Standbys
 from belvedere.streams.envelope import BadEvent
@@ -120,11 +120,14 @@ class ProjectionEngine(Service):
         self.app = app
         self.projections: dict[str, Projection] = {}
         self.budget: StoreBudget | None = None
-        self._by_topic: dict[str, Projection] = {}
-        self._rekeys: dict[str, Projection] = {}
-        self._active: dict[TP, _Partition] = {}
+        #: The projections folding each topic, and those re-keying each source topic.
+        self._by_topic: dict[str, list[Projection]] = {}
+        self._rekeys: dict[str, list[Projection]] = {}
+        #: Each (view, source partition) served here, and how far its re-keying got.
+        self._active: dict[Slot, _Partition] = {}
         #: Partitions of a generation being rebuilt, next to their live ones in ``_active``.
-        self._building: dict[TP, _Partition] = {}
+        self._building: dict[Slot, _Partition] = {}
+        self._rekeyed: dict[TP, int] = {}
         self.rebuilds = Rebuilder(self)
         #: Changelog topics already declared by this worker.
         self._declared: set[str] = set()
@@ -139,16 +142,21 @@ class ProjectionEngine(Service):
         super().__init__(**kwargs)
 
     def add(self, projection: Projection) -> None:
-        for topic in {projection.source.get_topic_name(), projection.fold_topic.get_topic_name()}:
-            other = self._by_topic.get(topic) or self._rekeys.get(topic)
-            if other is not None and other is not projection:
-                raise ValueError(
-                    f"topic {topic!r} already feeds view {other.view.name!r}; one projection per source topic"
-                )
+        """Several projections may read one topic: each folds it into its own view."""
         if projection.repartition is not None:
-            self._rekeys[projection.source.get_topic_name()] = projection
-        self._by_topic[projection.fold_topic.get_topic_name()] = projection
+            self._rekeys.setdefault(projection.source.get_topic_name(), []).append(projection)
+        self._by_topic.setdefault(projection.fold_topic.get_topic_name(), []).append(projection)
         self.projections[projection.view.name] = projection
+
+    def _reports_bad_input(self, projection: Projection, topic: str) -> bool:
+        """Whether this projection dead-letters what cannot be decoded from ``topic``: one
+        of the projections reading it does, so a bad message is dead-lettered once."""
+        readers = [*self._by_topic.get(topic, ()), *self._rekeys.get(topic, ())]
+        return not readers or readers[0] is projection
+
+    def projections_of(self, topic: str) -> list[Projection]:
+        """The projections folding ``topic`` (a source, or a re-keyed copy)."""
+        return self._by_topic.get(topic, [])
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -246,8 +254,13 @@ class ProjectionEngine(Service):
     async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         async with self._lock:
             for tp in revoked:
-                for parts in (self._building, self._active):
-                    part = parts.pop(tp, None)
+                self._rekeyed.pop(tp, None)
+                for parts, projection in (
+                    (parts, projection)
+                    for parts in (self._building, self._active)
+                    for projection in self.projections_of(tp.topic)
+                ):
+                    part = parts.pop(slot(projection, tp), None)
                     if part is None:
                         continue
                     if part.dirty:
@@ -261,9 +274,10 @@ class ProjectionEngine(Service):
     async def _on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         async with self._lock:
             new = [
-                (self._by_topic[tp.topic], tp)
+                (projection, tp)
                 for tp in sorted(assigned)
-                if tp.topic in self._by_topic and tp not in self._active
+                for projection in self.projections_of(tp.topic)
+                if slot(projection, tp) not in self._active
             ]
             entries = []
             for projection, tp in new:
@@ -290,7 +304,7 @@ class ProjectionEngine(Service):
         view.stores[partition] = part.store
         view.status[partition] = part.status
         part.status.state = "serving"
-        self._active[part.tp] = part
+        self._active[slot(part.projection, part.tp)] = part
 
     async def restore(
         self, entries: Sequence[tuple[Projection, TP, int, PartitionStatus]]
@@ -346,20 +360,26 @@ class ProjectionEngine(Service):
     async def on_batch(self, batches: Mapping[TP, Sequence[Any]]) -> None:
         async with self._lock:
             for tp, records in batches.items():
-                rekey = self._rekeys.get(tp.topic)
-                if rekey is not None:
-                    await self._rekey(rekey, tp, records)
-                    continue
-                part = self._active.get(tp)
-                if part is None:
+                for projection in self._rekeys.get(tp.topic, ()):
+                    await self._rekey(projection, tp, records)
+                folds = self.projections_of(tp.topic)
+                parts = [self._active.get(slot(projection, tp)) for projection in folds]
+                if not all(parts):
                     # Fetched before its restore started (or after a revoke): read it again later.
                     if tp in self.app.consumer.assignment():
                         await self.app.consumer.seek(tp, records[0].offset)
                     continue
-                await self._process(part, records)
-                building = self._building.get(tp)
-                if building is not None and building.mode == "following":
-                    await self.rebuilds.follow(building, records, part.next_offset)
+                if not folds:
+                    self._rekeyed[tp] = records[-1].offset + 1
+                    await self._commit(tp)
+                    continue
+                self._rekeyed.pop(tp, None)
+                for projection, part in zip(folds, parts, strict=True):
+                    assert part is not None
+                    await self._process(part, records)
+                    building = self._building.get(slot(projection, tp))
+                    if building is not None and building.mode == "following":
+                        await self.rebuilds.follow(building, records, part.next_offset)
 
     async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
         first = records[0].offset
@@ -383,6 +403,7 @@ class ProjectionEngine(Service):
         handlers = projection.handlers
         txn = part.txn
         origins = part.origins if projection.repartition is not None else None
+        reports_bad_input = self._reports_bad_input(projection, part.tp.topic)
         for i, record in enumerate(records):
             if i & 255 == 255 and part.dirty:
                 if live and self.app.rebalancing:
@@ -407,7 +428,8 @@ class ProjectionEngine(Service):
             try:
                 event = _decode(codec, record)
             except BadEvent as exc:
-                await self.app.dead_letters.send(record, exc.kind, exc.reason)
+                if reports_bad_input:
+                    await self.app.dead_letters.send(record, exc.kind, exc.reason)
             else:
                 handler = handlers.get(type(event))
                 if handler is not None:
@@ -452,13 +474,17 @@ class ProjectionEngine(Service):
         target = projection.repartition.get_topic_name()
         codec = projection.source.codec
         send = self.app.producer.send
+        reports_bad_input = self._reports_bad_input(projection, tp.topic)
         futures = []
         for record in records:
             try:
                 event = _decode(codec, record)
+                if type(event) not in projection.handlers:
+                    continue  # not this view's: its key may not even exist
                 key = view.check_key(by(event))
             except BadEvent as exc:
-                await self.app.dead_letters.send(record, exc.kind, exc.reason)
+                if reports_bad_input:
+                    await self.app.dead_letters.send(record, exc.kind, exc.reason)
                 continue
             except Exception as exc:  # the key function failed on this event
                 await self.app.dead_letters.send(
@@ -490,7 +516,6 @@ class ProjectionEngine(Service):
             for partition in range(partitions)
         ]
         await asyncio.gather(*futures)
-        await self.app.consumer._commit({tp: records[-1].offset + 1})
 
     async def _checkpoint(self, part: _Partition) -> None:
         store, txn = part.store, part.txn
@@ -512,12 +537,24 @@ class ProjectionEngine(Service):
             await self._write_changelog(part, rows)
         if part.mode != "live":
             return  # the live generation's offsets are the group's
+        await self._commit(part.tp)
+
+    async def _commit(self, tp: TP) -> None:
+        """Commit what every projection reading ``tp`` has done: for folds, only a hint of
+        where to fetch from (their stores hold the truth); for re-keying, its progress."""
+        done = [
+            part.next_offset
+            for projection in self.projections_of(tp.topic)
+            if (part := self._active.get(slot(projection, tp))) is not None
+        ]
+        if tp in self._rekeyed:
+            done.append(self._rekeyed[tp])
+        if not done:
+            return
         try:
-            await self.app.consumer._commit({part.tp: part.next_offset})
-        except Exception as exc:  # only a hint of where to fetch from: the store holds the truth
-            logger.warning(
-                "view %s: committing %s failed: %r", part.projection.view.name, part.tp, exc
-            )
+            await self.app.consumer._commit({tp: min(done)})
+        except Exception as exc:
+            logger.warning("committing %s failed: %r", tp, exc)
 
     async def _write_changelog(
         self, part: _Partition, rows: Mapping[bytes, bytes | None], *, repair: bool = False

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from faust.types import TP
+
 from belvedere.streams.records import Event
 from belvedere.streams.topics import EventTopic
 from belvedere.tables.view import View
@@ -100,3 +102,11 @@ class Projection:
         else:
             self.add(target, events)
         return target
+
+
+#: A view's partition here, named by its view and the source partition it is folded from.
+Slot = tuple[str, TP]
+
+
+def slot(projection: Projection, tp: TP) -> Slot:
+    return (projection.view.name, tp)

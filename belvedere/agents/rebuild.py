@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
+from belvedere.agents.projection import slot
 from belvedere.streams.clients import EmbeddedClient, client_for
 from belvedere.streams.context import replaying
 from belvedere.streams.readers import PartitionReader, reader_for
@@ -155,13 +156,13 @@ class Rebuilder:
             if view.generation != gen.active:
                 logger.info("view %s: switching to generation %d", name, gen.active)
                 view.generation = gen.active
-            for tp, part in list(engine._building.items()):
+            for key, part in list(engine._building.items()):
                 if part.projection.view is not view:
                     continue
                 if part.generation == gen.active and part.mode == "following":
                     await self._switch(part)
                 elif part.generation not in (gen.active, gen.building):  # abandoned
-                    del engine._building[tp]
+                    del engine._building[key]
                     part.store.destroy()
             if gen.previous is not None:  # retiring the old generation waits for these
                 for part in list(engine._active.values()):
@@ -172,7 +173,9 @@ class Rebuilder:
 
     def _coordinates(self, view: Any) -> bool:
         projection = self.engine.projections[view.name]
-        return TP(projection.fold_topic.get_topic_name(), 0) in self.engine._active
+        return (
+            slot(projection, TP(projection.fold_topic.get_topic_name(), 0)) in self.engine._active
+        )
 
     async def _coordinate(self, view: Any, gen: Generation) -> None:
         partitions = view.partitions or 1
@@ -219,11 +222,11 @@ class Rebuilder:
         """Open the new generation of each live partition of ``view`` here (lock held)."""
         engine = self.engine
         entries = [
-            (part.projection, tp, generation, PartitionStatus(generation=generation))
-            for tp, part in engine._active.items()
+            (part.projection, part.tp, generation, PartitionStatus(generation=generation))
+            for key, part in engine._active.items()
             if part.projection.view is view
             and part.generation != generation
-            and tp not in engine._building
+            and key not in engine._building
         ]
         if not entries:
             return
@@ -236,7 +239,7 @@ class Rebuilder:
         part.mode = "replaying"
         part.positioned = False
         part.status.state = "rebuilding"
-        self.engine._building[part.tp] = part
+        self.engine._building[slot(part.projection, part.tp)] = part
 
     async def follow(self, part: _Partition, records: Any, live_next: int) -> None:
         """Fold a live batch into a caught-up new generation, up to where the live one got."""
@@ -281,8 +284,9 @@ class Rebuilder:
     async def _switch(self, new: _Partition) -> None:
         """Serve ``new`` instead of the live partition (lock held, both at one offset)."""
         engine = self.engine
-        old = engine._active[new.tp]
-        del engine._building[new.tp]
+        key = slot(new.projection, new.tp)
+        old = engine._active[key]
+        del engine._building[key]
         new.mode = "live"
         new.sought = True
         engine._serve(new)
@@ -303,7 +307,7 @@ class Rebuilder:
         view, partition = part.projection.view.name, part.tp.partition
         if not force and self._reported.get((view, partition, part.generation)) == state:
             return
-        live = self.engine._active.get(part.tp)
+        live = self.engine._active.get(slot(part.projection, part.tp))
         replayed = part.next_offset - part.replay_from
         elapsed = time.monotonic() - part.replay_began if part.positioned else 0.0
         progress = PartitionProgress(
@@ -334,7 +338,8 @@ class Rebuilder:
                 previous, read_to[tp] = read_to[tp], batch[-1].offset + 1
                 async with engine._lock:
                     part = parts[tp]
-                    if engine._building.get(tp) is not part or part.mode != "replaying":
+                    key = slot(part.projection, tp)
+                    if engine._building.get(key) is not part or part.mode != "replaying":
                         continue  # revoked (or replaced) while it was read
                     if part.next_offset < previous:
                         continue  # it missed an earlier batch: read again from it later
@@ -347,17 +352,20 @@ class Rebuilder:
             async with engine._lock:
                 for tp, (low, high) in ranges.items():
                     part = parts[tp]
-                    if engine._building.get(tp) is part and part.next_offset >= low:
+                    key = slot(part.projection, tp)
+                    if engine._building.get(key) is part and part.next_offset >= low:
                         part.next_offset = max(part.next_offset, high)  # gaps left by compaction
 
     async def _next_ranges(self) -> tuple[dict[TP, tuple[int, int]], dict[TP, _Partition]]:
-        """What each replaying partition still has to read: up to the live position now."""
+        """What each replaying partition still has to read: up to the live position now.
+        Two views rebuilding from one source partition take turns reading it."""
         engine = self.engine
         ranges, parts = {}, {}
         async with engine._lock:
-            for tp, part in list(engine._building.items()):
-                live = engine._active.get(tp)
-                if part.mode != "replaying" or live is None:
+            for key, part in list(engine._building.items()):
+                live = engine._active.get(key)
+                tp = part.tp
+                if part.mode != "replaying" or live is None or tp in ranges:
                     continue
                 if not part.positioned:
                     await self._position(part)

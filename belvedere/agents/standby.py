@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
+from belvedere.agents.projection import slot
 from belvedere.streams.readers import PartitionReader, reader_for
 from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore
@@ -51,12 +52,12 @@ class Standbys:
             return {}
         wanted = {}
         for tp in standbys:
-            projection = engine._by_topic.get(tp.topic)
-            if projection is None or tp in engine._active:
-                continue
-            view = projection.view
-            ctp = TP(view.changelog_topic_for(view.generation), tp.partition)
-            wanted[ctp] = (view, view.generation, engine.store_dir(view, view.generation))
+            for projection in engine.projections_of(tp.topic):
+                if slot(projection, tp) in engine._active:
+                    continue
+                view = projection.view
+                ctp = TP(view.changelog_topic_for(view.generation), tp.partition)
+                wanted[ctp] = (view, view.generation, engine.store_dir(view, view.generation))
         return wanted
 
     def _reassign(self) -> None:

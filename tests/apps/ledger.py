@@ -74,6 +74,9 @@ notes_topic = app.event_topic(f"{NAME}-notes", Noted, partitions=PARTITIONS)
 notes = app.view("notes", value=str, key=str)
 orders = app.event_topic(f"{NAME}-orders", OrderPlaced, partitions=PARTITIONS)
 revenue = app.view("revenue", value=int, key=str)  # per user, from orders keyed by order id
+# Two more views of movements: several projections may read one topic.
+activity = app.view("activity", value=int, key=str)  # events per account
+owners = app.view("owners", value=int, key=str)  # deposits per owner, re-keyed
 tallies_topic = app.event_topic(f"{NAME}-tallies", Tallied, partitions=PARTITIONS)
 tallies = app.view("tallies", value=int, key=int)  # keyed by int, like its source
 alerts = app.event_topic(f"{NAME}-alerts", LargeDeposit, partitions=1)
@@ -101,6 +104,16 @@ class Balances:
         view[event.account] = Balance(
             owner=row.owner, balance=row.balance - event.amount * FACTOR, ops=row.ops + 1
         )
+
+
+@app.projection(movements, view=activity)
+def moved(view, event: Deposited | Withdrawn) -> None:
+    view[event.account] = view.get(event.account, 0) + 1
+
+
+@app.projection(movements, view=owners, by="owner")
+def deposited_by(view, event: Deposited) -> None:  # Withdrawn has no owner: not re-keyed
+    view[event.owner] = view.get(event.owner, 0) + event.amount
 
 
 @app.projection(notes_topic, view=notes)
@@ -141,6 +154,8 @@ async def state(web, request):
             "deadLetters": app.dead_letters.total,
             "notes": dict(notes.scan(limit=100_000)[0]),
             "revenue": dict(revenue.scan(limit=100_000)[0]),
+            "activity": dict(activity.scan(limit=100_000)[0]),
+            "owners": dict(owners.scan(limit=100_000)[0]),
             "calls": calls,
         }
     )
