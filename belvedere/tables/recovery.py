@@ -35,6 +35,9 @@ class Target:
     restorer: Restorer | None = None
     start: int = 0
     end: int = 0
+    #: The log start at which the local copy's reset epoch was last checked: a target
+    #: caught up again and again (a standby) reads the log's head only when it moved.
+    epoch_checked_at: int | None = None
 
 
 async def catch_up(reader: PartitionReader, targets: dict[TP, Target], budget: StoreBudget) -> None:
@@ -50,10 +53,15 @@ async def catch_up(reader: PartitionReader, targets: dict[TP, Target], budget: S
     checked = {
         ctp: (low, low + 1)
         for ctp, (low, high) in bounds.items()
-        if high > low and targets[ctp].store.changelog_offset() is not None
+        if high > low
+        and targets[ctp].store.changelog_offset() is not None
+        and targets[ctp].epoch_checked_at != low
     }
     async for ctp, batch in reader.read(checked):
         epochs[ctp] = reset_epoch(batch[0])
+    for ctp, target in targets.items():
+        if ctp not in checked and target.epoch_checked_at is not None:
+            epochs[ctp] = target.store.epoch()  # checked before, at this same log start
 
     ranges: dict[TP, tuple[int, int]] = {}
     for ctp, target in targets.items():
@@ -73,6 +81,7 @@ async def catch_up(reader: PartitionReader, targets: dict[TP, Target], budget: S
             local = None
         target.start = start_of_log if local is None else local + 1
         target.end = end
+        target.epoch_checked_at = start_of_log
         target.restorer = Restorer(target.view, store)
         if target.status is not None:
             target.status.restore_total = max(end - target.start, 0)
