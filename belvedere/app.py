@@ -214,12 +214,19 @@ class App(faust.App):
     def check(self) -> None:
         """Refuse what cannot work, before a worker starts: a faust agent on a topic a
         projection reads would never see an event (the projection takes every batch of
-        its source off the consumer first)."""
+        its source off the consumer first); views without faust's assignor could not be
+        routed to."""
         claimed = {
             topic.get_topic_name(): projection.view.name
             for projection in self.projections.projections.values()
             for topic in (projection.source, projection.fold_topic)
         }
+        if self.views and self.conf.table_standby_replicas < 1:
+            raise ValueError(
+                "table_standby_replicas=0 makes faust use Kafka's round-robin assignor, which "
+                "tells no worker who holds which partition: views could not be read across "
+                "workers. Keep it at 1 or more (standbys are also what makes a takeover fast)"
+            )
         for agent in self.agents.values():
             for name in getattr(agent.channel, "topics", ()):
                 if name in claimed:

@@ -64,6 +64,12 @@ def test_an_agent_on_a_projection_source_is_refused(tmp_path: Path) -> None:
     assert "agent" in line and "'starved-seen'" in line and "view 'latest'" in line
 
 
+def test_views_without_standby_replicas_are_refused(tmp_path: Path) -> None:
+    args = ("worker", "tests.apps.no_standbys:app", "--data-dir", str(tmp_path))
+    line = one_line_error(run_cli(*args))
+    assert "table_standby_replicas=0" in line and "round-robin" in line
+
+
 def test_rebuild_with_no_worker_running_is_one_line() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     env = {"LEDGER_NAME": "x"}

@@ -288,6 +288,18 @@ def test_two_workers_answer_any_key_merge_scans_and_read_your_writes_through_a_f
         numbers, _ = scan_all(f"{worker.url}/views/tallies", 40)
         assert numbers == sorted(counts.items())
 
+    # keys that need escaping in a URL keep their meaning through a forward
+    odd = ["a/b", "x?y", "z#w", "sp ace", "ü-1", "100%"]
+    posted = call(
+        f"{pair[0].url}/events/{unique_name}-movements", "POST", [deposit(k, 7) for k in odd]
+    )
+    for worker in pair:  # each key is forwarded from one of the two
+        for key in odd:
+            got = call(
+                f"{worker.url}/views/balances/{quote(key, safe='')}?after={posted.body['token']}"
+            )
+            assert got.status == 200 and got.body["balance"] == 7, (key, got.raw)
+
     # a caller that accepts staleness is answered from the local standby, without a forward
     first, second = pair
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -161,7 +162,7 @@ def staleness_headers(
         headers[HEADER_LAG] = str(local.behind)
         headers[HEADER_POSITION] = encode_token({lineage.source: {}})
         return headers
-    headers[HEADER_POSITION] = encode_token(lineage.position(status, partition))
+    headers[HEADER_POSITION] = _position_token(lineage, status, partition)
     here = status.positions.get((lineage.folded, partition))
     headers[HEADER_LAG] = str(max(end - here, 0) if end is not None and here is not None else 0)
     if status.last_event_ms is not None:
@@ -169,6 +170,21 @@ def staleness_headers(
     return headers
 
 
+#: The last token made for each (lineage, partition), and the positions it was made from:
+#: a checkpoint replaces a partition's positions, so most reads reuse the token.
+_TOKENS: dict[tuple[Lineage, int], tuple[object, str]] = {}
+
+
+def _position_token(lineage: Lineage, status: PartitionStatus, partition: int) -> str:
+    found = _TOKENS.get((lineage, partition))
+    if found is not None and found[0] is status.positions:
+        return found[1]
+    token = encode_token(lineage.position(status, partition))
+    _TOKENS[(lineage, partition)] = (status.positions, token)
+    return token
+
+
+@functools.lru_cache(maxsize=1024)
 def format_ms(ms: int) -> str:
     return (
         datetime.fromtimestamp(ms / 1000, UTC)

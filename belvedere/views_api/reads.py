@@ -14,6 +14,7 @@ forwarded to the worker that does. Options:
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any
 
 from aiohttp import web
@@ -55,6 +56,16 @@ def view_or_404(app: Any, request: web.Request) -> View | web.Response:
 
 def lineage(app: Any, view: View) -> Lineage:
     """The topics the view's partitions follow and its tokens are told in."""
+    found = _LINEAGES.get(view)
+    if found is None:
+        found = _LINEAGES[view] = _lineage(app, view)
+    return found
+
+
+_LINEAGES: weakref.WeakKeyDictionary[View, Lineage] = weakref.WeakKeyDictionary()
+
+
+def _lineage(app: Any, view: View) -> Lineage:
     projection = app.projections.projections.get(view.name)
     if projection is None:
         unfed = f"{app.conf.id}-view-{view.name}-unfed"

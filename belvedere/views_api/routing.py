@@ -12,7 +12,9 @@ workers with different views of a rebalance cannot bounce a request between them
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,7 +64,13 @@ Member = str
 
 
 def self_url(app: Any) -> str:
-    return str(app.conf.canonical_url).rstrip("/")
+    found = _SELF_URLS.get(app)
+    if found is None:
+        found = _SELF_URLS[app] = str(app.conf.canonical_url).rstrip("/")
+    return found
+
+
+_SELF_URLS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
 def _distribution(app: Any) -> Mapping[str, Mapping[str, Any]]:
@@ -117,7 +125,7 @@ def _outgoing_headers(request: web.Request) -> dict[str, str]:
 async def forward(request: web.Request, member: Member, extra_timeout: float = 0.0) -> web.Response:
     """Ask ``member`` the same request; its answer is passed back as it is (status, body,
     headers). A worker that does not answer gives 503 with Retry-After."""
-    url = member + request.rel_url.path_qs
+    url = member + request.raw_path  # as sent: a key's %2F or %3F stays in the key
     timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
     try:
         async with _session(request).request(
@@ -160,12 +168,21 @@ async def ask_members(
     return dict(zip(paths, found, strict=True))
 
 
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_ID_COUNTER = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """Unique across workers (a random prefix per process), and cheap."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):x}"
+
+
 @web.middleware
 async def request_ids(request: web.Request, handler: Any) -> web.StreamResponse:
     """Each request has an id (the caller's ``X-Request-Id``, or a new one), passed along
     on forwards and echoed in the answer, so one read can be followed across workers."""
     given = request.headers.get(HEADER_REQUEST_ID, "")
-    request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+    request_id = given if 0 < len(given) <= 128 and given.isprintable() else _new_request_id()
     request["request_id"] = request_id
     try:
         response = await handler(request)

@@ -135,7 +135,7 @@ async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamRes
             {
                 m: request.rel_url.with_query(
                     {**query, "scope": "local", "partitions": ",".join(map(str, members[m]))}
-                ).path_qs
+                ).raw_path_qs
                 for m in others
             },
             wait,
