@@ -14,7 +14,7 @@ from belvedere.streams.embedded import Log, Record
 from belvedere.streams.readers import EmbeddedReader
 from belvedere.tables.changelog import changelog_records
 from belvedere.tables.changes import Checkpoint, Truncated, checkpoints
-from tests.support.brokers import Broker
+from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import EventStream, call
 from tests.support.worker import Worker, wait_for
 from tests.test_projections import note
@@ -119,8 +119,7 @@ def test_a_bad_feed_id_is_refused(broker: Broker, ledger: Worker) -> None:
     assert call(ledger.url + "/views/notes/changes?from=middle").status == 400
 
 
-@pytest.mark.kafka
-@pytest.mark.parametrize("broker", ["kafka"], indirect=True)
+@KAFKA_ONLY
 def test_a_feed_resumed_on_the_other_worker_after_a_kill_sees_every_update_once(
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:

@@ -7,10 +7,9 @@ import shutil
 from collections.abc import Callable
 
 import orjson
-import pytest
 
 from belvedere.streams.clients import Record
-from tests.support.brokers import Broker
+from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.worker import Worker, run_cli, wait_for
 
 PARTITIONS = 4  # tests/apps/ledger.py
@@ -279,8 +278,7 @@ def test_a_view_keyed_differently_from_its_source_is_repartitioned_exactly_once(
     assert state["revenue"] == revenue
 
 
-@pytest.mark.kafka
-@pytest.mark.parametrize("broker", ["kafka"], indirect=True)  # standbys need two members
+@KAFKA_ONLY
 def test_a_standby_keeps_a_warm_copy_and_takes_over_without_a_full_restore(
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:

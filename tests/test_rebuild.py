@@ -16,7 +16,7 @@ import pytest
 
 from belvedere.streams.clients import Record
 from belvedere.tables.generations import Generation, Generations, PartitionProgress
-from tests.support.brokers import Broker
+from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import call
 from tests.support.worker import REPO, Worker, run_cli, wait_for
 from tests.test_projections import fill_both_views, movements, total_ops
@@ -233,8 +233,7 @@ def test_a_late_record_about_an_older_generation_does_not_hide_a_newer_one() -> 
     assert state.all_in("v", 2, 1, {"following"})
 
 
-@pytest.mark.kafka
-@pytest.mark.parametrize("broker", ["kafka"], indirect=True)  # two workers in one group
+@KAFKA_ONLY
 def test_every_worker_switches_to_the_rebuilt_generation(
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:

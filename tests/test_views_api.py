@@ -12,11 +12,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import orjson
-import pytest
 
 from belvedere.streams.clients import Record
 from belvedere.views_api.positions import decode_token, encode_token
-from tests.support.brokers import Broker
+from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import Answer, call
 from tests.support.worker import Worker, wait_for
 from tests.test_projections import movements, total_ops
@@ -255,8 +254,7 @@ def start_pair(broker: Broker, workers: Callable[..., Worker], name: str) -> lis
     return pair
 
 
-@pytest.mark.kafka
-@pytest.mark.parametrize("broker", ["kafka"], indirect=True)
+@KAFKA_ONLY
 def test_two_workers_answer_any_key_merge_scans_and_read_your_writes_through_a_forward(
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:
@@ -346,8 +344,7 @@ def test_two_workers_answer_any_key_merge_scans_and_read_your_writes_through_a_f
     assert read.status == 200 and read.body == 30, read.raw  # through the re-keyed view
 
 
-@pytest.mark.kafka
-@pytest.mark.parametrize("broker", ["kafka"], indirect=True)
+@KAFKA_ONLY
 def test_when_a_worker_dies_the_other_takes_over_and_reads_meanwhile_get_503_not_500(
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:

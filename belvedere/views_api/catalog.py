@@ -14,7 +14,7 @@ from aiohttp import web
 
 from belvedere.tables.view import View
 from belvedere.views_api.errors import json
-from belvedere.views_api.reads import lineage, source_end
+from belvedere.views_api.reads import lag_of, lineage
 from belvedere.views_api.routing import ask_members, members_of, self_url
 
 __all__ = ["list_views", "local_views"]
@@ -24,14 +24,12 @@ def _partition(app: Any, view: View, partition: int, now: float) -> dict[str, An
     status = view.status[partition]
     store = view.stores.get(partition)
     topics = lineage(app, view)
-    end = source_end(app, topics.folded, partition)
-    here = status.positions.get((topics.folded, partition))
     serving = status.state == "serving"
     return {
         "state": status.state,
         "generation": status.generation,
         "position": topics.position(status, partition)[topics.source],
-        "lag": end - here if end is not None and here is not None else None,
+        "lag": lag_of(app, topics, partition, status),
         "lastEvent": status.last_event_ms,
         "rows": store.count() if serving and store is not None else None,
         "restore": {

@@ -16,8 +16,6 @@ the changelog no longer holds answers 410: start again without an id.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from typing import Any
 
@@ -29,6 +27,7 @@ from belvedere.streams.readers import reader_for
 from belvedere.tables.changes import Checkpoint, Truncated, checkpoints
 from belvedere.tables.view import View
 from belvedere.views_api.errors import BadRequest, error
+from belvedere.views_api.opaque import pack, unpack
 from belvedere.views_api.reads import view_or_404
 
 __all__ = ["changes"]
@@ -47,12 +46,12 @@ class BadResume(BadRequest):
 
 def encode_resume(topic: str, resume: Resume) -> str:
     flat = [[topic, p, offset, sent] for p, (offset, sent) in sorted(resume.items())]
-    return base64.urlsafe_b64encode(orjson.dumps(flat)).rstrip(b"=").decode()
+    return pack(flat)
 
 
 def decode_resume(text: str, partitions: int) -> tuple[str, Resume]:
     try:
-        flat = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        flat = unpack(text)
         topics = {entry[0] for entry in flat}
         resume = {int(p): (int(offset), int(sent)) for _, p, offset, sent in flat}
         if len(topics) != 1 or set(resume) != set(range(partitions)):
@@ -60,7 +59,7 @@ def decode_resume(text: str, partitions: int) -> tuple[str, Resume]:
         if any(offset < 0 or sent < 0 for offset, sent in resume.values()):
             raise ValueError
         return topics.pop(), resume
-    except (binascii.Error, ValueError, TypeError):
+    except (ValueError, TypeError):
         raise BadResume(
             f"{text[:80]!r} is not a change feed id (use the id of the last event received)"
         ) from None

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from belvedere.views_api.reads import lineage, source_end
+from belvedere.views_api.reads import lag_of, lineage
 
 __all__ = ["RequestTimes", "metrics", "timed"]
 
@@ -92,13 +92,12 @@ def _render(app: Any, times: RequestTimes) -> str:
     total: list[str] = []
     serving: list[str] = []
     for name, view in sorted(app.views.items()):
-        topic = lineage(app, view).folded
+        topics = lineage(app, view)
         for p, status in sorted(view.status.items()):
             labels = _labels(view=name, partition=p)
-            end = source_end(app, topic, p)
-            here = status.positions.get((topic, p))
-            if end is not None and here is not None:
-                lines.append(f"belvedere_view_lag_events{labels} {end - here}")
+            lag = lag_of(app, topics, p, status)
+            if lag is not None:
+                lines.append(f"belvedere_view_lag_events{labels} {lag}")
             store = view.stores.get(p)
             if status.state == "serving" and store is not None:
                 family_rows.append(f"belvedere_view_rows{labels} {store.count()}")

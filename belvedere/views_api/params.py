@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import struct
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from belvedere.tables.view import View
 from belvedere.views_api.errors import BadRequest
+from belvedere.views_api.opaque import pack, unpack
 from belvedere.views_api.positions import BadToken, Positions, decode_token
 
 __all__ = [
@@ -82,7 +80,7 @@ def key_param(view: View, text: str, name: str = "key") -> Any:
 
 
 def encode_cursor(key: Any) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(key)).rstrip(b"=").decode()
+    return pack(key)
 
 
 def cursor_param(request: web.Request, view: View) -> bytes | None:
@@ -91,9 +89,9 @@ def cursor_param(request: web.Request, view: View) -> bytes | None:
     if not text:
         return None
     try:
-        key = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        key = unpack(text)
         if type(key) is not view.key_type:
             raise ValueError
         return view.store_key(key)
-    except (binascii.Error, ValueError, TypeError, OverflowError, struct.error):
+    except (ValueError, TypeError, OverflowError, struct.error):
         raise BadParam(f"cursor {text[:40]!r} is not a cursor of view {view.name!r}") from None

@@ -9,18 +9,15 @@ position of the token that its partitions read (read-your-writes, monotonic read
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import orjson
-
 from belvedere.tables.view import LocalPartition, PartitionStatus, View
 from belvedere.views_api.errors import BadRequest
+from belvedere.views_api.opaque import pack, unpack
 
 __all__ = [
     "HEADER_LAG",
@@ -53,13 +50,12 @@ class BadToken(BadRequest):
 
 def encode_token(positions: Mapping[str, Mapping[int, int]]) -> str:
     flat = sorted([t, p, o] for t, parts in positions.items() for p, o in parts.items())
-    return base64.urlsafe_b64encode(orjson.dumps(flat)).rstrip(b"=").decode()
+    return pack(flat)
 
 
 def decode_token(text: str) -> Positions:
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        flat = orjson.loads(raw)
+        flat = unpack(text)
         out: Positions = {}
         for topic, partition, offset in flat:
             if not (isinstance(topic, str) and type(partition) is int and type(offset) is int) or (
@@ -68,7 +64,7 @@ def decode_token(text: str) -> Positions:
                 raise ValueError
             out.setdefault(topic, {})[partition] = offset
         return out
-    except (binascii.Error, ValueError, TypeError):
+    except (ValueError, TypeError):
         raise BadToken(
             f"{text[:80]!r} is not a consistency token (take one from a response's "
             f"{HEADER_POSITION} header or from POST /events)"
@@ -153,18 +149,16 @@ def staleness_headers(
     partition: int,
     local: LocalPartition,
     status: PartitionStatus | None,
-    end: int | None,
+    lag: int | None,
 ) -> dict[str, str]:
-    """Position, lag and last event time of the copy of ``partition`` that answered;
-    ``end`` is the folded topic's end offset, if known here."""
+    """Position, lag and last event time of the copy of ``partition`` that answered."""
     headers = {HEADER_SERVED_FROM: local.state}
     if local.state != "serving" or status is None:
         headers[HEADER_LAG] = str(local.behind)
         headers[HEADER_POSITION] = encode_token({lineage.source: {}})
         return headers
     headers[HEADER_POSITION] = _position_token(lineage, status, partition)
-    here = status.positions.get((lineage.folded, partition))
-    headers[HEADER_LAG] = str(max(end - here, 0) if end is not None and here is not None else 0)
+    headers[HEADER_LAG] = str(lag or 0)
     if status.last_event_ms is not None:
         headers[HEADER_LAST_EVENT] = format_ms(status.last_event_ms)
     return headers

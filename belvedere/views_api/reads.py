@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from faust.types import TP
 
-from belvedere.tables.view import NotLocal, View
+from belvedere.tables.view import NotLocal, PartitionStatus, View
 from belvedere.views_api.errors import error
 from belvedere.views_api.params import after_token, int_param, key_param, timeout_param
 from belvedere.views_api.positions import (
@@ -38,7 +38,7 @@ from belvedere.views_api.routing import (
     self_url,
 )
 
-__all__ = ["HEADER_GENERATION", "get_row", "lineage", "not_here", "source_end", "view_or_404"]
+__all__ = ["HEADER_GENERATION", "get_row", "lag_of", "lineage", "not_here", "view_or_404"]
 
 HEADER_GENERATION = "X-Belvedere-Generation"
 #: Largest ``max_lag`` a read may give.
@@ -73,13 +73,17 @@ def _lineage(app: Any, view: View) -> Lineage:
     return Lineage(projection.source.get_topic_name(), projection.fold_topic.get_topic_name())
 
 
-def source_end(app: Any, topic: str, partition: int) -> int | None:
-    """The end offset of the source partition as last fetched (None: not known here)."""
+def lag_of(app: Any, topics: Lineage, partition: int, status: PartitionStatus) -> int | None:
+    """Records of the folded partition not yet applied here, against its end offset as last
+    fetched (None: not known here)."""
+    here = status.positions.get((topics.folded, partition))
     try:
-        end = app.consumer.highwater(TP(topic, partition))
+        end = app.consumer.highwater(TP(topics.folded, partition))
     except Exception:  # not assigned here, or nothing fetched yet
         return None
-    return end if isinstance(end, int) and end >= 0 else None
+    if here is None or not isinstance(end, int) or end < 0:
+        return None
+    return max(end - here, 0)
 
 
 async def not_here(
@@ -132,13 +136,9 @@ async def get_row(app: Any, request: web.Request) -> web.StreamResponse:
             local = view.local(partition, max_lag)  # it may have moved while we waited
         except NotLocal as exc:
             return await not_here(app, request, view, partition, exc, timeout)
-    headers = staleness_headers(
-        topics,
-        partition,
-        local,
-        view.status.get(partition),
-        source_end(app, topics.folded, partition),
-    )
+    status = view.status.get(partition)
+    lag = None if status is None else lag_of(app, topics, partition, status)
+    headers = staleness_headers(topics, partition, local, status, lag)
     headers[HEADER_GENERATION] = str(view.generation)
     headers[HEADER_WORKER] = self_url(app)
     data = local.store.get(view.store_key(key))

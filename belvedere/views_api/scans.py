@@ -39,8 +39,8 @@ from belvedere.views_api.positions import (
 from belvedere.views_api.reads import (
     HEADER_GENERATION,
     get_row,
+    lag_of,
     lineage,
-    source_end,
     view_or_404,
 )
 from belvedere.views_api.routing import ask_members, members_of, self_url
@@ -86,10 +86,7 @@ async def _local_part(
     lag, last = 0, None
     for p in served:
         status = view.status[p]
-        end = source_end(app, topics.folded, p)
-        here = status.positions.get((topics.folded, p))
-        if end is not None and here is not None:
-            lag = max(lag, end - here)
+        lag = max(lag, lag_of(app, topics, p, status) or 0)
         if status.last_event_ms is not None:
             last = max(last or 0, status.last_event_ms)
     return {

@@ -6,6 +6,8 @@ second and redraws, so it stays current while the worker runs.
 
 from __future__ import annotations
 
+import functools
+import html
 from importlib import resources
 from typing import Any
 
@@ -13,12 +15,16 @@ from aiohttp import web
 
 __all__ = ["status_page"]
 
-_PAGE = resources.files("belvedere.views_api").joinpath("static/status.html")
+
+@functools.cache
+def _page(app_id: str) -> str:
+    page = resources.files("belvedere.views_api").joinpath("static/status.html")
+    return page.read_text(encoding="utf-8").replace("{{app}}", html.escape(app_id))
 
 
 async def status_page(app: Any, request: web.Request) -> web.StreamResponse:
     return web.Response(
-        text=_PAGE.read_text(encoding="utf-8").replace("{{app}}", app.conf.id),
+        text=_page(app.conf.id),
         content_type="text/html",
         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
     )

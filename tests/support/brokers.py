@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import pytest
+
 from belvedere.streams.clients import BrokerClient, Record, StoredRecord
 
 KeyValue = tuple[bytes | None, bytes | None]
+#: For a test that needs several workers in one consumer group: the Kafka broker only (the
+#: embedded broker's group has one member).
+KAFKA_ONLY = pytest.mark.parametrize(
+    "broker", [pytest.param("kafka", marks=pytest.mark.kafka)], indirect=True
+)
 #: The source topics of tests/apps/ledger.py (each under the app's name), 4 partitions each.
 LEDGER_TOPICS = ("movements", "notes", "orders", "tallies")
 
