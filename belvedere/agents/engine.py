@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,31 @@ def _decode(codec: Any, record: Any) -> Any:
         timestamp=record.timestamp / 1000.0,
         source=f"{record.topic}-{record.partition}-{record.offset}",
     )
+
+
+Decode = Callable[[Any], Any]
+
+
+def _decoder(codec: Any, shared: bool) -> Decode:
+    """Decodes a batch's records; ``shared`` by several projections, each record once (an
+    event is an immutable value, so they may share it)."""
+    if not shared:
+        return lambda record: _decode(codec, record)
+    seen: dict[int, Any] = {}
+
+    def decode(record: Any) -> Any:
+        found = seen.get(record.offset)
+        if found is None:
+            try:
+                found = _decode(codec, record)
+            except BadEvent as exc:
+                found = exc
+            seen[record.offset] = found
+        if isinstance(found, BadEvent):
+            raise found
+        return found
+
+    return decode
 
 
 def _origin(record: Any) -> tuple[tuple[str, int], int] | None:
@@ -123,10 +148,11 @@ class ProjectionEngine(Service):
         #: The projections folding each topic, and those re-keying each source topic.
         self._by_topic: dict[str, list[Projection]] = {}
         self._rekeys: dict[str, list[Projection]] = {}
-        #: Each (view, source partition) served here, and how far its re-keying got.
+        #: Each (view, source partition) served here.
         self._active: dict[Slot, _Partition] = {}
         #: Partitions of a generation being rebuilt, next to their live ones in ``_active``.
         self._building: dict[Slot, _Partition] = {}
+        #: How far re-keying got in source partitions that no projection folds directly.
         self._rekeyed: dict[TP, int] = {}
         self.rebuilds = Rebuilder(self)
         #: Changelog topics already declared by this worker.
@@ -360,9 +386,13 @@ class ProjectionEngine(Service):
     async def on_batch(self, batches: Mapping[TP, Sequence[Any]]) -> None:
         async with self._lock:
             for tp, records in batches.items():
-                for projection in self._rekeys.get(tp.topic, ()):
-                    await self._rekey(projection, tp, records)
+                rekeys = self._rekeys.get(tp.topic, [])
                 folds = self.projections_of(tp.topic)
+                readers = [*folds, *rekeys]
+                rebuilding = any(slot(p, tp) in self._building for p in folds)
+                decode = _decoder(readers[0].source.codec, len(readers) > 1 or rebuilding)
+                for projection in rekeys:
+                    await self._rekey(projection, tp, records, decode)
                 parts = [self._active.get(slot(projection, tp)) for projection in folds]
                 if not all(parts):
                     # Fetched before its restore started (or after a revoke): read it again later.
@@ -376,12 +406,12 @@ class ProjectionEngine(Service):
                 self._rekeyed.pop(tp, None)
                 for projection, part in zip(folds, parts, strict=True):
                     assert part is not None
-                    await self._process(part, records)
+                    await self._process(part, records, decode)
                     building = self._building.get(slot(projection, tp))
                     if building is not None and building.mode == "following":
-                        await self.rebuilds.follow(building, records, part.next_offset)
+                        await self.rebuilds.follow(building, records, part.next_offset, decode)
 
-    async def _process(self, part: _Partition, records: Sequence[Any]) -> None:
+    async def _process(self, part: _Partition, records: Sequence[Any], decode: Decode) -> None:
         first = records[0].offset
         if first > part.next_offset and not part.sought:
             # The broker's committed offset ran ahead of the store's (e.g. a restore from an
@@ -390,16 +420,19 @@ class ProjectionEngine(Service):
             await self.app.consumer.seek(part.tp, part.next_offset)
             return
         part.sought = True
-        await self.fold(part, records)
+        await self.fold(part, records, decode)
 
-    async def fold(self, part: _Partition, records: Sequence[Any]) -> None:
+    async def fold(
+        self, part: _Partition, records: Sequence[Any], decode: Decode | None = None
+    ) -> None:
         """Apply ``records`` (in offset order) to ``part``, checkpointing as they go.
 
         A live partition stops early for a rebalance, and seeks back to what it left.
         """
         live = part.mode == "live"
         projection = part.projection
-        codec = projection.source.codec
+        if decode is None:
+            decode = _decoder(projection.source.codec, shared=False)
         handlers = projection.handlers
         txn = part.txn
         origins = part.origins if projection.repartition is not None else None
@@ -426,7 +459,7 @@ class ProjectionEngine(Service):
                 if record.value is None:
                     continue  # a watermark: nothing from that origin before it is left to come
             try:
-                event = _decode(codec, record)
+                event = decode(record)
             except BadEvent as exc:
                 if reports_bad_input:
                     await self.app.dead_letters.send(record, exc.kind, exc.reason)
@@ -461,7 +494,9 @@ class ProjectionEngine(Service):
             or time.monotonic() - part.flushed_at >= self.checkpoint_interval
         )
 
-    async def _rekey(self, projection: Projection, tp: TP, records: Sequence[Any]) -> None:
+    async def _rekey(
+        self, projection: Projection, tp: TP, records: Sequence[Any], decode: Decode
+    ) -> None:
         """Copy a source batch to the repartition topic under each event's view key.
 
         At-least-once: after a crash the copies are written again, and the folding stage
@@ -472,13 +507,12 @@ class ProjectionEngine(Service):
         view, by = projection.view, projection.by
         partitions = view.partitions or 1
         target = projection.repartition.get_topic_name()
-        codec = projection.source.codec
         send = self.app.producer.send
         reports_bad_input = self._reports_bad_input(projection, tp.topic)
         futures = []
         for record in records:
             try:
-                event = _decode(codec, record)
+                event = decode(record)
                 if type(event) not in projection.handlers:
                     continue  # not this view's: its key may not even exist
                 key = view.check_key(by(event))

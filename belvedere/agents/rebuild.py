@@ -45,7 +45,7 @@ from belvedere.tables.generations import (
 from belvedere.tables.view import PartitionStatus
 
 if TYPE_CHECKING:
-    from belvedere.agents.engine import ProjectionEngine, _Partition
+    from belvedere.agents.engine import Decode, ProjectionEngine, _Partition
 
 __all__ = ["RebuildConflict", "Rebuilder"]
 
@@ -241,7 +241,9 @@ class Rebuilder:
         part.status.state = "rebuilding"
         self.engine._building[slot(part.projection, part.tp)] = part
 
-    async def follow(self, part: _Partition, records: Any, live_next: int) -> None:
+    async def follow(
+        self, part: _Partition, records: Any, live_next: int, decode: Decode | None = None
+    ) -> None:
         """Fold a live batch into a caught-up new generation, up to where the live one got."""
         done = [r for r in records if r.offset < live_next]
         if not done:
@@ -250,7 +252,7 @@ class Rebuilder:
             part.mode = "replaying"  # a gap: let the replay fill it
             return
         with replaying():
-            await self.engine.fold(part, done)
+            await self.engine.fold(part, done, decode)
         part.next_offset = max(part.next_offset, live_next)
 
     async def _position(self, part: _Partition) -> None:
