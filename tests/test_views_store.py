@@ -250,3 +250,31 @@ def test_restore_progress_gives_rate_and_eta() -> None:
     assert PartitionStatus(restore_started=100.0).restore_rate(now=101.0) is None
     status.state, status.restore_done, status.restore_finished = "serving", 1_000, 104.0
     assert status.restore_rate(now=500.0) == 250.0 and status.restore_eta() == 0.0
+
+
+def test_a_pending_checkpoint_the_log_holds_whole_is_confirmed_by_the_restore(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    """A crash after the changelog acknowledged a checkpoint but before the local confirm:
+    the restore finds the checkpoint complete, so nothing is written again (a change feed
+    would otherwise show the same change twice). Had it been torn, its rows stay pending."""
+    v = view(indexes=())
+    enc = v.encode_value
+    first = {b"a": enc(Row(owner="x", total=1))}
+    second = {b"a": enc(Row(owner="x", total=2)), b"b": enc(Row(owner="y", total=1))}
+    whole = as_log([(first, {("src", 0): 4}), (second, {("src", 0): 6})])
+    for name, log in (("whole", whole), ("torn", whole[:2])):
+        store = PartitionStore(tmp_path / f"{name}.db", budget)
+        store.write(first, {}, 1, {("src", 0): 4}, None, pending=True)
+        store.confirm(0, first)
+        store.write(second, {}, 1, {("src", 0): 6}, None, pending=True)
+        restorer = Restorer(v, store)
+        restorer.feed(log[1:])  # a restore reads on from the confirmed changelog offset
+        if name == "whole":
+            assert restorer.finish() == set()
+            assert store.pending_keys() == [] and store.changelog_offset() == 2
+        else:
+            assert restorer.finish() == {b"a"}
+            assert sorted(store.pending_keys()) == [b"a", b"b"]
+        assert store.source_offsets() == {("src", 0): 6}
+        store.close()

@@ -11,7 +11,8 @@ Dropped records stay in the log, so the restoring worker writes those keys again
 their restored values) in a repair checkpoint before anything else: a later restore then
 applies the stale records and, before the next end marker, their corrections. A
 checkpoint is written locally first, with its keys marked pending until the changelog
-acknowledges it, so a crash between the two is repaired the same way on restart.
+acknowledges it, so a crash between the two is repaired the same way on restart; if the
+checkpoint did reach the log whole, the restore finds it there and the rows need nothing.
 
 If compaction removed a key's last complete value in favour of a dropped record, the
 repair would write the wrong value; changelog topics therefore carry
@@ -113,6 +114,8 @@ class Restorer:
         # them back (a third of a restore's time), up to a bound on memory.
         fresh = self._index_values is None and store.count() == 0
         self._present: set[bytes] | None = set() if fresh else None
+        # Rows written locally whose checkpoint may have reached the log before a crash.
+        self._unconfirmed = set(store.pending_keys())
 
     def feed(self, records: Iterable[Any]) -> None:
         """Records with ``.offset``, ``.key``, ``.value``, ``.headers``."""
@@ -138,6 +141,12 @@ class Restorer:
         else:
             index_changes, delta = self.store.plan(self.pending, self._index_values)
         self.store.write(self.pending, index_changes, delta, source_offsets, changelog_offset)
+        if self._unconfirmed:
+            # The log holds a complete checkpoint of these rows: writing them again would
+            # show a change feed the same change twice.
+            confirmed = self._unconfirmed.intersection(self.pending)
+            self.store.confirm(None, confirmed)
+            self._unconfirmed -= confirmed
         self.applied += len(self.pending)
         self.pending = {}
 
