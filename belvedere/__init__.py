@@ -1,5 +1,7 @@
 """Belvedere: event-driven services with materialized views, on faust."""
 
+from belvedere.agents.aggregates import Aggregate, Rejected, Reply
+from belvedere.agents.testing import AggregateFixture
 from belvedere.app import App
 from belvedere.streams.context import caused_by
 from belvedere.streams.envelope import EventMeta
@@ -8,6 +10,8 @@ from belvedere.streams.topics import EventTopic, Published
 from belvedere.streams.upcasters import upcaster
 
 __all__ = [
+    "Aggregate",
+    "AggregateFixture",
     "App",
     "Command",
     "Document",
@@ -16,6 +20,8 @@ __all__ = [
     "EventTopic",
     "Published",
     "Record",
+    "Rejected",
+    "Reply",
     "__version__",
     "caused_by",
     "upcaster",

@@ -12,6 +12,8 @@ from faust.transport import by_url
 from faust.types.transports import ConductorT, TransportT
 from mode.utils.objects import cached_property
 
+from belvedere.agents.aggregates import Aggregate
+from belvedere.agents.commands import CommandProjection
 from belvedere.agents.engine import ProjectionEngine
 from belvedere.agents.projection import Projection
 from belvedere.streams.conductor import Conductor
@@ -94,6 +96,8 @@ class App(faust.App):
         self.event_topics: dict[str, EventTopic] = {}
         #: The views declared with :meth:`view`, by name.
         self.views: dict[str, View] = {}
+        #: The aggregate types declared with :meth:`aggregate`, by type name.
+        self.aggregates: dict[str, CommandProjection] = {}
         self.projections = ProjectionEngine(self)
         self.projections.checkpoint_interval = checkpoint_interval
         self.projections.checkpoint_events = checkpoint_events
@@ -210,6 +214,80 @@ class App(faust.App):
             return found.register(target, events)
 
         return register
+
+    def aggregate(
+        self,
+        aggregate: type[Aggregate],
+        *,
+        events: EventTopic,
+        commands: EventTopic,
+        keep_commands: int = 100,
+        keep_commands_for: float = 24 * 3600.0,
+    ) -> CommandProjection:
+        """Declare an event-sourced aggregate type: its commands arrive on ``commands``, the
+        events its handlers accept are appended to ``events``. Both are keyed by aggregate
+        id and have as many partitions; ``events`` is written by its command handlers only.
+
+        Its snapshots are the view ``aggregate-<Type>``. Each aggregate remembers the
+        outcomes of its last ``keep_commands`` commands, for ``keep_commands_for`` seconds,
+        to answer a repeated command id. Add handlers with :meth:`command_handler`.
+        """
+        if not (isinstance(aggregate, type) and issubclass(aggregate, Aggregate)):
+            raise TypeError(f"{aggregate!r} is not a belvedere.Aggregate class")
+        name = aggregate.aggregate_type
+        if name in self.aggregates:
+            raise ValueError(f"aggregate type {name!r} is already declared")
+        for topic in (events, commands):
+            if not isinstance(topic, EventTopic):
+                raise TypeError("an aggregate's events and commands are event topics")
+        counts = {
+            t.get_topic_name(): t.partitions or self.conf.topic_partitions
+            for t in (events, commands)
+        }
+        if len(set(counts.values())) != 1:
+            raise ValueError(
+                f"aggregate {name}: its topics must have as many partitions, not {counts}"
+            )
+        taken = {p.events_topic: p.aggregate.__name__ for p in self.aggregates.values()}
+        if events.get_topic_name() in taken:
+            raise ValueError(
+                f"{events.get_topic_name()!r} already holds {taken[events.get_topic_name()]} events"
+            )
+        view = self.view(f"aggregate-{name}", value=dict, partitions=commands.partitions)
+        projection = CommandProjection(
+            self,
+            aggregate,
+            commands=commands,
+            events=events,
+            view=view,
+            keep_commands=keep_commands,
+            keep_commands_for=keep_commands_for,
+        )
+        self.aggregates[name] = projection
+        self.projections.add(projection)
+        self.topics.add(commands)
+        return projection
+
+    def command_handler(self, aggregate: type[Aggregate]) -> Callable[[Any], Any]:
+        """Decorate ``fn(aggregate, command)``: it returns the events to emit (an event, a
+        list, None, or ``belvedere.Reply``), or raises ``belvedere.Rejected``. The command
+        type is read from the annotation of its second parameter."""
+        found = self.aggregates.get(getattr(aggregate, "aggregate_type", ""))
+        if found is None or found.aggregate is not aggregate:
+            raise LookupError(f"declare {aggregate!r} with app.aggregate(...) first")
+
+        def register(fn: Any) -> Any:
+            found.add_handler(fn)
+            return fn
+
+        return register
+
+    def command_route(self, name: str) -> CommandProjection | None:
+        """The aggregate whose handlers take the command type ``name``."""
+        for projection in self.aggregates.values():
+            if any(cls.event_type == name for cls in projection.command_handlers):
+                return projection
+        return None
 
     def check(self) -> None:
         """Refuse what cannot work, before a worker starts: a faust agent on a topic a

@@ -44,7 +44,7 @@ from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.transaction import PartitionTransaction, WrongPartition
 from belvedere.tables.view import PartitionStatus
 
-__all__ = ["HEADER_ORIGIN", "ProjectionEngine"]
+__all__ = ["HEADER_ORIGIN", "ProjectionEngine", "send_all"]
 
 #: On a repartitioned copy: the original record's topic, partition and offset.
 HEADER_ORIGIN = "bv-origin"
@@ -95,6 +95,24 @@ def _origin(record: Any) -> tuple[tuple[str, int], int] | None:
 
 
 logger = logging.getLogger(__name__)
+
+
+async def send_all(
+    producer: Any,
+    topic: str,
+    partition: int,
+    records: Sequence[tuple[bytes, bytes | None, list[tuple[str, bytes]]]],
+) -> list[Any]:
+    """Write (key, value, headers) records to one partition, in order; returns each one's
+    metadata once the broker has them all."""
+    send_batch = getattr(producer, "send_batch", None)
+    if send_batch is not None:  # the embedded broker: one append for the whole lot
+        return send_batch(topic, partition, records)
+    futures = [
+        await producer.send(topic, key, value, partition, None, headers)
+        for key, value, headers in records
+    ]
+    return list(await asyncio.gather(*futures))
 
 
 class _Partition:
@@ -205,6 +223,7 @@ class ProjectionEngine(Service):
             for generation in {gen.active, gen.building} - {None}:
                 await self.declare_changelog(view, generation)  # type: ignore[arg-type]
             self.rebuilds.remove_stale_files(view)
+            await projection.on_start()
         self._reader = reader_for(self.app)
         await self._reader.connect()  # ahead of the first restore, which a rebalance waits on
         self.app.on_partitions_revoked.connect(self._on_revoked)
@@ -371,6 +390,8 @@ class ProjectionEngine(Service):
                 await self._write_changelog(part, rows, repair=True)
             if pending:  # values the changelog never completed
                 await self._write_changelog(part, {key: store.get(key) for key in pending})
+            if await projection.after_restore(part, reader):
+                await self._checkpoint(part)
             parts.append(part)
             logger.info(
                 "view %s[%d] g%d: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
@@ -468,6 +489,7 @@ class ProjectionEngine(Service):
                 if handler is not None:
                     txn.savepoint()
                     try:
+                        txn.source_offset = offset
                         result = handler.fn(txn, event)
                         if handler.is_async:
                             await result
@@ -490,7 +512,8 @@ class ProjectionEngine(Service):
 
     def _due(self, part: _Partition) -> bool:
         return (
-            part.dirty >= self.checkpoint_events
+            part.projection.eager
+            or part.dirty >= self.checkpoint_events
             or time.monotonic() - part.flushed_at >= self.checkpoint_interval
         )
 
@@ -552,6 +575,7 @@ class ProjectionEngine(Service):
         await asyncio.gather(*futures)
 
     async def _checkpoint(self, part: _Partition) -> None:
+        await part.projection.before_checkpoint(part)
         store, txn = part.store, part.txn
         rows = txn.encoded()
         offsets = part.offsets()
@@ -569,6 +593,7 @@ class ProjectionEngine(Service):
         part.flushed_at = time.monotonic()
         if rows:
             await self._write_changelog(part, rows)
+        part.projection.after_checkpoint(part)
         if part.mode != "live":
             return  # the live generation's offsets are the group's
         await self._commit(part.tp)
@@ -593,16 +618,6 @@ class ProjectionEngine(Service):
     async def _write_changelog(
         self, part: _Partition, rows: Mapping[bytes, bytes | None], *, repair: bool = False
     ) -> None:
-        topic = part.changelog
         records = changelog_records(rows, part.offsets(), repair=repair)
-        producer = self.app.producer
-        send_batch = getattr(producer, "send_batch", None)
-        if send_batch is not None:  # the embedded broker: one append for the whole checkpoint
-            sent = send_batch(topic, part.tp.partition, records)
-        else:
-            futures = [
-                await producer.send(topic, key, value, part.tp.partition, None, headers)
-                for key, value, headers in records
-            ]
-            sent = await asyncio.gather(*futures)
+        sent = await send_all(self.app.producer, part.changelog, part.tp.partition, records)
         part.store.confirm(sent[-1].offset if sent else None, rows.keys())

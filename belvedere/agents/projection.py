@@ -21,13 +21,16 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from faust.types import TP
 
 from belvedere.streams.records import Event
 from belvedere.streams.topics import EventTopic
 from belvedere.tables.view import View
+
+if TYPE_CHECKING:
+    from belvedere.streams.readers import PartitionReader
 
 __all__ = ["Handler", "Projection"]
 
@@ -67,6 +70,25 @@ class Projection:
     by: Callable[[Any], Any] | None = None
     repartition: EventTopic | None = None
     handlers: dict[type[Event], Handler] = field(default_factory=dict)
+
+    #: Checkpoint at the end of every batch, not on the interval: someone waits on it.
+    eager: ClassVar[bool] = False
+    #: Why the view cannot be rebuilt by replaying its source (None: it can).
+    not_rebuildable: ClassVar[str | None] = None
+
+    async def on_start(self) -> None:
+        """Called when the worker starts, before any partition is assigned."""
+
+    async def after_restore(self, part: Any, reader: PartitionReader) -> bool:
+        """Called once a partition is restored, before its first batch; True if it
+        changed the partition's state (the engine then checkpoints it)."""
+        return False
+
+    async def before_checkpoint(self, part: Any) -> None:
+        """Called before a checkpoint of ``part`` is written."""
+
+    def after_checkpoint(self, part: Any) -> None:
+        """Called once a checkpoint of ``part`` is durable (local and changelog)."""
 
     @property
     def fold_topic(self) -> EventTopic:

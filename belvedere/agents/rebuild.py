@@ -201,6 +201,9 @@ class Rebuilder:
         """Begin rebuilding view ``name``; returns its new generation record."""
         if name not in self.engine.projections:
             raise LookupError(f"view {name!r} has no projection to rebuild it from")
+        refusal = self.engine.projections[name].not_rebuildable
+        if refusal:
+            raise RebuildConflict(f"view {name!r} cannot be rebuilt: {refusal}")
         await self._poll()
         gen = self.generation(name)
         if gen.building is not None:

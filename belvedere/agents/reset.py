@@ -39,6 +39,8 @@ def reset_view(app: Any, name: str, client: BrokerClient) -> ResetReport:
     projection = app.projections.projections.get(name)
     if projection is None:
         raise LookupError(f"view {name!r} has no projection to rebuild it from")
+    if projection.not_rebuildable:
+        raise LookupError(f"view {name!r} cannot be reset: {projection.not_rebuildable}")
     source = projection.source.get_topic_name()
     partitions = view.partitions or projection.source.partitions or app.conf.topic_partitions
     source_partitions = client.partitions(source) or partitions

@@ -67,9 +67,10 @@ def new_meta(
     cause: EventMeta | None = None,
     correlation_id: str | None = None,
     causation_id: str | None = None,
+    event_id: str | None = None,
 ) -> EventMeta:
     """The envelope of a new event: it continues ``cause``'s correlation, caused by it."""
-    event_id = str(uuid.uuid4())
+    event_id = event_id or str(uuid.uuid4())
     return EventMeta(
         event_id=event_id,
         event_type=event.event_type,

@@ -151,14 +151,15 @@ def _compile_encoder(fields: list[FieldSpec]) -> Callable[[Any], dict[str, Any]]
     return env["encode"]
 
 
-def _defining_scope() -> dict[str, Any] | None:
-    """The local names where a class statement ran, if inside a function.
+def _defining_scope(caller: str = __file__) -> dict[str, Any] | None:
+    """The local names where a class statement ran, if inside a function (``caller``: the
+    file of the ``__init_subclass__`` asking, whose frames are skipped too).
 
     With ``from __future__ import annotations`` a hint naming a class defined in the same
     function cannot be resolved later without them.
     """
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename == __file__:
+    while frame is not None and frame.f_code.co_filename in (__file__, caller):
         frame = frame.f_back
     if frame is None or frame.f_locals is frame.f_globals:
         return None
@@ -249,9 +250,14 @@ Event.event_key = None
 
 
 class Command(Event):
-    """A request for an action, addressed to one handler; it may be rejected."""
+    """A request for an action, addressed to one handler; it may be rejected.
+
+    ``expected_version`` (``expectedVersion`` on the wire), when given, is the version
+    of the aggregate the sender saw: the command is refused if it has moved on since.
+    """
 
     kind: ClassVar[EventKind] = "command"
+    expected_version: int | None = None
 
 
 class Document(Event):

@@ -118,12 +118,16 @@ class EventTopic(Topic):
         key: str | bytes | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        event_id: str | None = None,
+        partition: int | None = None,
     ) -> Published:
         """Write ``event`` in its envelope; returns once the broker has it.
 
         Handled inside an agent (or ``caused_by``), it continues the handled event's
         correlation, and is caused by it. While a rebuild replays history into a new
         generation of a view, a projection's publishes are not sent (``suppressed``).
+        ``event_id`` names it (a command's id, for deduplication); ``partition`` overrides
+        the key's.
         """
         known = self.codec.types.get(type(event).event_type)
         if known is not type(event):
@@ -136,6 +140,7 @@ class EventTopic(Topic):
             cause=current_cause(),
             correlation_id=correlation_id,
             causation_id=causation_id,
+            event_id=event_id,
         )
         if side_effects_suppressed():
             return Published(meta, self.get_topic_name(), -1, -1, suppressed=True)
@@ -143,6 +148,7 @@ class EventTopic(Topic):
             key=self.key_for(event, key),
             value=self.codec.encode(event, meta),
             headers=self.codec.headers(event),
+            partition=partition,
         )
         sent = await fut
         return Published(meta, sent.topic, sent.partition, sent.offset)

@@ -39,10 +39,11 @@ def _answers(ok: str, *errors: int, ok_status: str = "200", body: dict | None = 
         401: "no token where one is needed",
         403: "a wrong token",
         404: "no such view, key, topic or path",
-        409: "a rebuild is already running",
+        409: "a conflict: a rebuild already running, or not the expectedVersion",
         410: "the position is gone (the view was rebuilt, or its changelog compacted)",
         503: "the partition is not served right now (recovering, or moving): retry after",
-        504: "the view did not apply the token's positions in time",
+        422: "the command was rejected",
+        504: "not in time: the token's positions, or the command's outcome",
     }
     for status in (*errors, 401, 403):
         out[str(status)] = {
@@ -50,6 +51,78 @@ def _answers(ok: str, *errors: int, ok_status: str = "200", body: dict | None = 
             "content": {"application/json": {"schema": ERROR}},
         }
     return out
+
+
+def _command_paths(app: Any, timeout: dict) -> dict[str, Any]:
+    """The write side: commands, and aggregates with their history."""
+    commands = sorted(c.event_type for p in app.aggregates.values() for c in p.command_handlers)
+    kind = _param(
+        "type",
+        "path",
+        "an aggregate type",
+        {"type": "string", "enum": sorted(app.aggregates) or ["none"]},
+    )
+    aggregate_id = _param("id", "path", "the aggregate's id", {"type": "string", "minLength": 1})
+    return {
+        "/commands/{name}": {
+            "post": {
+                "summary": "Send a command; answered once it is decided",
+                "parameters": [
+                    _param(
+                        "name",
+                        "path",
+                        "the command type",
+                        {"type": "string", "enum": commands or ["none"]},
+                    ),
+                    _param(
+                        "Idempotency-Key",
+                        "header",
+                        "the command id: a repeat gets the first outcome",
+                        {"type": "string", "maxLength": 200},
+                    ),
+                    _param(
+                        "X-Correlation-Id",
+                        "header",
+                        "the flow this command belongs to",
+                        {"type": "string"},
+                    ),
+                    timeout,
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": _answers(
+                    "accepted, with its events and a token",
+                    400,
+                    404,
+                    409,
+                    422,
+                    503,
+                    504,
+                    ok_status="202",
+                ),
+            }
+        },
+        "/aggregates/{type}/{id}": {
+            "get": {
+                "summary": "An aggregate's state and version, now or as it was",
+                "parameters": [
+                    kind,
+                    aggregate_id,
+                    _param("at", "query", "a version, or an ISO-8601 time", {"type": "string"}),
+                ],
+                "responses": _answers("its state", 400, 404, 503),
+            }
+        },
+        "/aggregates/{type}/{id}/events": {
+            "get": {
+                "summary": "An aggregate's events, oldest first",
+                "parameters": [kind, aggregate_id],
+                "responses": _answers("its history", 404, 503),
+            }
+        },
+    }
 
 
 def spec(app: Any) -> dict[str, Any]:
@@ -245,6 +318,7 @@ def spec(app: Any) -> dict[str, Any]:
                     "responses": _answers("written", 400, 404, ok_status="201"),
                 }
             },
+            **_command_paths(app, timeout),
         },
         "components": {
             "schemas": {

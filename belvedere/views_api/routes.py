@@ -11,9 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
+from belvedere.views_api.aggregates import aggregate_events, get_aggregate
 from belvedere.views_api.auth import tokens_required
 from belvedere.views_api.catalog import list_views
 from belvedere.views_api.changes import changes
+from belvedere.views_api.commands import send_command
 from belvedere.views_api.errors import errors_as_json
 from belvedere.views_api.events import publish_events
 from belvedere.views_api.health import health, ready
@@ -42,6 +44,9 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/views/{view}/changes", changes),
     ("GET", "/views/{view}/{key}", get_row),
     ("POST", "/events/{topic}", publish_events),
+    ("POST", "/commands/{name}", send_command),
+    ("GET", "/aggregates/{type}/{id}", get_aggregate),
+    ("GET", "/aggregates/{type}/{id}/events", aggregate_events),
 ]
 
 

@@ -1,0 +1,158 @@
+"""Given-when-then fixtures: test an aggregate's handlers without a broker or a worker.
+
+::
+
+    orders = belvedere.AggregateFixture(Order, app)
+    orders.given(OrderCreated(order_id="o-1", amount=Decimal("99.99"))) \\
+          .when(PayOrder(order_id="o-1")) \\
+          .then(OrderPaid(order_id="o-1"))
+    orders.given().when(PayOrder(order_id="o-1")).then_rejected("not awaiting payment")
+
+The fixture runs the very functions a worker runs (:func:`belvedere.agents.aggregates.decide`
+and the aggregate's apply methods); a failed expectation is an AssertionError saying what
+happened instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from belvedere.agents.aggregates import (
+    Aggregate,
+    CommandHandler,
+    Decision,
+    annotated_types,
+    decide,
+)
+from belvedere.streams.records import Command, Event
+
+__all__ = ["AggregateFixture", "Outcome", "Scenario"]
+
+
+def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run to completion, also from inside a running event loop (an async test)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coroutine)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class AggregateFixture:
+    """The handlers of one aggregate type, from an app or given directly."""
+
+    def __init__(
+        self,
+        aggregate: type[Aggregate],
+        app: Any = None,
+        *,
+        handlers: Iterable[Callable[..., Any]] = (),
+        aggregate_id: str = "fixture-1",  # for commands without a key field
+    ) -> None:
+        self.aggregate = aggregate
+        self.aggregate_id = aggregate_id
+        self.handlers: dict[type[Command], CommandHandler] = {}
+        if app is not None:
+            found = app.aggregates.get(aggregate.aggregate_type)
+            if found is None:
+                raise LookupError(f"{aggregate.__name__} is not declared on {app.conf.id!r}")
+            self.handlers.update(found.command_handlers)
+        for fn in handlers:
+            for cls in annotated_types(
+                fn, Command, 1, "a command handler takes (aggregate, command)"
+            ):
+                self.handlers[cls] = CommandHandler(
+                    fn, asyncio.iscoroutinefunction(fn), fn.__qualname__, aggregate
+                )
+
+    def given(self, *events: Event) -> Scenario:
+        """The aggregate's history so far (none: a new aggregate)."""
+        return Scenario(self, list(events))
+
+
+class Scenario:
+    def __init__(self, fixture: AggregateFixture, history: list[Event]) -> None:
+        self.fixture = fixture
+        self.history = history
+
+    def when(self, command: Command) -> Outcome:
+        fixture = self.fixture
+        handler = fixture.handlers.get(type(command))
+        if handler is None:
+            known = ", ".join(sorted(c.__name__ for c in fixture.handlers)) or "none"
+            raise LookupError(f"no handler for {type(command).__name__} (handlers: {known})")
+        key = type(command).event_key
+        aggregate_id = str(getattr(command, key)) if key else fixture.aggregate_id
+        aggregate = fixture.aggregate.replay(aggregate_id, self.history)
+        decision = run(decide(aggregate, handler, command))
+        return Outcome(decision, aggregate)
+
+
+class Outcome:
+    """What the command came to; each ``then_*`` asserts one thing and returns self."""
+
+    def __init__(self, decision: Decision, aggregate: Aggregate) -> None:
+        self.decision = decision
+        #: The aggregate after the command (unchanged unless accepted).
+        self.aggregate = aggregate
+
+    def _expect(self, status: str) -> None:
+        d = self.decision
+        if d.status != status:
+            said = f": {d.detail}" if d.detail else f" with {d.events!r}"
+            raise AssertionError(
+                f"expected the command to be {status}, but it was {d.status}{said}"
+            )
+
+    def then(self, *events: Event) -> Outcome:
+        """Accepted, emitting exactly these events (compared by type and fields)."""
+        self._expect("accepted")
+        if list(events) != self.decision.events:
+            raise AssertionError(
+                f"expected events {list(events)!r}, but it emitted {self.decision.events!r}"
+            )
+        return self
+
+    def then_rejected(self, match: str | None = None) -> Outcome:
+        """Rejected; with ``match``, a regular expression its reason must contain."""
+        self._expect("rejected")
+        detail = self.decision.detail or ""
+        if match is not None and not re.search(match, detail):
+            raise AssertionError(f"expected a rejection matching {match!r}, got {detail!r}")
+        return self
+
+    def then_conflict(self) -> Outcome:
+        """Refused because the command expected another version."""
+        self._expect("conflict")
+        return self
+
+    def then_state(self, **fields: Any) -> Outcome:
+        """The aggregate's fields (and ``version``) after the command."""
+        for name, wanted in fields.items():
+            actual = getattr(self.aggregate, name)
+            if actual != wanted:
+                raise AssertionError(f"expected {name}={wanted!r}, but it is {actual!r}")
+        return self
+
+    def then_result(self, wanted: Any) -> Outcome:
+        """The result the handler gave with ``belvedere.Reply``."""
+        if self.decision.result != wanted:
+            raise AssertionError(f"expected result {wanted!r}, got {self.decision.result!r}")
+        return self
