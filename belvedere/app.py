@@ -341,10 +341,13 @@ class App(faust.App):
         """True once every assigned partition is recovered and no rebalance is under way.
 
         faust starts its web server before recovery, so a handler that reads a table can
-        otherwise answer from a partly restored one.
+        otherwise answer from a partly restored one; and it calls itself ready before the
+        views of the partitions it was just given are restored.
         """
-        return self.tables.recovery.completed.is_set() and not (
-            self.rebalancing or self.in_recovery
+        return (
+            self.tables.recovery.completed.is_set()
+            and not (self.rebalancing or self.in_recovery)
+            and self.projections.all_served()
         )
 
     def _new_conductor(self) -> ConductorT:

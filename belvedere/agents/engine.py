@@ -255,6 +255,18 @@ class ProjectionEngine(Service):
             await self.rebuilds.close()
         await self.standbys.close()
 
+    def all_served(self) -> bool:
+        """Every assigned partition a projection folds is restored and served here."""
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # no consumer yet
+            return False
+        return all(
+            slot(projection, tp) in self._active
+            for tp in assigned
+            for projection in self.projections_of(tp.topic)
+        )
+
     def _parts(self) -> list[_Partition]:
         return [*self._active.values(), *self._building.values()]
 

@@ -15,7 +15,8 @@ from belvedere.agents.commands import CommandProjection
 
 NAME = os.environ["DESK_NAME"]
 
-app = belvedere.App(NAME)
+# A short session, so that a worker killed by a test is noticed gone in seconds.
+app = belvedere.App(NAME, broker_session_timeout=6.0, broker_heartbeat_interval=1.0)
 
 
 class OrderCreated(belvedere.Event, key="order_id"):
