@@ -16,6 +16,7 @@ from belvedere.agents.aggregates import Aggregate
 from belvedere.agents.commands import CommandProjection
 from belvedere.agents.engine import ProjectionEngine
 from belvedere.agents.projection import Projection
+from belvedere.agents.reactors import ReactorProjection
 from belvedere.streams.conductor import Conductor
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
@@ -281,6 +282,41 @@ class App(faust.App):
             return fn
 
         return register
+
+    def reactor(
+        self, *event_types: type[Event], source: EventTopic | None = None, name: str | None = None
+    ) -> Callable[[Any], Any]:
+        """Decorate ``fn(event)`` (plain or async) to run on every event of these types (by
+        default, its parameter's annotation), from the one event topic carrying them (or
+        ``source``). Every reactor gets every event; one that raises dead-letters the
+        event and goes on. ``name`` (default: the function's) names its progress."""
+
+        def register(fn: Any) -> Any:
+            types = list(event_types) or ReactorProjection.event_types(fn)
+            topic = source or self._topic_carrying(types, fn.__qualname__)
+            missing = [t.__name__ for t in types if t not in topic.codec.types.values()]
+            if missing:
+                raise TypeError(
+                    f"{fn.__qualname__}: {topic.get_topic_name()!r} does not carry {missing}"
+                )
+            view = self.view(f"reactor-{name or fn.__name__}", value=dict, key=int)
+            self.projections.add(ReactorProjection(topic, view, fn, types))
+            self.topics.add(topic)
+            return fn
+
+        return register
+
+    def _topic_carrying(self, types: Sequence[type[Event]], what: str) -> EventTopic:
+        found = [
+            t for t in self.event_topics.values() if all(c in t.codec.types.values() for c in types)
+        ]
+        if len(found) != 1:
+            named = [t.__name__ for t in types]
+            where = ", ".join(sorted(t.get_topic_name() for t in found)) or "no event topic"
+            raise LookupError(
+                f"{what}: {named} are carried by {where}; declare the topic first, or pass source="
+            )
+        return found[0]
 
     def command_route(self, name: str) -> CommandProjection | None:
         """The aggregate whose handlers take the command type ``name``."""

@@ -16,13 +16,13 @@ import pytest
 
 import belvedere
 from belvedere.streams.clients import Record
-from tests.support.brokers import Broker
+from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import Answer, call
 from tests.support.worker import Worker, wait_for
 
 os.environ.setdefault("DESK_NAME", "fixture-only")
 from tests.apps import order_desk
-from tests.apps.order_desk import (
+from tests.apps.order_domain import (
     AddNote,
     CreateOrder,
     Order,
@@ -89,8 +89,8 @@ def test_aggregates_and_handlers_are_checked_when_declared() -> None:
 
 @pytest.fixture
 def desk(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
-    for topic in ("order-events", "order-commands"):
-        broker.create_topic(f"{unique_name}-{topic}", 4)
+    for topic, partitions in (("order-events", 4), ("order-commands", 4), ("notifications", 2)):
+        broker.create_topic(f"{unique_name}-{topic}", partitions)
     return workers("tests.apps.order_desk:app", {"DESK_NAME": unique_name})
 
 
@@ -283,3 +283,58 @@ def test_a_crash_after_appending_events_emits_nothing_twice(
         assert again.status == 202 and again.body["duplicate"] is True
         assert [e["eventId"] for e in again.body["events"]] == [event_id]
     assert all(call(f"{desk.url}/aggregates/Order/o-{i}").body["version"] == 1 for i in range(40))
+
+
+# -- reactors --------------------------------------------------------------------------------
+
+
+def pay_orders(desk: Worker, orders: list[str]) -> dict[str, str]:
+    """Create and pay each order in its own flow; returns each OrderPaid's event id."""
+    paid = {}
+    for order in orders:
+        flow = {"X_Correlation_Id": f"flow-{order}"}
+        body = {"orderId": order, "userId": "u", "amount": "2"}
+        assert command(desk, "CreateOrder", body, **flow).status == 202
+        answer = command(desk, "PayOrder", {"orderId": order}, **flow)
+        assert answer.status == 202, answer.raw
+        paid[order] = answer.body["events"][0]["eventId"]
+    return paid
+
+
+ORDERS = ["o-1", "o-2-bad", "o-3"]
+
+
+def test_every_reactor_gets_every_event_and_a_failing_one_stops_nothing(
+    desk: Worker, unique_name: str
+) -> None:
+    serving(desk)
+    paid = pay_orders(desk, ORDERS)
+    desk.wait_until("/state", lambda s: sorted(s["paidSeen"]) == ORDERS, what="every payment")
+    for order, event_id in paid.items():  # the receipt reactor published, in the same flow
+        receipt = wait_for(
+            lambda order=order: (
+                (a := call(f"{desk.url}/views/receipts/{order}")).status == 200 and a
+            ),
+            timeout=60,
+            what=f"the receipt of {order}",
+        )
+        assert receipt.body == {"correlationId": f"flow-{order}", "causationId": event_id}
+    letters = desk.wait_until("/state", lambda s: s["deadLetters"], what="a dead letter")
+    assert letters["deadLetters"] == {f"{unique_name}-order-events:handler-error": 1}
+    pay_orders(desk, ["o-4"])  # and every reactor goes on, the failing one too
+    desk.wait_until("/state", lambda s: "o-4" in s["paidSeen"], what="a later payment")
+    wait_for(lambda: call(f"{desk.url}/views/receipts/o-4").status == 200, timeout=60, what="o-4")
+    assert desk.get("/state")["deadLetters"] == letters["deadLetters"]
+
+
+@KAFKA_ONLY
+def test_a_reactor_in_another_app_gets_every_event_too(
+    desk: Worker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    serving(desk)
+    mailer = serving(workers("tests.apps.mailer:app", {"DESK_NAME": unique_name}, "mailer"))
+    pay_orders(desk, ORDERS)
+    mailer.wait_until(
+        "/state", lambda s: sorted(s["mailed"]) == ORDERS, what="every payment mailed"
+    )
+    desk.wait_until("/state", lambda s: sorted(s["paidSeen"]) == ORDERS, what="and seen here")

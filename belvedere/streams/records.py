@@ -40,6 +40,8 @@ class FieldSpec:
     required: bool
     default: Any
     default_factory: Callable[[], Any] | None
+    #: Left out of the encoded data when None (metadata ``omit_none``).
+    omit_none: bool = False
 
 
 class Codec:
@@ -63,6 +65,7 @@ class Codec:
                     not (has_default or has_factory),
                     f.default if has_default else _MISSING,
                     f.default_factory if has_factory else None,
+                    bool(f.metadata.get("omit_none")),
                 )
             )
         self.decode: Callable[[Any], Record] = _compile_decoder(cls, self.fields)
@@ -141,13 +144,20 @@ def _compile_decoder(cls: type, fields: list[FieldSpec]) -> Callable[[Any], Any]
 def _compile_encoder(fields: list[FieldSpec]) -> Callable[[Any], dict[str, Any]]:
     env: dict[str, Any] = {}
     items = []
+    optional = []
     for i, spec in enumerate(fields):
-        if spec.converter.plain:
-            items.append(f"{spec.wire!r}: obj.{spec.name}")
-        else:
+        value = f"obj.{spec.name}"
+        if not spec.converter.plain:
             env[f"enc{i}"] = spec.converter.encode
-            items.append(f"{spec.wire!r}: enc{i}(obj.{spec.name})")
-    exec("def encode(obj):\n    return {" + ", ".join(items) + "}", env)
+            value = f"enc{i}({value})"
+        if spec.omit_none:
+            optional.append(
+                f"    if obj.{spec.name} is not None:\n        out[{spec.wire!r}] = {value}"
+            )
+        else:
+            items.append(f"{spec.wire!r}: {value}")
+    body = "    out = {" + ", ".join(items) + "}\n" + "".join(f"{o}\n" for o in optional)
+    exec("def encode(obj):\n" + body + "    return out", env)
     return env["encode"]
 
 
@@ -257,7 +267,7 @@ class Command(Event):
     """
 
     kind: ClassVar[EventKind] = "command"
-    expected_version: int | None = None
+    expected_version: int | None = dataclasses.field(default=None, metadata={"omit_none": True})
 
 
 class Document(Event):

@@ -63,6 +63,11 @@ class PartitionTransaction:
     def __setitem__(self, key: Any, value: Any) -> None:
         self._write(key, self.view.check_value(value))
 
+    def put_local(self, key: Any, value: Any) -> None:
+        """Write bookkeeping that belongs to this partition whatever its key hashes to
+        (never read by key through the view's routing)."""
+        self._values[self.view.check_key(key)] = self.view.check_value(value)
+
     def __delitem__(self, key: Any) -> None:
         self._write(key, _DELETED)
 

@@ -1,5 +1,6 @@
 """The command-side tests' app: the source material's Order aggregate, its command
-handlers, and a view folded from its events.
+handlers, a view folded from its events, and reactors to its payments (one of which
+fails on orders whose id ends in ``-bad``).
 
 ``CRASH_AFTER_APPEND=N``: the worker exits hard right after its Nth append of events,
 before the checkpoint that records them: the crash its restore must repair.
@@ -8,72 +9,26 @@ before the checkpoint that records them: the crash its restore must repair.
 from __future__ import annotations
 
 import os
-from decimal import Decimal
 
 import belvedere
 from belvedere.agents.commands import CommandProjection
+from tests.apps.order_domain import (
+    AddNote,
+    CreateOrder,
+    NoteAdded,
+    Order,
+    OrderCreated,
+    OrderPaid,
+    OrderShipped,
+    PayOrder,
+    ReceiptSent,
+    ShipOrder,
+)
 
 NAME = os.environ["DESK_NAME"]
 
 # A short session, so that a worker killed by a test is noticed gone in seconds.
 app = belvedere.App(NAME, broker_session_timeout=6.0, broker_heartbeat_interval=1.0)
-
-
-class OrderCreated(belvedere.Event, key="order_id"):
-    order_id: str
-    user_id: str
-    amount: Decimal
-
-
-class OrderPaid(belvedere.Event, key="order_id"):
-    order_id: str
-
-
-class OrderShipped(belvedere.Event, key="order_id"):
-    order_id: str
-
-
-class NoteAdded(belvedere.Event, key="order_id"):
-    order_id: str
-    text: str
-
-
-class CreateOrder(belvedere.Command, key="order_id"):
-    order_id: str
-    user_id: str
-    amount: Decimal
-
-
-class PayOrder(belvedere.Command, key="order_id"):
-    order_id: str
-
-
-class ShipOrder(belvedere.Command, key="order_id"):
-    order_id: str
-
-
-class AddNote(belvedere.Command, key="order_id"):
-    order_id: str
-    text: str
-
-
-class Order(belvedere.Aggregate):
-    status: str = "new"
-    amount: Decimal = Decimal(0)
-    user_id: str = ""
-    notes: int = 0
-
-    def created(self, event: OrderCreated) -> None:
-        self.status, self.amount, self.user_id = "created", event.amount, event.user_id
-
-    def paid(self, event: OrderPaid) -> None:
-        self.status = "paid"
-
-    def shipped(self, event: OrderShipped) -> None:
-        self.status = "shipped"
-
-    def noted(self, event: NoteAdded) -> None:
-        self.notes += 1
 
 
 order_events = app.event_topic(
@@ -116,6 +71,36 @@ def note(order: Order, command: AddNote) -> NoteAdded:
     return NoteAdded(order_id=order.id, text=command.text)
 
 
+notifications = app.event_topic(f"{NAME}-notifications", ReceiptSent, partitions=2)
+#: Orders the analytics reactor saw paid, in order.
+paid_seen: list[str] = []
+
+
+@app.reactor(OrderPaid)
+async def send_receipt(event: OrderPaid) -> None:
+    await notifications.publish(ReceiptSent(order_id=event.order_id))
+
+
+@app.reactor(OrderPaid)
+def analytics(event: OrderPaid) -> None:
+    paid_seen.append(event.order_id)
+
+
+@app.reactor(OrderPaid)
+def reserve_stock(event: OrderPaid) -> None:
+    if event.order_id.endswith("-bad"):
+        raise RuntimeError(f"no stock for {event.order_id}")
+
+
+receipts = app.view("receipts", value=dict)
+
+
+@app.projection(notifications, view=receipts)
+def on_receipt(view, event: ReceiptSent) -> None:
+    meta = event.meta
+    view[event.order_id] = {"correlationId": meta.correlation_id, "causationId": meta.causation_id}
+
+
 order_status = app.view("order-status", value=str)
 
 
@@ -149,4 +134,12 @@ if os.environ.get("CRASH_AFTER_APPEND"):
 
 @app.page("/state")
 async def state(web, request):
-    return web.json({"ready": app.ready})
+    return web.json(
+        {
+            "ready": app.ready,
+            "paidSeen": paid_seen,
+            "deadLetters": {
+                f"{topic}:{kind}": n for (topic, kind), n in app.dead_letters.counts.items()
+            },
+        }
+    )
