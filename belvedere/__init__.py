@@ -1,7 +1,8 @@
 """Belvedere: event-driven services with materialized views, on faust."""
 
 from belvedere.agents.aggregates import Aggregate, Rejected, Reply
-from belvedere.agents.testing import AggregateFixture
+from belvedere.agents.sagas import SagaState, Step
+from belvedere.agents.testing import AggregateFixture, SagaFixture
 from belvedere.app import App
 from belvedere.streams.context import caused_by
 from belvedere.streams.envelope import EventMeta
@@ -22,6 +23,9 @@ __all__ = [
     "Record",
     "Rejected",
     "Reply",
+    "SagaFixture",
+    "SagaState",
+    "Step",
     "__version__",
     "caused_by",
     "upcaster",

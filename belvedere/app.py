@@ -17,6 +17,7 @@ from belvedere.agents.commands import CommandProjection
 from belvedere.agents.engine import ProjectionEngine
 from belvedere.agents.projection import Projection
 from belvedere.agents.reactors import ReactorProjection
+from belvedere.agents.sagas import Saga, SagaProjection, SagaState, Step
 from belvedere.streams.conductor import Conductor
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
@@ -99,6 +100,8 @@ class App(faust.App):
         self.views: dict[str, View] = {}
         #: The aggregate types declared with :meth:`aggregate`, by type name.
         self.aggregates: dict[str, CommandProjection] = {}
+        #: The sagas declared with :meth:`saga`, by name.
+        self.sagas: dict[str, SagaProjection] = {}
         self.projections = ProjectionEngine(self)
         self.projections.checkpoint_interval = checkpoint_interval
         self.projections.checkpoint_events = checkpoint_events
@@ -194,15 +197,11 @@ class App(faust.App):
         if found is None:
             found = Projection(source, view, by=_key_function(by))
             if found.by is not None:
-                found.repartition = EventTopic(
-                    self,
-                    topics=[f"{self.conf.id}-view-{view.name}-repartition"],
-                    event_types=source.event_types,
-                    partitions=view.partitions or source.partitions or self.conf.topic_partitions,
-                    internal=True,
-                    max_event_bytes=self.max_event_bytes,
+                found.repartition = self._internal_topic(
+                    f"{self.conf.id}-view-{view.name}-repartition",
+                    source.event_types,
+                    view.partitions or source.partitions,
                 )
-                self.topics.add(found.repartition)
             self.projections.add(found)
         elif found.source is not source:
             raise ValueError(
@@ -283,6 +282,54 @@ class App(faust.App):
 
         return register
 
+    def _internal_topic(
+        self, name: str, event_types: Sequence[type[Event]], partitions: int | None
+    ) -> EventTopic:
+        topic = EventTopic(
+            self,
+            topics=[name],
+            event_types=event_types,
+            partitions=partitions or self.conf.topic_partitions,
+            internal=True,
+            max_event_bytes=self.max_event_bytes,
+        )
+        self.topics.add(topic)
+        return topic
+
+    def saga(
+        self,
+        name: str,
+        *,
+        start: type[Event],
+        steps: Sequence[Step],
+        on_failure: Callable[[SagaState], Any] | None = None,
+        on_success: Callable[[SagaState], Any] | None = None,
+        partitions: int | None = None,
+    ) -> SagaProjection:
+        """Declare an orchestrated saga (see :mod:`belvedere.agents.sagas`): ``start``
+        begins one per correlation id; each step sends its command and waits for its
+        ``done`` or ``failed`` event, or its timeout; a failure runs the compensations of
+        the steps done, newest first, then ``on_failure``. Its state is the view
+        ``saga-<name>``, also at ``GET /sagas/<name>/<correlation id>``."""
+        if name in self.sagas:
+            raise ValueError(f"saga {name!r} is already declared")
+        saga = Saga(name, start, steps, on_failure, on_success)
+        sources: list[EventTopic] = []
+        for cls in saga.event_types:
+            topic = self._topic_carrying([cls], f"saga {name!r}")
+            if topic not in sources:
+                sources.append(topic)
+                self.topics.add(topic)
+        inbox = self._internal_topic(
+            f"{self.conf.id}-saga-{name}-inbox",
+            list(dict.fromkeys(t for source in sources for t in source.event_types)),
+            partitions,
+        )
+        view = self.view(f"saga-{name}", value=dict, partitions=partitions)
+        projection = self.sagas[name] = SagaProjection(self, saga, sources, view, inbox)
+        self.projections.add(projection)
+        return projection
+
     def reactor(
         self, *event_types: type[Event], source: EventTopic | None = None, name: str | None = None
     ) -> Callable[[Any], Any]:
@@ -333,7 +380,7 @@ class App(faust.App):
         claimed = {
             topic.get_topic_name(): projection.view.name
             for projection in self.projections.projections.values()
-            for topic in (projection.source, projection.fold_topic)
+            for topic in (*projection.sources, projection.fold_topic)
         }
         if self.views and self.conf.table_standby_replicas < 1:
             raise ValueError(

@@ -87,10 +87,15 @@ def test_aggregates_and_handlers_are_checked_when_declared() -> None:
 # -- a worker, on each broker ----------------------------------------------------------------
 
 
+DESK_TOPICS = [
+    f"{kind}-{what}" for kind in ("order", "stock", "payment") for what in ("events", "commands")
+] + ["notifications"]
+
+
 @pytest.fixture
 def desk(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
-    for topic, partitions in (("order-events", 4), ("order-commands", 4), ("notifications", 2)):
-        broker.create_topic(f"{unique_name}-{topic}", partitions)
+    for topic in DESK_TOPICS:
+        broker.create_topic(f"{unique_name}-{topic}", 2 if topic == "notifications" else 4)
     return workers("tests.apps.order_desk:app", {"DESK_NAME": unique_name})
 
 
@@ -147,7 +152,7 @@ def test_bad_commands_get_a_clear_4xx(desk: Worker) -> None:
     missing = command(desk, "CreateOrder", {"orderId": "o-1", "userId": "u"})
     assert missing.status == 400 and "amount: is required" in missing.body["detail"]
     assert command(desk, "CreateOrder", b"{not json").status == 400
-    unknown = command(desk, "CancelOrder", {"orderId": "o-1"})
+    unknown = command(desk, "RefundOrder", {"orderId": "o-1"})
     assert unknown.status == 404 and "CreateOrder" in unknown.body["detail"]
     assert call(f"{desk.url}/aggregates/Order/nobody").status == 404
     assert call(f"{desk.url}/aggregates/Invoice/o-1").status == 404

@@ -19,7 +19,6 @@ fixtures (:mod:`belvedere.agents.testing`).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
 import types
@@ -163,6 +162,10 @@ class Aggregate:
         aggregate.version = version  # type: ignore[attr-defined]
         return aggregate  # type: ignore[return-value]
 
+    def copy(self) -> Aggregate:
+        """An independent copy (through its data: fields may be read-only mappings)."""
+        return type(self).from_data(self.id, self.version, self.to_data())
+
     @classmethod
     def replay(cls, aggregate_id: str, events: Iterable[Event]) -> Aggregate:
         aggregate = cls.new(aggregate_id)
@@ -226,7 +229,7 @@ async def decide(aggregate: Aggregate, handler: CommandHandler, command: Any) ->
             version=aggregate.version,
         )
     try:
-        returned = handler.fn(copy.deepcopy(aggregate), command)
+        returned = handler.fn(aggregate.copy(), command)
         if handler.is_async:
             returned = await returned
     except Rejected as exc:

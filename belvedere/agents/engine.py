@@ -166,6 +166,8 @@ class ProjectionEngine(Service):
         #: The projections folding each topic, and those re-keying each source topic.
         self._by_topic: dict[str, list[Projection]] = {}
         self._rekeys: dict[str, list[Projection]] = {}
+        #: Every topic a projection reads, by name (for its codec).
+        self._topics: dict[str, Any] = {}
         #: Each (view, source partition) served here.
         self._active: dict[Slot, _Partition] = {}
         #: Partitions of a generation being rebuilt, next to their live ones in ``_active``.
@@ -188,8 +190,11 @@ class ProjectionEngine(Service):
     def add(self, projection: Projection) -> None:
         """Several projections may read one topic: each folds it into its own view."""
         if projection.repartition is not None:
-            self._rekeys.setdefault(projection.source.get_topic_name(), []).append(projection)
+            for source in projection.sources:
+                self._rekeys.setdefault(source.get_topic_name(), []).append(projection)
+                self._topics[source.get_topic_name()] = source
         self._by_topic.setdefault(projection.fold_topic.get_topic_name(), []).append(projection)
+        self._topics[projection.fold_topic.get_topic_name()] = projection.fold_topic
         self.projections[projection.view.name] = projection
 
     def _reports_bad_input(self, projection: Projection, topic: str) -> bool:
@@ -298,9 +303,11 @@ class ProjectionEngine(Service):
             if self._lock.locked():
                 continue
             async with self._lock:
+                for part in list(self._active.values()):
+                    await part.projection.on_tick(part)
                 now = time.monotonic()
                 for part in self._parts():
-                    if part.dirty and now - part.flushed_at >= interval:
+                    if part.dirty and (part.projection.eager or now - part.flushed_at >= interval):
                         await self._checkpoint(part)
 
     def store_dir(self, view: Any, generation: int) -> Path:
@@ -423,7 +430,7 @@ class ProjectionEngine(Service):
                 folds = self.projections_of(tp.topic)
                 readers = [*folds, *rekeys]
                 rebuilding = any(slot(p, tp) in self._building for p in folds)
-                decode = _decoder(readers[0].source.codec, len(readers) > 1 or rebuilding)
+                decode = _decoder(self._topics[tp.topic].codec, len(readers) > 1 or rebuilding)
                 for projection in rekeys:
                     await self._rekey(projection, tp, records, decode)
                 parts = [self._active.get(slot(projection, tp)) for projection in folds]
@@ -465,7 +472,7 @@ class ProjectionEngine(Service):
         live = part.mode == "live"
         projection = part.projection
         if decode is None:
-            decode = _decoder(projection.source.codec, shared=False)
+            decode = _decoder(part.projection.fold_topic.codec, shared=False)
         handlers = projection.handlers
         txn = part.txn
         origins = part.origins if projection.repartition is not None else None

@@ -70,6 +70,8 @@ class Projection:
     by: Callable[[Any], Any] | None = None
     repartition: EventTopic | None = None
     handlers: dict[type[Event], Handler] = field(default_factory=dict)
+    #: More topics re-keyed into ``repartition`` besides ``source`` (a saga's).
+    more_sources: tuple[EventTopic, ...] = ()
 
     #: Checkpoint at the end of every batch, not on the interval: someone waits on it.
     eager: ClassVar[bool] = False
@@ -89,6 +91,14 @@ class Projection:
 
     def after_checkpoint(self, part: Any) -> None:
         """Called once a checkpoint of ``part`` is durable (local and changelog)."""
+
+    @property
+    def sources(self) -> tuple[EventTopic, ...]:
+        return (self.source, *self.more_sources)
+
+    async def on_tick(self, part: Any) -> None:
+        """Called every quarter of the checkpoint interval for each served partition, under
+        the engine's lock (a timer may change the partition's state here)."""
 
     @property
     def fold_topic(self) -> EventTopic:

@@ -1,4 +1,5 @@
-"""Given-when-then fixtures: test an aggregate's handlers without a broker or a worker.
+"""Given-when-then fixtures: test an aggregate's handlers, or a saga's decisions, without a
+broker or a worker.
 
 ::
 
@@ -28,9 +29,10 @@ from belvedere.agents.aggregates import (
     annotated_types,
     decide,
 )
+from belvedere.agents.sagas import Saga, Sent
 from belvedere.streams.records import Command, Event
 
-__all__ = ["AggregateFixture", "Outcome", "Scenario"]
+__all__ = ["AggregateFixture", "Outcome", "SagaFixture", "SagaOutcome", "SagaScenario", "Scenario"]
 
 
 def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -155,4 +157,72 @@ class Outcome:
         """The result the handler gave with ``belvedere.Reply``."""
         if self.decision.result != wanted:
             raise AssertionError(f"expected result {wanted!r}, got {self.decision.result!r}")
+        return self
+
+
+#: The fixture's clock: given events happen at this time (ms); ``after`` moves on from it.
+T0 = 1_700_000_000_000
+
+
+class SagaFixture:
+    """One saga's decisions, fed events and the passing of time, without a broker::
+
+    checkout = belvedere.SagaFixture(app, "checkout")
+    checkout.given(created).when(StockReserved(...)).then_sent(ChargePayment(...))
+    checkout.given(created, reserved).after(31).then_sent(RefundPayment(...), ...)
+    """
+
+    def __init__(self, app: Any, name: str, *, saga_id: str = "flow-1") -> None:
+        found = app.sagas.get(name)
+        if found is None:
+            raise LookupError(f"{app.conf.id!r} has no saga {name!r} (sagas: {sorted(app.sagas)})")
+        self.saga: Saga = found.saga
+        self.saga_id = saga_id
+
+    def given(self, *events: Event) -> SagaScenario:
+        """What already happened in this flow, in order (the first starts the saga)."""
+        row = None
+        for i, event in enumerate(events):
+            row = self.saga.react(row, self.saga_id, event, f"given-{i}", T0)[0] or row
+        return SagaScenario(self, row)
+
+
+class SagaScenario:
+    def __init__(self, fixture: SagaFixture, row: dict | None) -> None:
+        self.fixture = fixture
+        self.row = row
+
+    def when(self, event: Event) -> SagaOutcome:
+        saga, row = self.fixture.saga, self.row
+        new, sent = saga.react(row, self.fixture.saga_id, event, "when", T0)
+        return SagaOutcome(new or row, sent)
+
+    def after(self, seconds: float) -> SagaOutcome:
+        """Time passes with no event: the current step may time out."""
+        if self.row is None:
+            raise LookupError("no saga started: give its start event first")
+        new, sent = self.fixture.saga.expire(self.row, T0 + int(seconds * 1000))
+        return SagaOutcome(new or self.row, sent)
+
+
+class SagaOutcome:
+    def __init__(self, row: dict | None, sent: list[Sent]) -> None:
+        #: The saga's row afterwards (None: never started).
+        self.row = row
+        #: The commands this step sent, in order.
+        self.sent = [s.command for s in sent]
+
+    def then_sent(self, *commands: Command) -> SagaOutcome:
+        """Exactly these commands, in this order (none: nothing sent)."""
+        if list(commands) != self.sent:
+            raise AssertionError(
+                f"expected {list(commands)!r} to be sent, but it sent {self.sent!r}"
+            )
+        return self
+
+    def then_status(self, status: str) -> SagaOutcome:
+        """running | completed | compensated"""
+        actual = None if self.row is None else self.row["status"]
+        if actual != status:
+            raise AssertionError(f"expected the saga to be {status}, but it is {actual}")
         return self

@@ -22,10 +22,9 @@ from faust.types import TP
 from belvedere.agents.commands import CommandProjection
 from belvedere.streams.readers import reader_for
 from belvedere.streams.types import FieldError, format_timestamp, parse_timestamp
-from belvedere.tables.view import NotLocal
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.params import BadParam
-from belvedere.views_api.reads import not_here
+from belvedere.views_api.reads import stored_row
 
 __all__ = ["aggregate_events", "get_aggregate"]
 
@@ -52,16 +51,11 @@ async def _row(app: Any, request: web.Request) -> tuple[CommandProjection, dict]
         known = ", ".join(sorted(app.aggregates)) or "none"
         return error(404, "unknown-aggregate-type", f"no aggregate type {name!r} (types: {known})")
     view = projection.view
-    partition = view.partition_for(aggregate_id)
-    try:
-        local = view.local(partition)
-    except NotLocal as exc:
-        if exc.partition < 0:
-            return error(503, "not-serving", str(exc), {"Retry-After": "1"})
-        return await not_here(app, request, view, partition, exc)
-    data = local.store.get(view.store_key(aggregate_id))
-    if data is None:
-        return error(404, "no-such-aggregate", f"no {name} {aggregate_id!r} (it has no events)")
+    data = await stored_row(
+        app, request, view, aggregate_id, f"no {name} {aggregate_id!r} (it has no events)"
+    )
+    if isinstance(data, web.Response):
+        return data
     return projection, view.decode_value(data)
 
 

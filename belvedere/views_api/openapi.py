@@ -115,6 +115,21 @@ def _command_paths(app: Any, timeout: dict) -> dict[str, Any]:
                 "responses": _answers("its state", 400, 404, 503),
             }
         },
+        "/sagas/{name}/{id}": {
+            "get": {
+                "summary": "A saga's state and history, by correlation id",
+                "parameters": [
+                    _param(
+                        "name",
+                        "path",
+                        "the saga",
+                        {"type": "string", "enum": sorted(app.sagas) or ["none"]},
+                    ),
+                    _param("id", "path", "its correlation id", {"type": "string", "minLength": 1}),
+                ],
+                "responses": _answers("its state and history", 404, 503),
+            }
+        },
         "/aggregates/{type}/{id}/events": {
             "get": {
                 "summary": "An aggregate's events, oldest first",

@@ -38,7 +38,15 @@ from belvedere.views_api.routing import (
     self_url,
 )
 
-__all__ = ["HEADER_GENERATION", "get_row", "lag_of", "lineage", "not_here", "view_or_404"]
+__all__ = [
+    "HEADER_GENERATION",
+    "get_row",
+    "lag_of",
+    "lineage",
+    "not_here",
+    "stored_row",
+    "view_or_404",
+]
 
 HEADER_GENERATION = "X-Belvedere-Generation"
 #: Largest ``max_lag`` a read may give.
@@ -96,6 +104,24 @@ async def not_here(
         return await forward(request, owner, wait)
     detail = str(why) if owner is not None else f"{why}; no worker holds it now (a rebalance?)"
     return error(503, "not-serving", detail, {"Retry-After": "1"})
+
+
+async def stored_row(
+    app: Any, request: web.Request, view: View, key: Any, missing: str
+) -> bytes | web.Response:
+    """The row's stored JSON from the worker serving its partition (forwarded there if
+    that is another one); a 404 saying ``missing`` when there is none."""
+    partition = view.partition_for(key)
+    try:
+        local = view.local(partition)
+    except NotLocal as exc:
+        if exc.partition < 0:
+            return error(503, "not-serving", str(exc), {"Retry-After": "1"})
+        return await not_here(app, request, view, partition, exc)
+    data = local.store.get(view.store_key(key))
+    if data is None:
+        return error(404, "no-such-key", missing)
+    return data
 
 
 async def get_row(app: Any, request: web.Request) -> web.StreamResponse:

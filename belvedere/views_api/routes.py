@@ -24,6 +24,7 @@ from belvedere.views_api.openapi import openapi
 from belvedere.views_api.reads import get_row
 from belvedere.views_api.rebuilds import rebuild_status, start_rebuild
 from belvedere.views_api.routing import close_session, request_ids
+from belvedere.views_api.sagas import get_saga
 from belvedere.views_api.scans import lookup_rows, scan_rows
 from belvedere.views_api.status_page import status_page
 
@@ -47,6 +48,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/commands/{name}", send_command),
     ("GET", "/aggregates/{type}/{id}", get_aggregate),
     ("GET", "/aggregates/{type}/{id}/events", aggregate_events),
+    ("GET", "/sagas/{name}/{id}", get_saga),
 ]
 
 

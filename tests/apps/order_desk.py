@@ -14,15 +14,32 @@ import belvedere
 from belvedere.agents.commands import CommandProjection
 from tests.apps.order_domain import (
     AddNote,
+    ApprovePayment,
+    CancelOrder,
+    ChargePayment,
     CreateOrder,
+    DenyStock,
     NoteAdded,
     Order,
+    OrderCancelled,
     OrderCreated,
     OrderPaid,
     OrderShipped,
+    Payment,
+    PaymentCharged,
+    PaymentDeclined,
+    PaymentHeld,
+    PaymentRefunded,
     PayOrder,
     ReceiptSent,
+    RefundPayment,
+    ReleaseStock,
+    ReserveFailed,
+    ReserveStock,
     ShipOrder,
+    Stock,
+    StockReleased,
+    StockReserved,
 )
 
 NAME = os.environ["DESK_NAME"]
@@ -32,10 +49,12 @@ app = belvedere.App(NAME, broker_session_timeout=6.0, broker_heartbeat_interval=
 
 
 order_events = app.event_topic(
-    f"{NAME}-order-events", OrderCreated, OrderPaid, OrderShipped, NoteAdded, partitions=4
-)
+    f"{NAME}-order-events",
+    OrderCreated, OrderPaid, OrderShipped, NoteAdded, OrderCancelled,
+    partitions=4,
+)  # fmt: skip
 order_commands = app.event_topic(
-    f"{NAME}-order-commands", CreateOrder, PayOrder, ShipOrder, AddNote, partitions=4
+    f"{NAME}-order-commands", CreateOrder, PayOrder, ShipOrder, AddNote, CancelOrder, partitions=4
 )
 app.aggregate(Order, events=order_events, commands=order_commands)
 
@@ -46,7 +65,13 @@ def create(order: Order, command: CreateOrder) -> belvedere.Reply:
         raise belvedere.Rejected(f"order {order.id} already exists")
     if command.amount <= 0:
         raise belvedere.Rejected("the amount must be positive")
-    created = OrderCreated(order_id=order.id, user_id=command.user_id, amount=command.amount)
+    created = OrderCreated(
+        order_id=order.id,
+        user_id=command.user_id,
+        amount=command.amount,
+        sku=command.sku,
+        qty=command.qty,
+    )
     return belvedere.Reply(created, result={"orderId": order.id})
 
 
@@ -65,10 +90,75 @@ async def ship(order: Order, command: ShipOrder) -> list[belvedere.Event]:
 
 
 @app.command_handler(Order)
+def cancel(order: Order, command: CancelOrder) -> OrderCancelled:
+    if order.status in ("new", "cancelled"):
+        raise belvedere.Rejected(f"order {order.id} is {order.status}")
+    return OrderCancelled(order_id=order.id, reason=command.reason)
+
+
+@app.command_handler(Order)
 def note(order: Order, command: AddNote) -> NoteAdded:
     if not order.version:
         raise belvedere.Rejected(f"no order {order.id}")
     return NoteAdded(order_id=order.id, text=command.text)
+
+
+stock_events = app.event_topic(
+    f"{NAME}-stock-events", StockReserved, ReserveFailed, StockReleased, partitions=4
+)
+stock_commands = app.event_topic(
+    f"{NAME}-stock-commands", ReserveStock, DenyStock, ReleaseStock, partitions=4
+)
+app.aggregate(Stock, events=stock_events, commands=stock_commands)
+
+
+@app.command_handler(Stock)
+def reserve(stock: Stock, command: ReserveStock) -> StockReserved | None:
+    if stock.id.startswith("held-"):
+        return None  # the warehouse answers later (DenyStock)
+    return StockReserved(sku=stock.id, order_id=command.order_id, qty=command.qty)
+
+
+@app.command_handler(Stock)
+def deny(stock: Stock, command: DenyStock) -> ReserveFailed:
+    return ReserveFailed(sku=stock.id, order_id=command.order_id, reason="out of stock")
+
+
+@app.command_handler(Stock)
+def release(stock: Stock, command: ReleaseStock) -> StockReleased | None:
+    if command.order_id not in stock.reserved:
+        return None
+    return StockReleased(sku=stock.id, order_id=command.order_id)
+
+
+payment_events = app.event_topic(
+    f"{NAME}-payment-events",
+    PaymentHeld, PaymentCharged, PaymentDeclined, PaymentRefunded,
+    partitions=4,
+)  # fmt: skip
+payment_commands = app.event_topic(
+    f"{NAME}-payment-commands", ChargePayment, ApprovePayment, RefundPayment, partitions=4
+)
+app.aggregate(Payment, events=payment_events, commands=payment_commands)
+
+
+@app.command_handler(Payment)
+def charge(payment: Payment, command: ChargePayment) -> belvedere.Event:
+    if command.amount > 100:
+        return PaymentHeld(order_id=payment.id, amount=command.amount)  # for review
+    return PaymentCharged(order_id=payment.id, amount=command.amount)
+
+
+@app.command_handler(Payment)
+def approve(payment: Payment, command: ApprovePayment) -> PaymentCharged:
+    if payment.status != "held":
+        raise belvedere.Rejected(f"payment {payment.id} is {payment.status}")
+    return PaymentCharged(order_id=payment.id, amount=payment.amount)
+
+
+@app.command_handler(Payment)
+def refund(payment: Payment, command: RefundPayment) -> PaymentRefunded | None:
+    return PaymentRefunded(order_id=payment.id) if payment.status == "charged" else None
 
 
 notifications = app.event_topic(f"{NAME}-notifications", ReceiptSent, partitions=2)

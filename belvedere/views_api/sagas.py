@@ -1,0 +1,36 @@
+"""``GET /sagas/{name}/{id}``: one saga's state and history, by its correlation id.
+
+Answered by the worker holding the saga's partition (forwarded there otherwise): status
+(running | completed | compensated), the current step, its deadline, the event that
+started it, what each step's event brought, and every step taken, sent and received.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from belvedere.views_api.errors import error, json
+from belvedere.views_api.reads import stored_row
+
+__all__ = ["get_saga"]
+
+
+async def get_saga(app: Any, request: web.Request) -> web.StreamResponse:
+    name, saga_id = request.match_info["name"], request.match_info["id"]
+    projection = app.sagas.get(name)
+    if projection is None:
+        known = ", ".join(sorted(app.sagas)) or "none"
+        return error(404, "unknown-saga", f"no saga {name!r} (sagas: {known})")
+    view = projection.view
+    data = await stored_row(
+        app, request, view, saga_id, f"no {name} saga for correlation id {saga_id!r}"
+    )
+    if isinstance(data, web.Response):
+        return data
+    row = view.decode_value(data)
+    steps = projection.saga.steps
+    row["stepName"] = steps[row["step"]].name if row["step"] < len(steps) else None
+    del row["seen"]
+    return json(row)
