@@ -18,6 +18,7 @@ from belvedere.agents.engine import ProjectionEngine
 from belvedere.agents.projection import Projection
 from belvedere.agents.reactors import ReactorProjection
 from belvedere.agents.sagas import Saga, SagaProjection, SagaState, Step
+from belvedere.agents.trace import TraceProjection
 from belvedere.streams.conductor import Conductor
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
@@ -102,6 +103,8 @@ class App(faust.App):
         self.aggregates: dict[str, CommandProjection] = {}
         #: The sagas declared with :meth:`saga`, by name.
         self.sagas: dict[str, SagaProjection] = {}
+        #: The correlation index, once :meth:`trace` has turned it on.
+        self.flow_trace: TraceProjection | None = None
         self.projections = ProjectionEngine(self)
         self.projections.checkpoint_interval = checkpoint_interval
         self.projections.checkpoint_events = checkpoint_events
@@ -329,6 +332,28 @@ class App(faust.App):
         projection = self.sagas[name] = SagaProjection(self, saga, sources, view, inbox)
         self.projections.add(projection)
         return projection
+
+    def trace(
+        self, *topics: EventTopic, max_events: int = 1000, partitions: int | None = None
+    ) -> TraceProjection:
+        """Index every event of ``topics`` (default: every event topic declared so far) by
+        correlation id, for ``GET /trace/{correlationId}``. Costs one more write per event."""
+        if self.flow_trace is not None:
+            raise ValueError("tracing is already on")
+        sources = list(topics) or list(self.event_topics.values())
+        if not sources:
+            raise ValueError("declare the event topics to trace first")
+        inbox = self._internal_topic(
+            f"{self.conf.id}-trace-inbox",
+            list(dict.fromkeys(t for source in sources for t in source.event_types)),
+            partitions,
+        )
+        view = self.view("trace", value=dict, partitions=partitions)
+        self.flow_trace = TraceProjection(sources, view, inbox, max_events)
+        self.projections.add(self.flow_trace)
+        for source in sources:
+            self.topics.add(source)
+        return self.flow_trace
 
     def reactor(
         self, *event_types: type[Event], source: EventTopic | None = None, name: str | None = None

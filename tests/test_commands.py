@@ -156,6 +156,8 @@ def test_bad_commands_get_a_clear_4xx(desk: Worker) -> None:
     assert unknown.status == 404 and "CreateOrder" in unknown.body["detail"]
     assert call(f"{desk.url}/aggregates/Order/nobody").status == 404
     assert call(f"{desk.url}/aggregates/Invoice/o-1").status == 404
+    assert call(f"{desk.url}/trace/o-1").body["error"] == "tracing-off"
+    assert call(f"{desk.url}/sagas/checkout/o-1").body["error"] == "unknown-saga"
     assert call(f"{desk.url}/aggregates/Order/o-1?at=yesterday").status == 400
     negative = command(desk, "CreateOrder", {"orderId": "o-1", "userId": "u", "amount": "-1"})
     assert negative.status == 422 and negative.body["detail"] == "the amount must be positive"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import belvedere
+from belvedere.agents.trace import causal_order
 from tests.support.brokers import Broker
 from tests.support.http import call
 from tests.support.worker import Worker, wait_for
@@ -144,6 +145,43 @@ def test_a_saga_that_succeeds_across_a_restart(shop: Worker) -> None:
     assert state_of(shop, "Order", "o-ok")["status"] == "paid"  # its OrderPaid completed the saga
     stock = call(f"{shop.url}/aggregates/Stock/sku-1").body["state"]
     assert stock["reserved"] == {"o-ok": 1}
+
+    flow = [
+        "CreateOrder", "OrderCreated", "ReserveStock", "StockReserved", "ChargePayment",
+        "PaymentHeld", "ApprovePayment", "PaymentCharged", "PayOrder", "OrderPaid", "ReceiptSent",
+    ]  # fmt: skip
+    trace = wait_for(
+        lambda: (
+            len((t := call(f"{shop.url}/trace/o-ok").body).get("events", ())) == len(flow) and t
+        ),
+        timeout=60,
+        what="the whole flow traced",
+    )
+    events = trace["events"]
+    assert [e["eventType"] for e in events] == flow  # each after its cause
+    by_id = {e["eventId"]: e for e in events}
+    assert by_id[events[1]["causationId"]]["eventType"] == "CreateOrder"
+    assert events[2]["eventId"] == "checkout/o-ok/reserve/do" and events[2]["kind"] == "command"
+    assert events[-1]["topic"].endswith("-notifications") and events[-1]["offset"] >= 0
+    assert call(f"{shop.url}/trace/nobody").status == 404
+
+
+def test_causal_order_puts_each_event_after_its_cause() -> None:
+    def event(event_id: str, cause: str | None, at: str) -> dict[str, Any]:
+        stamp = f"2026-01-01T00:00:0{at}Z"
+        return {
+            "eventId": event_id,
+            "causationId": cause,
+            "timestamp": stamp,
+            "topic": "t",
+            "offset": 0,
+        }
+
+    found = causal_order([
+        event("c", "a", "3"), event("b", None, "2"), event("a", None, "1"),
+        event("self", "self", "4"), event("d", "c", "0"),  # a clock behind: still after c
+    ])  # fmt: skip
+    assert [e["eventId"] for e in found] == ["a", "c", "d", "b", "self"]
 
 
 def test_a_failed_reservation_cancels_the_order_across_a_restart(shop: Worker) -> None:

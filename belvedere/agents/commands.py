@@ -178,7 +178,7 @@ class CommandProjection(Projection):
             cause = command.meta
             producer = self.app.conf.id
             codec = self.events.codec
-            offset = b"%d" % txn.source_offset
+            offset = b"%d" % txn.record.offset
             outcome["events"] = []
             for event in decision.events:
                 if codec.types.get(event.event_type) is not type(event):

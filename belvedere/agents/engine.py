@@ -44,7 +44,7 @@ from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.transaction import PartitionTransaction, WrongPartition
 from belvedere.tables.view import PartitionStatus
 
-__all__ = ["HEADER_ORIGIN", "ProjectionEngine", "send_all"]
+__all__ = ["HEADER_ORIGIN", "ProjectionEngine", "origin_of", "send_all"]
 
 #: On a repartitioned copy: the original record's topic, partition and offset.
 HEADER_ORIGIN = "bv-origin"
@@ -86,7 +86,7 @@ def _decoder(codec: Any, shared: bool) -> Decode:
     return decode
 
 
-def _origin(record: Any) -> tuple[tuple[str, int], int] | None:
+def origin_of(record: Any) -> tuple[tuple[str, int], int] | None:
     for name, value in record.headers or ():
         if name == HEADER_ORIGIN:
             topic, partition, offset = bytes(value).split(b"\0")
@@ -490,7 +490,7 @@ class ProjectionEngine(Service):
             if offset < part.next_offset:
                 continue
             if origins is not None:
-                origin = _origin(record)
+                origin = origin_of(record)
                 part.next_offset = offset + 1
                 part.dirty += 1
                 if origin is None or origin[1] < origins.get(origin[0], 0):
@@ -508,7 +508,7 @@ class ProjectionEngine(Service):
                 if handler is not None:
                     txn.savepoint()
                     try:
-                        txn.source_offset = offset
+                        txn.record = record
                         result = handler.fn(txn, event)
                         if handler.is_async:
                             await result

@@ -33,8 +33,8 @@ class PartitionTransaction:
         self._values: dict[Any, Any] = {}
         self._reads: dict[Any, Any] = {}
         self._undo: list[tuple[Any, Any]] | None = None
-        #: The offset of the source event being handled.
-        self.source_offset = -1
+        #: The source record whose event is being handled (offset, headers ...).
+        self.record: Any = None
 
     def __len__(self) -> int:
         return len(self._values)

@@ -130,6 +130,20 @@ def _command_paths(app: Any, timeout: dict) -> dict[str, Any]:
                 "responses": _answers("its state and history", 404, 503),
             }
         },
+        "/trace/{id}": {
+            "get": {
+                "summary": "Every event of one flow, across topics, in causal order",
+                "parameters": [
+                    _param(
+                        "id",
+                        "path",
+                        "the flow's correlation id",
+                        {"type": "string", "minLength": 1},
+                    ),
+                ],
+                "responses": _answers("its events", 404, 503),
+            }
+        },
         "/aggregates/{type}/{id}/events": {
             "get": {
                 "summary": "An aggregate's events, oldest first",

@@ -27,6 +27,7 @@ from belvedere.views_api.routing import close_session, request_ids
 from belvedere.views_api.sagas import get_saga
 from belvedere.views_api.scans import lookup_rows, scan_rows
 from belvedere.views_api.status_page import status_page
+from belvedere.views_api.trace import get_trace
 
 __all__ = ["ROUTES", "install"]
 
@@ -49,6 +50,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/aggregates/{type}/{id}", get_aggregate),
     ("GET", "/aggregates/{type}/{id}/events", aggregate_events),
     ("GET", "/sagas/{name}/{id}", get_saga),
+    ("GET", "/trace/{id}", get_trace),
 ]
 
 

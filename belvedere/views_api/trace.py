@@ -1,0 +1,30 @@
+"""``GET /trace/{correlationId}``: every event of one flow, across topics, in causal order.
+
+Each event comes after the one that caused it (its ``causationId``), siblings by time;
+each says where it is (topic, partition, offset). Only with tracing on (``app.trace()``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from belvedere.agents.trace import causal_order
+from belvedere.views_api.errors import error, json
+from belvedere.views_api.reads import stored_row
+
+__all__ = ["get_trace"]
+
+
+async def get_trace(app: Any, request: web.Request) -> web.StreamResponse:
+    flow = request.match_info["id"]
+    if app.flow_trace is None:
+        return error(404, "tracing-off", f"{app.conf.id} does not trace flows: call app.trace()")
+    view = app.flow_trace.view
+    data = await stored_row(app, request, view, flow, f"no events with correlation id {flow!r}")
+    if isinstance(data, web.Response):
+        return data
+    row = view.decode_value(data)
+    row["events"] = causal_order(row["events"])
+    return json(row)
