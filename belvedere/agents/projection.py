@@ -32,7 +32,7 @@ from belvedere.tables.view import View
 if TYPE_CHECKING:
     from belvedere.streams.readers import PartitionReader
 
-__all__ = ["Handler", "Projection"]
+__all__ = ["Handler", "Projection", "by_correlation"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,18 @@ class Projection:
         else:
             self.add(target, events)
         return target
+
+
+def by_correlation(sources: Iterable[EventTopic], inbox: EventTopic) -> dict[str, Any]:
+    """A projection's arguments for folding ``sources`` re-keyed by correlation id through
+    ``inbox`` (one flow per row: sagas, the trace index)."""
+    first, *more = sources
+    return {
+        "source": first,
+        "by": lambda event: event.meta.correlation_id,
+        "repartition": inbox,
+        "more_sources": tuple(more),
+    }
 
 
 #: A view's partition here, named by its view and the source partition it is folded from.

@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from belvedere.agents.projection import Handler, Projection
+from belvedere.agents.projection import Handler, Projection, by_correlation
 from belvedere.streams.records import Command, Event
 from belvedere.streams.topics import EventTopic
 from belvedere.streams.types import format_timestamp
@@ -230,13 +230,7 @@ class SagaProjection(Projection):
     not_rebuildable = "a saga's commands were sent when it first ran"
 
     def __init__(self, app: Any, saga: Saga, sources: Sequence[EventTopic], view: View, inbox: EventTopic) -> None:  # fmt: skip
-        super().__init__(
-            source=sources[0],
-            view=view,
-            by=lambda event: event.meta.correlation_id,
-            repartition=inbox,
-            more_sources=tuple(sources[1:]),
-        )
+        super().__init__(view=view, **by_correlation(sources, inbox))
         self.app = app
         self.saga = saga
         handler = Handler(self._on_event, False, f"saga {saga.name}")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from belvedere.agents.engine import origin_of
-from belvedere.agents.projection import Handler, Projection
+from belvedere.agents.projection import Handler, Projection, by_correlation
 from belvedere.streams.records import Event
 from belvedere.streams.topics import EventTopic
 from belvedere.streams.types import format_timestamp
@@ -32,13 +32,7 @@ class TraceProjection(Projection):
     def __init__(
         self, sources: Sequence[EventTopic], view: View, inbox: EventTopic, max_events: int
     ) -> None:
-        super().__init__(
-            source=sources[0],
-            view=view,
-            by=lambda event: event.meta.correlation_id,
-            repartition=inbox,
-            more_sources=tuple(sources[1:]),
-        )
+        super().__init__(view=view, **by_correlation(sources, inbox))
         self.max_events = max_events
         handler = Handler(self._record, False, "trace")
         for topic in sources:
