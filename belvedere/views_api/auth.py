@@ -4,7 +4,8 @@ With ``admin_token`` set (``BELVEDERE_ADMIN_TOKEN``), admin requests (rebuilds) 
 ``Authorization: Bearer <token>``: none answers 401, a wrong one 403. Without one, only
 clients on this machine (loopback) may use the admin endpoints: the default bind address
 is loopback too. With ``api_token`` set (``BELVEDERE_API_TOKEN``), reads,
-``POST /events`` and ``POST /commands`` need it the same way; health, readiness and the OpenAPI spec stay open.
+``POST /events`` and ``POST /commands`` need it the same way; health, readiness and the
+OpenAPI spec stay open.
 Tokens are compared in constant time and never logged.
 """
 
