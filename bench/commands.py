@@ -234,7 +234,7 @@ def bench(argv: list[str]) -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0)
     args = p.parse_args(argv)
-    results: dict[str, Any] = {"machine": harness.machine(), "variants": {}}
+    results: dict[str, Any] = {"machine": {**harness.machine(), "anchor": None}, "variants": {}}
     variants = args.only or VARIANTS
     with harness.environment(args.kafka, variants, args.keep) as env:
         for variant in variants:
