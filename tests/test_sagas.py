@@ -5,8 +5,12 @@ while the saga waits."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,3 +234,38 @@ def test_a_payment_that_times_out_is_compensated_across_a_restart(
     stock = call(f"{shop.url}/aggregates/Stock/sku-2/events").body["events"]
     assert [e["event"]["eventType"] for e in stock] == ["StockReserved", "StockReleased"]
     assert call(f"{shop.url}/sagas/checkout/nobody").status == 404
+
+
+def test_fuzzing_the_command_side_finds_no_server_error(shop: Worker, tmp_path: Path) -> None:
+    """Random commands, aggregate, saga and trace reads: every answer a JSON 2xx/4xx."""
+    serving(shop)
+    spec = call(shop.url + "/openapi.json").body
+    commands = spec["paths"]["/commands/{name}"]["post"]["parameters"][0]["schema"]["enum"]
+    assert {"CreateOrder", "ReserveStock", "ChargePayment"} <= set(commands)
+    fuzz = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            shop.url + "/openapi.json",
+            "--checks",
+            "not_a_server_error,content_type_conformance",
+            "--max-examples",
+            "25",
+            "--workers",
+            "1",
+            "--seed",
+            "6",
+            "--include-path-regex",
+            "^/(commands|aggregates|sagas|trace)/",
+            "--request-timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,  # where it keeps its run data
+    )
+    assert fuzz.returncode == 0, fuzz.stdout[-4000:] + fuzz.stderr[-2000:]
+    generated = re.search(r"(\d+) generated, (\d+) passed", fuzz.stdout)
+    assert generated and int(generated.group(1)) > 50 and generated.group(1) == generated.group(2)
+    assert shop.get("/state")["ready"]  # and the worker still serves
