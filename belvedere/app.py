@@ -103,7 +103,7 @@ class App(faust.App):
         self.aggregates: dict[str, CommandProjection] = {}
         #: The sagas declared with :meth:`saga`, by name.
         self.sagas: dict[str, SagaProjection] = {}
-        #: The correlation index, once :meth:`trace` has turned it on.
+        #: The correlation index, once :meth:`trace_flows` has turned it on.
         self.flow_trace: TraceProjection | None = None
         self.projections = ProjectionEngine(self)
         self.projections.checkpoint_interval = checkpoint_interval
@@ -333,7 +333,7 @@ class App(faust.App):
         self.projections.add(projection)
         return projection
 
-    def trace(
+    def trace_flows(
         self, *topics: EventTopic, max_events: int = 1000, partitions: int | None = None
     ) -> TraceProjection:
         """Index every event of ``topics`` (default: every event topic declared so far) by

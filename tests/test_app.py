@@ -91,3 +91,26 @@ def test_faust_decorators_still_work() -> None:
     assert "tests.test_app.handle" in app.agents
     assert table.partitions == 2
     assert app._app_tasks  # the timer is registered
+
+
+#: faust.App methods belvedere.App overrides on purpose.
+OVERRIDES = {
+    "_new_conductor", "_new_transport", "_new_web", "on_init_dependencies", "on_webserver_init",
+    "logger", "_abc_impl",
+}  # fmt: skip
+#: What belvedere.App adds per instance.
+INSTANCE_ATTRIBUTES = [
+    "admin_token", "aggregates", "api_token", "batch_tap", "event_topics", "flow_trace",
+    "max_event_bytes", "projections", "sagas", "views",
+]  # fmt: skip
+
+
+def test_belvedere_adds_to_faust_app_without_shadowing_it(tmp_path: Path) -> None:
+    """faust calls its own app.trace() and reads app.tracer: a Belvedere method or attribute
+    of the same name broke the worker at its first timer (or rebalance)."""
+    plain = faust.App("plain", datadir=str(tmp_path))
+    ours = {name for name in vars(belvedere.App) if not name.startswith("__")}
+    assert {name for name in ours if hasattr(plain, name)} == OVERRIDES
+    assert [name for name in INSTANCE_ATTRIBUTES if hasattr(plain, name)] == []
+    app = belvedere.App("ours", data_dir=tmp_path)
+    assert all(hasattr(app, name) for name in INSTANCE_ATTRIBUTES)

@@ -1,6 +1,6 @@
 """The correlation index: every event of a flow, across topics, by correlation id.
 
-``app.trace(*topics)`` (every event topic declared so far, by default) copies each event
+``app.trace_flows(*topics)`` (every event topic declared so far, by default) copies each event
 of those topics into the trace inbox, keyed by its correlation id. The view ``trace``
 then holds, per flow, where each event is (topic, partition, offset), what it is, when,
 and what caused it. ``GET /trace/{correlationId}`` answers a flow in causal order.

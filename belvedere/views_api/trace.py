@@ -1,7 +1,7 @@
 """``GET /trace/{correlationId}``: every event of one flow, across topics, in causal order.
 
 Each event comes after the one that caused it (its ``causationId``), siblings by time;
-each says where it is (topic, partition, offset). Only with tracing on (``app.trace()``).
+each says where it is (topic, partition, offset). Only with tracing on (``app.trace_flows()``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ __all__ = ["get_trace"]
 async def get_trace(app: Any, request: web.Request) -> web.StreamResponse:
     flow = request.match_info["id"]
     if app.flow_trace is None:
-        return error(404, "tracing-off", f"{app.conf.id} does not trace flows: call app.trace()")
+        return error(
+            404, "tracing-off", f"{app.conf.id} does not trace flows: call app.trace_flows()"
+        )
     view = app.flow_trace.view
     data = await stored_row(app, request, view, flow, f"no events with correlation id {flow!r}")
     if isinstance(data, web.Response):

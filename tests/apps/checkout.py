@@ -52,4 +52,4 @@ app.saga(
     on_failure=lambda s: CancelOrder(order_id=s.start.order_id, reason="checkout failed"),
 )
 
-app.trace()  # every topic declared above, for GET /trace/{correlationId}
+app.trace_flows()  # every topic declared above, for GET /trace/{correlationId}
