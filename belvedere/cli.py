@@ -339,6 +339,32 @@ def _port(value: str) -> int:
     return port
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        from examples.shop.demo import main as demo
+    except ModuleNotFoundError:
+        raise UsageError(
+            "the demo runs examples/shop from a Belvedere checkout: run it from the repository's root"
+        ) from None
+    broker = args.broker or os.environ.get("BELVEDERE_BROKER") or "embedded://"
+    return demo(broker, args.data_dir, args.web_port, args.orders, args.rate, args.seed)
+
+
+def _positive(kind: type) -> Any:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
+        return number
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="belvedere",
@@ -424,6 +450,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-wait", action="store_true", help="start it and return without watching"
     )
     rebuild.set_defaults(run=cmd_rebuild)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the shop example, driven by generated orders",
+        description="Run examples/shop on one worker and place generated orders; Ctrl-C stops "
+        "it, and a second run goes on from the same data.",
+    )
+    demo.add_argument(
+        "--broker", metavar="URL", help="kafka://host:port, or embedded:// (the default)"
+    )
+    demo.add_argument("--data-dir", metavar="DIR", default="belvedere-data/shop")
+    demo.add_argument("--web-port", type=_port, metavar="N", default=6066)
+    demo.add_argument(
+        "--orders",
+        type=_positive(int),
+        metavar="N",
+        help="place N orders, wait until each is settled, and stop",
+    )
+    demo.add_argument(
+        "--rate",
+        type=_positive(float),
+        metavar="R",
+        default=20.0,
+        help="orders per second (default 20)",
+    )
+    demo.add_argument("--seed", type=int, default=1, help="which stream of orders (default 1)")
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 

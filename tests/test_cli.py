@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from belvedere.streams.embedded import Log
@@ -190,3 +192,20 @@ def test_readme_example_serves_its_table(tmp_path: Path) -> None:
         )
     finally:
         worker.kill()
+
+
+def test_the_demo_outside_a_checkout_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "belvedere.cli", "demo", "--orders", "1"],
+        cwd=tmp_path,  # no examples/shop here
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "belvedere: the demo runs examples/shop from a Belvedere checkout: run it from the "
+        "repository's root"
+    ]
+    bad = run_cli("demo", "--rate", "0")
+    assert bad.returncode == 2 and "must be above 0" in bad.stderr

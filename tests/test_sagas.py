@@ -62,9 +62,11 @@ def test_fixture_a_saga_that_succeeds() -> None:
 
 def test_fixture_a_failed_reservation_cancels_the_order() -> None:
     failed = ReserveFailed(sku="sku-9", order_id="o-1", reason="out of stock")
-    checkout.given(CREATED).when(failed).then_sent(
-        CancelOrder(order_id="o-1", reason="checkout failed")
-    ).then_status("compensated")
+    outcome = checkout.given(CREATED).when(failed)
+    outcome.then_sent(CancelOrder(order_id="o-1", reason="checkout failed")).then_status(
+        "compensated"
+    )
+    assert checkout_app.app.sagas["checkout"].saga.state(outcome.row).failure == failed
 
 
 def test_fixture_a_payment_timeout_compensates_in_reverse_order() -> None:

@@ -80,12 +80,14 @@ class Step:
 
 @dataclass(frozen=True)
 class SagaState:
-    """What a step's functions see: the saga's id, the event that started it, and the
-    event that completed each step so far, by step name."""
+    """What a step's functions see: the saga's id, the event that started it, the event
+    that completed each step so far (by step name), and the event that failed one."""
 
     id: str
     start: Event
     results: dict[str, Event] = field(default_factory=dict)
+    #: The event that failed a step (None: none did, or the step timed out).
+    failure: Event | None = None
 
     def __getitem__(self, step: str) -> Event:
         return self.results[step]
@@ -133,7 +135,10 @@ class Saga:
             return self._by_type[stored["type"]].from_data(stored["data"])
 
         results = {name: event(stored) for name, stored in row["results"].items()}
-        return SagaState(row["id"], event(row["start"]), results)
+        failed = row.get("failure")
+        return SagaState(
+            row["id"], event(row["start"]), results, None if failed is None else event(failed)
+        )
 
     def _send(self, row: dict, out: list[Sent], make: Callable, step: str, action: str, cause: str | None, now: int) -> None:  # fmt: skip
         command = make(self.state(row))
@@ -173,6 +178,7 @@ class Saga:
             row["results"] = {**row["results"], step.name: typed}
             what, advance = "done", True
         elif isinstance(event, _types(step.failed)):
+            row["failure"] = typed
             what, advance = "failed", False
         else:
             return None, out  # not what the current step waits for

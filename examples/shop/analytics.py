@@ -1,0 +1,33 @@
+"""Analytics: revenue per user, and how many orders are in each status."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from examples.shop.app import app, order_events
+from examples.shop.contracts import OrderCancelled, OrderConfirmed, OrderPlaced
+
+#: user id -> the amounts of their confirmed orders
+revenue = app.view("revenue-per-user", value=Decimal)
+#: placed (in flight) | confirmed | cancelled -> how many orders; one partition, so that
+#: one event may move an order from one status to another
+orders_per_status = app.view("orders-per-status", value=int, partitions=1)
+
+
+@app.projection(order_events, view=revenue, by="user_id")
+def earn(view, event: OrderConfirmed) -> None:
+    view[event.user_id] = view.get(event.user_id, Decimal(0)) + event.amount
+
+
+@app.projection(order_events, view=orders_per_status, by=lambda event: "orders")
+class Statuses:
+    def placed(self, view, event: OrderPlaced) -> None:
+        view["placed"] = view.get("placed", 0) + 1
+
+    def confirmed(self, view, event: OrderConfirmed) -> None:
+        view["placed"] = view.get("placed", 0) - 1
+        view["confirmed"] = view.get("confirmed", 0) + 1
+
+    def cancelled(self, view, event: OrderCancelled) -> None:
+        view["placed"] = view.get("placed", 0) - 1
+        view["cancelled"] = view.get("cancelled", 0) + 1
