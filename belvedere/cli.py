@@ -339,6 +339,17 @@ def _port(value: str) -> int:
     return port
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    import json
+
+    from belvedere.views_api.openapi import spec
+    from belvedere.views_api.reference import reference
+
+    document = spec(load_app(args.app))
+    print(reference(document) if args.markdown else json.dumps(document, indent=2), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -450,6 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-wait", action="store_true", help="start it and return without watching"
     )
     rebuild.set_defaults(run=cmd_rebuild)
+
+    openapi = commands.add_parser(
+        "openapi",
+        help="print an app's OpenAPI spec (or the HTTP reference in Markdown)",
+        description="Print the OpenAPI spec a worker of the app serves at /openapi.json.",
+    )
+    openapi.add_argument("app", metavar="MODULE:APP")
+    openapi.add_argument("--markdown", action="store_true", help="the HTTP reference instead")
+    openapi.set_defaults(run=cmd_openapi)
 
     demo = commands.add_parser(
         "demo",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from belvedere.streams.embedded import Log
-from tests.support.worker import Worker, free_port, run_cli
+from tests.support.worker import REPO, Worker, free_port, run_cli
 
 
 def one_line_error(result) -> str:
@@ -209,3 +210,13 @@ def test_the_demo_outside_a_checkout_is_one_line(tmp_path: Path) -> None:
     ]
     bad = run_cli("demo", "--rate", "0")
     assert bad.returncode == 2 and "must be above 0" in bad.stderr
+
+
+def test_the_http_reference_in_docs_is_the_one_the_spec_gives() -> None:
+    """docs/http-reference.md is generated: if this fails, regenerate it with the command
+    its header gives."""
+    result = run_cli("openapi", "examples.shop:app", "--markdown")
+    assert result.returncode == 0, result.stderr
+    assert (REPO / "docs" / "http-reference.md").read_text() == result.stdout
+    spec = run_cli("openapi", "examples.shop:app")
+    assert json.loads(spec.stdout)["paths"]["/commands/{name}"]["post"]["responses"]["202"]

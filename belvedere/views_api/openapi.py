@@ -27,7 +27,9 @@ def _param(name: str, where: str, description: str, schema: dict, required: bool
     }
 
 
-def _answers(ok: str, *errors: int, ok_status: str = "200", body: dict | None = None) -> dict:
+def _answers(
+    ok: str, *errors: int, ok_status: str = "200", body: dict | None = None, guarded: bool = True
+) -> dict:
     out: dict[str, Any] = {
         ok_status: {
             "description": ok,
@@ -45,7 +47,7 @@ def _answers(ok: str, *errors: int, ok_status: str = "200", body: dict | None = 
         422: "the command was rejected",
         504: "not in time: the token's positions, or the command's outcome",
     }
-    for status in (*errors, 401, 403):
+    for status in (*errors, *((401, 403) if guarded else ())):
         out[str(status)] = {
             "description": reasons[status],
             "content": {"application/json": {"schema": ERROR}},
@@ -53,8 +55,14 @@ def _answers(ok: str, *errors: int, ok_status: str = "200", body: dict | None = 
     return out
 
 
-def _command_paths(app: Any, timeout: dict) -> dict[str, Any]:
+def _command_paths(app: Any) -> dict[str, Any]:
     """The write side: commands, and aggregates with their history."""
+    timeout = _param(
+        "timeout",
+        "query",
+        "seconds to wait for the command's outcome (default 5)",
+        {"type": "number", "minimum": 0, "maximum": 60},
+    )
     commands = sorted(c.event_type for p in app.aggregates.values() for c in p.command_handlers)
     kind = _param(
         "type",
@@ -197,19 +205,23 @@ def spec(app: Any) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": f"{app.conf.id}: Belvedere views",
+            "title": f"{app.conf.id}: Belvedere",
             "version": "1",
-            "description": "Materialized views over HTTP, from any worker. Every error is "
+            "description": "Views, events, commands, aggregates, sagas and flows over HTTP, "
+            "from any worker. Every error is "
             'JSON: {"error": ..., "detail": ...}.',
         },
         "paths": {
             "/health": {
-                "get": {"summary": "Liveness", "responses": _answers("the process answers")}
+                "get": {
+                    "summary": "Liveness",
+                    "responses": _answers("the process answers", guarded=False),
+                }
             },
             "/ready": {
                 "get": {
                     "summary": "Readiness: every assigned partition is recovered",
-                    "responses": _answers("ready", 503),
+                    "responses": _answers("ready", 503, guarded=False),
                 }
             },
             "/metrics": {
@@ -221,7 +233,10 @@ def spec(app: Any) -> dict[str, Any]:
                 }
             },
             "/openapi.json": {
-                "get": {"summary": "This document", "responses": _answers("the spec")}
+                "get": {
+                    "summary": "This document",
+                    "responses": _answers("the spec", guarded=False),
+                }
             },
             "/views": {
                 "get": {
@@ -347,7 +362,7 @@ def spec(app: Any) -> dict[str, Any]:
                     "responses": _answers("written", 400, 404, ok_status="201"),
                 }
             },
-            **_command_paths(app, timeout),
+            **_command_paths(app),
         },
         "components": {
             "schemas": {
