@@ -1,9 +1,10 @@
-"""The docs that teach run as written: every file and command of docs/tutorial.md, in order.
+"""The docs that teach run as written: every file, script and command of the DOCS, in order.
 
 Conventions in such a doc:
 
 - a ``python file=NAME`` block is written to NAME in the doc's own working directory (a
-  later block with the same name replaces it, as a reader editing the file would);
+  later block with the same name replaces it, as a reader editing the file would); a
+  ``python run`` block is run there as a script, and must succeed (its asserts hold);
 - an ``sh`` block is one command, run with bash there. ``belvedere worker ...`` is started
   in the background (as in a terminal of its own) and waited on until ready; the reader's
   Ctrl-C is what ``belvedere reset`` needs first, so the worker is stopped then, and before
@@ -31,7 +32,7 @@ import pytest
 
 from tests.support.worker import REPO, free_port
 
-DOCS = ["tutorial.md"]
+DOCS = ["tutorial.md", "concepts.md"]
 BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
 
 
@@ -82,6 +83,19 @@ class Reader:
         )
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
         return done.stdout
+
+    def python(self, code: str) -> None:
+        script = self.workdir / "sample.py"
+        script.write_text(code)
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"{code}\n{done.stdout}\n{done.stderr}"
 
     def start_worker(self, command: str) -> None:
         log = open(self.workdir / "worker.log", "a")  # noqa: SIM115 - the worker writes to it
@@ -136,11 +150,12 @@ def test_the_docs_samples_run_as_written(doc: str, tmp_path: Path) -> None:
     ran = 0
     try:
         for i, block in enumerate(found):
-            if block.kind == "python":
+            if block.kind == "python" and block.info == "run":
+                reader.python(block.body)
+                ran += 1
+            elif block.kind == "python":
                 name = block.info.removeprefix("file=")
-                assert block.info.startswith("file=") and name, (
-                    f"{doc}: a python block without file="
-                )
+                assert block.info.startswith("file=") and name, f"{doc}: python: file= or run"
                 (tmp_path / name).write_text(block.body)
             elif block.kind == "sh":
                 command = reader.command(block.body)
@@ -152,4 +167,4 @@ def test_the_docs_samples_run_as_written(doc: str, tmp_path: Path) -> None:
                 ran += 1
     finally:
         reader.stop_worker()
-    assert ran >= 5, f"{doc}: only {ran} commands"
+    assert ran >= 3, f"{doc}: only {ran} samples"
