@@ -7,8 +7,8 @@ Conventions in such a doc:
   ``python run`` block is run there as a script, and must succeed (its asserts hold);
 - an ``sh`` block is one command, run with bash there. ``belvedere worker ...`` is started
   in the background (as in a terminal of its own) and waited on until ready; the reader's
-  Ctrl-C is what ``belvedere reset`` needs first, so the worker is stopped then, and before
-  another worker starts;
+  Ctrl-C is what ``belvedere reset`` and ``belvedere dlq`` need first (the embedded broker's
+  log is one process's), so the worker is stopped then, and before another worker starts;
 - a ``text`` block right after an ``sh`` block is what that command prints, asked again
   until it does (a view shows a write within its checkpoint interval), for 30 s at most.
 
@@ -32,7 +32,7 @@ import pytest
 
 from tests.support.worker import REPO, free_port
 
-DOCS = ["tutorial.md", "concepts.md"]
+DOCS = ["tutorial.md", "concepts.md", "operations.md"]
 BLOCK = re.compile(r"^```(\w+)([^\n]*)\n(.*?)^```", re.S | re.M)
 
 
@@ -71,8 +71,8 @@ class Reader:
             self.stop_worker()
             self.start_worker(command)
             return ""
-        if command.startswith("belvedere reset"):
-            self.stop_worker()  # the reader's Ctrl-C
+        if command.startswith(("belvedere reset", "belvedere dlq")):
+            self.stop_worker()  # the reader's Ctrl-C: these read the embedded broker's log
         done = subprocess.run(
             ["bash", "-c", command],
             cwd=self.workdir,
