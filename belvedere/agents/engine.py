@@ -36,6 +36,7 @@ from mode import Service
 from belvedere.agents.projection import Projection, Slot, slot
 from belvedere.agents.rebuild import Rebuilder
 from belvedere.agents.standby import Standbys
+from belvedere.streams.context import enter_cause, leave_cause
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.readers import PartitionReader, reader_for
 from belvedere.tables.changelog import CHANGELOG_CONFIG, changelog_records
@@ -507,12 +508,14 @@ class ProjectionEngine(Service):
                 handler = handlers.get(type(event))
                 if handler is not None:
                     txn.savepoint()
+                    txn.record = record
+                    cause = enter_cause(event.meta)  # what the handler publishes continues it
                     try:
-                        txn.record = record
                         result = handler.fn(txn, event)
                         if handler.is_async:
                             await result
                     except Exception as exc:  # a bad event must not stop the partition
+                        leave_cause(cause)
                         txn.rollback()
                         kind = (
                             "wrong-partition"
@@ -521,6 +524,7 @@ class ProjectionEngine(Service):
                         )
                         await self.app.dead_letters.send(record, kind, f"{handler.name}: {exc!r}")
                     else:
+                        leave_cause(cause)
                         txn.release()
             part.next_offset = offset + 1
             part.dirty += 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING
 
 from faust.streams import current_event
@@ -18,7 +18,14 @@ if TYPE_CHECKING:
     from belvedere.streams.envelope import EventMeta
     from belvedere.streams.records import Event
 
-__all__ = ["caused_by", "current_cause", "replaying", "side_effects_suppressed"]
+__all__ = [
+    "caused_by",
+    "current_cause",
+    "enter_cause",
+    "leave_cause",
+    "replaying",
+    "side_effects_suppressed",
+]
 
 _cause: ContextVar[EventMeta | None] = ContextVar("belvedere_cause", default=None)
 _replaying: ContextVar[bool] = ContextVar("belvedere_replaying", default=False)
@@ -45,6 +52,16 @@ def caused_by(event: Event | EventMeta) -> Iterator[None]:
         yield
     finally:
         _cause.reset(token)
+
+
+def enter_cause(meta: EventMeta | None) -> Token[EventMeta | None]:
+    """``caused_by`` without the context manager, for the projection engine's per-event
+    path (where a ``with`` per event would cost more than the handler)."""
+    return _cause.set(meta)
+
+
+def leave_cause(token: Token[EventMeta | None]) -> None:
+    _cause.reset(token)
 
 
 def side_effects_suppressed() -> bool:
