@@ -35,7 +35,6 @@ __all__ = [
     "Decision",
     "Rejected",
     "Reply",
-    "VersionConflict",
     "annotated_types",
     "decide",
 ]
@@ -46,15 +45,6 @@ class Rejected(Exception):
 
     The message is what the caller sees (HTTP 422); keep it for humans.
     """
-
-
-class VersionConflict(Exception):
-    """The command expected another version of the aggregate (HTTP 409)."""
-
-    def __init__(self, expected: int, actual: int) -> None:
-        super().__init__(f"expected version {expected}, but the aggregate is at version {actual}")
-        self.expected = expected
-        self.actual = actual
 
 
 @dataclass(frozen=True)
@@ -224,7 +214,7 @@ async def decide(aggregate: Aggregate, handler: CommandHandler, command: Any) ->
         return Decision(
             "conflict",
             [],
-            detail=str(VersionConflict(expected, aggregate.version)),
+            detail=f"expected version {expected}, but the aggregate is at version {aggregate.version}",
             expected=expected,
             version=aggregate.version,
         )
