@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,3 +280,86 @@ def test_a_pending_checkpoint_the_log_holds_whole_is_confirmed_by_the_restore(
             assert sorted(store.pending_keys()) == [b"a", b"b"]
         assert store.source_offsets() == {("src", 0): 6}
         store.close()
+
+
+def _corrupt_middle_of_an_sst(db: Path) -> None:
+    sst = next(db.glob("*.sst"))
+    with open(sst, "r+b") as f:
+        f.seek(sst.stat().st_size // 3)
+        f.write(b"\xa5" * 64)
+
+
+def _overwrite_manifest(db: Path) -> None:
+    manifest = next(db.glob("MANIFEST-*"))
+    with open(manifest, "r+b") as f:
+        f.seek(10)
+        f.write(b"\xa5" * 64)
+
+
+DAMAGE = {
+    "sst bytes": _corrupt_middle_of_an_sst,
+    "sst truncated": lambda db: os.truncate(next(db.glob("*.sst")), 100),
+    "sst deleted": lambda db: next(db.glob("*.sst")).unlink(),
+    "MANIFEST bytes": _overwrite_manifest,
+    "MANIFEST deleted": lambda db: next(db.glob("MANIFEST-*")).unlink(),
+    "CURRENT garbage": lambda db: (db / "CURRENT").write_text("garbage\n"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_store_is_moved_aside_and_restored_from_its_changelog(
+    tmp_path: Path, budget: StoreBudget, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    v = view(indexes=())
+    rows = {b"k%05d" % i: v.encode_value(Row(owner="o", total=i)) for i in range(5_000)}
+    log = as_log([(rows, {("src", 0): 5_000})])
+    store = PartitionStore(tmp_path / "0.db", budget)
+    store.write(rows, {}, len(rows), {("src", 0): 5_000}, len(log) - 1)
+    store.close()  # flushed: the rows are in an .sst
+    DAMAGE[damage](tmp_path / "0.db")
+
+    with caplog.at_level(logging.WARNING, logger="belvedere.tables.store"):
+        store = open_partition(v, tmp_path, budget)
+    assert store.moved_aside == tmp_path / "0.db.corrupt" and store.moved_aside.is_dir()
+    assert "is damaged" in caplog.text and "rebuilding it from the changelog" in caplog.text
+    assert store.count() == 0 and store.changelog_offset() is None  # nothing half-read
+    restorer = Restorer(v, store)
+    restorer.feed(log)
+    assert restorer.finish() == set()
+    assert dict(store.rows()) == rows and store.count() == 5_000
+    assert store.source_offsets() == {("src", 0): 5_000}
+
+
+def test_an_intact_store_opens_as_it_was_and_a_locked_one_is_not_taken_for_damaged(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    store = PartitionStore(tmp_path / "0.db", budget)
+    store.write({b"a": b"1"}, {}, 1, {("src", 0): 1}, 0)
+    with pytest.raises(Exception, match="lock"):  # held by the open one: an error, not damage
+        PartitionStore(tmp_path / "0.db", budget)
+    assert not (tmp_path / "0.db.corrupt").exists()
+    store.close()
+    again = PartitionStore(tmp_path / "0.db", budget)
+    assert again.moved_aside is None and again.get(b"a") == b"1" and again.count() == 1
+
+
+def test_a_scan_that_meets_a_damaged_block_raises_instead_of_stopping_short(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    import rocksdict
+
+    from belvedere.streams.rocksdb_scan import scan_prefix
+
+    path = tmp_path / "raw.db"
+    db = rocksdict.Rdict(str(path), options=budget.options())
+    for i in range(20_000):
+        db.put(b"r%05d" % i, b"v" * 50)
+    db.close()
+    _corrupt_middle_of_an_sst(path)
+    db = rocksdict.Rdict(str(path), options=budget.options())  # opens: blocks are read lazily
+    try:
+        with pytest.raises(Exception, match="Corruption"):
+            for _ in scan_prefix(db, b"r"):
+                pass
+    finally:
+        db.close()
