@@ -23,6 +23,7 @@ from belvedere.streams.conductor import Conductor
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
 from belvedere.streams.records import Event
+from belvedere.streams.security import BrokerSecurity
 from belvedere.streams.tap import tapped
 from belvedere.streams.topics import EventTopic
 from belvedere.tables.view import View
@@ -55,16 +56,22 @@ class App(faust.App):
     Each setting comes from, in order: its ``BELVEDERE_*`` environment variable (which the
     ``belvedere worker`` flags set), the argument given here, then the default:
 
-    ======================  ======================  ===================================
-    argument                environment             default
-    ======================  ======================  ===================================
-    ``broker``              ``BELVEDERE_BROKER``    ``embedded://`` (in the data dir)
-    ``data_dir``            ``BELVEDERE_DATA_DIR``  ``belvedere-data/<id>``
-    ``web_host``            ``BELVEDERE_WEB_HOST``  ``127.0.0.1`` (bind and advertise)
-    ``web_port``            ``BELVEDERE_WEB_PORT``  ``6066``
-    ``admin_token``         ``BELVEDERE_ADMIN_TOKEN`` none: admin requests from loopback only
-    ``api_token``           ``BELVEDERE_API_TOKEN``   none: reads and event posts are open
-    ======================  ======================  ===================================
+    =========================  ===================================  ==========================================
+    argument                   environment                          default
+    =========================  ===================================  ==========================================
+    ``broker``                 ``BELVEDERE_BROKER``                 ``embedded://`` (in the data dir)
+    ``data_dir``               ``BELVEDERE_DATA_DIR``               ``belvedere-data/<id>``
+    ``web_host``               ``BELVEDERE_WEB_HOST``               ``127.0.0.1`` (bind and advertise)
+    ``web_port``               ``BELVEDERE_WEB_PORT``               ``6066``
+    ``admin_token``            ``BELVEDERE_ADMIN_TOKEN``            none: admin requests from loopback only
+    ``api_token``              ``BELVEDERE_API_TOKEN``              none: reads and event posts are open
+    ``broker_ssl_cafile``      ``BELVEDERE_BROKER_SSL_CAFILE``      none: plaintext; else TLS trusting this CA
+    ``broker_ssl_certfile``    ``BELVEDERE_BROKER_SSL_CERTFILE``    none; a client certificate (mutual TLS)
+    ``broker_ssl_keyfile``     ``BELVEDERE_BROKER_SSL_KEYFILE``     none: the key is in the certfile
+    ``broker_sasl_mechanism``  ``BELVEDERE_BROKER_SASL_MECHANISM``  none; PLAIN (over TLS), SCRAM-SHA-256/512
+    ``broker_username``        ``BELVEDERE_BROKER_USERNAME``        none; the SASL user
+    ``broker_password``        ``BELVEDERE_BROKER_PASSWORD``        none; the SASL password, never shown
+    =========================  ===================================  ==========================================
 
     Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
     through orjson (faust's codec picks it up when installed, and Belvedere requires it).
@@ -73,6 +80,10 @@ class App(faust.App):
     (state, changelog, offsets) every ``checkpoint_interval`` seconds or
     ``checkpoint_events`` events per partition, whichever comes first: views lag their
     source by up to that, and fewer, larger checkpoints write fewer changelog records.
+
+    The ``broker_*`` security settings (:class:`~belvedere.streams.security.BrokerSecurity`)
+    reach faust's clients and Belvedere's own alike; give them instead of faust's
+    ``broker_credentials``, which Belvedere's own clients would not see.
     """
 
     def __init__(
@@ -88,6 +99,12 @@ class App(faust.App):
         checkpoint_events: int = 20_000,
         admin_token: str | None = None,
         api_token: str | None = None,
+        broker_ssl_cafile: str | None = None,
+        broker_ssl_certfile: str | None = None,
+        broker_ssl_keyfile: str | None = None,
+        broker_sasl_mechanism: str | None = None,
+        broker_username: str | None = None,
+        broker_password: str | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
@@ -110,6 +127,21 @@ class App(faust.App):
         self.projections.checkpoint_events = checkpoint_events
         #: Set by the projection engine: takes fetched batches of its partitions.
         self.batch_tap: Any = None
+        #: TLS and SASL for every Kafka client of this app (faust's and Belvedere's).
+        self.broker_security = BrokerSecurity(
+            cafile=_setting("BELVEDERE_BROKER_SSL_CAFILE", broker_ssl_cafile, None),
+            certfile=_setting("BELVEDERE_BROKER_SSL_CERTFILE", broker_ssl_certfile, None),
+            keyfile=_setting("BELVEDERE_BROKER_SSL_KEYFILE", broker_ssl_keyfile, None),
+            mechanism=_setting("BELVEDERE_BROKER_SASL_MECHANISM", broker_sasl_mechanism, None),
+            username=_setting("BELVEDERE_BROKER_USERNAME", broker_username, None),
+            password=_setting("BELVEDERE_BROKER_PASSWORD", broker_password, None),
+        )
+        if "broker_credentials" in options or "ssl_context" in options:
+            raise ValueError(
+                "give belvedere.App the broker_ssl_*/broker_sasl_* settings rather than faust's "
+                "broker_credentials or ssl_context: Belvedere's own Kafka clients use them too"
+            )
+        options["broker_credentials"] = self.broker_security.faust_credentials()
         host = _setting("BELVEDERE_WEB_HOST", web_host, DEFAULT_WEB_HOST)
         options.setdefault("store", "rocksdb://")
         # faust fetches with a fixed 1.5 s max wait and 1 MiB per partition: batches of ~17k

@@ -8,6 +8,7 @@ and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import os
 import socket
@@ -23,6 +24,7 @@ from yarl import URL
 import belvedere
 from belvedere.app import App
 from belvedere.streams.errors import BrokerError
+from belvedere.streams.security import SecuritySettingsError
 
 __all__ = ["UsageError", "load_app", "main"]
 
@@ -45,6 +47,8 @@ def load_app(spec: str) -> App:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except SecuritySettingsError as exc:
+        raise UsageError(str(exc)) from None
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise UsageError(
@@ -88,6 +92,11 @@ def check_broker(app: App) -> None:
     scheme = urls[0].scheme
     if scheme in KAFKA_SCHEMES:
         _check_kafka_reachable(urls)
+        hosts = [(url.host or "localhost", url.port or 9092) for url in urls]
+        try:  # a login or TLS refusal would otherwise crash the worker with a traceback
+            asyncio.run(app.broker_security.verify(hosts, CONNECT_TIMEOUT))
+        except BrokerError as exc:
+            raise UsageError(str(exc)) from None
     elif scheme == "embedded":
         from belvedere.streams.embedded import Log, log_path
 
@@ -114,8 +123,17 @@ def _set_env(name: str, value: object | None) -> None:
         os.environ[name] = str(value)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def _set_broker_env(args: argparse.Namespace) -> None:
+    """The broker flags, as the environment variables the App reads (they win over code)."""
     _set_env("BELVEDERE_BROKER", args.broker)
+    for flag in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(args, f"broker_{flag}")
+        _set_env(f"BELVEDERE_BROKER_{flag.upper()}", path and Path(path).resolve())
+    _set_env("BELVEDERE_BROKER_SASL_MECHANISM", args.broker_sasl_mechanism)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _set_broker_env(args)
     _set_env("BELVEDERE_WEB_PORT", args.web_port)
     _set_env("BELVEDERE_WEB_HOST", args.web_host)
     _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
@@ -138,11 +156,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _load_with_broker(args: argparse.Namespace) -> App:
-    _set_env("BELVEDERE_BROKER", getattr(args, "broker", None))
-    _set_env(
-        "BELVEDERE_DATA_DIR", getattr(args, "data_dir", None) and Path(args.data_dir).resolve()
-    )
-    return load_app(args.app)
+    _set_broker_env(args)
+    _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
+    app = load_app(args.app)
+    if app.conf.broker[0].scheme in KAFKA_SCHEMES:
+        check_broker(app)
+    return app
 
 
 def cmd_schema_export(args: argparse.Namespace) -> int:
@@ -190,7 +209,9 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     app = _load_with_broker(args)
     _dead_letter_source(app, args.topic)
     name = dead_letter_topic(app.conf.id, args.topic)
-    records = _broker_call(lambda: client_for(app.conf.broker, app.conf.datadir).read(name))
+    records = _broker_call(
+        lambda: client_for(app.conf.broker, app.conf.datadir, app.broker_security).read(name)
+    )
     if not records:
         print(f"no dead letters for {args.topic} (topic {name})")
         return 0
@@ -211,7 +232,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
 
     app = _load_with_broker(args)
     topic = _dead_letter_source(app, args.topic)
-    client = client_for(app.conf.broker, app.conf.datadir)
+    client = client_for(app.conf.broker, app.conf.datadir, app.broker_security)
     report = _broker_call(lambda: replay(app, topic, client, from_start=args.from_start))
     for line in report.still_bad:
         print(f"still bad: {line}")
@@ -226,7 +247,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     from belvedere.streams.clients import client_for
 
     app = _load_with_broker(args)
-    client = client_for(app.conf.broker, app.conf.datadir)
+    client = client_for(app.conf.broker, app.conf.datadir, app.broker_security)
     try:
         report = _broker_call(lambda: reset_view(app, args.view, client))
     except LookupError as exc:
@@ -376,6 +397,29 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _broker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker", metavar="URL", help="kafka://host:port, or embedded:// (the default)"
+    )
+    parser.add_argument(
+        "--broker-ssl-cafile",
+        metavar="FILE",
+        help="talk TLS to Kafka, trusting the CA certificates in FILE (PEM)",
+    )
+    parser.add_argument(
+        "--broker-ssl-certfile", metavar="FILE", help="a client certificate, for mutual TLS"
+    )
+    parser.add_argument(
+        "--broker-ssl-keyfile", metavar="FILE", help="its key, if not in the certificate's file"
+    )
+    parser.add_argument(
+        "--broker-sasl-mechanism",
+        metavar="NAME",
+        help="log in to Kafka with PLAIN (over TLS only), SCRAM-SHA-256 or SCRAM-SHA-512, "
+        "as BELVEDERE_BROKER_USERNAME with BELVEDERE_BROKER_PASSWORD",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="belvedere",
@@ -390,9 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "app", metavar="MODULE:APP", help="where the belvedere.App is, e.g. shop.app:app"
     )
-    worker.add_argument(
-        "--broker", metavar="URL", help="kafka://host:port, or embedded:// (the default)"
-    )
+    _broker_arguments(worker)
     worker.add_argument("--web-port", type=_port, metavar="N", help="HTTP port (default 6066)")
     worker.add_argument(
         "--web-host", metavar="HOST", help="HTTP host to bind and advertise (default 127.0.0.1)"
@@ -428,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub, run in ((listing, cmd_dlq_list), (replaying, cmd_dlq_replay)):
         sub.add_argument("app", metavar="MODULE:APP")
         sub.add_argument("topic", metavar="TOPIC")
-        sub.add_argument("--broker", metavar="URL")
+        _broker_arguments(sub)
         sub.add_argument("--data-dir", metavar="DIR")
         sub.set_defaults(run=run)
 
@@ -438,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("app", metavar="MODULE:APP")
     reset.add_argument("view", metavar="VIEW")
-    reset.add_argument("--broker", metavar="URL")
+    _broker_arguments(reset)
     reset.add_argument("--data-dir", metavar="DIR")
     reset.set_defaults(run=cmd_reset)
 

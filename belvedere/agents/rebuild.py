@@ -189,7 +189,9 @@ class Rebuilder:
             view.name, gen.active, partitions, {"switched"}
         ):
             old = view.changelog_topic_for(gen.previous)
-            client = client_for(self.app.conf.broker, self.app.conf.datadir)
+            client = client_for(
+                self.app.conf.broker, self.app.conf.datadir, self.app.broker_security
+            )
             if isinstance(client, EmbeddedClient):  # this process's own log: not from a thread
                 client.delete_topic(old)
             else:

@@ -19,6 +19,7 @@ from yarl import URL
 from belvedere.streams.embedded import Log, Record, StoredRecord, log_path
 from belvedere.streams.errors import BrokerError
 from belvedere.streams.partitioner import partition_for_key
+from belvedere.streams.security import BrokerSecurity
 
 __all__ = ["BrokerClient", "EmbeddedClient", "KafkaClient", "Record", "StoredRecord", "client_for"]
 
@@ -52,15 +53,20 @@ class BrokerClient(Protocol):
     def commit(self, group: str, offsets: Offsets) -> None: ...
 
 
-def client_for(brokers: Sequence[URL | str] | URL | str, datadir: Path | str) -> BrokerClient:
-    """The client for an app's broker URLs (``app.conf.broker``) and data directory."""
+def client_for(
+    brokers: Sequence[URL | str] | URL | str,
+    datadir: Path | str,
+    security: BrokerSecurity | None = None,
+) -> BrokerClient:
+    """The client for an app's broker URLs (``app.conf.broker``) and data directory, with
+    its TLS and SASL settings (``app.broker_security``) on Kafka."""
     given = brokers if isinstance(brokers, (list, tuple)) else [brokers]
     urls = [URL(str(u)) for u in given]
     scheme = urls[0].scheme
     if scheme == "embedded":
         return EmbeddedClient(log_path(urls[0], Path(datadir)))
     if scheme in ("kafka", "aiokafka"):
-        return KafkaClient(",".join(f"{u.host}:{u.port or 9092}" for u in urls))
+        return KafkaClient(",".join(f"{u.host}:{u.port or 9092}" for u in urls), security)
     raise BrokerError(f"no client for broker URL {str(urls[0])!r}")
 
 
@@ -134,9 +140,11 @@ class EmbeddedClient:
 class KafkaClient:
     """aiokafka, run to completion for each call."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, security: BrokerSecurity | None = None) -> None:
         self.bootstrap = bootstrap
         self.url = f"kafka://{bootstrap}"
+        self.security = security or BrokerSecurity()
+        self._auth = self.security.aiokafka_kwargs()
 
     def _run(self, coro: Any) -> Any:
         return asyncio.run(coro)
@@ -157,7 +165,7 @@ class KafkaClient:
             configs["cleanup.policy"] = "compact"
 
         async def create() -> None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self._auth)
             await admin.start()
             try:
                 deadline = time.monotonic() + 30
@@ -182,7 +190,7 @@ class KafkaClient:
         async def delete() -> None:
             if await self._partitions(topic) is None:
                 return
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self._auth)
             await admin.start()
             try:
                 await admin.delete_topics([topic])
@@ -199,7 +207,7 @@ class KafkaClient:
     async def _partitions(self, topic: str) -> int | None:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self._auth)
         await admin.start()
         try:
             # Describing a missing topic would auto-create it, on brokers that allow that.
@@ -217,7 +225,7 @@ class KafkaClient:
         from aiokafka import AIOKafkaProducer
 
         async def produce() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **self._auth, linger_ms=5)
             await producer.start()
             try:
                 futures = [
@@ -246,7 +254,9 @@ class KafkaClient:
             n = await self._partitions(topic)
             if n is None:
                 return []
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, **self._auth, enable_auto_commit=False
+            )
             await consumer.start()
             try:
                 tps = [TopicPartition(topic, p) for p in range(n)]
@@ -283,7 +293,10 @@ class KafkaClient:
         async def committed() -> dict[tuple[str, int], int]:
             n = await self._partitions(topic) or 0
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+                bootstrap_servers=self.bootstrap,
+                **self._auth,
+                group_id=group,
+                enable_auto_commit=False,
             )
             await consumer.start()
             try:
@@ -303,7 +316,10 @@ class KafkaClient:
 
         async def commit() -> None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+                bootstrap_servers=self.bootstrap,
+                **self._auth,
+                group_id=group,
+                enable_auto_commit=False,
             )
             await consumer.start()
             try:

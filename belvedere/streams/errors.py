@@ -1,6 +1,6 @@
 """Errors raised by Belvedere's broker layer, each meant to be shown to a user as one line."""
 
-__all__ = ["BrokerError", "BrokerLocked", "BrokerUnreachable", "TopicMismatch"]
+__all__ = ["BrokerError", "BrokerLocked", "BrokerRefused", "BrokerUnreachable", "TopicMismatch"]
 
 
 class BrokerError(Exception):
@@ -13,6 +13,10 @@ class BrokerLocked(BrokerError):
 
 class BrokerUnreachable(BrokerError):
     """No broker answered at the configured address."""
+
+
+class BrokerRefused(BrokerError):
+    """The broker answered but would not serve this client: TLS, SASL login, or protocol."""
 
 
 class TopicMismatch(BrokerError):

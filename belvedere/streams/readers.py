@@ -88,8 +88,10 @@ class EmbeddedReader(PartitionReader):
 
 
 class KafkaReader(PartitionReader):
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, auth: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
+        #: aiokafka's TLS and SASL arguments (``BrokerSecurity.aiokafka_kwargs()``).
+        self.auth = dict(auth or {})
         self._consumer: Any = None
 
     async def _client(self) -> Any:
@@ -98,6 +100,7 @@ class KafkaReader(PartitionReader):
 
             self._consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
+                **self.auth,
                 enable_auto_commit=False,
                 fetch_max_wait_ms=10,
                 max_partition_fetch_bytes=8 << 20,
@@ -167,4 +170,4 @@ def reader_for(app: Any) -> PartitionReader:
     if url.scheme == "embedded":
         return EmbeddedReader(app.transport.acquire_log())
     bootstrap = ",".join(f"{u.host}:{u.port or 9092}" for u in app.conf.broker)
-    return KafkaReader(bootstrap)
+    return KafkaReader(bootstrap, app.broker_security.aiokafka_kwargs())
