@@ -10,7 +10,6 @@ installed with apt-get when missing and the suite runs as root.
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,16 +19,14 @@ import pytest
 from belvedere.streams.clients import EmbeddedClient, KafkaClient
 from tests.support.brokers import Broker
 from tests.support.chromium import find_chromium
-from tests.support.kafka import KafkaStartFailed, private_kafka
+from tests.support.kafka import (
+    IN_CI,
+    KafkaStartFailed,
+    kafka_unavailable,
+    missing_tools,
+    private_kafka,
+)
 from tests.support.worker import Worker
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _kafka_unavailable(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"Kafka is required when CI=true: {reason}", pytrace=False)
-    pytest.skip(f"no Kafka broker: {reason}")
 
 
 @pytest.fixture(scope="session")
@@ -38,14 +35,14 @@ def kafka_bootstrap() -> Iterator[str]:
     if given:
         yield given
         return
-    missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+    missing = missing_tools()
     if missing:
-        _kafka_unavailable(f"{' and '.join(missing)} not installed, and BELVEDERE_KAFKA is not set")
+        kafka_unavailable(f"{missing}, and BELVEDERE_KAFKA is not set")
     try:
         with private_kafka() as bootstrap:
             yield bootstrap
     except KafkaStartFailed as exc:
-        _kafka_unavailable(f"starting it failed: {exc}")
+        kafka_unavailable(f"starting it failed: {exc}")
 
 
 @pytest.fixture(scope="session")

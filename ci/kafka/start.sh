@@ -4,6 +4,12 @@
 # usage: KAFKA_WORK=/tmp/x bash ci/kafka/start.sh
 # Writes $KAFKA_WORK/{libs/,data/,server.properties,broker.log,kafka.pid,bootstrap}
 # and prints the bootstrap address. Stop it with ci/kafka/stop.sh.
+#
+# Optional: KAFKA_PROPERTIES="a.properties b.properties" appends those files to
+# server.properties (a later key wins), e.g. ci/kafka/sasl-ssl.properties for a TLS+SASL
+# listener; KAFKA_FORMAT_ARGS adds arguments to the storage format, e.g. SCRAM users
+# ("--add-scram SCRAM-SHA-512=[name=alice,password=...]"). In every file, @PORT@,
+# @CONTROLLER_PORT@, @DATA_DIR@ and @WORK@ (= $KAFKA_WORK) are filled in.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 KAFKA_WORK=${KAFKA_WORK:-$(mktemp -d /tmp/belvedere-kafka.XXXXXX)}
@@ -27,14 +33,17 @@ for s in socks:
     s.close()
 PY
 )
+read -r -a EXTRA_PROPERTIES <<< "${KAFKA_PROPERTIES:-}"
+read -r -a FORMAT_ARGS <<< "${KAFKA_FORMAT_ARGS:-}"
 sed -e "s#@DATA_DIR@#$KAFKA_WORK/data#" -e "s#@PORT@#$PORT#g" -e "s#@CONTROLLER_PORT@#$CPORT#g" \
-    "$HERE/server.properties" > "$KAFKA_WORK/server.properties"
+    -e "s#@WORK@#$KAFKA_WORK#g" "$HERE/server.properties" "${EXTRA_PROPERTIES[@]}" \
+    > "$KAFKA_WORK/server.properties"
 
 # 3. Format the storage (static quorum, so no --standalone), then start the broker.
 CLUSTER_ID=$("$PYTHON" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')
 "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$CP" \
     kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$KAFKA_WORK/server.properties" \
-    > "$KAFKA_WORK/format.log" 2>&1 || { cat "$KAFKA_WORK/format.log" >&2; exit 1; }
+    "${FORMAT_ARGS[@]}" > "$KAFKA_WORK/format.log" 2>&1 || { cat "$KAFKA_WORK/format.log" >&2; exit 1; }
 nohup "$JAVA" -Xms256m -Xmx768m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
     -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
     -Dorg.slf4j.simpleLogger.showDateTime=true \

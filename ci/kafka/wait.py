@@ -6,12 +6,16 @@ usage: python ci/kafka/wait.py KAFKA_WORK [timeout_s]
    and unfenced), failing fast if the JVM has exited;
 2. an aiokafka produce (auto-creates a topic: proves leader election and the produce path)
    and a group consume (creates __consumer_offsets: proves the group coordinator).
+
+For a broker started with sasl-ssl.properties, the probe logs in as KAFKA_SASL_USERNAME
+with KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM, over TLS trusting KAFKA_SSL_CAFILE.
 """
 
 import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import sys
 import time
 
@@ -40,12 +44,32 @@ def wait_tcp(pid: int, host: str, port: int, deadline: float) -> None:
     raise SystemExit(f"kafka: timeout, port {port} never opened")
 
 
+def security() -> dict:
+    cafile, mechanism = os.environ.get("KAFKA_SSL_CAFILE"), os.environ.get("KAFKA_SASL_MECHANISM")
+    out: dict = {}
+    if cafile:
+        out.update(security_protocol="SSL", ssl_context=ssl.create_default_context(cafile=cafile))
+    if mechanism:
+        out.update(
+            security_protocol="SASL_SSL" if cafile else "SASL_PLAINTEXT",
+            sasl_mechanism=mechanism,
+            sasl_plain_username=os.environ["KAFKA_SASL_USERNAME"],
+            sasl_plain_password=os.environ["KAFKA_SASL_PASSWORD"],
+        )
+    return out
+
+
 async def probe(bootstrap: str, deadline: float) -> None:
     last = None
+    auth = security()
     while time.monotonic() < deadline:
-        prod = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        prod = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=5000, **auth)
         cons = AIOKafkaConsumer(
-            TOPIC, bootstrap_servers=bootstrap, group_id=TOPIC, auto_offset_reset="earliest"
+            TOPIC,
+            bootstrap_servers=bootstrap,
+            group_id=TOPIC,
+            auto_offset_reset="earliest",
+            **auth,
         )
         try:
             await prod.start()

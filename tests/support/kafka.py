@@ -4,25 +4,52 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from belvedere.streams.security import BrokerSecurity
+
 REPO = Path(__file__).resolve().parents[2]
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
 class KafkaStartFailed(RuntimeError):
     pass
 
 
+def kafka_unavailable(reason: str) -> None:
+    """Skip the test for want of a broker; under ``CI=true``, fail it instead."""
+    import pytest
+
+    if IN_CI:
+        pytest.fail(f"Kafka is required when CI=true: {reason}", pytrace=False)
+    pytest.skip(f"no Kafka broker: {reason}")
+
+
+def missing_tools(*tools: str) -> str | None:
+    """What a private broker lacks to start here (Java, Maven...), in words; None if nothing."""
+    missing = [tool for tool in ("java", "mvn", *tools) if shutil.which(tool) is None]
+    return f"{' and '.join(missing)} not installed" if missing else None
+
+
 @contextlib.contextmanager
-def private_kafka() -> Iterator[str]:
+def private_kafka(
+    work: Path | None = None, settings: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """Start a broker (jars from Maven Central, fresh data folder), yield its bootstrap
-    address, and stop it (removing its folder) afterwards."""
-    work = tempfile.mkdtemp(prefix="belvedere-kafka-")
-    env = {**os.environ, "KAFKA_WORK": work, "PYTHON": sys.executable}
+    address, and stop it (removing its folder) afterwards.
+
+    ``work`` is its folder, made by the caller when files must be there first (``tls/``);
+    ``settings`` go to ci/kafka/start.sh and wait.py (``KAFKA_PROPERTIES``, ``KAFKA_SSL_CAFILE``...).
+    """
+    work = str(work or tempfile.mkdtemp(prefix="belvedere-kafka-"))
+    env = {**os.environ, **(settings or {}), "KAFKA_WORK": work, "PYTHON": sys.executable}
     try:
         try:
             subprocess.run(
@@ -35,6 +62,7 @@ def private_kafka() -> Iterator[str]:
             )
             subprocess.run(
                 [sys.executable, str(REPO / "ci/kafka/wait.py"), work, "120"],
+                env=env,
                 check=True,
                 capture_output=True,
                 text=True,
@@ -45,3 +73,84 @@ def private_kafka() -> Iterator[str]:
         yield Path(work, "bootstrap").read_text().strip()
     finally:
         subprocess.run(["bash", str(REPO / "ci/kafka/stop.sh")], env=env, timeout=90)
+
+
+def make_tls(folder: Path, name: str = "ca") -> Path:
+    """With openssl, a fresh CA and a server certificate it signs for IP:127.0.0.1 and
+    DNS:localhost: ``ca.pem`` (what a client trusts) and ``server.pem`` (the server's
+    PKCS#8 key, then its certificate: Kafka's PEM keystore). Returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl(
+        "req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", f"/CN=belvedere test {name}",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    openssl("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (folder / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid,issuer\n"
+    )
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server.crt",
+    )  # fmt: skip
+    (folder / "server.pem").write_text(
+        (folder / "server.key").read_text() + (folder / "server.crt").read_text()
+    )
+    return folder
+
+
+@dataclass(frozen=True)
+class SecuredKafka:
+    """A private broker whose one client listener wants SASL over TLS."""
+
+    bootstrap: str
+    cafile: Path
+    user: str
+    password: str = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    def security(self, mechanism: str, password: str | None = None) -> BrokerSecurity:
+        return BrokerSecurity(
+            cafile=str(self.cafile),
+            mechanism=mechanism,
+            username=self.user,
+            password=password or self.password,
+        )
+
+
+@contextlib.contextmanager
+def private_secured_kafka(work: Path, user: str, password: str) -> Iterator[SecuredKafka]:
+    """A private broker (ci/kafka/sasl-ssl.properties) in ``work``, with certificates made
+    here, on which ``user`` logs in with ``password`` by SCRAM-SHA-512 or PLAIN; the broker
+    logs in to itself as another user, with a password of its own. No spaces in either."""
+    tls = make_tls(work / "tls")
+    own = secrets.token_hex(16)
+    users = work / "users.properties"
+    users.write_text(
+        "listener.name.sasl_ssl.plain.sasl.jaas.config="
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="broker" password="{own}" user_broker="{own}" user_{user}="{password}";\n'
+    )
+    settings = {
+        "KAFKA_PROPERTIES": f"{REPO / 'ci/kafka/sasl-ssl.properties'} {users}",
+        "KAFKA_FORMAT_ARGS": f"--add-scram SCRAM-SHA-512=[name={user},password={password}]",
+        "KAFKA_SSL_CAFILE": str(tls / "ca.pem"),
+        "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+        "KAFKA_SASL_USERNAME": user,
+        "KAFKA_SASL_PASSWORD": password,
+    }
+    with private_kafka(work, settings) as bootstrap:
+        yield SecuredKafka(bootstrap, tls / "ca.pem", user, password)

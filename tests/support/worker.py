@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,13 +51,24 @@ def run_cli(
 
 
 class Worker:
-    """One ``belvedere worker`` process; restartable, with its output kept in a log file."""
+    """One ``belvedere worker`` process; restartable, with its output kept in a log file.
 
-    def __init__(self, app: str, *, broker_url: str, data_dir: Path, env: dict[str, str]) -> None:
+    ``args`` are more command-line flags (``--broker-ssl-cafile FILE``...)."""
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        broker_url: str,
+        data_dir: Path,
+        env: dict[str, str],
+        args: Sequence[str] = (),
+    ) -> None:
         self.app = app
         self.broker_url = broker_url
         self.data_dir = data_dir
         self.env = env
+        self.args = list(args)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.runs = 0
@@ -88,6 +99,7 @@ class Worker:
                 str(self.port),
                 "--data-dir",
                 str(self.data_dir),
+                *self.args,
             ],
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
