@@ -7,14 +7,17 @@ once: on Kafka, one assignment and one offsets request, not one per partition.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar
 
 from faust.types import TP
 
 __all__ = ["PartitionReader", "reader_for"]
 
 Ranges = Mapping[TP, tuple[int, int]]
+T = TypeVar("T")
 
 
 class PartitionReader:
@@ -88,30 +91,63 @@ class EmbeddedReader(PartitionReader):
 
 
 class KafkaReader(PartitionReader):
+    """Reads on a thread of its own, with its own event loop, as faust's consumer does.
+
+    aiokafka unpacks fetched records in Python; on the worker's loop that would take turns
+    with folding them. On its own thread, the next batches are fetched and unpacked while
+    one is folded, so a replay keeps pace with live consumption.
+    """
+
+    #: Batches read ahead of the one being folded.
+    READ_AHEAD = 4
+
     def __init__(self, bootstrap: str, auth: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
         #: aiokafka's TLS and SASL arguments (``BrokerSecurity.aiokafka_kwargs()``).
         self.auth = dict(auth or {})
         self._consumer: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        #: The read going on: its queue and the task filling it (on the reader's thread).
+        self._fetching: tuple[asyncio.Queue[Any], asyncio.Future[None]] | None = None
+
+    def _start_thread(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=loop.run_forever, name="belvedere-reader", daemon=True
+            )
+            self._thread.start()
+            self._loop = loop
+        return self._loop
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        """Run ``coro`` on the reader's thread; awaitable from the caller's loop."""
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._start_thread()))
 
     async def _client(self) -> Any:
         if self._consumer is None:
             from aiokafka import AIOKafkaConsumer
 
-            self._consumer = AIOKafkaConsumer(
+            consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap,
                 **self.auth,
                 enable_auto_commit=False,
                 fetch_max_wait_ms=10,
                 max_partition_fetch_bytes=8 << 20,
+                fetch_max_bytes=4 << 20,
             )
-            await self._consumer.start()
+            await consumer.start()
+            self._consumer = consumer
         return self._consumer
 
     async def connect(self) -> None:
-        await self._client()
+        await self._call(self._client())
 
     async def offsets(self, tps: Sequence[TP]) -> dict[TP, tuple[int, int]]:
+        return await self._call(self._offsets(tps))
+
+    async def _offsets(self, tps: Sequence[TP]) -> dict[TP, tuple[int, int]]:
         from aiokafka import TopicPartition
 
         consumer = await self._client()
@@ -121,6 +157,9 @@ class KafkaReader(PartitionReader):
         return {tp: (starts[k], ends[k]) for k, tp in ktps.items()}
 
     async def offsets_for_time(self, tps: Sequence[TP], timestamp_ms: int) -> dict[TP, int]:
+        return await self._call(self._offsets_for_time(tps, timestamp_ms))
+
+    async def _offsets_for_time(self, tps: Sequence[TP], timestamp_ms: int) -> dict[TP, int]:
         from aiokafka import TopicPartition
 
         consumer = await self._client()
@@ -130,6 +169,38 @@ class KafkaReader(PartitionReader):
         return {tp: ends[k] if found.get(k) is None else found[k].offset for k, tp in ktps.items()}
 
     async def read(self, ranges: Ranges) -> AsyncIterator[tuple[TP, Sequence[Any]]]:
+        if not any(end > start for start, end in ranges.values()):
+            return
+        batches: asyncio.Queue[Any] = await self._call(self._start_fetching(ranges))
+        try:
+            while (item := await self._call(batches.get())) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            await self._call(self._stop_fetching(batches))
+
+    async def _start_fetching(self, ranges: Ranges) -> asyncio.Queue[Any]:
+        """On the reader's thread: a task that fetches the ranges into a bounded queue of
+        batches, then _END (or the error that stopped it)."""
+        if self._fetching is not None:  # a read left unfinished (one at a time)
+            await self._stop_fetching(self._fetching[0])
+        batches: asyncio.Queue[Any] = asyncio.Queue(self.READ_AHEAD)
+        self._fetching = batches, asyncio.ensure_future(self._fetch(ranges, batches))
+        return batches
+
+    async def _stop_fetching(self, batches: asyncio.Queue[Any]) -> None:
+        """Stop the fetching into ``batches``, if it is the one going on (a read abandoned
+        earlier is finalized late, after the next one began)."""
+        if self._fetching is None or self._fetching[0] is not batches:
+            return
+        fetching = self._fetching[1]
+        self._fetching = None
+        if not fetching.done():
+            fetching.cancel()
+            await asyncio.wait([fetching])
+
+    async def _fetch(self, ranges: Ranges, batches: asyncio.Queue[Any]) -> None:
         from aiokafka import TopicPartition
 
         wanted = {
@@ -137,32 +208,47 @@ class KafkaReader(PartitionReader):
             for tp, (start, end) in ranges.items()
             if end > start
         }
-        if not wanted:
-            return
-        consumer = await self._client()
-        consumer.assign(list(wanted))
-        for ktp, (_, start, _) in wanted.items():
-            consumer.seek(ktp, start)
-        left = dict(wanted)
+        consumer = None
         try:
+            consumer = await self._client()
+            consumer.assign(list(wanted))
+            for ktp, (_, start, _) in wanted.items():
+                consumer.seek(ktp, start)
+            left = dict(wanted)
             while left:
                 found = await consumer.getmany(*left, timeout_ms=1000, max_records=10_000)
                 for ktp, records in found.items():
                     tp, _, end = wanted[ktp]
                     batch = [r for r in records if r.offset < end]
                     if batch:
-                        yield tp, batch
+                        await batches.put((tp, batch))
                 for ktp in list(left):
                     if await consumer.position(ktp) >= left[ktp][2]:
                         del left[ktp]
                         consumer.pause(ktp)
+        except Exception as exc:
+            await batches.put(exc)
+        else:
+            await batches.put(_END)
         finally:
-            consumer.assign([])
+            if consumer is not None:
+                consumer.assign([])
 
     async def close(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
         if self._consumer is not None:
-            await self._consumer.stop()
+            await self._call(self._consumer.stop())
             self._consumer = None
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
+        loop.close()
+        self._loop = self._thread = None
+
+
+#: What a reader's thread hands over after the last batch.
+_END = object()
 
 
 def reader_for(app: Any) -> PartitionReader:
