@@ -228,14 +228,14 @@ class CommandProjection(Projection):
         )
         done = iter(sent)
         for item in unsent:
-            offsets = [next(done).offset for _ in item.records]
+            offsets = [next(done) for _ in item.records]
             for event, offset in zip(item.outcome["events"], offsets, strict=True):
                 event["offset"] = offset
             item.outcome["position"] = [topic, partition, offsets[-1] + 1]
             row = txn.get(item.aggregate_id)
             row["offsets"].extend(offsets)
             txn[item.aggregate_id] = row
-        part.origins[(topic, partition)] = sent[-1].offset + 1
+        part.origins[(topic, partition)] = sent[-1] + 1
 
     def after_checkpoint(self, part: Any) -> None:
         for command_id, outcome in self._untold.pop(part.tp.partition, ()):
