@@ -28,6 +28,8 @@ app = belvedere.App(
     broker_heartbeat_interval=1.0,
     checkpoint_events=500,
     checkpoint_interval=0.2,
+    # Small enough that a test can send an oversized event the broker still accepts.
+    max_event_bytes=int(os.environ.get("LEDGER_MAX_EVENT_BYTES", 1 << 20)),
 )
 
 
