@@ -21,6 +21,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "BELVEDERE_DATA_DIR",
         "BELVEDERE_WEB_HOST",
         "BELVEDERE_WEB_PORT",
+        "BELVEDERE_BROKER_SSL_CAFILE",
+        "BELVEDERE_BROKER_SSL_CERTFILE",
+        "BELVEDERE_BROKER_SSL_KEYFILE",
+        "BELVEDERE_BROKER_SASL_MECHANISM",
+        "BELVEDERE_BROKER_USERNAME",
+        "BELVEDERE_BROKER_PASSWORD",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -56,6 +62,34 @@ def test_environment_overrides_arguments(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [str(u) for u in app.conf.broker] == ["kafka://from-env:9092"]
     assert app.conf.datadir == Path("/env/data")
     assert app.conf.web_port == 7123
+
+
+def test_broker_security_reaches_faust_and_never_shows_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BELVEDERE_BROKER_SASL_MECHANISM", "scram-sha-512")
+    monkeypatch.setenv("BELVEDERE_BROKER_USERNAME", "alice")
+    monkeypatch.setenv("BELVEDERE_BROKER_PASSWORD", "pw-from-env")
+    app = belvedere.App("shop", broker="kafka://k:9092", broker_password="pw-from-code")
+    credentials = app.conf.broker_credentials
+    assert isinstance(credentials, faust.auth.SASLCredentials)
+    assert (credentials.mechanism.value, credentials.username, credentials.password) == (
+        "SCRAM-SHA-512",
+        "alice",
+        "pw-from-env",
+    )
+    assert app.broker_security.aiokafka_kwargs() == {
+        "security_protocol": "SASL_PLAINTEXT",  # SCRAM sends no password: TLS is up to you
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "alice",
+        "sasl_plain_password": "pw-from-env",
+        "ssl_context": None,
+    }
+    shown = [repr(app.broker_security), str(app.broker_security), repr(credentials)]
+    shown.append(app.broker_security.describe())
+    assert not [text for text in shown if "pw-from" in text]
+    with pytest.raises(ValueError, match="broker_credentials"):
+        belvedere.App("shop", broker_credentials=credentials)
 
 
 def test_other_faust_settings_pass_through() -> None:

@@ -26,8 +26,9 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     assert "worker" in result.stdout
     worker_help = run_cli("worker", "--help")
-    for flag in ("--broker", "--web-port", "--data-dir", "MODULE:APP"):
+    for flag in ("--broker", "--web-port", "--data-dir", "MODULE:APP", "--broker-ssl-cafile"):
         assert flag in worker_help.stdout
+    assert "--broker-password" not in worker_help.stdout  # the environment's, never a flag's
 
 
 def test_missing_module(tmp_path: Path) -> None:
@@ -121,6 +122,23 @@ def test_unreachable_kafka_broker(tmp_path: Path) -> None:
         )
     )
     assert f"cannot reach the Kafka broker at 127.0.0.1:{port}" in line
+
+
+def test_broker_security_mistakes(tmp_path: Path) -> None:
+    """Each is one line, before anything connects, and none shows the password."""
+    worker = ["worker", "examples.hello.app:app", "--broker", "kafka://127.0.0.1:9"]
+    login = {"BELVEDERE_BROKER_USERNAME": "alice", "BELVEDERE_BROKER_PASSWORD": "pw-not-shown"}
+    missing = tmp_path / "missing.pem"
+    mistakes = [
+        (["--broker-sasl-mechanism", "GSSAPI"], login, "SASL mechanism 'GSSAPI' is not supported"),
+        (["--broker-sasl-mechanism", "SCRAM-SHA-512"], {}, "needs a user name and a password"),
+        (["--broker-sasl-mechanism", "PLAIN"], login, "SASL PLAIN sends the password as it is"),
+        (["--broker-ssl-cafile", str(missing)], {}, f"TLS CA file {missing} does not exist"),
+    ]
+    for flags, env, expected in mistakes:
+        line = one_line_error(run_cli(*worker, "--data-dir", str(tmp_path), *flags, env=env))
+        assert expected in line
+        assert "pw-not-shown" not in line
 
 
 def test_embedded_log_held_by_another_process(tmp_path: Path) -> None:

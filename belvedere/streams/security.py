@@ -211,6 +211,18 @@ class BrokerSecurity:
             return f"TLS with {broker} failed ({exc.reason or exc}): is it a TLS listener?"
         if isinstance(exc, asyncio.TimeoutError):
             return f"{broker} did not answer within {timeout:.0f} s"
+        if isinstance(exc, ConnectionRefusedError):
+            return f"nothing listens at {where}"
+        if isinstance(exc, ConnectionError) and self.cafile:  # the handshake's, from connect
+            return (
+                f"{broker} closed the connection during the TLS handshake: is it a TLS "
+                "listener? (leave out --broker-ssl-cafile for a plaintext one)"
+            )
+        if isinstance(exc, errors.IllegalSaslStateError):
+            return (
+                f"{broker} takes no SASL login on this listener: leave out "
+                "--broker-sasl-mechanism, or use its SASL listener"
+            )
         if isinstance(exc, errors.KafkaConnectionError | ConnectionError):
             if self.cafile is None:
                 hint = "it may expect TLS: give its CA with --broker-ssl-cafile"
