@@ -29,6 +29,7 @@ from belvedere.streams.topics import EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.routes import install as install_routes
 from belvedere.views_api.server import Web as BelvedereWeb
+from belvedere.views_api.tls import WebTLS
 
 __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
 
@@ -71,6 +72,9 @@ class App(faust.App):
     ``broker_sasl_mechanism``  ``BELVEDERE_BROKER_SASL_MECHANISM``  none; PLAIN (over TLS), SCRAM-SHA-256/512
     ``broker_username``        ``BELVEDERE_BROKER_USERNAME``        none; the SASL user
     ``broker_password``        ``BELVEDERE_BROKER_PASSWORD``        none; the SASL password, never shown
+    ``web_ssl_certfile``       ``BELVEDERE_WEB_SSL_CERTFILE``       none: HTTP; else HTTPS with this certificate
+    ``web_ssl_keyfile``        ``BELVEDERE_WEB_SSL_KEYFILE``        none: the key is in the certfile
+    ``web_ssl_cafile``         ``BELVEDERE_WEB_SSL_CAFILE``         none: the system's CAs check other workers
     =========================  ===================================  ==========================================
 
     Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
@@ -105,6 +109,9 @@ class App(faust.App):
         broker_sasl_mechanism: str | None = None,
         broker_username: str | None = None,
         broker_password: str | None = None,
+        web_ssl_certfile: str | None = None,
+        web_ssl_keyfile: str | None = None,
+        web_ssl_cafile: str | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
@@ -143,6 +150,16 @@ class App(faust.App):
             )
         options["broker_credentials"] = self.broker_security.faust_credentials()
         host = _setting("BELVEDERE_WEB_HOST", web_host, DEFAULT_WEB_HOST)
+        port = int(_setting("BELVEDERE_WEB_PORT", web_port, DEFAULT_WEB_PORT))
+        #: HTTPS for the query layer (see :mod:`belvedere.views_api.tls`).
+        self.web_tls = WebTLS(
+            certfile=_setting("BELVEDERE_WEB_SSL_CERTFILE", web_ssl_certfile, None),
+            keyfile=_setting("BELVEDERE_WEB_SSL_KEYFILE", web_ssl_keyfile, None),
+            cafile=_setting("BELVEDERE_WEB_SSL_CAFILE", web_ssl_cafile, None),
+        )
+        if self.web_tls.enabled:
+            options["web_ssl_context"] = self.web_tls.server_context
+            options.setdefault("canonical_url", f"https://{host}:{port}")
         options.setdefault("store", "rocksdb://")
         # faust fetches with a fixed 1.5 s max wait and 1 MiB per partition: batches of ~17k
         # records, then an idle wait; larger fetches keep projections busy (docs/benchmarks.md).
@@ -153,7 +170,7 @@ class App(faust.App):
             broker=_setting("BELVEDERE_BROKER", broker, DEFAULT_BROKER),
             datadir=str(_setting("BELVEDERE_DATA_DIR", data_dir, f"belvedere-data/{id}")),
             web_host=host,
-            web_port=int(_setting("BELVEDERE_WEB_PORT", web_port, DEFAULT_WEB_PORT)),
+            web_port=port,
             **options,
         )
 

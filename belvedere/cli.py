@@ -132,11 +132,18 @@ def _set_broker_env(args: argparse.Namespace) -> None:
     _set_env("BELVEDERE_BROKER_SASL_MECHANISM", args.broker_sasl_mechanism)
 
 
+def _set_web_tls_env(args: argparse.Namespace) -> None:
+    for flag in ("certfile", "keyfile", "cafile"):
+        path = getattr(args, f"web_ssl_{flag}", None)
+        _set_env(f"BELVEDERE_WEB_SSL_{flag.upper()}", path and Path(path).resolve())
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     _set_broker_env(args)
     _set_env("BELVEDERE_WEB_PORT", args.web_port)
     _set_env("BELVEDERE_WEB_HOST", args.web_host)
     _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
+    _set_web_tls_env(args)
     app = load_app(args.app)
     try:
         app.check()
@@ -264,6 +271,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from belvedere.streams.types import FieldError, timestamp_ms
     from belvedere.views_api.client import ApiError, WorkerClient
 
+    _set_web_tls_env(args)
     app = load_app(args.app)
     if args.view not in app.views:
         known = ", ".join(sorted(app.views)) or "none"
@@ -273,8 +281,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             timestamp_ms(args.from_timestamp)
         except FieldError as exc:
             raise UsageError(f"--from-timestamp: {exc}") from None
-    url = args.url or f"http://{app.conf.web_host}:{app.conf.web_port}"
-    client = WorkerClient(url, app.admin_token)
+    url = args.url or f"{app.web_tls.scheme}://{app.conf.web_host}:{app.conf.web_port}"
+    client = WorkerClient(url, app.admin_token, tls=app.web_tls.client_context)
     try:
         if args.status:
             print(_progress_line(client.rebuild_status(args.view)))
@@ -420,6 +428,21 @@ def _broker_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _web_tls_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> None:
+    if serving:
+        parser.add_argument(
+            "--web-ssl-certfile",
+            metavar="FILE",
+            help="serve HTTPS with this certificate (PEM; its key too, unless --web-ssl-keyfile)",
+        )
+        parser.add_argument("--web-ssl-keyfile", metavar="FILE", help="the certificate's key")
+    parser.add_argument(
+        "--web-ssl-cafile",
+        metavar="FILE",
+        help="the CA certificates (PEM) that workers' HTTPS certificates are checked against",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="belvedere",
@@ -440,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--web-host", metavar="HOST", help="HTTP host to bind and advertise (default 127.0.0.1)"
     )
     worker.add_argument("--data-dir", metavar="DIR", help="tables and the embedded broker's log")
+    _web_tls_arguments(worker, serving=True)
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     worker.set_defaults(run=cmd_worker)
 
@@ -498,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument(
         "--url", metavar="URL", help="a running worker (default: the app's web host and port)"
     )
+    _web_tls_arguments(rebuild, serving=False)
     rebuild.add_argument("--status", action="store_true", help="show progress; start nothing")
     rebuild.add_argument(
         "--no-wait", action="store_true", help="start it and return without watching"

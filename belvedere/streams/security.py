@@ -19,7 +19,7 @@ from typing import Any
 
 from belvedere.streams.errors import BrokerRefused
 
-__all__ = ["SASL_MECHANISMS", "BrokerSecurity", "SecuritySettingsError"]
+__all__ = ["SASL_MECHANISMS", "BrokerSecurity", "SecuritySettingsError", "require_files"]
 
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -48,6 +48,17 @@ def _hide_sasl_payloads() -> None:
 
 class SecuritySettingsError(ValueError):
     """TLS or SASL settings that cannot work; the message says which setting to fix."""
+
+
+def require_files(side: str, **paths: str | None) -> None:
+    """Each given TLS file exists, else one line naming its flag (``--broker-ssl-cafile``)."""
+    names = {"cafile": "CA file", "certfile": "certificate", "keyfile": "key"}
+    for name, path in paths.items():
+        if path is not None and not os.path.isfile(path):
+            flag = f"--{side.replace('HTTP', 'web').lower()}-ssl-{name}"
+            raise SecuritySettingsError(
+                f"the {side} TLS {names[name]} {path} does not exist ({flag})"
+            )
 
 
 @dataclass(frozen=True)
@@ -98,14 +109,7 @@ class BrokerSecurity:
             )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        given = [
-            ("CA file", self.cafile, "--broker-ssl-cafile"),
-            ("certificate", self.certfile, "--broker-ssl-certfile"),
-            ("key", self.keyfile, "--broker-ssl-keyfile"),
-        ]
-        for what, path, flag in given:
-            if path is not None and not os.path.isfile(path):
-                raise SecuritySettingsError(f"the broker TLS {what} {path} does not exist ({flag})")
+        require_files("broker", cafile=self.cafile, certfile=self.certfile, keyfile=self.keyfile)
         if self.cafile is None:
             if self.certfile or self.keyfile:
                 raise SecuritySettingsError(

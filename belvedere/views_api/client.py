@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -20,10 +21,17 @@ class ApiError(Exception):
 
 
 class WorkerClient:
-    def __init__(self, url: str, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.tls = tls  # what an https:// worker's certificate is checked against
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         headers = {"Accept": "application/json"}
@@ -35,7 +43,9 @@ class WorkerClient:
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(self.url + path, data, headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(
+                request, timeout=self.timeout, context=self.tls
+            ) as response:
                 return orjson.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:

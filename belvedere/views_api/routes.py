@@ -23,7 +23,7 @@ from belvedere.views_api.metrics import metrics, timed
 from belvedere.views_api.openapi import openapi
 from belvedere.views_api.reads import get_row
 from belvedere.views_api.rebuilds import rebuild_status, start_rebuild
-from belvedere.views_api.routing import close_session, request_ids
+from belvedere.views_api.routing import close_session, request_ids, trust_for_forwards
 from belvedere.views_api.sagas import get_saga
 from belvedere.views_api.scans import lookup_rows, scan_rows
 from belvedere.views_api.status_page import status_page
@@ -61,3 +61,5 @@ def install(app: Any, web_app: web.Application) -> None:
             method, path, functools.partial(handler, app), name=handler.__name__
         )
     web_app.on_cleanup.append(close_session)
+    if app.web_tls.enabled:
+        trust_for_forwards(web_app, app.web_tls.client_context)

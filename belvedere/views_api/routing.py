@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import uuid
 import weakref
 from collections.abc import Mapping
@@ -36,6 +37,7 @@ __all__ = [
     "owner_of",
     "request_ids",
     "self_url",
+    "trust_for_forwards",
 ]
 
 HEADER_FORWARDED = "X-Belvedere-Forwarded"
@@ -59,6 +61,7 @@ _HOP_BY_HOP = {
     "proxy-authenticate",
 }
 _SESSION = web.AppKey("belvedere.http", aiohttp.ClientSession)
+_CLIENT_TLS = web.AppKey("belvedere.http.tls", ssl.SSLContext)
 
 Member = str
 
@@ -99,11 +102,19 @@ def members_of(app: Any, topic: str) -> dict[Member, list[int]]:
     return out or {self_url(app): []}
 
 
+def trust_for_forwards(web_app: web.Application, context: ssl.SSLContext) -> None:
+    """Check other workers' HTTPS certificates with ``context`` (the app's ``web_tls``)."""
+    web_app[_CLIENT_TLS] = context
+
+
 def _session(request: web.Request) -> aiohttp.ClientSession:
     session = request.app.get(_SESSION)
     if session is None or session.closed:
+        tls = request.app.get(_CLIENT_TLS)
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
+            connector=aiohttp.TCPConnector(
+                limit=256, keepalive_timeout=30, ssl=True if tls is None else tls
+            )
         )
         request.app[_SESSION] = session
     return session

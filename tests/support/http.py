@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import ssl
 import threading
 import urllib.error
 import urllib.parse
@@ -35,12 +36,13 @@ def call(
     body: Any = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 30,
+    context: ssl.SSLContext | None = None,
 ) -> Answer:
     """``method url`` with ``body`` as JSON (bytes as they are); 0 if nothing answered."""
     data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
     request = urllib.request.Request(url, data, dict(headers or {}), method=method)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return Answer(response.status, dict(response.headers), response.read())
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, dict(exc.headers), exc.read())

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -63,19 +64,22 @@ class Worker:
         data_dir: Path,
         env: dict[str, str],
         args: Sequence[str] = (),
+        https_cafile: Path | None = None,
     ) -> None:
         self.app = app
         self.broker_url = broker_url
         self.data_dir = data_dir
         self.env = env
         self.args = list(args)
+        #: Set for a worker serving HTTPS: the CA its certificate is checked against.
+        self.tls = None if https_cafile is None else ssl.create_default_context(cafile=https_cafile)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.runs = 0
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def logfile(self) -> Path:
@@ -113,7 +117,7 @@ class Worker:
         """The JSON at ``path``, or None while the worker is not serving yet."""
         self._check_alive()
         try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            with urllib.request.urlopen(self.url + path, timeout=5, context=self.tls) as response:
                 return json.loads(response.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
