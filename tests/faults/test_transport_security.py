@@ -98,11 +98,11 @@ def ledger(secured: SecuredKafka, name: str, mechanism: str, events: list[Record
 
 
 def refusal(worker: Worker) -> list[str]:
-    """The lines a worker printed before it exited, non-zero, as it must."""
+    """The lines a worker printed before it exited with the status of a usage error."""
     proc = worker.proc
     assert proc is not None
     wait_for(lambda: proc.poll() is not None, timeout=REFUSAL_DEADLINE, what="the worker to exit")
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     return [line for line in worker.logfile.read_text().splitlines() if line.strip()]
 
 
