@@ -88,6 +88,7 @@ def test_scaling_out_and_in_under_a_read_load_answers_200_404_or_503_and_loses_n
     assert all(o.url.startswith(a.url) and o.at >= stopping_at for o in refused), refused[:3]
     assert counts[200] > 0 and counts[503] < len(outcomes) / 2, counts
     assert not [o for o in outcomes if "/no-" in o.url and o.status == 200]  # never made up
+    print(f"scaling: {len(records):,} events, reads by outcome {dict(counts)}")
     # Afterwards both survivors answer every key (a forward for what the other owns).
     for worker in (b, c):
         answers = [call(f"{worker.url}/views/balances/{k}") for k in sorted(fold)]
@@ -159,6 +160,10 @@ def test_slow_clients_huge_bodies_and_many_idle_connections_leave_the_worker_ser
     assert answer.status == 413, answer.raw[:300]  # type: ignore[attr-defined]
     assert answer.body["error"], answer.raw[:300]  # type: ignore[attr-defined]
     assert worker.get("/state")["ready"]
+    print(
+        f"abuse: {len(outcomes)} reads all 200, p99 {latencies[int(0.99 * len(latencies))] * 1000:.1f}"
+        f" ms, beside 300 idle connections, 20 slowloris heads and a 64 MiB POST ({answer.status})"  # type: ignore[attr-defined]
+    )
 
 
 def test_admin_endpoints_refuse_a_missing_or_wrong_token_and_tokens_are_never_logged(
