@@ -93,9 +93,10 @@ class EmbeddedReader(PartitionReader):
 class KafkaReader(PartitionReader):
     """Reads on a thread of its own, with its own event loop, as faust's consumer does.
 
-    aiokafka unpacks fetched records in Python; on the worker's loop that would take turns
-    with folding them. On its own thread, the next batches are fetched and unpacked while
-    one is folded, so a replay keeps pace with live consumption.
+    On the worker's loop, every wait for the broker and every record aiokafka unpacks
+    would take turns with folding. On its own thread, the next batches are fetched while
+    one is folded; the unpacking, Python code, still shares the GIL with the fold
+    (docs/benchmarks.md, run D).
     """
 
     #: Batches read ahead of the one being folded.
