@@ -61,10 +61,16 @@ class StoreBudget:
     def __init__(
         self, block_cache_bytes: int = 64 << 20, write_buffer_bytes: int = 64 << 20
     ) -> None:
+        #: Bytes of block cache and memtables (charged to the cache) the worker may use.
+        self.capacity = block_cache_bytes
         self.cache = rocksdict.Cache(block_cache_bytes)
         self.write_buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
             write_buffer_bytes, False, self.cache
         )
+
+    def usage(self) -> int:
+        """Bytes in use now: cached blocks, index and filter blocks, and memtables."""
+        return self.cache.get_usage()
 
     def options(self) -> rocksdict.Options:
         options = rocksdict.Options(raw_mode=True)

@@ -113,6 +113,17 @@ def _render(app: Any, times: RequestTimes) -> str:
     family("belvedere_view_serving", "gauge", "1 once the partition is restored and serving")
     lines.extend(serving)
 
+    budget = engine.budget
+    if budget is not None:
+        family(
+            "belvedere_rocksdb_memory_bytes",
+            "gauge",
+            "RocksDB memory of the worker's view stores: cached blocks and memtables",
+        )
+        lines.append(f"belvedere_rocksdb_memory_bytes {budget.usage()}")
+        family("belvedere_rocksdb_memory_budget_bytes", "gauge", "What it may grow to")
+        lines.append(f"belvedere_rocksdb_memory_budget_bytes {budget.capacity}")
+
     family("belvedere_http_request_duration_seconds", "histogram", "HTTP request latency, by route")
     for (method, route, status), counts in sorted(times.series.items()):
         running = 0.0
