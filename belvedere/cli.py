@@ -123,19 +123,18 @@ def _set_env(name: str, value: object | None) -> None:
         os.environ[name] = str(value)
 
 
+def _set_tls_env(args: argparse.Namespace, side: str) -> None:
+    """The ``--<side>-ssl-*`` file flags given, as absolute paths in the environment."""
+    for name in ("cafile", "certfile", "keyfile"):
+        path = getattr(args, f"{side}_ssl_{name}", None)
+        _set_env(f"BELVEDERE_{side.upper()}_SSL_{name.upper()}", path and Path(path).resolve())
+
+
 def _set_broker_env(args: argparse.Namespace) -> None:
     """The broker flags, as the environment variables the App reads (they win over code)."""
     _set_env("BELVEDERE_BROKER", args.broker)
-    for flag in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        path = getattr(args, f"broker_{flag}")
-        _set_env(f"BELVEDERE_BROKER_{flag.upper()}", path and Path(path).resolve())
+    _set_tls_env(args, "broker")
     _set_env("BELVEDERE_BROKER_SASL_MECHANISM", args.broker_sasl_mechanism)
-
-
-def _set_web_tls_env(args: argparse.Namespace) -> None:
-    for flag in ("certfile", "keyfile", "cafile"):
-        path = getattr(args, f"web_ssl_{flag}", None)
-        _set_env(f"BELVEDERE_WEB_SSL_{flag.upper()}", path and Path(path).resolve())
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -143,7 +142,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_env("BELVEDERE_WEB_PORT", args.web_port)
     _set_env("BELVEDERE_WEB_HOST", args.web_host)
     _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
-    _set_web_tls_env(args)
+    _set_tls_env(args, "web")
     app = load_app(args.app)
     try:
         app.check()
@@ -271,7 +270,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from belvedere.streams.types import FieldError, timestamp_ms
     from belvedere.views_api.client import ApiError, WorkerClient
 
-    _set_web_tls_env(args)
+    _set_tls_env(args, "web")
     app = load_app(args.app)
     if args.view not in app.views:
         known = ", ".join(sorted(app.views)) or "none"

@@ -50,14 +50,13 @@ class SecuritySettingsError(ValueError):
     """TLS or SASL settings that cannot work; the message says which setting to fix."""
 
 
-def require_files(side: str, **paths: str | None) -> None:
-    """Each given TLS file exists, else one line naming its flag (``--broker-ssl-cafile``)."""
+def require_files(what: str, flag: str, **paths: str | None) -> None:
+    """Each given TLS file exists, else one line naming its flag (``flag`` + ``-cafile``)."""
     names = {"cafile": "CA file", "certfile": "certificate", "keyfile": "key"}
     for name, path in paths.items():
         if path is not None and not os.path.isfile(path):
-            flag = f"--{side.replace('HTTP', 'web').lower()}-ssl-{name}"
             raise SecuritySettingsError(
-                f"the {side} TLS {names[name]} {path} does not exist ({flag})"
+                f"the {what} TLS {names[name]} {path} does not exist ({flag}-{name})"
             )
 
 
@@ -109,7 +108,13 @@ class BrokerSecurity:
             )
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        require_files("broker", cafile=self.cafile, certfile=self.certfile, keyfile=self.keyfile)
+        require_files(
+            "broker",
+            "--broker-ssl",
+            cafile=self.cafile,
+            certfile=self.certfile,
+            keyfile=self.keyfile,
+        )
         if self.cafile is None:
             if self.certfile or self.keyfile:
                 raise SecuritySettingsError(

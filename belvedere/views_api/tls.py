@@ -24,7 +24,9 @@ class WebTLS:
     cafile: str | None = None
 
     def __post_init__(self) -> None:
-        require_files("HTTP", certfile=self.certfile, keyfile=self.keyfile, cafile=self.cafile)
+        require_files(
+            "HTTP", "--web-ssl", certfile=self.certfile, keyfile=self.keyfile, cafile=self.cafile
+        )
         if self.keyfile and not self.certfile:
             raise SecuritySettingsError(
                 "an HTTP TLS key without its certificate: add --web-ssl-certfile"
