@@ -2,7 +2,7 @@
 
 Views restore their partitions from their changelogs with these, while faust's own
 consumer stays on the source topics. Every call takes all the partitions of a restore at
-once: on Kafka, one assignment and one offsets request, not one per partition.
+once: on Kafka, one offsets request and one fetch per broker, not one per partition.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from faust.types import TP
+
+from belvedere.streams.fetcher import LogRecord, fetch_ranges
 
 __all__ = ["PartitionReader", "reader_for"]
 
@@ -93,10 +95,11 @@ class EmbeddedReader(PartitionReader):
 class KafkaReader(PartitionReader):
     """Reads on a thread of its own, with its own event loop, as faust's consumer does.
 
-    On the worker's loop, every wait for the broker and every record aiokafka unpacks
-    would take turns with folding. On its own thread, the next batches are fetched while
-    one is folded; the unpacking, Python code, still shares the GIL with the fold
-    (docs/benchmarks.md, run D).
+    On the worker's loop, every wait for the broker would take turns with folding. On its
+    own thread, the next batches are fetched while one is folded. Records are unpacked by
+    :mod:`belvedere.streams.fetcher`, not the consumer's fetcher: the consumer's
+    per-record Python shares the GIL with the fold (docs/benchmarks.md, run D). The
+    consumer serves the offset lookups, and its client the fetches.
     """
 
     #: Batches read ahead of the one being folded.
@@ -134,9 +137,6 @@ class KafkaReader(PartitionReader):
                 bootstrap_servers=self.bootstrap,
                 **self.auth,
                 enable_auto_commit=False,
-                fetch_max_wait_ms=10,
-                max_partition_fetch_bytes=8 << 20,
-                fetch_max_bytes=4 << 20,
             )
             await consumer.start()
             self._consumer = consumer
@@ -202,38 +202,19 @@ class KafkaReader(PartitionReader):
             await asyncio.wait([fetching])
 
     async def _fetch(self, ranges: Ranges, batches: asyncio.Queue[Any]) -> None:
-        from aiokafka import TopicPartition
+        async def deliver(tp: TP, records: list[LogRecord]) -> None:
+            await batches.put((tp, records))
 
-        wanted = {
-            TopicPartition(tp.topic, tp.partition): (tp, start, end)
-            for tp, (start, end) in ranges.items()
-            if end > start
-        }
-        consumer = None
+        async def log_starts(tps: list[TP]) -> dict[TP, int]:
+            return {tp: start for tp, (start, _) in (await self._offsets(tps)).items()}
+
         try:
             consumer = await self._client()
-            consumer.assign(list(wanted))
-            for ktp, (_, start, _) in wanted.items():
-                consumer.seek(ktp, start)
-            left = dict(wanted)
-            while left:
-                found = await consumer.getmany(*left, timeout_ms=1000, max_records=10_000)
-                for ktp, records in found.items():
-                    tp, _, end = wanted[ktp]
-                    batch = [r for r in records if r.offset < end]
-                    if batch:
-                        await batches.put((tp, batch))
-                for ktp in list(left):
-                    if await consumer.position(ktp) >= left[ktp][2]:
-                        del left[ktp]
-                        consumer.pause(ktp)
+            await fetch_ranges(consumer._client, ranges, deliver, log_starts)
         except Exception as exc:
             await batches.put(exc)
         else:
             await batches.put(_END)
-        finally:
-            if consumer is not None:
-                consumer.assign([])
 
     async def close(self) -> None:
         loop, thread = self._loop, self._thread

@@ -1,0 +1,172 @@
+"""Fetching Kafka partitions a record batch at a time, for readers outside faust's consumer.
+
+aiokafka's consumer makes a ``ConsumerRecord`` per record in Python, about 2.5 µs each,
+and that time holds the GIL the fold needs: a rebuild's replay spent a third of its time
+there (docs/benchmarks.md). Here fetch requests go through aiokafka's client, batches are
+unpacked by aiokafka's C record code, and each record becomes a :class:`LogRecord` (about
+0.2 µs).
+
+What aiokafka's consumer did for us is done here: leaders are looked up and refreshed,
+control batches skipped, CRCs checked, and records under the fetch offset (inside a
+compressed batch) dropped. Reads are uncommitted, as the consumer's default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka import errors as kafka_errors
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
+from faust.types import TP
+
+__all__ = ["LogRecord", "fetch_ranges"]
+
+logger = logging.getLogger(__name__)
+
+#: Bytes a fetch asks for in all, and per partition (a larger first batch comes whole).
+FETCH_MAX_BYTES = 4 << 20
+PARTITION_MAX_BYTES = 4 << 20
+FETCH_MAX_WAIT_MS = 10
+READ_UNCOMMITTED = 0
+#: Seconds between two tries after an error, and between two warnings about it.
+RETRY_BACKOFF = 0.1
+WARN_EVERY = 10.0
+
+
+class LogRecord:
+    """One record read from a partition, with the fields faust's and aiokafka's records
+    share (``timestamp`` in milliseconds)."""
+
+    __slots__ = ("headers", "key", "offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, topic: str, partition: int, record: Any) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset: int = record.offset
+        self.timestamp: int = record.timestamp
+        self.key: bytes | None = record.key
+        self.value: bytes | None = record.value
+        self.headers: list[tuple[str, bytes]] = record.headers
+
+    def __repr__(self) -> str:
+        return f"LogRecord({self.topic}[{self.partition}]@{self.offset})"
+
+
+Ranges = Mapping[TP, tuple[int, int]]
+Deliver = Callable[[TP, list[LogRecord]], Awaitable[None]]
+LogStarts = Callable[[list[TP]], Awaitable[Mapping[TP, int]]]
+
+
+async def fetch_ranges(
+    client: Any, ranges: Ranges, deliver: Deliver, log_starts: LogStarts
+) -> None:
+    """Fetch each partition's records with offsets in [start, end) and hand each
+    partition's share of a response to ``deliver`` (in offset order per partition).
+
+    ``client`` is a started ``AIOKafkaClient``. Errors a retry can mend (a moved leader,
+    a broker restarting) are retried until they pass; the caller bounds the wait. A
+    start that retention deleted meanwhile moves up to the log's new start
+    (``log_starts``): those records are gone for every reader.
+    """
+    position = {tp: start for tp, (start, end) in ranges.items() if end > start}
+    ends = {tp: ranges[tp][1] for tp in position}
+    for topic in {tp.topic for tp in position}:
+        await client.add_topic(topic)
+    trouble = _Trouble()
+    while position:
+        try:
+            for node, tps in _by_leader(client, position).items():
+                await _fetch_once(client, node, tps, position, ends, deliver)
+        except kafka_errors.OffsetOutOfRangeError:
+            starts = await log_starts(list(position))
+            moved = {tp: starts[tp] for tp in position if starts[tp] > position[tp]}
+            if not moved:
+                raise  # past the log's end: the caller's range is wrong
+            logger.warning("records deleted by retention while being read; from %s", moved)
+            position.update(moved)
+        except (kafka_errors.KafkaError, OSError) as exc:
+            if isinstance(exc, kafka_errors.KafkaError) and not exc.retriable:
+                raise  # not authorized, a corrupt batch, ...: no retry mends it
+            trouble.saw(exc, position)
+            client.force_metadata_update()
+            await asyncio.sleep(RETRY_BACKOFF)
+        for tp in [tp for tp, offset in position.items() if offset >= ends[tp]]:
+            del position[tp]
+
+
+def _by_leader(client: Any, position: Mapping[TP, int]) -> dict[int, list[TP]]:
+    found: dict[int, list[TP]] = {}
+    for tp in position:
+        leader = client.cluster.leader_for_partition(TopicPartition(tp.topic, tp.partition))
+        if leader is None or leader == -1:
+            raise kafka_errors.StaleMetadata(f"no leader known for {tp}")
+        found.setdefault(leader, []).append(tp)
+    return found
+
+
+async def _fetch_once(
+    client: Any,
+    node: int,
+    tps: list[TP],
+    position: dict[TP, int],
+    ends: Mapping[TP, int],
+    deliver: Deliver,
+) -> None:
+    topics: dict[str, list[tuple[int, int, int]]] = {}
+    for tp in tps:
+        topics.setdefault(tp.topic, []).append((tp.partition, position[tp], PARTITION_MAX_BYTES))
+    request = FetchRequest(
+        FETCH_MAX_WAIT_MS, 1, FETCH_MAX_BYTES, READ_UNCOMMITTED, list(topics.items())
+    )
+    response = await client.send(node, request)
+    for topic, partitions in response.topics:
+        for partition, error_code, _highwater, *rest in partitions:
+            tp = TP(topic, partition)
+            error = kafka_errors.for_code(error_code)
+            if error is not kafka_errors.NoError:
+                raise error(f"fetching {topic}[{partition}] at offset {position[tp]}")
+            records = _unpack(tp, rest[-1], position, ends[tp])
+            if records:
+                await deliver(tp, records)
+
+
+def _unpack(tp: TP, data: bytes, position: dict[TP, int], end: int) -> list[LogRecord]:
+    """The records of ``data`` from ``position[tp]`` to ``end``; advances the position
+    past every whole batch (compaction leaves gaps in offsets, and empty batches)."""
+    topic, partition = tp.topic, tp.partition
+    start = position[tp]
+    out: list[LogRecord] = []
+    batches = MemoryRecords(data)
+    while batches.has_next():
+        batch = batches.next_batch()
+        if batch is None:  # the response ended inside a batch: fetched again next time
+            break
+        if not batch.validate_crc():
+            raise kafka_errors.CorruptRecordException(f"invalid CRC in {topic}[{partition}]")
+        if not batch.is_control_batch:
+            out.extend(LogRecord(topic, partition, r) for r in batch if start <= r.offset < end)
+        position[tp] = max(position[tp], batch.next_offset)
+    return out
+
+
+class _Trouble:
+    """Warns about retried errors, once per WARN_EVERY seconds, not per retry."""
+
+    def __init__(self) -> None:
+        self._warned = 0.0
+
+    def saw(self, exc: BaseException, position: Mapping[TP, int]) -> None:
+        now = time.monotonic()
+        if now - self._warned >= WARN_EVERY:
+            self._warned = now
+            logger.warning(
+                "reading %s: %r; retrying",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in position),
+                exc,
+            )

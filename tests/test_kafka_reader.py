@@ -1,0 +1,148 @@
+"""The Kafka reader fetches record batches itself (belvedere.streams.fetcher): what
+aiokafka's consumer handled for it, it must handle too, on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from faust.types import TP
+
+from belvedere.streams.readers import KafkaReader
+
+Read = list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]]
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 120))  # type: ignore[arg-type]
+
+
+async def with_topic(bootstrap: str, partitions: int, body: Callable[[str], Awaitable[Any]]) -> Any:
+    topic = f"reader-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+        return await body(topic)
+    finally:
+        await admin.close()
+
+
+async def read_all(reader: KafkaReader, ranges: dict[TP, tuple[int, int]]) -> dict[TP, Read]:
+    found: dict[TP, Read] = {tp: [] for tp in ranges}
+    async for tp, batch in reader.read(ranges):
+        assert all(r.topic == tp.topic and r.partition == tp.partition for r in batch)
+        found[tp] += [(r.offset, r.key, r.value, list(r.headers)) for r in batch]
+    return found
+
+
+def test_reads_exactly_each_range_over_many_fetches(kafka_bootstrap: str) -> None:
+    value = b"x" * 1000
+
+    async def body(topic: str) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            sent = [
+                await producer.send(topic, value + b"%d" % i, key=b"k%d" % i, partition=i % 3,
+                                    headers=[("h", b"%d" % i)], timestamp_ms=1_000_000 + i)
+                for i in range(15_000)
+            ]  # fmt: skip
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+        reader = KafkaReader(kafka_bootstrap)
+        try:
+            tps = [TP(topic, p) for p in range(3)]
+            assert await reader.offsets(tps) == dict.fromkeys(tps, (0, 5_000))
+            # 5 MB in partition 0: more than one fetch's 4 MiB
+            ranges = {tps[0]: (0, 5_000), tps[1]: (1_234, 4_321), tps[2]: (7, 7)}
+            found = await read_all(reader, ranges)
+            assert [o for o, *_ in found[tps[0]]] == list(range(5_000))
+            assert [o for o, *_ in found[tps[1]]] == list(range(1_234, 4_321))
+            assert found[tps[2]] == []
+            i = 3 * 1_234 + 1  # the 1,234th record of partition 1
+            assert found[tps[1]][0] == (1_234, b"k%d" % i, value + b"%d" % i, [("h", b"%d" % i)])
+            # timestamps: the 4,000th record of each partition is the first at or after
+            later = await reader.offsets_for_time(tps, 1_000_000 + 3 * 4_000)
+            assert later == dict.fromkeys(tps, 4_000)
+            assert await reader.offsets_for_time(tps, 2_000_000) == dict.fromkeys(tps, 5_000)
+        finally:
+            await reader.close()
+
+    run(with_topic(kafka_bootstrap, 3, body))
+
+
+def test_skips_transaction_markers_and_starts_inside_a_compressed_batch(
+    kafka_bootstrap: str,
+) -> None:
+    async def body(topic: str) -> None:
+        tp = TP(topic, 0)
+        txn = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic}-txn")
+        gzip = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap, compression_type="gzip", linger_ms=50
+        )
+        await txn.start()
+        await gzip.start()
+        try:
+            for round_ in range(3):
+                async with txn.transaction():  # each commit adds a control record
+                    for i in range(10):
+                        await txn.send(topic, b"t%d-%d" % (round_, i), partition=0)
+            futures = [await gzip.send(topic, b"z%d" % i, partition=0) for i in range(50)]
+            zipped = [m.offset for m in await asyncio.gather(*futures)]
+        finally:
+            await txn.stop()
+            await gzip.stop()
+        reader = KafkaReader(kafka_bootstrap)
+        try:
+            start, end = (await reader.offsets([tp]))[tp]
+            assert end == 30 + 3 + 50  # 30 records, 3 commit markers, 50 compressed
+            found = await read_all(reader, {tp: (start, end)})
+            values = [v for _, _, v, _ in found[tp]]
+            assert values == [b"t%d-%d" % (r, i) for r in range(3) for i in range(10)] + [
+                b"z%d" % i for i in range(50)
+            ]
+            # from the middle of a compressed batch: nothing before the start
+            middle = zipped[25]
+            found = await read_all(reader, {tp: (middle, end)})
+            assert [v for _, _, v, _ in found[tp]] == [b"z%d" % i for i in range(25, 50)]
+        finally:
+            await reader.close()
+
+    run(with_topic(kafka_bootstrap, 1, body))
+
+
+def test_a_start_deleted_by_retention_reads_from_the_new_log_start(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(topic: str) -> None:
+        tp = TP(topic, 0)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for i in range(100):
+                await producer.send_and_wait(topic, b"%d" % i, partition=0)
+        finally:
+            await producer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({TopicPartition(topic, 0): RecordsToDelete(60)})
+        finally:
+            await admin.close()
+        reader = KafkaReader(kafka_bootstrap)
+        try:
+            assert (await reader.offsets([tp]))[tp] == (60, 100)
+            found = await read_all(reader, {tp: (0, 100)})  # a range computed before the deletion
+            assert [o for o, *_ in found[tp]] == list(range(60, 100))
+        finally:
+            await reader.close()
+
+    run(with_topic(kafka_bootstrap, 1, body))
+    assert "deleted by retention" in caplog.text
