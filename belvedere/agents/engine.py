@@ -556,6 +556,14 @@ class ProjectionEngine(Service):
                             else "handler-error"
                         )
                         await self.app.dead_letters.send(record, kind, f"{handler.name}: {exc!r}")
+                    except BaseException:
+                        # Cancelled while the handler awaited (the worker stopping): undo its
+                        # writes. The checkpoint on the way out would otherwise hold this
+                        # event with offsets saying it is still to come, and the partition's
+                        # next owner would apply it a second time.
+                        leave_cause(cause)
+                        txn.rollback()
+                        raise
                     else:
                         leave_cause(cause)
                         txn.release()
