@@ -4,18 +4,64 @@ faust declares only its internal topics before subscribing, so a source topic de
 ``partitions=4`` is auto-created by the broker with its default count instead, and a table
 on it then fails with PartitionsMismatch (trap P6). This declares every topic that names
 its partition count, on any broker, before the consumer subscribes.
+
+On Kafka it then waits until the broker's metadata shows every topic it declared. A topic
+just created (a view's repartition topic, on a first start) can be missing from the
+metadata for a moment after the create returns. A group leader assigning in that moment
+leaves the topic out ("Ignoring missing topic"), and nothing assigns it until the
+consumer's next metadata refresh, five minutes later: the view it feeds is not served
+until then.
 """
 
+import asyncio
+import logging
+import time
 from collections.abc import Iterable
+from typing import Any
 
 from faust.transport.conductor import Conductor as FaustConductor
 
 __all__ = ["Conductor"]
 
+logger = logging.getLogger(__name__)
+
+#: Seconds to wait for declared topics to show in the broker's metadata, and between looks.
+METADATA_TIMEOUT = 30.0
+METADATA_POLL = 0.1
+
 
 class Conductor(FaustConductor):
     async def _update_indices(self) -> Iterable[str]:
+        declared: set[str] = set()
         for channel in list(self._topics):
             if not channel.internal and getattr(channel, "partitions", None):
                 await channel.maybe_declare()
-        return await super()._update_indices()
+            if channel.internal or getattr(channel, "partitions", None):
+                declared.update(channel.topics)
+        names = await super()._update_indices()
+        await self._until_in_metadata(declared)
+        return names
+
+    async def _until_in_metadata(self, topics: set[str]) -> None:
+        """Wait until the broker's metadata lists each of ``topics`` (Kafka only)."""
+        kafka = getattr(self.app.producer, "_producer", None)  # faust's AIOKafkaProducer
+        client: Any = getattr(kafka, "client", None)
+        if client is None or not topics:
+            return  # the embedded broker: its metadata is its log
+        deadline = time.monotonic() + METADATA_TIMEOUT
+        while True:
+            try:
+                cluster = await client.fetch_all_metadata()
+                missing = sorted(t for t in topics if not cluster.partitions_for_topic(t))
+            except Exception as exc:  # the broker restarting: look again
+                missing = [repr(exc)]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "not in the broker's metadata after %.0f s, subscribing anyway: %s",
+                    METADATA_TIMEOUT,
+                    ", ".join(missing),
+                )
+                return
+            await asyncio.sleep(METADATA_POLL)
