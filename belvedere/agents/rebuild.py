@@ -80,6 +80,8 @@ class Rebuilder:
         self._poll_lock = asyncio.Lock()
         #: Set when this worker wrote a control record: act on it without waiting a poll.
         self._wake = asyncio.Event()
+        #: Set when a partition starts replaying: read it without waiting a poll.
+        self._adopted = asyncio.Event()
         self._reported: dict[tuple[str, int, int], str] = {}
         self._last_report: dict[TP, float] = {}
         self._retiring: set[asyncio.Future[None]] = set()
@@ -235,9 +237,13 @@ class Rebuilder:
         ]
         if not entries:
             return
-        await engine.declare_changelog(view, generation)
-        for part in await engine.restore(entries):
-            self.adopt(part)
+        connecting = asyncio.ensure_future(self._reader().connect())  # the replay reads next
+        try:
+            await engine.declare_changelog(view, generation)
+            for part in await engine.restore(entries):
+                self.adopt(part)
+        finally:
+            await connecting
 
     def adopt(self, part: _Partition) -> None:
         """A restored partition of a generation being built: replay into it."""
@@ -245,6 +251,7 @@ class Rebuilder:
         part.positioned = False
         part.status.state = "rebuilding"
         self.engine._building[slot(part.projection, part.tp)] = part
+        self._adopted.set()
 
     async def follow(
         self, part: _Partition, records: Any, live_next: int, decode: Decode | None = None
@@ -260,22 +267,29 @@ class Rebuilder:
             await self.engine.fold(part, done, decode)
         part.next_offset = max(part.next_offset, live_next)
 
-    async def _position(self, part: _Partition) -> None:
-        """Where the replay of ``part`` starts: the log start, or the given timestamp."""
+    def _reader(self) -> PartitionReader:
         if self._replay_reader is None:
             self._replay_reader = reader_for(self.app)
-        gen = self.generation(part.projection.view.name)
-        start, _ = (await self._replay_reader.offsets([part.tp]))[part.tp]
-        if gen.from_timestamp is not None:
-            found = await self._replay_reader.offsets_for_time([part.tp], gen.from_timestamp)
-            start = max(start, found[part.tp])
-        fresh = not part.store.source_offsets()
-        if fresh or part.next_offset < start:
-            part.next_offset = start
-        part.replay_start = start
-        part.replay_began = time.monotonic()
-        part.replay_from = part.next_offset
-        part.positioned = True
+        return self._replay_reader
+
+    async def _position(self, parts: list[_Partition]) -> None:
+        """Where each replay starts: the log start, or the given timestamp (one offsets
+        request for them all)."""
+        reader = self._reader()
+        bounds = await reader.offsets([part.tp for part in parts])
+        for part in parts:
+            gen = self.generation(part.projection.view.name)
+            start, _ = bounds[part.tp]
+            if gen.from_timestamp is not None:
+                found = await reader.offsets_for_time([part.tp], gen.from_timestamp)
+                start = max(start, found[part.tp])
+            fresh = not part.store.source_offsets()
+            if fresh or part.next_offset < start:
+                part.next_offset = start
+            part.replay_start = start
+            part.replay_began = time.monotonic()
+            part.replay_from = part.next_offset
+            part.positioned = True
 
     async def _caught_up(self, part: _Partition) -> None:
         if part.generation == part.projection.view.generation:
@@ -293,6 +307,8 @@ class Rebuilder:
         engine = self.engine
         key = slot(new.projection, new.tp)
         old = engine._active[key]
+        if new.dirty:  # reads see the store: it must hold all the old one served, first
+            await engine._checkpoint(new)
         del engine._building[key]
         new.mode = "live"
         new.sought = True
@@ -335,9 +351,11 @@ class Rebuilder:
         (the reader fetches the next batches while one is folded)."""
         engine = self.engine
         while not engine.should_stop:
+            self._adopted.clear()
             ranges, parts = await self._next_ranges()
             if not ranges:
-                await engine.sleep(POLL / 2)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._adopted.wait(), POLL / 2)
                 continue
             assert self._replay_reader is not None
             read_to = {tp: low for tp, (low, _) in ranges.items()}
@@ -369,14 +387,20 @@ class Rebuilder:
         engine = self.engine
         ranges, parts = {}, {}
         async with engine._lock:
+            unpositioned = [
+                part
+                for key, part in engine._building.items()
+                if part.mode == "replaying" and not part.positioned and key in engine._active
+            ]
+            if unpositioned:
+                await self._position(unpositioned)
+                for part in unpositioned:
+                    await self._progress(part, "replaying", force=True)
             for key, part in list(engine._building.items()):
                 live = engine._active.get(key)
                 tp = part.tp
                 if part.mode != "replaying" or live is None or tp in ranges:
                     continue
-                if not part.positioned:
-                    await self._position(part)
-                    await self._progress(part, "replaying", force=True)
                 if part.next_offset >= live.next_offset:
                     await self._caught_up(part)
                     continue

@@ -27,7 +27,7 @@ app = belvedere.App(
     broker_session_timeout=6.0,
     broker_heartbeat_interval=1.0,
     checkpoint_events=500,
-    checkpoint_interval=0.2,
+    checkpoint_interval=float(os.environ.get("LEDGER_CHECKPOINT_INTERVAL", 0.2)),
     # Small enough that a test can send an oversized event the broker still accepts.
     max_event_bytes=int(os.environ.get("LEDGER_MAX_EVENT_BYTES", 1 << 20)),
 )
