@@ -69,10 +69,21 @@ def private_kafka(
                 timeout=180,
             )
         except subprocess.CalledProcessError as exc:
-            raise KafkaStartFailed((exc.stderr or exc.stdout or "")[-500:]) from None
+            said = (exc.stderr or exc.stdout or "")[-500:]
+            raise KafkaStartFailed(f"{said}\n{broker_log_tail(Path(work))}") from None
         yield Path(work, "bootstrap").read_text().strip()
     finally:
         subprocess.run(["bash", str(REPO / "ci/kafka/stop.sh")], env=env, timeout=90)
+
+
+def broker_log_tail(work: Path, lines: int = 40) -> str:
+    """The end of a ci/kafka broker's log (stop.sh deletes it with the folder): why it
+    would not start, in a failure's message."""
+    try:
+        tail = (work / "broker.log").read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return "(no broker.log)"
+    return "--- broker.log ---\n" + "\n".join(tail)
 
 
 def make_tls(folder: Path, name: str = "ca") -> Path:

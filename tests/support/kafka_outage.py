@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.kafka import REPO, KafkaStartFailed
+from tests.support.kafka import REPO, KafkaStartFailed, broker_log_tail
 
 __all__ = ["start_again", "stop"]
 
@@ -60,4 +60,5 @@ def start_again(work: Path, command: list[str], timeout: float = 120) -> None:
         timeout=timeout + 30,
     )
     if waited.returncode != 0:
-        raise KafkaStartFailed((waited.stderr or waited.stdout)[-500:])
+        said = (waited.stderr or waited.stdout)[-500:]
+        raise KafkaStartFailed(f"{said}\n{broker_log_tail(work)}")
