@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 import threading
@@ -100,12 +101,14 @@ def test_a_steady_load_keeps_memory_flat_reads_fast_and_every_event_applied_once
     load = ReadLoad(lambda: [worker.url], paths, READS_PER_S, seed=82, keep_alive=True)
     producer = threading.Thread(target=produce, daemon=True)
     begun = time.monotonic()
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, float, float, float]] = []  # t, RSS, RocksDB, load
     load.start()
     producer.start()
     try:
         while producer.is_alive() and time.monotonic() - begun < seconds + 60:
-            samples.append((time.monotonic() - begun, rss_mb(pid), rocksdb_mb(worker)))
+            samples.append(
+                (time.monotonic() - begun, rss_mb(pid), rocksdb_mb(worker), os.getloadavg()[0])
+            )
             producer.join(SAMPLE_EVERY)
     finally:
         stop.set()
@@ -123,14 +126,31 @@ def test_a_steady_load_keeps_memory_flat_reads_fast_and_every_event_applied_once
     for o in outcomes:
         minutes.setdefault(int((o.at - outcomes[0].at) // 60), []).append(o.latency)
     per_minute = {m: round(p99(v) * 1000, 2) for m, v in sorted(minutes.items())}
-    assert all(p99(v) <= P99_S for v in minutes.values()), f"p99 ms per minute: {per_minute}"
-    by_minute = {int(t // 60): (round(rss), round(db)) for t, rss, db in samples}
-    assert max(db for _, _, db in samples) <= ROCKSDB_BUDGET_MB * 1.05, by_minute
-    baseline = statistics.median(rss - db for t, rss, db in samples if 50 <= t <= 70)
-    peak = max(rss - db for t, rss, db in samples if t > 60)
-    assert peak - baseline <= RSS_GROWTH_MB, (baseline, peak, by_minute)
-    print(
+    by_minute = {int(t // 60): (round(rss), round(db)) for t, rss, db, _ in samples}
+    loadavg = {int(t // 60): round(avg, 1) for t, _, _, avg in samples}
+    baseline = statistics.median(rss - db for t, rss, db, _ in samples if 50 <= t <= 70)
+    peak = max(rss - db for t, rss, db, _ in samples if t > 60)
+    figures = (
         f"soak {seconds}s: {len(rest):,} events, {len(outcomes):,} reads, p99 ms per minute "
         f"{per_minute}; RSS less RocksDB {baseline:.0f} MB after a minute, {peak:.0f} MB at "
-        f"most later; (RSS, RocksDB) MB by minute {by_minute}"
+        f"most later; (RSS, RocksDB) MB by minute {by_minute}; the machine's load average by "
+        f"minute {loadavg} (other processes slow reads too)"
     )
+    print(figures)
+    # every bound is checked, and the figures come with any that failed
+    failed = [
+        what
+        for what, held in (
+            (
+                f"a minute's p99 over {P99_S * 1000:.0f} ms",
+                max(map(p99, minutes.values())) <= P99_S,
+            ),
+            (
+                f"RocksDB over its {ROCKSDB_BUDGET_MB} MB budget",
+                max(db for _, _, db, _ in samples) <= ROCKSDB_BUDGET_MB * 1.05,
+            ),
+            (f"the rest of RSS grew over {RSS_GROWTH_MB} MB", peak - baseline <= RSS_GROWTH_MB),
+        )
+        if not held
+    ]
+    assert not failed, f"{'; '.join(failed)}. {figures}"
