@@ -531,14 +531,16 @@ def rebuild_lines(log: Path, most: int = 40) -> str:
 
 LOG_LINE = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\] .*?view revenue(?:\[(\d+)\])?"
-    r"(?: g(\d+))?: (restored|caught up|now serving generation (\d+)|generation (\d+) retired)",
+    r"(?: g(\d+))?: (restored|replaying from|caught up|now serving generation (\d+)|"
+    r"generation (\d+) retired)",
     re.M,
 )
 
 
 def rebuild_steps(log: Path, generation: int, t0: float) -> dict[str, float | None]:
     """When (seconds after the POST, from the worker's log lines, to the millisecond) the
-    rebuild's steps were done: the new generation opened (its empty restores), replayed
+    rebuild's steps were done: the new generation opened (its empty restores), positioned
+    (every partition's replay start found), replayed
     (every partition caught up), served (every partition switched) and the old one retired."""
     found: dict[str, list[float]] = defaultdict(list)
     for m in LOG_LINE.finditer(log.read_text(errors="replace")):
@@ -546,7 +548,7 @@ def rebuild_steps(log: Path, generation: int, t0: float) -> dict[str, float | No
         t = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() - t0
         if t < 0:
             continue
-        if what in ("restored", "caught up") and gen == str(generation):
+        if what in ("restored", "replaying from", "caught up") and gen == str(generation):
             found[what].append(t)
         elif serving == str(generation):
             found["serving"].append(t)
@@ -554,6 +556,7 @@ def rebuild_steps(log: Path, generation: int, t0: float) -> dict[str, float | No
             found["retired"].append(t)
     steps = {
         "opened_s": max(found["restored"], default=None),
+        "positioned_s": max(found["replaying from"], default=None),
         "replayed_s": max(found["caught up"], default=None),
         "switched_s": max(found["serving"], default=None),
         "retired_s": max(found["retired"], default=None),

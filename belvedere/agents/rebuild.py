@@ -290,6 +290,11 @@ class Rebuilder:
             part.replay_began = time.monotonic()
             part.replay_from = part.next_offset
             part.positioned = True
+            logger.info(
+                "view %s[%d] g%d: replaying from offset %d (history from %d%s)",
+                part.projection.view.name, part.tp.partition, part.generation, part.next_offset,
+                start, "" if gen.from_timestamp is None else f", at or after {gen.from_timestamp} ms",
+            )  # fmt: skip
 
     async def _caught_up(self, part: _Partition) -> None:
         if part.generation == part.projection.view.generation:
