@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 from faust.types import TP
 
+from belvedere.streams.fetcher import LogTruncated
 from belvedere.streams.readers import KafkaReader
 
 Read = list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]]
@@ -146,3 +147,32 @@ def test_a_start_deleted_by_retention_reads_from_the_new_log_start(
 
     run(with_topic(kafka_bootstrap, 1, body))
     assert "deleted by retention" in caplog.text
+
+
+def test_a_topic_deleted_and_created_again_before_its_read_raises_instead_of_waiting(
+    kafka_bootstrap: str,
+) -> None:
+    async def body(topic: str) -> None:
+        tp = TP(topic, 0)
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, b"gone soon", partition=0)
+        finally:
+            await producer.stop()
+        reader = KafkaReader(kafka_bootstrap)
+        try:
+            ranges = await reader.offsets([tp])
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+            await admin.start()
+            try:
+                await admin.delete_topics([topic])
+            finally:
+                await admin.close()
+            # the broker creates it again, empty, when the reader asks for its leader
+            with pytest.raises(LogTruncated, match=r"deleted \(and created again\) or truncated"):
+                await read_all(reader, ranges)
+        finally:
+            await reader.close()
+
+    run(with_topic(kafka_bootstrap, 1, body))

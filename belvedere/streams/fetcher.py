@@ -25,7 +25,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 from faust.types import TP
 
-__all__ = ["LogRecord", "fetch_ranges"]
+__all__ = ["LogRecord", "LogTruncated", "fetch_ranges"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,14 @@ READ_UNCOMMITTED = 0
 #: Seconds between two tries after an error, and between two warnings about it.
 RETRY_BACKOFF = 0.1
 WARN_EVERY = 10.0
+#: Seconds a topic may be missing from the cluster's metadata before a read gives up on it.
+TOPIC_GONE_AFTER = 30.0
+
+
+class LogTruncated(kafka_errors.KafkaError):
+    """A partition's log ends before records it held when the read began."""
+
+    retriable = False
 
 
 class LogRecord:
@@ -64,7 +72,11 @@ LogStarts = Callable[[list[TP]], Awaitable[Mapping[TP, int]]]
 
 
 async def fetch_ranges(
-    client: Any, ranges: Ranges, deliver: Deliver, log_starts: LogStarts
+    client: Any,
+    ranges: Ranges,
+    deliver: Deliver,
+    log_starts: LogStarts,
+    gone_after: float = TOPIC_GONE_AFTER,
 ) -> None:
     """Fetch each partition's records with offsets in [start, end) and hand each
     partition's share of a response to ``deliver`` (in offset order per partition).
@@ -72,13 +84,16 @@ async def fetch_ranges(
     ``client`` is a started ``AIOKafkaClient``. Errors a retry can mend (a moved leader,
     a broker restarting) are retried until they pass; the caller bounds the wait. A
     start that retention deleted meanwhile moves up to the log's new start
-    (``log_starts``): those records are gone for every reader.
+    (``log_starts``): those records are gone for every reader. A topic the cluster's
+    metadata has not listed for ``gone_after`` seconds was deleted: that raises
+    ``UnknownTopicOrPartitionError`` instead of waiting forever.
     """
     position = {tp: start for tp, (start, end) in ranges.items() if end > start}
     ends = {tp: ranges[tp][1] for tp in position}
     for topic in {tp.topic for tp in position}:
         await client.add_topic(topic)
     trouble = _Trouble()
+    gone_since: float | None = None
     while position:
         try:
             for node, tps in _by_leader(client, position).items():
@@ -93,6 +108,15 @@ async def fetch_ranges(
         except (kafka_errors.KafkaError, OSError) as exc:
             if isinstance(exc, kafka_errors.KafkaError) and not exc.retriable:
                 raise  # not authorized, a corrupt batch, ...: no retry mends it
+            gone = {tp.topic for tp in position} - client.cluster.topics()
+            if not gone:
+                gone_since = None
+            elif gone_since is None:
+                gone_since = time.monotonic()
+            elif time.monotonic() - gone_since >= gone_after:
+                raise kafka_errors.UnknownTopicOrPartitionError(
+                    f"{', '.join(sorted(gone))} no longer exist"
+                ) from exc
             trouble.saw(exc, position)
             client.force_metadata_update()
             await asyncio.sleep(RETRY_BACKOFF)
@@ -126,7 +150,7 @@ async def _fetch_once(
     )
     response = await client.send(node, request)
     for topic, partitions in response.topics:
-        for partition, error_code, _highwater, *rest in partitions:
+        for partition, error_code, highwater, *rest in partitions:
             tp = TP(topic, partition)
             error = kafka_errors.for_code(error_code)
             if error is not kafka_errors.NoError:
@@ -134,6 +158,12 @@ async def _fetch_once(
             records = _unpack(tp, rest[-1], position, ends[tp])
             if records:
                 await deliver(tp, records)
+            if position[tp] >= highwater and highwater < ends[tp]:
+                raise LogTruncated(
+                    f"{topic}[{partition}] now ends at offset {highwater}, before the "
+                    f"{ends[tp]} being read to: the topic was deleted (and created again) "
+                    "or truncated while it was read"
+                )
 
 
 def _unpack(tp: TP, data: bytes, position: dict[TP, int], end: int) -> list[LogRecord]:
