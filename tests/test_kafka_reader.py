@@ -34,6 +34,17 @@ async def with_topic(bootstrap: str, partitions: int, body: Callable[[str], Awai
         await admin.close()
 
 
+async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """One record at a time, into partition 0."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()
+
+
 async def read_all(reader: KafkaReader, ranges: dict[TP, tuple[int, int]]) -> dict[TP, Read]:
     found: dict[TP, Read] = {tp: [] for tp in ranges}
     async for tp, batch in reader.read(ranges):
@@ -124,13 +135,7 @@ def test_a_start_deleted_by_retention_reads_from_the_new_log_start(
 ) -> None:
     async def body(topic: str) -> None:
         tp = TP(topic, 0)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await producer.start()
-        try:
-            for i in range(100):
-                await producer.send_and_wait(topic, b"%d" % i, partition=0)
-        finally:
-            await producer.stop()
+        await produce(kafka_bootstrap, topic, [b"%d" % i for i in range(100)])
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         await admin.start()
         try:
@@ -154,12 +159,7 @@ def test_a_topic_deleted_and_created_again_before_its_read_raises_instead_of_wai
 ) -> None:
     async def body(topic: str) -> None:
         tp = TP(topic, 0)
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await producer.start()
-        try:
-            await producer.send_and_wait(topic, b"gone soon", partition=0)
-        finally:
-            await producer.stop()
+        await produce(kafka_bootstrap, topic, [b"gone soon"])
         reader = KafkaReader(kafka_bootstrap)
         try:
             ranges = await reader.offsets([tp])
