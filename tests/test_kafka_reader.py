@@ -161,6 +161,7 @@ def test_a_topic_deleted_and_created_again_before_its_read_raises_instead_of_wai
         tp = TP(topic, 0)
         await produce(kafka_bootstrap, topic, [b"gone soon"])
         reader = KafkaReader(kafka_bootstrap)
+        reader.give_up_after = 1.0
         try:
             ranges = await reader.offsets([tp])
             admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)

@@ -37,14 +37,16 @@ READ_UNCOMMITTED = 0
 #: Seconds between two tries after an error, and between two warnings about it.
 RETRY_BACKOFF = 0.1
 WARN_EVERY = 10.0
-#: Seconds a topic may be missing from the cluster's metadata before a read gives up on it.
-TOPIC_GONE_AFTER = 30.0
+#: Seconds a read waits for a topic missing from the cluster, or for a log ending before
+#: the range does, before it gives up.
+GIVE_UP_AFTER = 30.0
 
 
 class LogTruncated(kafka_errors.KafkaError):
-    """A partition's log ends before records it held when the read began."""
+    """A partition's log ends before records it held when the read began (retried a
+    while: a new leader's log end may lag for a moment)."""
 
-    retriable = False
+    retriable = True
 
 
 class LogRecord:
@@ -76,7 +78,7 @@ async def fetch_ranges(
     ranges: Ranges,
     deliver: Deliver,
     log_starts: LogStarts,
-    gone_after: float = TOPIC_GONE_AFTER,
+    give_up_after: float = GIVE_UP_AFTER,
 ) -> None:
     """Fetch each partition's records with offsets in [start, end) and hand each
     partition's share of a response to ``deliver`` (in offset order per partition).
@@ -84,20 +86,23 @@ async def fetch_ranges(
     ``client`` is a started ``AIOKafkaClient``. Errors a retry can mend (a moved leader,
     a broker restarting) are retried until they pass; the caller bounds the wait. A
     start that retention deleted meanwhile moves up to the log's new start
-    (``log_starts``): those records are gone for every reader. A topic the cluster's
-    metadata has not listed for ``gone_after`` seconds was deleted: that raises
-    ``UnknownTopicOrPartitionError`` instead of waiting forever.
+    (``log_starts``): those records are gone for every reader. Two states can pass (a
+    topic just created, a new leader catching up) but mean, when they last
+    ``give_up_after`` seconds, that the range will never be read: a topic missing from
+    the cluster's metadata (``UnknownTopicOrPartitionError``), and a log ending before
+    the range does (``LogTruncated``).
     """
     position = {tp: start for tp, (start, end) in ranges.items() if end > start}
     ends = {tp: ranges[tp][1] for tp in position}
     for topic in {tp.topic for tp in position}:
         await client.add_topic(topic)
     trouble = _Trouble()
-    gone_since: float | None = None
+    stuck_since: float | None = None
     while position:
         try:
             for node, tps in _by_leader(client, position).items():
                 await _fetch_once(client, node, tps, position, ends, deliver)
+            stuck_since = None
         except kafka_errors.OffsetOutOfRangeError:
             starts = await log_starts(list(position))
             moved = {tp: starts[tp] for tp in position if starts[tp] > position[tp]}
@@ -109,14 +114,16 @@ async def fetch_ranges(
             if isinstance(exc, kafka_errors.KafkaError) and not exc.retriable:
                 raise  # not authorized, a corrupt batch, ...: no retry mends it
             gone = {tp.topic for tp in position} - client.cluster.topics()
-            if not gone:
-                gone_since = None
-            elif gone_since is None:
-                gone_since = time.monotonic()
-            elif time.monotonic() - gone_since >= gone_after:
-                raise kafka_errors.UnknownTopicOrPartitionError(
+            if gone:
+                exc = kafka_errors.UnknownTopicOrPartitionError(
                     f"{', '.join(sorted(gone))} no longer exist"
-                ) from exc
+                )
+            if not (gone or isinstance(exc, LogTruncated)):
+                stuck_since = None
+            elif stuck_since is None:
+                stuck_since = time.monotonic()
+            elif time.monotonic() - stuck_since >= give_up_after:
+                raise exc
             trouble.saw(exc, position)
             client.force_metadata_update()
             await asyncio.sleep(RETRY_BACKOFF)

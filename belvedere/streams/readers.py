@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from faust.types import TP
 
-from belvedere.streams.fetcher import TOPIC_GONE_AFTER, LogRecord, fetch_ranges
+from belvedere.streams.fetcher import GIVE_UP_AFTER, LogRecord, fetch_ranges
 
 __all__ = ["PartitionReader", "reader_for"]
 
@@ -104,8 +104,8 @@ class KafkaReader(PartitionReader):
 
     #: Batches read ahead of the one being folded.
     READ_AHEAD = 4
-    #: Seconds a read waits for a topic missing from the cluster before it raises.
-    topic_gone_after = TOPIC_GONE_AFTER
+    #: Seconds a read waits for a deleted topic or a truncated log to come back.
+    give_up_after = GIVE_UP_AFTER
 
     def __init__(self, bootstrap: str, auth: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
@@ -212,7 +212,7 @@ class KafkaReader(PartitionReader):
 
         try:
             consumer = await self._client()
-            await fetch_ranges(consumer._client, ranges, deliver, log_starts, self.topic_gone_after)
+            await fetch_ranges(consumer._client, ranges, deliver, log_starts, self.give_up_after)
         except Exception as exc:
             await batches.put(exc)
         else:
