@@ -40,7 +40,14 @@ sed -e "s#@DATA_DIR@#$KAFKA_WORK/data#" -e "s#@PORT@#$PORT#g" -e "s#@CONTROLLER_
     > "$KAFKA_WORK/server.properties"
 
 # 3. Format the storage (static quorum, so no --standalone), then start the broker.
-CLUSTER_ID=$("$PYTHON" -c 'import base64,uuid;print(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())')
+# The cluster id is a URL-safe base64 UUID that does not start with "-", as Kafka's own
+# random-uuid makes it: one that did (1 start in 64) was taken by kafka-storage for an
+# option ("argument --cluster-id/-t: expected one argument"), and the broker never started.
+CLUSTER_ID=$("$PYTHON" -c '
+import base64, uuid
+while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).startswith("-"):
+    pass
+print(i)')
 "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$CP" \
     kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$KAFKA_WORK/server.properties" \
     "${FORMAT_ARGS[@]}" > "$KAFKA_WORK/format.log" 2>&1 || { cat "$KAFKA_WORK/format.log" >&2; exit 1; }
