@@ -13,7 +13,6 @@ import pytest
 from tests.support.brokers import Broker
 from tests.support.http import call
 from tests.support.load import ReadLoad
-from tests.support.long import LONG
 from tests.support.worker import Worker, wait_for
 from tests.test_projections import movements
 from tests.test_views_api import scan_all
@@ -33,12 +32,6 @@ def owned(worker: Worker) -> set[str]:
     return {p for p, s in active.items() if s["state"] == "serving"}
 
 
-@pytest.mark.long
-@pytest.mark.skipif(
-    not LONG,
-    reason="on demand (BELVEDERE_LONG=1) until understood: in a CI run its view never "
-    "reached the fold in 180 s after the first worker left; it passed all 6 runs outside CI",
-)
 def test_scaling_out_and_in_under_a_read_load_answers_200_404_or_503_and_loses_nothing(
     kafka: Broker, spawn: Callable[..., Worker], unique_name: str
 ) -> None:
@@ -103,8 +96,11 @@ def test_scaling_out_and_in_under_a_read_load_answers_200_404_or_503_and_loses_n
     assert not odd, (counts, odd[:5])
     unanswered_503 = [o for o in outcomes if o.status == 503 and not o.retry_after]
     assert not unanswered_503, unanswered_503[:3]
+    # Refused: only by the leaving worker, once its stop began. The refusal comes when it
+    # comes (at + latency); a busy test process may stamp the request a moment earlier.
     refused = [o for o in outcomes if o.failure == "refused"]
-    assert all(o.url.startswith(a.url) and o.at >= stopping_at for o in refused), refused[:3]
+    early = [o for o in refused if not o.url.startswith(a.url) or o.at + o.latency < stopping_at]
+    assert not early, (f"a: {a.url}, stop began at {stopping_at:.3f}", early[:3])
     assert counts[200] > 0 and counts[503] < len(outcomes) / 2, counts
     assert not [o for o in outcomes if "/no-" in o.url and o.status == 200]  # never made up
     print(f"scaling: {len(records):,} events, reads by outcome {dict(counts)}")
