@@ -29,7 +29,7 @@ from tests.support import kafka_outage
 from tests.support.brokers import Broker
 from tests.support.http import call
 from tests.support.kafka import private_kafka
-from tests.support.long import LONG, long_variant
+from tests.support.long import long_variant
 from tests.support.worker import Worker, wait_for
 from tests.test_projections import PARTITIONS, deposits_by_owner, movements
 
@@ -241,21 +241,7 @@ def test_kill_9_of_workers_in_a_group_loses_and_repeats_nothing(
 
 @pytest.mark.parametrize(
     "down",
-    [
-        pytest.param(
-            12.0,
-            marks=(
-                pytest.mark.long,
-                pytest.mark.skipif(
-                    not LONG,
-                    reason="on demand (BELVEDERE_LONG=1) until understood: it failed in one "
-                    "CI run before starting a worker (its folder was empty); passed all runs "
-                    "outside CI and the CI run before",
-                ),
-            ),
-        ),
-        long_variant(30.0, id="30s"),
-    ],
+    [12.0, long_variant(30.0, id="30s")],
 )
 def test_workers_reconnect_by_themselves_after_a_broker_restart(
     spawn: Callable[..., Worker], unique_name: str, tmp_path: Path, down: float
