@@ -9,6 +9,7 @@ its transport with :func:`tapped`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -36,7 +37,10 @@ class BatchTap:
         claimed = {tp: batch for tp, batch in records.items() if tap.claims(tp)}
         if not claimed:
             return records
-        await tap.on_batch(claimed)
+        # A worker stopping cancels the fetch; the batch is finished first (on_stop's flush
+        # waits for it), or the flush would write a batch half done: an aggregate's row
+        # without the events it decided, sent or not.
+        await asyncio.shield(tap.on_batch(claimed))
         return {tp: batch for tp, batch in records.items() if tp not in claimed}
 
     async def on_stop(self) -> None:
