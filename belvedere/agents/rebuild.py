@@ -274,15 +274,24 @@ class Rebuilder:
 
     async def _position(self, parts: list[_Partition]) -> None:
         """Where each replay starts: the log start, or the given timestamp (one offsets
-        request for them all)."""
+        request for them all, and one per timestamp)."""
         reader = self._reader()
         bounds = await reader.offsets([part.tp for part in parts])
+        since: dict[int, list[TP]] = {}  # the timestamps asked for, and of which partitions
+        for part in parts:
+            stamp = self.generation(part.projection.view.name).from_timestamp
+            if stamp is not None:
+                since.setdefault(stamp, []).append(part.tp)
+        found = {
+            (stamp, tp): offset
+            for stamp, tps in since.items()
+            for tp, offset in (await reader.offsets_for_time(tps, stamp)).items()
+        }
         for part in parts:
             gen = self.generation(part.projection.view.name)
             start, _ = bounds[part.tp]
             if gen.from_timestamp is not None:
-                found = await reader.offsets_for_time([part.tp], gen.from_timestamp)
-                start = max(start, found[part.tp])
+                start = max(start, found[gen.from_timestamp, part.tp])
             fresh = not part.store.source_offsets()
             if fresh or part.next_offset < start:
                 part.next_offset = start
