@@ -177,3 +177,31 @@ def test_a_topic_deleted_and_created_again_before_its_read_raises_instead_of_wai
             await reader.close()
 
     run(with_topic(kafka_bootstrap, 1, body))
+
+
+def test_offsets_of_a_topic_new_to_the_reader_need_no_metadata_retry(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rebuild positions its replay, and a restore sizes its changelog, with the first
+    offsets request for those topics; aiokafka answers a partition missing from its
+    metadata with a retry after its backoff (100 ms), unless the reader learns the topic
+    first."""
+
+    async def body(topic: str) -> None:
+        await produce(kafka_bootstrap, topic, [b"a", b"b"])
+        reader = KafkaReader(kafka_bootstrap)
+        try:
+            await reader.connect()
+            with caplog.at_level("DEBUG", logger="aiokafka.consumer.fetcher"):
+                bounds = await reader.offsets([TP(topic, 0), TP(topic, 1)])
+                since = await reader.offsets_for_time([TP(topic, 0)], 0)
+        finally:
+            await reader.close()
+        assert bounds == {TP(topic, 0): (0, 2), TP(topic, 1): (0, 0)}
+        assert since == {TP(topic, 0): 0}
+        retried = [
+            r.getMessage() for r in caplog.records if "unknown for fetching" in r.getMessage()
+        ]
+        assert not retried, retried
+
+    run(with_topic(kafka_bootstrap, 2, body))

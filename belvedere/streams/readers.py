@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from faust.types import TP
@@ -155,6 +155,7 @@ class KafkaReader(PartitionReader):
 
         consumer = await self._client()
         ktps = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+        await _learn_topics(consumer, ktps)
         starts = await consumer.beginning_offsets(list(ktps))
         ends = await consumer.end_offsets(list(ktps))
         return {tp: (starts[k], ends[k]) for k, tp in ktps.items()}
@@ -167,6 +168,7 @@ class KafkaReader(PartitionReader):
 
         consumer = await self._client()
         ktps = {TopicPartition(tp.topic, tp.partition): tp for tp in tps}
+        await _learn_topics(consumer, ktps)
         found = await consumer.offsets_for_times(dict.fromkeys(ktps, timestamp_ms))
         ends = await consumer.end_offsets(list(ktps))
         return {tp: ends[k] if found.get(k) is None else found[k].offset for k, tp in ktps.items()}
@@ -229,6 +231,17 @@ class KafkaReader(PartitionReader):
         await asyncio.to_thread(thread.join)
         loop.close()
         self._loop = self._thread = None
+
+
+async def _learn_topics(consumer: Any, tps: Iterable[Any]) -> None:
+    """Have the client's metadata cover these partitions before an offsets request: an
+    unknown one fails the request, and aiokafka tries again only after its retry backoff
+    (100 ms, most of a rebuild's positioning)."""
+    client = consumer._client
+    for topic in {tp.topic for tp in tps if client.cluster.leader_for_partition(tp) is None}:
+        await client.add_topic(topic)
+    if any(client.cluster.leader_for_partition(tp) is None for tp in tps):
+        await client.force_metadata_update()  # tracked already, but not in the metadata yet
 
 
 #: What a reader's thread hands over after the last batch.
