@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.fetch import FetchRequest
 from faust.types import TP
 
-from belvedere.streams.fetcher import LogTruncated
+from belvedere.streams.fetcher import LogTruncated, fetch_ranges
 from belvedere.streams.readers import KafkaReader
 
 Read = list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]]
@@ -41,6 +43,16 @@ async def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
     try:
         for value in values:
             await producer.send_and_wait(topic, value, partition=0)
+    finally:
+        await producer.stop()
+
+
+async def produce_many(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    """Many records into partition 0, in batches."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(topic, v, partition=0) for v in values])
     finally:
         await producer.stop()
 
@@ -205,3 +217,39 @@ def test_offsets_of_a_topic_new_to_the_reader_need_no_metadata_retry(
         assert not retried, retried
 
     run(with_topic(kafka_bootstrap, 2, body))
+
+
+def test_sends_the_next_fetch_before_delivering_a_response(kafka_bootstrap: str) -> None:
+    """The broker prepares the next response while the reader unpacks and the caller folds
+    the last one: at each delivery but the last, the fetch for what follows is on its way."""
+
+    async def body(topic: str) -> None:
+        await produce_many(kafka_bootstrap, topic, [b"x" * 1000] * 5_000)  # 5 MB: 2+ fetches
+        client = AIOKafkaClient(bootstrap_servers=kafka_bootstrap)
+        await client.bootstrap()
+        sent: list[Any] = []
+        send = client.send
+
+        def counting_send(node: int, request: Any, **kwargs: Any) -> Any:
+            if isinstance(request, FetchRequest):
+                sent.append(request)
+            return send(node, request, **kwargs)
+
+        client.send = counting_send  # type: ignore[method-assign]
+        seen: list[tuple[int, int]] = []  # (fetches sent so far, records delivered)
+
+        async def deliver(tp: TP, records: list[Any]) -> None:
+            seen.append((len(sent), len(records)))
+
+        async def log_starts(tps: list[TP]) -> dict[TP, int]:
+            raise AssertionError("no record was deleted")
+
+        try:
+            await fetch_ranges(client, {TP(topic, 0): (0, 5_000)}, deliver, log_starts)
+        finally:
+            await client.close()
+        assert sum(n for _, n in seen) == 5_000
+        assert len(seen) >= 2, seen
+        assert all(fetches == i + 2 for i, (fetches, _) in enumerate(seen[:-1])), seen
+
+    run(with_topic(kafka_bootstrap, 1, body))

@@ -83,14 +83,16 @@ async def fetch_ranges(
     """Fetch each partition's records with offsets in [start, end) and hand each
     partition's share of a response to ``deliver`` (in offset order per partition).
 
-    ``client`` is a started ``AIOKafkaClient``. Errors a retry can mend (a moved leader,
-    a broker restarting) are retried until they pass; the caller bounds the wait. A
-    start that retention deleted meanwhile moves up to the log's new start
-    (``log_starts``): those records are gone for every reader. Two states can pass (a
-    topic just created, a new leader catching up) but mean, when they last
-    ``give_up_after`` seconds, that the range will never be read: a topic missing from
-    the cluster's metadata (``UnknownTopicOrPartitionError``), and a log ending before
-    the range does (``LogTruncated``).
+    ``client`` is a started ``AIOKafkaClient``. Each broker's next fetch is sent as soon as
+    a response says where it ends, before its records are unpacked and delivered, so the
+    broker's reply overlaps that work. Errors a retry can mend (a moved leader, a broker
+    restarting) are retried until they pass; the caller bounds the wait. A start that
+    retention deleted meanwhile moves up to the log's new start (``log_starts``): those
+    records are gone for every reader. Two states can pass (a topic just created, a new
+    leader catching up) but mean, when they last ``give_up_after`` seconds, that the range
+    will never be read: a topic missing from the cluster's metadata
+    (``UnknownTopicOrPartitionError``), and a log ending before the range does
+    (``LogTruncated``).
     """
     position = {tp: start for tp, (start, end) in ranges.items() if end > start}
     ends = {tp: ranges[tp][1] for tp in position}
@@ -98,37 +100,43 @@ async def fetch_ranges(
         await client.add_topic(topic)
     trouble = _Trouble()
     stuck_since: float | None = None
-    while position:
-        try:
-            for node, tps in _by_leader(client, position).items():
-                await _fetch_once(client, node, tps, position, ends, deliver)
-            stuck_since = None
-        except kafka_errors.OffsetOutOfRangeError:
-            starts = await log_starts(list(position))
-            moved = {tp: starts[tp] for tp in position if starts[tp] > position[tp]}
-            if not moved:
-                raise  # past the log's end: the caller's range is wrong
-            logger.warning("records deleted by retention while being read; from %s", moved)
-            position.update(moved)
-        except (kafka_errors.KafkaError, OSError) as exc:
-            if isinstance(exc, kafka_errors.KafkaError) and not exc.retriable:
-                raise  # not authorized, a corrupt batch, ...: no retry mends it
-            gone = {tp.topic for tp in position} - client.cluster.topics()
-            if gone:
-                exc = kafka_errors.UnknownTopicOrPartitionError(
-                    f"{', '.join(sorted(gone))} no longer exist"
-                )
-            if not (gone or isinstance(exc, LogTruncated)):
+    ahead: dict[int, _Sent] = {}  # per broker: the fetch sent for where the last one ended
+    try:
+        while position:
+            try:
+                for node, tps in _by_leader(client, position).items():
+                    await _fetch_once(client, node, tps, position, ends, deliver, ahead)
                 stuck_since = None
-            elif stuck_since is None:
-                stuck_since = time.monotonic()
-            elif time.monotonic() - stuck_since >= give_up_after:
-                raise exc
-            trouble.saw(exc, position)
-            client.force_metadata_update()
-            await asyncio.sleep(RETRY_BACKOFF)
-        for tp in [tp for tp, offset in position.items() if offset >= ends[tp]]:
-            del position[tp]
+            except kafka_errors.OffsetOutOfRangeError:
+                _drop(ahead)
+                starts = await log_starts(list(position))
+                moved = {tp: starts[tp] for tp in position if starts[tp] > position[tp]}
+                if not moved:
+                    raise  # past the log's end: the caller's range is wrong
+                logger.warning("records deleted by retention while being read; from %s", moved)
+                position.update(moved)
+            except (kafka_errors.KafkaError, OSError) as exc:
+                _drop(ahead)
+                if isinstance(exc, kafka_errors.KafkaError) and not exc.retriable:
+                    raise  # not authorized, a corrupt batch, ...: no retry mends it
+                gone = {tp.topic for tp in position} - client.cluster.topics()
+                if gone:
+                    exc = kafka_errors.UnknownTopicOrPartitionError(
+                        f"{', '.join(sorted(gone))} no longer exist"
+                    )
+                if not (gone or isinstance(exc, LogTruncated)):
+                    stuck_since = None
+                elif stuck_since is None:
+                    stuck_since = time.monotonic()
+                elif time.monotonic() - stuck_since >= give_up_after:
+                    raise exc
+                trouble.saw(exc, position)
+                client.force_metadata_update()
+                await asyncio.sleep(RETRY_BACKOFF)
+            for tp in [tp for tp, offset in position.items() if offset >= ends[tp]]:
+                del position[tp]
+    finally:
+        _drop(ahead)
 
 
 def _by_leader(client: Any, position: Mapping[TP, int]) -> dict[int, list[TP]]:
@@ -141,6 +149,26 @@ def _by_leader(client: Any, position: Mapping[TP, int]) -> dict[int, list[TP]]:
     return found
 
 
+class _Sent:
+    """A fetch request on its way to a broker, for these offsets."""
+
+    def __init__(self, client: Any, node: int, offsets: dict[TP, int]) -> None:
+        self.offsets = offsets
+        topics: dict[str, list[tuple[int, int, int]]] = {}
+        for tp, offset in offsets.items():
+            topics.setdefault(tp.topic, []).append((tp.partition, offset, PARTITION_MAX_BYTES))
+        request = FetchRequest(
+            FETCH_MAX_WAIT_MS, 1, FETCH_MAX_BYTES, READ_UNCOMMITTED, list(topics.items())
+        )
+        self.response: asyncio.Future[Any] = asyncio.ensure_future(client.send(node, request))
+
+
+def _drop(ahead: dict[int, _Sent]) -> None:
+    for sent in ahead.values():
+        sent.response.cancel()
+    ahead.clear()
+
+
 async def _fetch_once(
     client: Any,
     node: int,
@@ -148,47 +176,65 @@ async def _fetch_once(
     position: dict[TP, int],
     ends: Mapping[TP, int],
     deliver: Deliver,
+    ahead: dict[int, _Sent],
 ) -> None:
-    topics: dict[str, list[tuple[int, int, int]]] = {}
-    for tp in tps:
-        topics.setdefault(tp.topic, []).append((tp.partition, position[tp], PARTITION_MAX_BYTES))
-    request = FetchRequest(
-        FETCH_MAX_WAIT_MS, 1, FETCH_MAX_BYTES, READ_UNCOMMITTED, list(topics.items())
-    )
-    response = await client.send(node, request)
+    offsets = {tp: position[tp] for tp in tps}
+    sent = ahead.pop(node, None)
+    if sent is None or sent.offsets != offsets:
+        if sent is not None:
+            sent.response.cancel()
+        sent = _Sent(client, node, offsets)
+    response = await sent.response
+    fetched = []  # (tp, records' bytes, the offset after them, the log end)
     for topic, partitions in response.topics:
         for partition, error_code, highwater, *rest in partitions:
             tp = TP(topic, partition)
             error = kafka_errors.for_code(error_code)
             if error is not kafka_errors.NoError:
-                raise error(f"fetching {topic}[{partition}] at offset {position[tp]}")
-            records = _unpack(tp, rest[-1], position, ends[tp])
-            if records:
-                await deliver(tp, records)
-            if position[tp] >= highwater and highwater < ends[tp]:
-                raise LogTruncated(
-                    f"{topic}[{partition}] now ends at offset {highwater}, before the "
-                    f"{ends[tp]} being read to: the topic was deleted (and created again) "
-                    "or truncated while it was read"
-                )
+                raise error(f"fetching {topic}[{partition}] at offset {offsets[tp]}")
+            fetched.append((tp, rest[-1], _next_offset(rest[-1], offsets[tp]), highwater))
+    following = {tp: after for tp, _, after, _ in fetched if after < ends[tp]}
+    following.update({tp: o for tp, o in offsets.items() if tp not in following and o < ends[tp]})
+    if following:
+        ahead[node] = _Sent(client, node, following)
+    for tp, data, after, highwater in fetched:
+        records = _unpack(tp, data, position[tp], ends[tp])
+        if records:
+            await deliver(tp, records)
+        position[tp] = after
+        if after >= highwater and highwater < ends[tp]:
+            raise LogTruncated(
+                f"{tp.topic}[{tp.partition}] now ends at offset {highwater}, before the "
+                f"{ends[tp]} being read to: the topic was deleted (and created again) "
+                "or truncated while it was read"
+            )
 
 
-def _unpack(tp: TP, data: bytes, position: dict[TP, int], end: int) -> list[LogRecord]:
-    """The records of ``data`` from ``position[tp]`` to ``end``; advances the position
-    past every whole batch (compaction leaves gaps in offsets, and empty batches)."""
-    topic, partition = tp.topic, tp.partition
-    start = position[tp]
-    out: list[LogRecord] = []
+def _next_offset(data: bytes, offset: int) -> int:
+    """The offset after the whole batches in ``data`` (compaction leaves gaps in offsets,
+    and empty batches), read from the batch headers alone."""
     batches = MemoryRecords(data)
     while batches.has_next():
         batch = batches.next_batch()
         if batch is None:  # the response ended inside a batch: fetched again next time
             break
+        offset = max(offset, batch.next_offset)
+    return offset
+
+
+def _unpack(tp: TP, data: bytes, start: int, end: int) -> list[LogRecord]:
+    """The records of ``data`` with offsets in [start, end), CRCs checked."""
+    topic, partition = tp.topic, tp.partition
+    out: list[LogRecord] = []
+    batches = MemoryRecords(data)
+    while batches.has_next():
+        batch = batches.next_batch()
+        if batch is None:
+            break
         if not batch.validate_crc():
             raise kafka_errors.CorruptRecordException(f"invalid CRC in {topic}[{partition}]")
         if not batch.is_control_batch:
             out.extend(LogRecord(topic, partition, r) for r in batch if start <= r.offset < end)
-        position[tp] = max(position[tp], batch.next_offset)
     return out
 
 
