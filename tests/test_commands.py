@@ -9,6 +9,7 @@ import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -209,6 +210,36 @@ def test_concurrent_commands_on_one_aggregate_never_both_win_a_version(desk: Wor
     assert sorted(a.body["version"] for a in unguarded) == list(range(3, 11))  # one writer
     order = call(f"{desk.url}/aggregates/Order/o-c").body
     assert (order["version"], order["state"]["notes"]) == (10, 9)
+
+
+def test_concurrent_history_reads_share_one_reader(desk: Worker) -> None:
+    """An aggregate's events are read back from the log for each request: 40 at once are
+    each right, and the worker reads them all on its one requests' reader (a reader per
+    request was a thread and new broker connections each)."""
+    serving(desk)
+    for i in range(4):
+        body = {"orderId": f"o-h{i}", "userId": "u", "amount": "1"}
+        assert command(desk, "CreateOrder", body).status == 202
+        for n in range(i):
+            assert command(desk, "AddNote", {"orderId": f"o-h{i}", "text": f"{n}"}).status == 202
+    assert desk.proc is not None
+    tasks = Path(f"/proc/{desk.proc.pid}/task")
+
+    def history(i: int) -> list[str]:
+        answer = call(f"{desk.url}/aggregates/Order/o-h{i % 4}/events")
+        assert answer.status == 200, answer.raw
+        return [h["event"]["eventType"] for h in answer.body["events"]]
+
+    history(0)  # the shared reader is up
+    threads = len(list(tasks.iterdir()))
+    most = threads
+    with ThreadPoolExecutor(8) as pool:
+        reads = [pool.submit(history, i) for i in range(40)]
+        while not all(read.done() for read in reads):
+            most = max(most, len(list(tasks.iterdir())))
+    found = [read.result() for read in reads]
+    assert found == [["OrderCreated"] + ["NoteAdded"] * (i % 4) for i in range(40)]
+    assert most <= threads + 1, f"{threads} threads before, {most} while 40 reads ran"
 
 
 def test_a_repeated_command_id_returns_the_first_outcome_and_emits_nothing(

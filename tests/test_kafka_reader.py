@@ -16,7 +16,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from faust.types import TP
 
 from belvedere.streams.fetcher import LogTruncated, fetch_ranges
-from belvedere.streams.readers import KafkaReader
+from belvedere.streams.readers import KafkaReader, ReaderClosed
 
 Read = list[tuple[int, bytes | None, bytes | None, list[tuple[str, bytes]]]]
 
@@ -253,3 +253,49 @@ def test_sends_the_next_fetch_before_delivering_a_response(kafka_bootstrap: str)
         assert all(fetches == i + 2 for i, (fetches, _) in enumerate(seen[:-1])), seen
 
     run(with_topic(kafka_bootstrap, 1, body))
+
+
+def test_reads_on_one_reader_go_on_at_once(kafka_bootstrap: str) -> None:
+    """HTTP requests share a worker's reader: reads interleave, one left unfinished does not
+    stop the others, and a read still going when the reader closes is told so."""
+
+    async def body(topic: str) -> None:
+        value = b"x" * 1000
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            sent = [await producer.send(topic, value, partition=i % 2) for i in range(12_000)]
+            await asyncio.gather(*sent)  # 6 MB per partition: several fetches each
+        finally:
+            await producer.stop()
+        reader = KafkaReader(kafka_bootstrap)
+        first, second = TP(topic, 0), TP(topic, 1)
+        a = reader.read({first: (0, 6_000)})
+        b = reader.read({second: (100, 5_900)})
+        left = reader.read({first: (0, 6_000)})
+        got: dict[str, list[int]] = {"a": [], "b": []}
+        try:
+            await anext(left)  # begun, then left unfinished
+            pending = {"a": a, "b": b}
+            while pending:  # take turns
+                for name, read in list(pending.items()):
+                    try:
+                        _, batch = await anext(read)
+                    except StopAsyncIteration:
+                        del pending[name]
+                    else:
+                        got[name] += [r.offset for r in batch]
+            assert got["a"] == list(range(6_000))
+            assert got["b"] == list(range(100, 5_900))
+            waiting = reader.read({second: (0, 6_000)})
+            await anext(waiting)
+            closing = asyncio.ensure_future(reader.close())
+            with pytest.raises(ReaderClosed):
+                async for _ in waiting:
+                    pass
+            await closing
+        finally:
+            await left.aclose()
+            await reader.close()
+
+    run(with_topic(kafka_bootstrap, 2, body))

@@ -8,6 +8,7 @@ once: on Kafka, one offsets request and one fetch per broker, not one per partit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -16,10 +17,14 @@ from faust.types import TP
 
 from belvedere.streams.fetcher import GIVE_UP_AFTER, LogRecord, fetch_ranges
 
-__all__ = ["PartitionReader", "reader_for"]
+__all__ = ["PartitionReader", "ReaderClosed", "reader_for"]
 
 Ranges = Mapping[TP, tuple[int, int]]
 T = TypeVar("T")
+
+
+class ReaderClosed(Exception):
+    """The reader was closed while a read went on."""
 
 
 class PartitionReader:
@@ -36,7 +41,8 @@ class PartitionReader:
         raise NotImplementedError
 
     def read(self, ranges: Ranges) -> AsyncIterator[tuple[TP, Sequence[Any]]]:
-        """Batches of each partition's records with offsets in [start, end)."""
+        """Batches of each partition's records with offsets in [start, end). Reads may
+        go on at once (HTTP requests share a worker's reader)."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -114,8 +120,11 @@ class KafkaReader(PartitionReader):
         self._consumer: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        #: The read going on: its queue and the task filling it (on the reader's thread).
-        self._fetching: tuple[asyncio.Queue[Any], asyncio.Future[None]] | None = None
+        #: The reads going on: each one's queue and the task filling it (on the reader's
+        #: thread). Reads may overlap: they share the consumer's connections.
+        self._reads: dict[asyncio.Queue[Any], asyncio.Future[None]] = {}
+        self._starting: asyncio.Future[Any] | None = None
+        self._closing = False
 
     def _start_thread(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -133,16 +142,23 @@ class KafkaReader(PartitionReader):
 
     async def _client(self) -> Any:
         if self._consumer is None:
-            from aiokafka import AIOKafkaConsumer
-
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap,
-                **self.auth,
-                enable_auto_commit=False,
-            )
-            await consumer.start()
-            self._consumer = consumer
+            if self._starting is None:  # reads that begin together wait for one start
+                self._starting = asyncio.ensure_future(self._start_consumer())
+            try:
+                self._consumer = await asyncio.shield(self._starting)
+            finally:
+                if self._starting.done():
+                    self._starting = None
         return self._consumer
+
+    async def _start_consumer(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, **self.auth, enable_auto_commit=False
+        )
+        await consumer.start()
+        return consumer
 
     async def connect(self) -> None:
         await self._call(self._client())
@@ -177,33 +193,51 @@ class KafkaReader(PartitionReader):
         if not any(end > start for start, end in ranges.values()):
             return
         batches: asyncio.Queue[Any] = await self._call(self._start_fetching(ranges))
+        loop = self._loop
         try:
-            while (item := await self._call(batches.get())) is not _END:
+            while True:
+                if self._closing or self._loop is not loop:
+                    raise ReaderClosed("the reader was closed during the read")
+                item = await self._call(batches.get())
+                if item is _END:
+                    return
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            await self._call(self._stop_fetching(batches))
+            if not self._closing and loop is self._loop:  # else closing stopped it
+                loop.call_soon_threadsafe(self._forget, batches)
+
+    def _forget(self, batches: asyncio.Queue[Any]) -> None:
+        """On the reader's thread: stop fetching for a read that ended or was left."""
+        fetching = self._reads.pop(batches, None)
+        if fetching is not None:
+            fetching.cancel()
 
     async def _start_fetching(self, ranges: Ranges) -> asyncio.Queue[Any]:
         """On the reader's thread: a task that fetches the ranges into a bounded queue of
         batches, then _END (or the error that stopped it)."""
-        if self._fetching is not None:  # a read left unfinished (one at a time)
-            await self._stop_fetching(self._fetching[0])
         batches: asyncio.Queue[Any] = asyncio.Queue(self.READ_AHEAD)
-        self._fetching = batches, asyncio.ensure_future(self._fetch(ranges, batches))
+        self._reads[batches] = asyncio.ensure_future(self._fetch(ranges, batches))
         return batches
 
-    async def _stop_fetching(self, batches: asyncio.Queue[Any]) -> None:
-        """Stop the fetching into ``batches``, if it is the one going on (a read abandoned
-        earlier is finalized late, after the next one began)."""
-        if self._fetching is None or self._fetching[0] is not batches:
-            return
-        fetching = self._fetching[1]
-        self._fetching = None
-        if not fetching.done():
+    async def _stop(self) -> None:
+        """On the reader's thread: stop the reads left unfinished, then the consumer. A read
+        still waiting for a batch (another task's) gets ``ReaderClosed``."""
+        for batches, fetching in list(self._reads.items()):
+            del self._reads[batches]
             fetching.cancel()
             await asyncio.wait([fetching])
+            while not batches.empty():
+                batches.get_nowait()
+            batches.put_nowait(ReaderClosed("the reader was closed during the read"))
+        if self._starting is not None:  # a start under way: let it end, to stop what it made
+            with contextlib.suppress(Exception):
+                self._consumer = await self._starting
+            self._starting = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
 
     async def _fetch(self, ranges: Ranges, batches: asyncio.Queue[Any]) -> None:
         async def deliver(tp: TP, records: list[LogRecord]) -> None:
@@ -222,15 +256,17 @@ class KafkaReader(PartitionReader):
 
     async def close(self) -> None:
         loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        if loop is None or thread is None or self._closing:
             return
-        if self._consumer is not None:
-            await self._call(self._consumer.stop())
-            self._consumer = None
-        loop.call_soon_threadsafe(loop.stop)
-        await asyncio.to_thread(thread.join)
-        loop.close()
-        self._loop = self._thread = None
+        self._closing = True  # reads call the thread no more: it stops
+        try:
+            await self._call(self._stop())
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.to_thread(thread.join)
+            loop.close()
+            self._loop = self._thread = None
+        finally:
+            self._closing = False
 
 
 async def _learn_topics(consumer: Any, tps: Iterable[Any]) -> None:

@@ -9,6 +9,7 @@ offset order per partition, whoever wrote it and however often workers restarted
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -59,20 +60,23 @@ async def checkpoints(
         if not ranges:
             yield None
             continue
-        async for tp, batch in reader.read(ranges):
-            p = tp.partition
-            pending = held[p]
-            for record in batch:
-                headers = record.headers
-                if headers and header(headers, HEADER_RESET) is not None:
-                    if not pending:
+        async with contextlib.aclosing(reader.read(ranges)) as batches:  # the caller may leave
+            async for tp, batch in batches:  # at a yield: the read stops then, not when collected
+                p = tp.partition
+                pending = held[p]
+                for record in batch:
+                    headers = record.headers
+                    if headers and header(headers, HEADER_RESET) is not None:
+                        if not pending:
+                            start[p] = record.offset + 1
+                        continue
+                    pending[bytes(record.key)] = (
+                        None if record.value is None else bytes(record.value)
+                    )
+                    if headers and header(headers, HEADER_END) is not None:
+                        repair = header(headers, HEADER_REPAIR) is not None
+                        changes = [] if repair else list(pending.items())
+                        yield Checkpoint(p, start[p], record.offset + 1, changes)
+                        held[p] = pending = {}
                         start[p] = record.offset + 1
-                    continue
-                pending[bytes(record.key)] = None if record.value is None else bytes(record.value)
-                if headers and header(headers, HEADER_END) is not None:
-                    repair = header(headers, HEADER_REPAIR) is not None
-                    changes = [] if repair else list(pending.items())
-                    yield Checkpoint(p, start[p], record.offset + 1, changes)
-                    held[p] = pending = {}
-                    start[p] = record.offset + 1
-            read_from[p] = batch[-1].offset + 1
+                read_from[p] = batch[-1].offset + 1

@@ -20,7 +20,6 @@ from aiohttp import web
 from faust.types import TP
 
 from belvedere.agents.commands import CommandProjection
-from belvedere.streams.readers import reader_for
 from belvedere.streams.types import FieldError, format_timestamp, parse_timestamp
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.params import BadParam
@@ -72,13 +71,10 @@ async def _history(app: Any, projection: CommandProjection, row: dict) -> list[A
         ranges = [(o, o + 1) for o in offsets]
     wanted = set(offsets)
     found = []
-    reader = reader_for(app)
-    try:
-        for start, end in ranges:
-            async for _, records in reader.read({tp: (start, end)}):
-                found.extend(r for r in records if r.offset in wanted)
-    finally:
-        await reader.close()
+    reader = app.projections.requests_reader()
+    for start, end in ranges:
+        async for _, records in reader.read({tp: (start, end)}):
+            found.extend(r for r in records if r.offset in wanted)
     return found
 
 

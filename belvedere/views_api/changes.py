@@ -23,7 +23,6 @@ import orjson
 from aiohttp import web
 from faust.types import TP
 
-from belvedere.streams.readers import reader_for
 from belvedere.tables.changes import Checkpoint, Truncated, checkpoints
 from belvedere.tables.view import View
 from belvedere.views_api.errors import BadRequest, error
@@ -97,17 +96,17 @@ async def changes(app: Any, request: web.Request) -> web.StreamResponse:
                 "rebuilt",
                 f"view {view.name!r} was rebuilt since that id: start again without one",
             )
-    reader = reader_for(app)
+    reader = app.projections.requests_reader()
+    if resume is None:
+        resume = await _start(view, reader, topic, origin == "start")
+    feed = checkpoints(reader, topic, {p: offset for p, (offset, _) in resume.items()})
     try:
-        if resume is None:
-            resume = await _start(view, reader, topic, origin == "start")
-        feed = checkpoints(reader, topic, {p: offset for p, (offset, _) in resume.items()})
         first = await anext(feed)  # a position the log no longer holds fails here, as a 410
     except Truncated as exc:
-        await reader.close()
+        await feed.aclose()
         return error(410, "truncated", f"{exc}: start again without an id")
     except BaseException:
-        await reader.close()
+        await feed.aclose()
         raise
     response = web.StreamResponse(
         headers={
@@ -125,7 +124,6 @@ async def changes(app: Any, request: web.Request) -> web.StreamResponse:
         await response.write(_event("truncated", orjson.dumps({"detail": str(exc)})))
     finally:
         await feed.aclose()
-        await reader.close()
     return response
 
 
