@@ -19,6 +19,7 @@ from belvedere.agents.projection import Projection
 from belvedere.agents.reactors import ReactorProjection
 from belvedere.agents.sagas import Saga, SagaProjection, SagaState, Step
 from belvedere.agents.trace import TraceProjection
+from belvedere.streams.assignor import BalancedPartitionAssignor
 from belvedere.streams.conductor import Conductor
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
@@ -165,6 +166,8 @@ class App(faust.App):
         # records, then an idle wait; larger fetches keep projections busy (docs/benchmarks.md).
         options.setdefault("consumer_max_fetch_size", 8 << 20)
         options.setdefault("web_bind", host)
+        # faust's own leaves a joining worker without partitions when standbys are kept
+        options.setdefault("PartitionAssignor", BalancedPartitionAssignor)
         super().__init__(
             id,
             broker=_setting("BELVEDERE_BROKER", broker, DEFAULT_BROKER),
