@@ -93,6 +93,7 @@ import re
 import shutil
 import sys
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -640,6 +641,7 @@ def measure_rebuild(
     checked = dump_and_verify(worker, url, dump, truth)
     rate = n / rebuild_s
     steps = rebuild_steps(worker.logfile, target, t0)
+    folds = fold_costs(port)
     opened, replayed = steps["opened_s"], steps["replayed_s"]
     replay_s = replayed - opened if opened is not None and replayed is not None else None
     return {
@@ -652,6 +654,8 @@ def measure_rebuild(
         "steps": steps,
         "vs_live": round(rate / live_events_per_s, 2) if live_events_per_s else None,
         "vs_live_from_open": round(rate / live_from_open, 2) if live_from_open else None,
+        # the worker's time inside the fold per event (/metrics), live and rebuilding
+        "fold_us_per_event": folds,
         # the worker's CPU seconds per second from the POST to finished (2 CPUs: up to 2)
         "cpu_share": round((cpu - cpu_before) / rebuild_s, 2)
         if cpu is not None and cpu_before is not None
@@ -664,6 +668,24 @@ def measure_rebuild(
         "checkpointed": body["checkpointed"],
         "peak_rss_mb": rss,  # the worker's peak so far, the live run's included
         **checked,
+    }
+
+
+def fold_costs(port: int) -> dict[str, float | None]:
+    """Microseconds the worker spent folding per event, live and rebuilding (the
+    ``belvedere_fold_*`` counters of its ``/metrics``); None for a mode it never folded
+    in (a worker started by the recovery restored its view and folded nothing live)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+        text = answer.read().decode()
+    found: dict[tuple[str, str], float] = {}
+    pattern = rf'^belvedere_fold_(seconds|events)_total{{view="{VIEW}",mode="(\w+)"}} (\S+)$'
+    for kind, mode, value in re.findall(pattern, text, re.M):
+        found[kind, mode] = float(value)
+    return {
+        mode: round(1e6 * found["seconds", mode] / found["events", mode], 2)
+        if found.get(("events", mode))
+        else None
+        for mode in ("live", "rebuild")
     }
 
 
@@ -757,6 +779,12 @@ def describe(result: harness.Result) -> None:
         lines[-1] += f"{fmt(reb['vs_live'], '.2f')}x live ({fmt(reb['vs_live_from_open'], '.2f')}x "
         lines[-1] += f"from its partitions opening), {calls:,} handler calls, "
         lines[-1] += f"{users:,} user totals verified"
+        folds = reb.get("fold_us_per_event") or {}
+        if folds:
+            lines.append(
+                f"folding per event: {fmt(folds.get('live'), '.2f')} us live, "
+                f"{fmt(folds.get('rebuild'), '.2f')} us rebuilding"
+            )
     for line in lines:
         print(f"  {line}", flush=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -112,6 +113,11 @@ def test_rebuild_while_reads_run_serves_the_new_logic_and_touches_nothing_else(
     statuses = reads.stop()
     assert len(statuses) > 50 and set(statuses) == {200}, sorted(set(statuses))
     assert state["rows"] == scaled(fold, 3)  # the new logic's fold of every event
+    metrics = call(ledger.url + "/metrics").raw.decode()
+    rebuilt = re.search(
+        r'^belvedere_fold_events_total\{view="balances",mode="rebuild"\} (\d+)$', metrics, re.M
+    )
+    assert rebuilt is not None and 8_000 <= int(rebuilt[1]) <= 12_000, metrics  # g2's folds
     assert state["notes"] == before["notes"] and state["calls"]["notes"] == 0
     views = ledger.data_dir / "views"
     wait_for(lambda: not (views / "balances-g1").exists(), timeout=30, what="g1's files gone")

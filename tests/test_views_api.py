@@ -208,6 +208,9 @@ def test_views_health_ready_and_metrics_describe_the_worker(
     assert metrics.status == 200 and metrics.headers["Content-Type"].startswith("text/plain")
     found = _metrics(metrics.raw.decode())
     assert found['belvedere_events_processed_total{view="balances"}'] == 1_000
+    assert found['belvedere_fold_events_total{view="balances",mode="live"}'] == 1_000
+    assert found['belvedere_fold_seconds_total{view="balances",mode="live"}'] > 0
+    assert not [k for k in found if k.startswith("belvedere_fold") and 'mode="rebuild"' in k]
     assert found["belvedere_dead_letters_total"] == 0
     rows = sum(v for k, v in found.items() if k.startswith('belvedere_view_rows{view="balances"'))
     assert rows == len(fold)

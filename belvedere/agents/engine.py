@@ -24,6 +24,7 @@ up, the live batches here are folded into both generations until the switch.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -86,6 +87,10 @@ def _decoder(codec: Any, shared: bool) -> Decode:
         return found
 
     return decode
+
+
+def _offset(record: Any) -> int:
+    return record.offset
 
 
 def origin_of(record: Any) -> tuple[tuple[str, int], int] | None:
@@ -217,6 +222,9 @@ class ProjectionEngine(Service):
         self._requests_reader: PartitionReader | None = None
         #: Source events applied (or dead-lettered) per view, since the worker started.
         self.events_processed: dict[str, int] = {}
+        #: Seconds spent folding, and source events folded, per (view, "live" or "rebuild").
+        self.fold_seconds: dict[tuple[str, str], float] = {}
+        self.fold_events: dict[tuple[str, str], int] = {}
         #: A checkpoint is written after this many seconds or events, whichever comes first.
         self.checkpoint_interval = 0.5
         self.checkpoint_events = 20_000
@@ -509,10 +517,26 @@ class ProjectionEngine(Service):
     async def fold(
         self, part: _Partition, records: Sequence[Any], decode: Decode | None = None
     ) -> None:
-        """Apply ``records`` (in offset order) to ``part``, checkpointing as they go.
+        """Apply ``records`` (in offset order) to ``part``, checkpointing as they go, and
+        count the time it took (``/metrics``: what a rebuild's replay costs per event
+        against live folding, and how busy folding keeps the worker).
 
         A live partition stops early for a rebalance, and seeks back to what it left.
         """
+        key = (part.projection.view.name, "live" if part.mode == "live" else "rebuild")
+        started, first = time.perf_counter(), part.next_offset
+        try:
+            await self._fold(part, records, decode)
+        finally:
+            self.fold_seconds[key] = self.fold_seconds.get(key, 0.0) + (
+                time.perf_counter() - started
+            )
+            done = bisect.bisect_left(records, part.next_offset, key=_offset) - bisect.bisect_left(
+                records, first, key=_offset
+            )
+            self.fold_events[key] = self.fold_events.get(key, 0) + done
+
+    async def _fold(self, part: _Partition, records: Sequence[Any], decode: Decode | None) -> None:
         live = part.mode == "live"
         projection = part.projection
         if decode is None:

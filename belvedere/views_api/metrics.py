@@ -83,6 +83,16 @@ def _render(app: Any, times: RequestTimes) -> str:
     for view in sorted(app.views):
         count = engine.events_processed.get(view, 0)
         lines.append(f"belvedere_events_processed_total{_labels(view=view)} {count}")
+    family(
+        "belvedere_fold_seconds_total",
+        "counter",
+        "Seconds spent folding source events into each view, live or rebuilding",
+    )
+    for (view, mode), seconds in sorted(engine.fold_seconds.items()):
+        lines.append(f"belvedere_fold_seconds_total{_labels(view=view, mode=mode)} {seconds!r}")
+    family("belvedere_fold_events_total", "counter", "Source events those seconds folded")
+    for (view, mode), count in sorted(engine.fold_events.items()):
+        lines.append(f"belvedere_fold_events_total{_labels(view=view, mode=mode)} {count}")
     family("belvedere_dead_letters_total", "counter", "Messages sent to the dead letters")
     lines.append(f"belvedere_dead_letters_total {app.dead_letters.total}")
 
