@@ -3,6 +3,8 @@ faust's own assignor classes doing the rest; no broker needed."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
@@ -70,3 +72,31 @@ def test_belvedere_apps_use_the_balanced_assignor() -> None:
 
     app = belvedere.App("assignor-check", broker="embedded://", data_dir="/tmp/unused")
     assert isinstance(app.assignor, BalancedPartitionAssignor)
+
+
+def test_from_any_valid_group_every_worker_gets_its_share() -> None:
+    """2,000 seeded groups: a valid assignment among the old workers (each partition active
+    on one, a standby on another), then one to three new workers join."""
+    rng = random.Random(93)
+    faust_short = 0
+    for _ in range(2_000):
+        partitions, old, new = rng.randint(2, 12), rng.randint(1, 4), rng.randint(1, 3)
+        if partitions < old + new:
+            continue
+        holdings: list[tuple[set[int], set[int]]] = [(set(), set()) for _ in range(old + new)]
+        for p in range(partitions):
+            owner = rng.randrange(old)
+            holdings[owner][0].add(p)
+            if old > 1:
+                holdings[rng.choice([c for c in range(old) if c != owner])][1].add(p)
+        floor = partitions // (old + new)
+        plain = assign(CopartitionedAssignor, group(*holdings), partitions)
+        faust_short += min(len(a) for a, _ in plain.values()) < floor
+        after = assign(BalancedCopartitionedAssignor, group(*holdings), partitions)
+        actives = [p for a, _ in after.values() for p in a]
+        assert sorted(actives) == list(range(partitions)), (holdings, after)
+        assert min(len(a) for a, _ in after.values()) >= floor, (holdings, after)
+        standbys = [p for _, s in after.values() for p in s]
+        assert sorted(standbys) == list(range(partitions)), (holdings, after)  # one each
+        assert all(not set(a) & set(s) for a, s in after.values()), after
+    assert faust_short > 100  # what faust's own does from the same groups

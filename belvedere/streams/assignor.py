@@ -5,11 +5,10 @@ partition lives), faust lets each worker keep up to ceil(partitions / workers) a
 partitions. A worker joining a group whose workers each hold that many gets none: with 4
 partitions, workers holding 2 and 2 keep them when a third joins, which then serves
 nothing while the others carry the load (faust-streaming issue 93; its fix, PR 97, covers
-only groups without standbys). Here, before faust assigns, just enough partitions are
-taken from the workers holding the most to bring every worker up to
-floor(partitions / workers), preferring ones a needy worker keeps a standby of (faust
-hands a freed partition to its standby first, so the takeover is warm). Nothing else
-moves.
+only groups without standbys). Here, before faust assigns, each worker under
+floor(partitions / workers) is given partitions up to it: unserved ones first, then ones
+taken from the workers holding the most, preferring ones it keeps a standby of (a warm
+takeover). Nothing else moves; faust assigns the rest, and the standbys, as before.
 """
 
 from __future__ import annotations
@@ -31,28 +30,47 @@ class BalancedCopartitionedAssignor(CopartitionedAssignor):
 
     def get_assignment(self) -> MutableMapping[str, CopartitionedAssignment]:
         if self.replicas:  # without standbys faust trims to the floor itself
-            self._free_for_the_short()
+            self._share_out()
         return super().get_assignment()
 
-    def _free_for_the_short(self) -> None:
+    def _share_out(self) -> None:
+        """Move partitions to each worker under its floor share, the emptiest first: one
+        nobody serves, else one taken from a worker over its floor (the one holding the
+        most); of those, one it keeps a standby of, if any. Moved here, not left free:
+        faust hands a free partition to its standby first, wherever that is."""
         clients = list(self._client_assignments.values())
         floor = self.min_capacity
-        held = set().union(*(c.actives for c in clients))
-        need = sum(max(0, floor - len(c.actives)) for c in clients)
-        need -= self.num_partitions - len(held)  # free already
-        short = [c for c in clients if len(c.actives) < floor]
-        warm = set().union(*(c.standbys for c in short)) if short else set()
-        while need > 0:
-            most = max(len(c.actives) for c in clients)
-            if most <= floor:
-                return
-            richest = [c for c in clients if len(c.actives) == most]
-            client, partition = next(
-                ((c, min(c.actives & warm)) for c in richest if c.actives & warm),
-                (richest[0], max(richest[0].actives)),
-            )
-            client.actives.discard(partition)
-            need -= 1
+        free = set(range(self.num_partitions)).difference(*(c.actives for c in clients))
+        for needy in sorted(clients, key=lambda c: len(c.actives)):
+            while len(needy.actives) < floor:
+                owner, partition = self._next_for(needy, free, clients, floor)
+                if partition is None:
+                    return
+                if owner is None:
+                    free.discard(partition)
+                else:
+                    owner.actives.discard(partition)
+                needy.actives.add(partition)
+                needy.standbys.discard(partition)
+
+    @staticmethod
+    def _next_for(
+        needy: CopartitionedAssignment,
+        free: set[int],
+        clients: list[CopartitionedAssignment],
+        floor: int,
+    ) -> tuple[CopartitionedAssignment | None, int | None]:
+        if free:
+            return None, min(free & needy.standbys, default=min(free))
+        donors = [c for c in clients if len(c.actives) > floor and c is not needy]
+        if not donors:
+            return None, None
+        most = max(len(c.actives) for c in donors)
+        richest = [c for c in donors if len(c.actives) == most]
+        for donor in richest:
+            if donor.actives & needy.standbys:
+                return donor, min(donor.actives & needy.standbys)
+        return richest[0], max(richest[0].actives)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -219,11 +220,15 @@ def test_kill_9_of_workers_in_a_group_loses_and_repeats_nothing(
     # every worker, the restarted ones too, is back and answering, each serves a share (a
     # rejoining worker got none from faust's own assignor: belvedere.streams.assignor),
     # between them every partition once, and what they serve then is still the fold
+    seen: list[Any] = [None]  # the last look, for the failure message
+
     def settled() -> dict[str, tuple[list[int], list[int]]] | None:
-        out = {}
+        out: dict[str, Any] = {}
+        seen[0] = out
         for i, worker in enumerate(crew):
             parts = worker.get("/partitions")
             if parts is None:
+                out[f"w{i}"] = "not answering"
                 return None
             mine = parts["balances"]
             serving = sorted(int(p) for p, s in mine["active"].items() if s["state"] == "serving")
@@ -232,7 +237,11 @@ def test_kill_9_of_workers_in_a_group_loses_and_repeats_nothing(
         shared = all(active for active, _ in out.values())
         return out if every and shared else None
 
-    wait_for(settled, timeout=90, what=f"3 workers in the group; kills: {schedule}; {REPLAY}")
+    try:
+        wait_for(settled, timeout=90, what=f"3 workers in the group; kills: {schedule}; {REPLAY}")
+    except AssertionError as exc:
+        tails = "\n".join(f"--- w{i} ---\n{w.log_tail(20)}" for i, w in enumerate(crew))
+        raise AssertionError(f"{exc}\n(serving, standbys) per worker: {seen[0]}\n{tails}") from None
     converge(crew, truth, timeout=60, what="the views after the group settled")
 
 
