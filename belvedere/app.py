@@ -31,6 +31,7 @@ from belvedere.tables.view import View
 from belvedere.views_api.routes import install as install_routes
 from belvedere.views_api.server import Web as BelvedereWeb
 from belvedere.views_api.tls import WebTLS
+from belvedere.worker import TableManager, Worker
 
 __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
 
@@ -168,6 +169,9 @@ class App(faust.App):
         options.setdefault("web_bind", host)
         # faust's own leaves a joining worker without partitions when standbys are kept
         options.setdefault("PartitionAssignor", BalancedPartitionAssignor)
+        # faust's, without a fixed second's wait on every start and every stop
+        options.setdefault("TableManager", TableManager)
+        options.setdefault("Worker", Worker)
         super().__init__(
             id,
             broker=_setting("BELVEDERE_BROKER", broker, DEFAULT_BROKER),
