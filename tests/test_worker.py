@@ -71,7 +71,7 @@ def test_a_stopping_worker_waits_for_its_cancelled_tasks_only_as_long_as_they_ta
 ) -> None:
     monkeypatch.setattr(worker_module, "EXIT_GRACE", 5.0)
     took, ended = _exit_grace(task_takes=0.05)
-    assert ended and 0.05 <= took < 0.5  # mode waited a second whatever the tasks did
+    assert ended and 0.05 <= took < 0.9  # mode waited a second whatever the tasks did
 
 
 def test_a_task_that_ignores_its_cancel_holds_the_exit_for_the_grace_only(
