@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from belvedere.streams.clients import EmbeddedClient
 from examples.shop.demo import RESTOCK_EVERY, RESTOCK_UNITS, SKUS, generated
 from examples.shop.inventory import INITIAL_STOCK
 from examples.shop.payments import CARD_LIMIT
@@ -158,3 +159,39 @@ def test_the_demo_runs_headless_and_its_views_add_up(
     assert "ReleaseStock" in compensated
     trace = call(f"{shop.url}/trace/{declined[0]}").body["events"]
     assert trace[0]["eventType"] == "PlaceOrder" and trace[-1]["eventType"] == "EmailSent"
+
+
+def test_a_demo_that_dies_stops_its_worker(shop_name: str, tmp_path: Path) -> None:
+    """The worker runs in its own session (Ctrl-C reaches the demo only), so a demo ended
+    by anything, here its output closed under it, must stop the worker itself. The demo's
+    driver does the same on either broker: this runs on the embedded one."""
+    broker = Broker("embedded", EmbeddedClient(tmp_path / "broker"))
+    data = tmp_path / "shop"
+    env = {**os.environ, "SHOP_NAME": shop_name}
+    proc = subprocess.Popen(
+        demo_argv(broker, data), cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    pid = None
+    try:
+        wait_for(lambda: next_order(data) > 5, timeout=120, what="orders placed")
+        pid = worker_pid(data / "demo-worker.log")
+        assert pid is not None and Path(f"/proc/{pid}").exists()
+        assert proc.stdout is not None
+        proc.stdout.close()  # the demo's next line of progress breaks its pipe
+        assert proc.wait(120) != 0
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=30, what="the worker gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if pid is not None and Path(f"/proc/{pid}").exists():  # left behind: this test's own
+            os.kill(pid, signal.SIGKILL)
+
+
+def worker_pid(log: Path) -> int | None:
+    """The PID in the worker log's lines (``[time] [pid] [LEVEL] ...``)."""
+    for line in log.read_text().splitlines():
+        parts = line.split("] [", 2)
+        if len(parts) == 3 and parts[1].isdigit():
+            return int(parts[1])
+    return None

@@ -211,13 +211,14 @@ def run(options: Options) -> int:
             display.show(number - first, started, lambda: statuses(url), final=True)
     except RuntimeError as exc:
         print(f"\nbelvedere demo: {exc}", file=sys.stderr)
-        worker.stop()
         return 1
-    finally:
-        state_path.write_text(json.dumps({"next": number}))
-    if Stop.asked:
-        print("\nstopping ...", flush=True)
-    code = worker.stop()
+    finally:  # whatever ends the demo (a broken pipe, a second Ctrl-C) stops its worker
+        try:
+            state_path.write_text(json.dumps({"next": number}))
+            if Stop.asked:
+                print("\nstopping ...", flush=True)
+        finally:
+            code = worker.stop()
     print(f"stopped after order {number - 1} (worker exit {code}); run again to go on.")
     return 0 if code == 0 else 1
 
