@@ -255,6 +255,7 @@ class ProjectionEngine(Service):
     async def on_start(self) -> None:
         self.budget = StoreBudget()
         await self.rebuilds.load()
+        changelogs: list[tuple[Any, int]] = []
         for projection in self.projections.values():
             fold = projection.fold_topic
             partitions = fold.partitions or self.app.conf.topic_partitions
@@ -268,10 +269,12 @@ class ProjectionEngine(Service):
                 )
             gen = self.rebuilds.generation(view.name)
             view.generation = gen.active
-            for generation in {gen.active, gen.building} - {None}:
-                await self.declare_changelog(view, generation)  # type: ignore[arg-type]
+            changelogs += [(view, g) for g in (gen.active, gen.building) if g is not None]
             self.rebuilds.remove_stale_files(view)
-            await projection.on_start()
+        await asyncio.gather(  # at once: ~25 ms a topic on Kafka, one by one
+            *(self.declare_changelog(view, generation) for view, generation in changelogs),
+            *(projection.on_start() for projection in self.projections.values()),
+        )
         self._reader = reader_for(self.app)
         await self._reader.connect()  # ahead of the first restore, which a rebalance waits on
         self.app.on_partitions_revoked.connect(self._on_revoked)

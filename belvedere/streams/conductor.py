@@ -33,9 +33,10 @@ METADATA_POLL = 0.1
 class Conductor(FaustConductor):
     async def _update_indices(self) -> Iterable[str]:
         declared: set[str] = set()
+        sized = [c for c in list(self._topics) if getattr(c, "partitions", None)]
+        # all at once: one by one, each create and its metadata refresh took ~25 ms on Kafka
+        await asyncio.gather(*(c.maybe_declare() for c in sized if not c.internal))
         for channel in list(self._topics):
-            if not channel.internal and getattr(channel, "partitions", None):
-                await channel.maybe_declare()
             if channel.internal or getattr(channel, "partitions", None):
                 declared.update(channel.topics)
         names = await super()._update_indices()
