@@ -3,8 +3,8 @@
 aiokafka's consumer makes a ``ConsumerRecord`` per record in Python, and that time holds
 the GIL the fold needs. Here fetch requests go through aiokafka's client, batches are
 unpacked by aiokafka's C record code, and each record becomes a small :class:`LogRecord`:
-1.02 CPU-us per record read against the consumer's 1.44, with the worker's garbage
-collector settings (``bench/reader_unpack.py``, docs/benchmarks.md run E).
+1.06 CPU-us per record read against the consumer's 1.56, with the worker's garbage
+collector settings (``bench/reader_unpack.py``, docs/benchmarks.md run F).
 
 What aiokafka's consumer did for us is done here: leaders are looked up and refreshed,
 control batches skipped, CRCs checked, and records under the fetch offset (inside a
