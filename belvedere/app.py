@@ -20,6 +20,7 @@ from belvedere.agents.reactors import ReactorProjection
 from belvedere.agents.sagas import Saga, SagaProjection, SagaState, Step
 from belvedere.agents.trace import TraceProjection
 from belvedere.streams.assignor import BalancedPartitionAssignor
+from belvedere.streams.backoff import with_backoff
 from belvedere.streams.conductor import Conductor
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
@@ -493,7 +494,8 @@ class App(faust.App):
         return super()._new_web()
 
     def _new_transport(self) -> TransportT:
-        return tapped(by_url(self.conf.broker_consumer[0]))(self.conf.broker_consumer, self)
+        transport = with_backoff(tapped(by_url(self.conf.broker_consumer[0])))
+        return transport(self.conf.broker_consumer, self)
 
     @cached_property
     def dead_letters(self) -> DeadLetters:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from faust.types import TP
 
+from belvedere.streams.backoff import back_off_failed_metadata
 from belvedere.streams.fetcher import GIVE_UP_AFTER, LogRecord, fetch_ranges
 
 __all__ = ["PartitionReader", "ReaderClosed", "reader_for"]
@@ -158,6 +159,7 @@ class KafkaReader(PartitionReader):
             bootstrap_servers=self.bootstrap, **self.auth, enable_auto_commit=False
         )
         await consumer.start()
+        back_off_failed_metadata(consumer._client)
         return consumer
 
     async def connect(self) -> None:
