@@ -193,8 +193,10 @@ async def _fetch_once(
             if error is not kafka_errors.NoError:
                 raise error(f"fetching {topic}[{partition}] at offset {offsets[tp]}")
             fetched.append((tp, rest[-1], _next_offset(rest[-1], offsets[tp]), highwater))
-    following = {tp: after for tp, _, after, _ in fetched if after < ends[tp]}
-    following.update({tp: o for tp, o in offsets.items() if tp not in following and o < ends[tp]})
+    reached = {tp: after for tp, _, after, _ in fetched}
+    following = {
+        tp: reached.get(tp, o) for tp, o in offsets.items() if reached.get(tp, o) < ends[tp]
+    }
     if following:
         ahead[node] = _Sent(client, node, following)
     for tp, data, after, highwater in fetched:

@@ -276,8 +276,8 @@ async def _learn_topics(consumer: Any, tps: Iterable[Any]) -> None:
     unknown one fails the request, and aiokafka tries again only after its retry backoff
     (100 ms, most of a rebuild's positioning)."""
     client = consumer._client
-    for topic in {tp.topic for tp in tps if client.cluster.leader_for_partition(tp) is None}:
-        await client.add_topic(topic)
+    unknown = {tp.topic for tp in tps if client.cluster.leader_for_partition(tp) is None}
+    await asyncio.gather(*(client.add_topic(topic) for topic in unknown))  # one update
     if any(client.cluster.leader_for_partition(tp) is None for tp in tps):
         await client.force_metadata_update()  # tracked already, but not in the metadata yet
 
