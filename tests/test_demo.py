@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from belvedere.streams.clients import EmbeddedClient
 from examples.shop.demo import RESTOCK_EVERY, RESTOCK_UNITS, SKUS, generated
 from examples.shop.inventory import INITIAL_STOCK
 from examples.shop.payments import CARD_LIMIT
@@ -161,11 +160,9 @@ def test_the_demo_runs_headless_and_its_views_add_up(
     assert trace[0]["eventType"] == "PlaceOrder" and trace[-1]["eventType"] == "EmailSent"
 
 
-def test_a_demo_that_dies_stops_its_worker(shop_name: str, tmp_path: Path) -> None:
+def test_a_demo_that_dies_stops_its_worker(broker: Broker, shop_name: str, tmp_path: Path) -> None:
     """The worker runs in its own session (Ctrl-C reaches the demo only), so a demo ended
-    by anything, here its output closed under it, must stop the worker itself. The demo's
-    driver does the same on either broker: this runs on the embedded one."""
-    broker = Broker("embedded", EmbeddedClient(tmp_path / "broker"))
+    by anything, here its output closed under it, must stop the worker itself."""
     data = tmp_path / "shop"
     env = {**os.environ, "SHOP_NAME": shop_name}
     proc = subprocess.Popen(
