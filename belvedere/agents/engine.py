@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.types import TP
 from mode import Service
@@ -112,10 +113,13 @@ async def send_all(
 ) -> list[int]:
     """Write (key, value, headers) records to one partition, in order; returns each one's
     offset once the broker has them all."""
-    send_batch = getattr(producer, "send_batch", None)
-    if send_batch is not None:  # the embedded broker: one append for the whole lot
+    if isinstance(producer, AIOKafkaProducer):  # a replay helper's own
+        kafka = producer
+    elif (send_batch := getattr(producer, "send_batch", None)) is not None:
+        # the embedded broker: one append for the whole lot
         return [meta.offset for meta in send_batch(topic, partition, records)]
-    kafka = getattr(producer, "_producer", None)  # faust's driver keeps its AIOKafkaProducer here
+    else:  # faust's driver keeps its AIOKafkaProducer here
+        kafka = getattr(producer, "_producer", None)
     if kafka is None or kafka._compression_type is not None:  # compressed: aiokafka batches it
         futures = [
             await producer.send(topic, key, value, partition, None, headers)
@@ -228,6 +232,11 @@ class ProjectionEngine(Service):
         #: A checkpoint is written after this many seconds or events, whichever comes first.
         self.checkpoint_interval = 0.5
         self.checkpoint_events = 20_000
+        #: Where changelogs are written: the app's producer, or a replay helper's own.
+        self.changelog_producer: Any = None
+        #: Handler errors that stop the fold instead of dead-lettering the event (a replay
+        #: helper's: what it cannot do, the worker can).
+        self.fatal_handler_errors: tuple[type[BaseException], ...] = ()
         super().__init__(**kwargs)
 
     def add(self, projection: Projection) -> None:
@@ -277,6 +286,12 @@ class ProjectionEngine(Service):
         )
         self._reader = reader_for(self.app)
         await self._reader.connect()  # ahead of the first restore, which a rebalance waits on
+        helpers = self.app.replay_helpers
+        if helpers is not None:
+            logger.info(
+                "rebuilds replay in up to %d helper processes, forked from process %d",
+                helpers.processes, helpers.zygote,
+            )  # fmt: skip
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.batch_tap = self
@@ -372,6 +387,7 @@ class ProjectionEngine(Service):
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
         async with self._lock:
+            await self.rebuilds.revoked(revoked)
             for tp in revoked:
                 self._rekeyed.pop(tp, None)
                 for parts, projection in (
@@ -412,11 +428,13 @@ class ProjectionEngine(Service):
                     )
                     entries.append((projection, tp, gen.building, building))
             if entries:
+                building = []
                 for part in await self.restore(entries):
                     if part.generation == part.projection.view.generation:
                         self._serve(part)
                     else:
-                        self.rebuilds.adopt(part)
+                        building.append(part)
+                await self.rebuilds.replay_parts(building)
 
     def _serve(self, part: _Partition) -> None:
         view, partition = part.projection.view, part.tp.partition
@@ -584,6 +602,10 @@ class ProjectionEngine(Service):
                         result = handler.fn(txn, event)
                         if handler.is_async:
                             await result
+                    except self.fatal_handler_errors:
+                        leave_cause(cause)
+                        txn.rollback()
+                        raise
                     except Exception as exc:  # a bad event must not stop the partition
                         leave_cause(cause)
                         txn.rollback()
@@ -720,5 +742,6 @@ class ProjectionEngine(Service):
         self, part: _Partition, rows: Mapping[bytes, bytes | None], *, repair: bool = False
     ) -> None:
         records = changelog_records(rows, part.offsets(), repair=repair)
-        sent = await send_all(self.app.producer, part.changelog, part.tp.partition, records)
+        producer = self.app.producer if self.changelog_producer is None else self.changelog_producer
+        sent = await send_all(producer, part.changelog, part.tp.partition, records)
         part.store.confirm(sent[-1] if sent else None, rows.keys())
