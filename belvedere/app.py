@@ -17,6 +17,7 @@ from belvedere.agents.commands import CommandProjection
 from belvedere.agents.engine import ProjectionEngine
 from belvedere.agents.projection import Projection
 from belvedere.agents.reactors import ReactorProjection
+from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.agents.sagas import Saga, SagaProjection, SagaState, Step
 from belvedere.agents.trace import TraceProjection
 from belvedere.streams.assignor import BalancedPartitionAssignor
@@ -78,6 +79,7 @@ class App(faust.App):
     ``web_ssl_certfile``       ``BELVEDERE_WEB_SSL_CERTFILE``       none: HTTP; else HTTPS with this certificate
     ``web_ssl_keyfile``        ``BELVEDERE_WEB_SSL_KEYFILE``        none: the key is in the certfile
     ``web_ssl_cafile``         ``BELVEDERE_WEB_SSL_CAFILE``         none: the system's CAs check other workers
+    ``rebuild_processes``      ``BELVEDERE_REBUILD_PROCESSES``      the cores usable; 0: in the worker's process
     =========================  ===================================  ==========================================
 
     Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
@@ -87,6 +89,9 @@ class App(faust.App):
     (state, changelog, offsets) every ``checkpoint_interval`` seconds or
     ``checkpoint_events`` events per partition, whichever comes first: views lag their
     source by up to that, and fewer, larger checkpoints write fewer changelog records.
+    On Kafka, ``belvedere worker`` replays a rebuild's history in up to
+    ``rebuild_processes`` helper processes, on the machine's other cores
+    (:mod:`belvedere.agents.replay_processes`).
 
     The ``broker_*`` security settings (:class:`~belvedere.streams.security.BrokerSecurity`)
     reach faust's clients and Belvedere's own alike; give them instead of faust's
@@ -115,9 +120,15 @@ class App(faust.App):
         web_ssl_certfile: str | None = None,
         web_ssl_keyfile: str | None = None,
         web_ssl_cafile: str | None = None,
+        rebuild_processes: int | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
+        processes = _setting("BELVEDERE_REBUILD_PROCESSES", rebuild_processes, None)
+        #: Helper processes a rebuild's replay may use (None: as many as usable cores).
+        self.rebuild_processes: int | None = None if processes is None else int(processes)
+        #: Set by ``belvedere worker``: forks the helpers that replay a rebuild.
+        self.replay_helpers: ReplayHelpers | None = None
         #: What admin HTTP requests (a rebuild) must carry as a bearer token.
         self.admin_token: str | None = _setting("BELVEDERE_ADMIN_TOKEN", admin_token, None)
         #: What reads and ``POST /events`` must carry as a bearer token, if set.

@@ -23,6 +23,7 @@ from typing import Any
 from yarl import URL
 
 import belvedere
+from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.app import App
 from belvedere.streams.errors import BrokerError
 from belvedere.streams.security import SecuritySettingsError
@@ -164,8 +165,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.app}: {exc}") from None
     check_port_free(app.conf.web_bind, app.conf.web_port)
     check_broker(app)
-    worker = app.Worker(loglevel=args.loglevel)
     tune_gc()
+    # Before the worker starts a thread: the helpers' zygote is a copy of this process.
+    app.replay_helpers = ReplayHelpers.fork(app, app.rebuild_processes)
+    worker = app.Worker(loglevel=args.loglevel)
     try:
         worker.execute_from_commandline()
     except SystemExit:
@@ -173,6 +176,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if isinstance(worker.crash_reason, BrokerError):
             raise worker.crash_reason from None
         raise
+    finally:
+        if app.replay_helpers is not None:
+            app.replay_helpers.close()
     return 0
 
 

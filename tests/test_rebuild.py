@@ -284,3 +284,64 @@ def test_every_worker_switches_to_the_rebuilt_generation(
         parts = worker.get("/partitions")["balances"]["active"]
         assert parts and {p["generation"] for p in parts.values()} == {2}, parts
     assert wait_for(lambda: merged() == scaled(fold, 3), timeout=60, what="the new fold")
+
+
+HELPER_LINE = re.compile(r"\[(\d+)\] \[INFO\] replay helper: view balances g2: replaying")
+
+
+def _gone(pid: int) -> bool:
+    """Whether ``pid`` ended (a zombie left for an init that does not reap counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@KAFKA_ONLY
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="replay helpers are used with 2 cores or more"
+)
+def test_replay_helpers_killed_lose_nothing_and_die_with_their_worker(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    """A helper killed mid-replay leaves its partitions to the worker; a worker killed
+    leaves no helper behind; the rebuild then completes with every event once."""
+    records, fold = movements(6_000, seed=15)
+    fill_both_views(broker, ledger, unique_name, records)
+    ledger.env.update(LEDGER_FACTOR="3", LEDGER_BALANCES_DELAY="0.002")
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"], what="the new release serving")
+    zygote = int(re.findall(r"forked from process (\d+)", ledger.logfile.read_text())[-1])
+    cli = rebuild(ledger, unique_name)
+    try:
+        helpers = wait_for(
+            lambda: (
+                [int(p) for p in HELPER_LINE.findall(ledger.logfile.read_text())][:2]
+                if len(HELPER_LINE.findall(ledger.logfile.read_text())) >= 2
+                else None
+            ),
+            timeout=60,
+            what="two replay helpers at work",
+        )
+        os.kill(helpers[0], 9)
+        wait_for(
+            lambda: re.search(r"view balances g2: replaying partitions \[.*\] in this process",
+                              ledger.logfile.read_text()),
+            timeout=30, what="the worker taking the killed helper's partitions back",
+        )  # fmt: skip
+        assert not _gone(helpers[1]) and not _gone(zygote)
+        ledger.kill()
+        wait_for(lambda: _gone(helpers[1]) and _gone(zygote), timeout=30, what="helpers gone")
+    finally:
+        cli.kill()
+        cli.communicate()
+    del ledger.env["LEDGER_BALANCES_DELAY"]
+    ledger.start()
+    ledger.wait_until(
+        "/views/balances/rebuild",
+        lambda s: s["generation"] == 2 and s["state"] == "idle",
+        what="the rebuild resumed and done",
+    )
+    state = ledger.wait_until("/state", lambda s: s["ready"], what="serving")
+    assert state["rows"] == scaled(fold, 3)

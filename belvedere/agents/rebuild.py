@@ -9,6 +9,9 @@ partition it owns:
    with the projection's side effects suppressed;
 2. *following*: once caught up with the live position, folds each live batch into both
    generations (the new one still without side effects), and says so;
+   With helper processes (:mod:`belvedere.agents.replay_processes`, Kafka only), the
+   history is folded there, on the machine's other cores, and the worker replays what
+   is left once they end;
 3. the worker owning partition 0 sees every partition following and writes the switch;
    each worker then serves the new generation for each of its partitions (a partition
    that moved in the meantime switches as soon as it has caught up here) and deletes the
@@ -30,7 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
 
-from belvedere.agents.projection import slot
+from belvedere.agents.projection import Slot, slot
+from belvedere.agents.replay_processes import (
+    Replayed,
+    ReplayHelpers,
+    ReplayShare,
+    can_replay_elsewhere,
+)
 from belvedere.streams.clients import EmbeddedClient, client_for
 from belvedere.streams.context import replaying
 from belvedere.streams.readers import PartitionReader, reader_for
@@ -67,6 +76,28 @@ class RebuildConflict(Exception):
     """A rebuild of this view is already under way."""
 
 
+def _shares(parts: list[_Partition], count: int, left: dict[TP, int]) -> list[list[_Partition]]:
+    """``parts`` in up to ``count`` shares of about as many events each (the largest
+    first, each to the least loaded share)."""
+    shares: list[list[_Partition]] = [[] for _ in range(min(count, len(parts)))]
+    loads = [0] * len(shares)
+    for part in sorted(parts, key=lambda p: left[p.tp], reverse=True):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(part)
+        loads[lightest] += left[part.tp]
+    return shares
+
+
+class _Delegation:
+    """Partitions of a new generation a helper process replays."""
+
+    def __init__(self, parts: list[_Partition]) -> None:
+        self.parts = parts
+        #: The helper's run (needs no lock), then the worker taking the partitions back.
+        self.run: asyncio.Future[Replayed] | None = None
+        self.take_back: asyncio.Future[None] | None = None
+
+
 class Rebuilder:
     """A worker's part in its views' rebuilds (one per projection engine)."""
 
@@ -85,6 +116,8 @@ class Rebuilder:
         self._reported: dict[tuple[str, int, int], str] = {}
         self._last_report: dict[TP, float] = {}
         self._retiring: set[asyncio.Future[None]] = set()
+        #: Partitions a helper process replays (each one's delegation).
+        self._delegated: dict[Slot, _Delegation] = {}
 
     @property
     def topic(self) -> str:
@@ -234,16 +267,139 @@ class Rebuilder:
             if part.projection.view is view
             and part.generation != generation
             and key not in engine._building
+            and key not in self._delegated
         ]
         if not entries:
             return
         connecting = asyncio.ensure_future(self._reader().connect())  # the replay reads next
         try:
             await engine.declare_changelog(view, generation)
-            for part in await engine.restore(entries):
-                self.adopt(part)
+            parts = await engine.restore(entries)
         finally:
             await connecting
+        await self.replay_parts(parts)
+
+    async def replay_parts(self, parts: list[_Partition]) -> None:
+        """Replay these restored partitions of a new generation (lock held): in helper
+        processes when there are some, else in this one."""
+        engine = self.engine
+        helpers: ReplayHelpers | None = self.app.replay_helpers
+        if not parts:
+            return
+        if helpers is None or not all(can_replay_elsewhere(p.projection) for p in parts):
+            for part in parts:
+                self.adopt(part)
+            return
+        await self._position(parts)
+        left: dict[TP, int] = {}  # events each partition has to replay, by view
+        todo: dict[str, list[_Partition]] = {}
+        for part in parts:
+            left[part.tp] = engine._active[slot(part.projection, part.tp)].next_offset
+            left[part.tp] -= part.next_offset
+            if left[part.tp] > 0:
+                todo.setdefault(part.projection.view.name, []).append(part)
+            else:
+                self.adopt(part)
+        for group in (g for view in todo.values() for g in _shares(view, helpers.processes, left)):
+            await self._delegate(helpers, group)
+
+    async def _delegate(self, helpers: ReplayHelpers, parts: list[_Partition]) -> None:
+        """Have a helper process replay ``parts`` (lock held); the worker takes them back
+        when it ends, however it ends."""
+        engine = self.engine
+        delegation = _Delegation(parts)
+        ends = {}
+        for part in parts:
+            part.status.state = "rebuilding"
+            part.store.close()  # the helper opens it
+            ends[part.tp.partition] = engine._active[slot(part.projection, part.tp)].next_offset
+            self._delegated[slot(part.projection, part.tp)] = delegation
+            await self._progress(part, "replaying", force=True)
+        view = parts[0].projection.view
+        shares = [
+            ReplayShare(p.tp.partition, p.next_offset, ends[p.tp.partition], str(p.store.path))
+            for p in parts
+        ]
+        by_partition = {part.tp.partition: part for part in parts}
+
+        async def progress(offsets: dict[int, int]) -> None:
+            for partition, offset in offsets.items():
+                by_partition[partition].next_offset = offset
+                await self._progress(by_partition[partition], "replaying", force=True)
+
+        delegation.run = asyncio.ensure_future(
+            helpers.replay(view.name, parts[0].generation, view.partitions or 1, shares, progress)
+        )
+        delegation.take_back = asyncio.ensure_future(self._take_back(delegation))
+        logger.info(
+            "view %s g%d: partitions %s replayed by a helper process",
+            view.name, parts[0].generation, sorted(by_partition),
+        )  # fmt: skip
+
+    async def _take_back(self, delegation: _Delegation) -> None:
+        """Once a helper ended, open its partitions here: they replay whatever it left."""
+        assert delegation.run is not None
+        parts = delegation.parts
+        first = parts[0]
+        view, generation = first.projection.view, first.generation
+        try:
+            done = await asyncio.shield(delegation.run)
+            key = (view.name, "rebuild")
+            engine = self.engine
+            engine.fold_seconds[key] = engine.fold_seconds.get(key, 0.0) + done.fold_seconds
+            engine.fold_events[key] = engine.fold_events.get(key, 0) + done.fold_events
+            logger.info(
+                "view %s g%d: the helper replayed partitions %s up to %s",
+                view.name, generation, sorted(p.tp.partition for p in parts), done.reached,
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.engine.should_stop or (task is not None and task.cancelling()):
+                raise  # the worker is stopping
+            # A partition was revoked: the helper was stopped; the others come back here.
+        except Exception as exc:
+            logger.warning(
+                "view %s g%d: replaying partitions %s in this process (%s)",
+                view.name, generation, sorted(p.tp.partition for p in parts), exc,
+            )  # fmt: skip
+        engine = self.engine
+        async with engine._lock:
+            mine = [
+                part
+                for part in parts
+                if self._delegated.get(slot(part.projection, part.tp)) is delegation
+            ]
+            for part in mine:
+                del self._delegated[slot(part.projection, part.tp)]
+            if engine.should_stop or self.generation(view.name).building != generation:
+                return  # stopping, or the rebuild was abandoned: its files go at the next start
+            still = [part for part in mine if slot(part.projection, part.tp) in engine._active]
+            restored = {
+                part.tp: part
+                for part in await engine.restore(
+                    [(p.projection, p.tp, p.generation, p.status) for p in still]
+                )
+            }
+            for old in still:
+                part = restored[old.tp]
+                self.adopt(part)
+                part.positioned = True
+                part.replay_start, part.replay_from = old.replay_start, old.replay_from
+                part.replay_began = old.replay_began
+
+    async def revoked(self, tps: set[TP]) -> None:
+        """Stop the helpers replaying any of ``tps`` (lock held): the partition's next
+        owner writes its changelog from now on. Their other partitions go on here."""
+        stopping = {
+            delegation
+            for key, delegation in self._delegated.items()
+            if key[1] in tps and delegation.run is not None
+        }
+        for delegation in stopping:
+            assert delegation.run is not None
+            delegation.run.cancel()
+        if stopping:
+            await asyncio.wait([d.run for d in stopping if d.run is not None])
 
     def adopt(self, part: _Partition) -> None:
         """A restored partition of a generation being built: replay into it."""
@@ -423,6 +579,12 @@ class Rebuilder:
         return ranges, parts
 
     async def close(self) -> None:
+        running = [f for d in self._delegated.values() for f in (d.run, d.take_back) if f]
+        for future in running:
+            future.cancel()
+        if running:
+            await asyncio.wait(running)
+        self._delegated.clear()
         if self._retiring:
             await asyncio.gather(*self._retiring)
         for reader in (self.reader, self._replay_reader):

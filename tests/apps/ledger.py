@@ -85,12 +85,17 @@ alerts = app.event_topic(f"{NAME}-alerts", LargeDeposit, partitions=1)
 FACTOR = int(os.environ.get("LEDGER_FACTOR", "1"))
 #: Handler calls in this process, per view: shows what a restart did (not) reprocess.
 calls = {"balances": 0, "notes": 0}
+#: Slow the balances projection down (seconds per event), so a test can kill a rebuild's
+#: replay mid-way.
+BALANCES_DELAY = float(os.environ.get("LEDGER_BALANCES_DELAY", "0"))
 
 
 @app.projection(movements, view=balances)
 class Balances:
     async def deposited(self, view, event: Deposited) -> None:
         calls["balances"] += 1
+        if BALANCES_DELAY:
+            await asyncio.sleep(BALANCES_DELAY)
         if event.amount == 13:
             raise ValueError("unlucky amount")
         row = view.get(event.account) or Balance(owner=event.owner, balance=0, ops=0)
