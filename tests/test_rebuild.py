@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -344,4 +345,53 @@ def test_replay_helpers_killed_lose_nothing_and_die_with_their_worker(
         what="the rebuild resumed and done",
     )
     state = ledger.wait_until("/state", lambda s: s["ready"], what="serving")
+    assert state["rows"] == scaled(fold, 3)
+
+
+@KAFKA_ONLY
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="replay helpers are used with 2 cores or more"
+)
+def test_a_partition_moving_away_stops_its_replay_helper_before_its_new_owner_writes(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    """Two writers to one changelog partition would leave it holding stale rows for the
+    next restore: a partition's helper is stopped while it is revoked, before the rebalance
+    lets its new owner replay it. Restored from the changelog alone, the view is exact."""
+    broker.create_ledger_topics(unique_name)
+    records, fold = movements(6_000, seed=16)
+    broker.produce(f"{unique_name}-movements", records)
+    env = {"LEDGER_NAME": unique_name, "LEDGER_FACTOR": "3"}
+    first = workers(APP, dict(env), data_dir="first")
+    first.start()
+    first.wait_until("/state", lambda s: s["ready"] and total_ops(s) == 6_000, what="folded")
+    assert first.stop() == 0
+    first.env["LEDGER_BALANCES_DELAY"] = "0.004"
+    first.start()
+    first.wait_until("/state", lambda s: s["ready"], what="serving again")
+    cli = rebuild(first, unique_name)
+    second = workers(APP, {**env, "LEDGER_BALANCES_DELAY": "0.004"}, data_dir="second")
+    try:
+        wait_for(lambda: len(HELPER_LINE.findall(first.logfile.read_text())) >= 2,
+                 timeout=60, what="two replay helpers at work")  # fmt: skip
+        second.start()
+        wait_for(lambda: re.search(r"g2: partitions \[.+\] revoked; their replay helper stopped",
+                                   first.logfile.read_text()),
+                 timeout=60, what="a helper stopped by the rebalance")  # fmt: skip
+        for worker in (first, second):
+            worker.wait_until(
+                "/views/balances/rebuild",
+                lambda s: s["generation"] == 2 and s["state"] == "idle",
+                what="the rebuild done",
+                timeout=180,
+            )
+    finally:
+        cli.kill()
+        cli.communicate()
+    for worker in (first, second):
+        assert worker.stop() == 0
+    shutil.rmtree(second.data_dir)  # the view from the g2 changelog alone, on one worker
+    del second.env["LEDGER_BALANCES_DELAY"]
+    second.start()
+    state = second.wait_until("/state", lambda s: s["ready"], what="restored from changelog")
     assert state["rows"] == scaled(fold, 3)

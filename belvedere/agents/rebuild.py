@@ -301,9 +301,12 @@ class Rebuilder:
             else:
                 self.adopt(part)
         for group in (g for view in todo.values() for g in _shares(view, helpers.processes, left)):
-            await self._delegate(helpers, group)
+            self._delegate(helpers, group)
+        # Said once the helpers are on their way: ~5 ms a record, one after another.
+        delegated = [part for view in todo.values() for part in view]
+        await asyncio.gather(*(self._progress(p, "replaying", force=True) for p in delegated))
 
-    async def _delegate(self, helpers: ReplayHelpers, parts: list[_Partition]) -> None:
+    def _delegate(self, helpers: ReplayHelpers, parts: list[_Partition]) -> None:
         """Have a helper process replay ``parts`` (lock held); the worker takes them back
         when it ends, however it ends."""
         engine = self.engine
@@ -314,7 +317,6 @@ class Rebuilder:
             part.store.close()  # the helper opens it
             ends[part.tp.partition] = engine._active[slot(part.projection, part.tp)].next_offset
             self._delegated[slot(part.projection, part.tp)] = delegation
-            await self._progress(part, "replaying", force=True)
         view = parts[0].projection.view
         shares = [
             ReplayShare(p.tp.partition, p.next_offset, ends[p.tp.partition], str(p.store.path))
@@ -349,8 +351,9 @@ class Rebuilder:
             engine.fold_seconds[key] = engine.fold_seconds.get(key, 0.0) + done.fold_seconds
             engine.fold_events[key] = engine.fold_events.get(key, 0) + done.fold_events
             logger.info(
-                "view %s g%d: the helper replayed partitions %s up to %s",
+                "view %s g%d: the helper replayed partitions %s up to %s (peak RSS %.0f MB)",
                 view.name, generation, sorted(p.tp.partition for p in parts), done.reached,
+                done.peak_rss_mb,
             )  # fmt: skip
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -398,6 +401,12 @@ class Rebuilder:
         for delegation in stopping:
             assert delegation.run is not None
             delegation.run.cancel()
+            first = delegation.parts[0]
+            logger.info(
+                "view %s g%d: partitions %s revoked; their replay helper stopped",
+                first.projection.view.name, first.generation,
+                sorted(p.tp.partition for p in delegation.parts if p.tp in tps),
+            )  # fmt: skip
         if stopping:
             await asyncio.wait([d.run for d in stopping if d.run is not None])
 

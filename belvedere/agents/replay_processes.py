@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -75,11 +76,13 @@ class ReplayShare:
 
 @dataclass(frozen=True)
 class Replayed:
-    """What a helper did: where each partition got, and its time in the fold."""
+    """What a helper did: where each partition got, its time in the fold, and its peak
+    memory (resident)."""
 
     reached: dict[int, int]
     fold_seconds: float
     fold_events: int
+    peak_rss_mb: float
 
 
 def can_replay_elsewhere(projection: Projection) -> bool:
@@ -175,6 +178,7 @@ class ReplayHelpers:
                         {int(p): o for p, o in message["done"].items()},
                         folded["seconds"],
                         folded["events"],
+                        message["peak_rss_mb"],
                     )
                 elif "error" in message:
                     raise HelperFailed(f"helper {helper}: {message['error']}")
@@ -353,7 +357,8 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
             "seconds": engine.fold_seconds.get(key, 0.0),
             "events": engine.fold_events.get(key, 0),
         }
-        writer.write(_line({"done": _reached(parts), "folded": folded}))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        writer.write(_line({"done": _reached(parts), "folded": folded, "peak_rss_mb": peak}))
         await writer.drain()
     finally:
         watch.cancel()
