@@ -55,6 +55,18 @@ def _setting(env: str, argument: Any, default: Any) -> Any:
     return default if argument is None else argument
 
 
+def _count(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0:
+        raise ValueError(f"{name} must be a whole number, 0 or more, not {value!r}")
+    return count
+
+
 class App(faust.App):
     """A faust App whose defaults suit a single laptop and scale out to Kafka unchanged.
 
@@ -124,9 +136,11 @@ class App(faust.App):
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
-        processes = _setting("BELVEDERE_REBUILD_PROCESSES", rebuild_processes, None)
         #: Helper processes a rebuild's replay may use (None: as many as usable cores).
-        self.rebuild_processes: int | None = None if processes is None else int(processes)
+        self.rebuild_processes = _count(
+            "rebuild_processes",
+            _setting("BELVEDERE_REBUILD_PROCESSES", rebuild_processes, None),
+        )
         #: Set by ``belvedere worker``: forks the helpers that replay a rebuild.
         self.replay_helpers: ReplayHelpers | None = None
         #: What admin HTTP requests (a rebuild) must carry as a bearer token.

@@ -27,6 +27,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "BELVEDERE_BROKER_SASL_MECHANISM",
         "BELVEDERE_BROKER_USERNAME",
         "BELVEDERE_BROKER_PASSWORD",
+        "BELVEDERE_REBUILD_PROCESSES",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -62,6 +63,18 @@ def test_environment_overrides_arguments(monkeypatch: pytest.MonkeyPatch) -> Non
     assert [str(u) for u in app.conf.broker] == ["kafka://from-env:9092"]
     assert app.conf.datadir == Path("/env/data")
     assert app.conf.web_port == 7123
+
+
+def test_rebuild_processes_default_to_the_cores_and_take_a_whole_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert belvedere.App("shop").rebuild_processes is None  # as many as usable cores
+    assert belvedere.App("shop", rebuild_processes=0).rebuild_processes == 0
+    monkeypatch.setenv("BELVEDERE_REBUILD_PROCESSES", "3")
+    assert belvedere.App("shop", rebuild_processes=0).rebuild_processes == 3
+    monkeypatch.setenv("BELVEDERE_REBUILD_PROCESSES", "many")
+    with pytest.raises(ValueError, match=r"rebuild_processes must be a whole number.*'many'"):
+        belvedere.App("shop")
 
 
 def test_broker_security_reaches_faust_and_never_shows_the_password(
