@@ -59,9 +59,12 @@ partition starting its restore, the counterpart of a rebuild's POST, to the N-th
 faust's consumer fetches and unpacks from assignment on, so the first-event window leaves
 that work out of the live figure), ``steps`` (from the worker's log lines: when the new
 generation was opened, caught up, switched to, and the old one retired),
-``replay_events_per_s`` = N / (caught up - opened), ``cpu_share``, the handler calls the
-replay made, a ``timeline`` of the status and the worker's peak RSS so far; then it checks
-the rebuilt view against the totals. A rebuild whose status stops changing for 60 s has
+``replay_events_per_s`` = N / (caught up - opened), ``cpu_share`` (the worker's process
+alone), ``helper_processes`` (how many replayed history, belvedere/agents/replay_processes.py,
+and ``helpers_peak_rss_mb``, the highest peak RSS one of them reported;
+``BELVEDERE_REBUILD_PROCESSES=0`` in the bench's environment replays in the worker's own
+process), the handler calls the worker's own process made, a ``timeline`` of the status
+and the worker's peak RSS so far; then it checks the rebuilt view against the totals. A rebuild whose status stops changing for 60 s has
 failed (as has a recovery that fails): reported under its key, the run's figures stand.
 
 ``--repeat R`` runs each variant R times and reports the median (``statistics.median_low``:
@@ -555,8 +558,12 @@ def rebuild_steps(log: Path, generation: int, t0: float) -> dict[str, float | No
             found["serving"].append(t)
         elif retired is not None:
             found["retired"].append(t)
+    # the new generation's first restores; a replay helper's partitions are restored again
+    # when the worker takes them back
+    first = min(found["replaying from"], default=None)
+    opened = [t for t in found["restored"] if first is None or t <= first]
     steps = {
-        "opened_s": max(found["restored"], default=None),
+        "opened_s": max(opened, default=None),
         "positioned_s": max(found["replaying from"], default=None),
         "replayed_s": max(found["caught up"], default=None),
         "switched_s": max(found["serving"], default=None),
@@ -664,10 +671,24 @@ def measure_rebuild(
         "view_generation": body.get("generation"),
         "phases": phases,
         "timeline": timeline,
+        # in the worker's process: a replay helper's are made in its own
         "handler_calls": body["processed"] - before.get("processed", 0),
+        **helper_figures(worker.logfile, target),
         "checkpointed": body["checkpointed"],
         "peak_rss_mb": rss,  # the worker's peak so far, the live run's included
         **checked,
+    }
+
+
+def helper_figures(log: Path, generation: int) -> dict[str, Any]:
+    """How many replay helpers the worker's log says replayed the generation, and the
+    highest peak RSS one of them reported."""
+    text = log.read_text(errors="replace")
+    rss = re.findall(rf" g{generation}: the helper replayed .* \(peak RSS (\d+) MB\)", text)
+    started = re.findall(rf" g{generation}: partitions .* replayed by a helper process", text)
+    return {
+        "helper_processes": len(started),
+        "helpers_peak_rss_mb": max((float(mb) for mb in rss), default=None),
     }
 
 
@@ -777,7 +798,11 @@ def describe(result: harness.Result) -> None:
         calls, users = reb["handler_calls"], reb["users"]
         lines.append(f"rebuild: {rate:,.0f} events/s ({took}; replay alone {replay} events/s), ")
         lines[-1] += f"{fmt(reb['vs_live'], '.2f')}x live ({fmt(reb['vs_live_from_open'], '.2f')}x "
-        lines[-1] += f"from its partitions opening), {calls:,} handler calls, "
+        helpers = f"{reb['helper_processes']} helper processes"
+        if reb.get("helpers_peak_rss_mb") is not None:
+            helpers += f" (peak RSS {reb['helpers_peak_rss_mb']:.0f} MB at most)"
+        lines[-1] += f"from its partitions opening), {helpers}, "
+        lines[-1] += f"{calls:,} handler calls in the worker's, "
         lines[-1] += f"{users:,} user totals verified"
         folds = reb.get("fold_us_per_event") or {}
         if folds:
