@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -157,7 +157,7 @@ class KafkaClient:
         compacted: bool = False,
         config: Mapping[str, str] | None = None,
     ) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.admin import NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
 
         configs = dict(config or {})
@@ -165,9 +165,7 @@ class KafkaClient:
             configs["cleanup.policy"] = "compact"
 
         async def create() -> None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self._auth)
-            await admin.start()
-            try:
+            async with self._admin() as admin:
                 deadline = time.monotonic() + 30
                 while True:  # a topic being deleted refuses a create for a moment
                     try:
@@ -176,46 +174,47 @@ class KafkaClient:
                         )
                         return
                     except TopicAlreadyExistsError:
-                        if time.monotonic() > deadline or await self._partitions(topic) is not None:
+                        if time.monotonic() > deadline:
+                            return
+                        if await self._partitions(topic, admin) is not None:
                             return
                         await asyncio.sleep(0.2)
-            finally:
-                await admin.close()
 
         self._run(create())
 
     def delete_topic(self, topic: str) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient
-
         async def delete() -> None:
-            if await self._partitions(topic) is None:
-                return
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self._auth)
-            await admin.start()
-            try:
+            async with self._admin() as admin:  # one connection for the check, delete, wait
+                if await self._partitions(topic, admin) is None:
+                    return
                 await admin.delete_topics([topic])
-            finally:
-                await admin.close()
-            deadline = time.monotonic() + 30
-            while await self._partitions(topic) is not None:
-                if time.monotonic() > deadline:
-                    raise BrokerError(f"topic {topic!r} was not deleted within 30 s")
-                await asyncio.sleep(0.2)
+                deadline = time.monotonic() + 30
+                while await self._partitions(topic, admin) is not None:
+                    if time.monotonic() > deadline:
+                        raise BrokerError(f"topic {topic!r} was not deleted within 30 s")
+                    await asyncio.sleep(0.05)
 
         self._run(delete())
 
-    async def _partitions(self, topic: str) -> int | None:
+    @asynccontextmanager
+    async def _admin(self) -> AsyncIterator[Any]:
         from aiokafka.admin import AIOKafkaAdminClient
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self._auth)
         await admin.start()
         try:
-            # Describing a missing topic would auto-create it, on brokers that allow that.
-            if topic not in await admin.list_topics():
-                return None
-            (found,) = await admin.describe_topics([topic])
+            yield admin
         finally:
             await admin.close()
+
+    async def _partitions(self, topic: str, admin: Any = None) -> int | None:
+        if admin is None:
+            async with self._admin() as started:
+                return await self._partitions(topic, started)
+        # Describing a missing topic would auto-create it, on brokers that allow that.
+        if topic not in await admin.list_topics():
+            return None
+        (found,) = await admin.describe_topics([topic])
         return len(found["partitions"]) if found["error_code"] == 0 else None
 
     def partitions(self, topic: str) -> int | None:
