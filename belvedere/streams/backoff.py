@@ -4,7 +4,8 @@ aiokafka's producer, holding records for a partition whose leader it does not kn
 broker is down), asks its client for new metadata and waits for that, in a loop: a
 failed update ends at once (connection refused), so the loop spins. During a 12 s broker
 outage a worker logged about 2,400 "Unable connect to node" lines a second, and the
-loop took half its main thread. Java's producer waits ``retry.backoff.ms`` between
+loop took half its main thread. faust's consumer does the same when its fetcher finds a
+partition without a known leader. Java's clients wait ``retry.backoff.ms`` between
 metadata attempts; here the client does, after a failure, before it reports it.
 """
 
@@ -14,9 +15,17 @@ import asyncio
 from typing import Any
 
 import aiokafka
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import Consumer as FaustKafkaConsumer
 from faust.transport.drivers.aiokafka import Producer as FaustKafkaProducer
 
-__all__ = ["BackoffKafkaProducer", "Producer", "back_off_failed_metadata", "with_backoff"]
+__all__ = [
+    "BackoffKafkaProducer",
+    "Consumer",
+    "Producer",
+    "back_off_failed_metadata",
+    "with_backoff",
+]
 
 
 def back_off_failed_metadata(client: Any) -> None:
@@ -49,11 +58,30 @@ class Producer(FaustKafkaProducer):
         return BackoffKafkaProducer
 
 
+class BackoffConsumerThread(AIOKafkaConsumerThread):
+    """faust's consumer thread, its aiokafka consumer's client backing off likewise: its
+    fetcher, finding a partition without a known leader, asks for metadata and waits for
+    the update, in a loop (41,276 refused connections logged in a 12 s outage)."""
+
+    def _create_consumer(self, loop: asyncio.AbstractEventLoop) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_consumer(loop)
+        back_off_failed_metadata(consumer._client)
+        return consumer
+
+
+class Consumer(FaustKafkaConsumer):
+    """faust's Kafka consumer, on :class:`BackoffConsumerThread`."""
+
+    def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
+        return BackoffConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
 _WITH_BACKOFF: dict[type, type] = {}
 
 
 def with_backoff(transport_cls: type) -> type:
-    """``transport_cls``, its producer :class:`Producer` if it is faust's Kafka one."""
+    """``transport_cls``, its producer :class:`Producer` and its consumer :class:`Consumer`
+    if they are faust's Kafka ones."""
     if not issubclass(transport_cls.Producer, FaustKafkaProducer):
         return transport_cls  # the embedded broker's
     found = _WITH_BACKOFF.get(transport_cls)
@@ -63,7 +91,16 @@ def with_backoff(transport_cls: type) -> type:
             (Producer, transport_cls.Producer),
             {"__module__": __name__},
         )
-        found = type(transport_cls.__name__, (transport_cls,), {"Producer": producer})
+        consumer = transport_cls.Consumer
+        if issubclass(consumer, FaustKafkaConsumer):
+            consumer = type(
+                f"Backoff{consumer.__name__}", (Consumer, consumer), {"__module__": __name__}
+            )
+        found = type(
+            transport_cls.__name__,
+            (transport_cls,),
+            {"Producer": producer, "Consumer": consumer},
+        )
         found.__module__ = transport_cls.__module__
         _WITH_BACKOFF[transport_cls] = found
     return found
