@@ -339,7 +339,7 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
             projection.view.name, generation,
             ", ".join(f"[{tp.partition}] {low}-{high}" for tp, (low, high) in ranges.items()),
         )  # fmt: skip
-        reported = asyncio.get_running_loop().time()
+        began = reported = asyncio.get_running_loop().time()
         with replaying():
             async for tp, batch in log.read(ranges):
                 await engine.fold(parts[tp], batch)
@@ -358,6 +358,11 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
             "events": engine.fold_events.get(key, 0),
         }
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        took = asyncio.get_running_loop().time() - began
+        logger.info(
+            "view %s g%d: %d events replayed in %.3f s, %.3f s of it folding",
+            projection.view.name, generation, folded["events"], took, folded["seconds"],
+        )  # fmt: skip
         writer.write(_line({"done": _reached(parts), "folded": folded, "peak_rss_mb": peak}))
         await writer.drain()
     finally:
