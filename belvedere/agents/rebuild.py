@@ -6,12 +6,11 @@ partition it owns:
 
 1. *replaying*: folds the source partition's history (from its start, or from a
    timestamp) into the new generation's own store and changelog, a chunk at a time,
-   with the projection's side effects suppressed;
+   with the projection's side effects suppressed. With helper processes
+   (:mod:`belvedere.agents.replay_processes`, Kafka only) the history is folded there,
+   on the machine's other cores, and the worker replays what is left once they end;
 2. *following*: once caught up with the live position, folds each live batch into both
    generations (the new one still without side effects), and says so;
-   With helper processes (:mod:`belvedere.agents.replay_processes`, Kafka only), the
-   history is folded there, on the machine's other cores, and the worker replays what
-   is left once they end;
 3. the worker owning partition 0 sees every partition following and writes the switch;
    each worker then serves the new generation for each of its partitions (a partition
    that moved in the meantime switches as soon as it has caught up here) and deletes the
