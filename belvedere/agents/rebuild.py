@@ -349,6 +349,7 @@ class Rebuilder:
             engine = self.engine
             engine.fold_seconds[key] = engine.fold_seconds.get(key, 0.0) + done.fold_seconds
             engine.fold_events[key] = engine.fold_events.get(key, 0) + done.fold_events
+            self.app.dead_letters.suppressed.update(done.suppressed)
             logger.info(
                 "view %s g%d: the helper replayed partitions %s up to %s (peak RSS %.0f MB)",
                 view.name, generation, sorted(p.tp.partition for p in parts), done.reached,

@@ -76,13 +76,15 @@ class ReplayShare:
 
 @dataclass(frozen=True)
 class Replayed:
-    """What a helper did: where each partition got, its time in the fold, and its peak
-    memory (resident)."""
+    """What a helper did: where each partition got, its time in the fold, its peak memory
+    (resident), and what it counted."""
 
     reached: dict[int, int]
     fold_seconds: float
     fold_events: int
     peak_rss_mb: float
+    #: Dead letters it did not send again, by (topic, kind): ``DeadLetters.suppressed``.
+    suppressed: dict[tuple[str, str], int]
 
 
 def can_replay_elsewhere(projection: Projection) -> bool:
@@ -179,6 +181,7 @@ class ReplayHelpers:
                         folded["seconds"],
                         folded["events"],
                         message["peak_rss_mb"],
+                        {(topic, kind): n for topic, kind, n in message["suppressed"]},
                     )
                 elif "error" in message:
                     raise HelperFailed(f"helper {helper}: {message['error']}")
@@ -363,7 +366,17 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
             "view %s g%d: %d events replayed in %.3f s, %.3f s of it folding",
             projection.view.name, generation, folded["events"], took, folded["seconds"],
         )  # fmt: skip
-        writer.write(_line({"done": _reached(parts), "folded": folded, "peak_rss_mb": peak}))
+        suppressed = [[*where, n] for where, n in app.dead_letters.suppressed.items()]
+        writer.write(
+            _line(
+                {
+                    "done": _reached(parts),
+                    "folded": folded,
+                    "peak_rss_mb": peak,
+                    "suppressed": suppressed,
+                }
+            )
+        )
         await writer.drain()
     finally:
         watch.cancel()

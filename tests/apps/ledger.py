@@ -159,6 +159,7 @@ async def state(web, request):
             "rows": {key: row.to_data() for key, row in rows},
             "byOwner": sorted(key for key, _ in balances.lookup("owner", owner)) if owner else None,
             "deadLetters": app.dead_letters.total,
+            "suppressedDeadLetters": sum(app.dead_letters.suppressed.values()),
             "notes": dict(notes.scan(limit=100_000)[0]),
             "revenue": dict(revenue.scan(limit=100_000)[0]),
             "activity": dict(activity.scan(limit=100_000)[0]),
