@@ -356,16 +356,19 @@ def _watch(client: Any, view: str, target: int) -> dict[str, Any]:
 
 def _progress_line(report: dict[str, Any]) -> str:
     done, total = report["done"], report["total"]
-    share = done / total if total else 1.0
-    bar = "#" * int(share * 30)
     eta = report.get("eta")
     eta_text = "?" if eta is None else f"{eta:.0f}s"
     state = report["state"]
+    generation = report["building"] or report["generation"]
     if state == "idle":
         return f"view {report['view']}: generation {report['generation']}, no rebuild running"
+    if not total:  # no partition has said how much history it has yet
+        return f"[{'':<30}] starting: finding each partition's history  {state} g{generation}"
+    share = done / total
+    bar = "#" * int(share * 30)
     return (
         f"[{bar:<30}] {share:6.1%} {done:,}/{total:,} events  {report['rate']:,.0f} ev/s  "
-        f"ETA {eta_text}  {state} g{report['building'] or report['generation']}"
+        f"ETA {eta_text}  {state} g{generation}"
     )
 
 

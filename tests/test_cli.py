@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from belvedere.cli import _progress_line
 from belvedere.streams.embedded import Log
 from tests.support.worker import REPO, Worker, free_port, run_cli
 
@@ -89,6 +90,14 @@ def test_rebuild_with_no_worker_running_is_one_line() -> None:
         "rebuild", "tests.apps.ledger:app", "balances", "--from-timestamp", "soon", env=env
     )
     assert "--from-timestamp" in one_line_error(bad)
+
+
+def test_the_rebuild_progress_line_says_starting_until_the_history_is_known() -> None:
+    report = {"view": "balances", "generation": 1, "building": 2, "state": "rebuilding"}
+    starting = _progress_line({**report, "done": 0, "total": 0, "rate": 0.0, "eta": None})
+    assert "starting" in starting and "%" not in starting  # not "100.0% 0/0"
+    halfway = _progress_line({**report, "done": 500, "total": 1000, "rate": 250.0, "eta": 2.0})
+    assert "[###############               ]  50.0% 500/1,000 events  250 ev/s  ETA 2s" in halfway
 
 
 def test_port_in_use(tmp_path: Path) -> None:
