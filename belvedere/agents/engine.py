@@ -544,18 +544,21 @@ class ProjectionEngine(Service):
 
         A live partition stops early for a rebalance, and seeks back to what it left.
         """
-        key = (part.projection.view.name, "live" if part.mode == "live" else "rebuild")
+        mode = "live" if part.mode == "live" else "rebuild"
         started, first = time.perf_counter(), part.next_offset
         try:
             await self._fold(part, records, decode)
         finally:
-            self.fold_seconds[key] = self.fold_seconds.get(key, 0.0) + (
-                time.perf_counter() - started
-            )
             done = bisect.bisect_left(records, part.next_offset, key=_offset) - bisect.bisect_left(
                 records, first, key=_offset
             )
-            self.fold_events[key] = self.fold_events.get(key, 0) + done
+            self.count_fold(part.projection.view.name, mode, time.perf_counter() - started, done)
+
+    def count_fold(self, view: str, mode: str, seconds: float, events: int) -> None:
+        """Add to ``/metrics``' fold counters (a replay helper's, when it ends)."""
+        key = (view, mode)
+        self.fold_seconds[key] = self.fold_seconds.get(key, 0.0) + seconds
+        self.fold_events[key] = self.fold_events.get(key, 0) + events
 
     async def _fold(self, part: _Partition, records: Sequence[Any], decode: Decode | None) -> None:
         live = part.mode == "live"

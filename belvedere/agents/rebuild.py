@@ -90,10 +90,10 @@ def _shares(parts: list[_Partition], count: int, left: dict[TP, int]) -> list[li
 class _Delegation:
     """Partitions of a new generation a helper process replays."""
 
-    def __init__(self, parts: list[_Partition]) -> None:
+    def __init__(self, parts: list[_Partition], run: asyncio.Future[Replayed]) -> None:
         self.parts = parts
         #: The helper's run (needs no lock), then the worker taking the partitions back.
-        self.run: asyncio.Future[Replayed] | None = None
+        self.run = run
         self.take_back: asyncio.Future[None] | None = None
 
 
@@ -290,36 +290,31 @@ class Rebuilder:
                 self.adopt(part)
             return
         await self._position(parts)
-        left: dict[TP, int] = {}  # events each partition has to replay, by view
-        todo: dict[str, list[_Partition]] = {}
+        ends = {p.tp: engine._active[slot(p.projection, p.tp)].next_offset for p in parts}
+        left = {p.tp: ends[p.tp] - p.next_offset for p in parts}  # events to replay
+        todo: dict[str, list[_Partition]] = {}  # by view
         for part in parts:
-            left[part.tp] = engine._active[slot(part.projection, part.tp)].next_offset
-            left[part.tp] -= part.next_offset
             if left[part.tp] > 0:
                 todo.setdefault(part.projection.view.name, []).append(part)
             else:
                 self.adopt(part)
         for group in (g for view in todo.values() for g in _shares(view, helpers.processes, left)):
-            self._delegate(helpers, group)
+            self._delegate(helpers, group, ends)
         # Said once the helpers are on their way: ~5 ms a record, one after another.
         delegated = [part for view in todo.values() for part in view]
         await asyncio.gather(*(self._progress(p, "replaying", force=True) for p in delegated))
 
-    def _delegate(self, helpers: ReplayHelpers, parts: list[_Partition]) -> None:
-        """Have a helper process replay ``parts`` (lock held); the worker takes them back
-        when it ends, however it ends."""
-        engine = self.engine
-        delegation = _Delegation(parts)
-        ends = {}
+    def _delegate(
+        self, helpers: ReplayHelpers, parts: list[_Partition], ends: dict[TP, int]
+    ) -> None:
+        """Have a helper process replay ``parts`` up to ``ends`` (lock held); the worker
+        takes them back when it ends, however it ends."""
         for part in parts:
             part.status.state = "rebuilding"
             part.store.close()  # the helper opens it
-            ends[part.tp.partition] = engine._active[slot(part.projection, part.tp)].next_offset
-            self._delegated[slot(part.projection, part.tp)] = delegation
         view = parts[0].projection.view
         shares = [
-            ReplayShare(p.tp.partition, p.next_offset, ends[p.tp.partition], str(p.store.path))
-            for p in parts
+            ReplayShare(p.tp.partition, p.next_offset, ends[p.tp], str(p.store.path)) for p in parts
         ]
         by_partition = {part.tp.partition: part for part in parts}
 
@@ -328,9 +323,10 @@ class Rebuilder:
                 by_partition[partition].next_offset = offset
                 await self._progress(by_partition[partition], "replaying", force=True)
 
-        delegation.run = asyncio.ensure_future(
-            helpers.replay(view.name, parts[0].generation, view.partitions or 1, shares, progress)
-        )
+        run = helpers.replay(view.name, parts[0].generation, view.partitions or 1, shares, progress)
+        delegation = _Delegation(parts, asyncio.ensure_future(run))
+        for part in parts:
+            self._delegated[slot(part.projection, part.tp)] = delegation
         delegation.take_back = asyncio.ensure_future(self._take_back(delegation))
         logger.info(
             "view %s g%d: partitions %s replayed by a helper process",
@@ -339,16 +335,13 @@ class Rebuilder:
 
     async def _take_back(self, delegation: _Delegation) -> None:
         """Once a helper ended, open its partitions here: they replay whatever it left."""
-        assert delegation.run is not None
+        engine = self.engine
         parts = delegation.parts
         first = parts[0]
         view, generation = first.projection.view, first.generation
         try:
             done = await asyncio.shield(delegation.run)
-            key = (view.name, "rebuild")
-            engine = self.engine
-            engine.fold_seconds[key] = engine.fold_seconds.get(key, 0.0) + done.fold_seconds
-            engine.fold_events[key] = engine.fold_events.get(key, 0) + done.fold_events
+            engine.count_fold(view.name, "rebuild", done.fold_seconds, done.fold_events)
             self.app.dead_letters.suppressed.update(done.suppressed)
             logger.info(
                 "view %s g%d: the helper replayed partitions %s up to %s (peak RSS %.0f MB)",
@@ -357,7 +350,7 @@ class Rebuilder:
             )  # fmt: skip
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if self.engine.should_stop or (task is not None and task.cancelling()):
+            if engine.should_stop or (task is not None and task.cancelling()):
                 raise  # the worker is stopping
             # A partition was revoked: the helper was stopped; the others come back here.
         except Exception as exc:
@@ -365,7 +358,6 @@ class Rebuilder:
                 "view %s g%d: replaying partitions %s in this process (%s)",
                 view.name, generation, sorted(p.tp.partition for p in parts), exc,
             )  # fmt: skip
-        engine = self.engine
         async with engine._lock:
             mine = [
                 part
@@ -384,22 +376,13 @@ class Rebuilder:
                 )
             }
             for old in still:
-                part = restored[old.tp]
-                self.adopt(part)
-                part.positioned = True
-                part.replay_start, part.replay_from = old.replay_start, old.replay_from
-                part.replay_began = old.replay_began
+                self.adopt(restored[old.tp], positioned_like=old)
 
     async def revoked(self, tps: set[TP]) -> None:
         """Stop the helpers replaying any of ``tps`` (lock held): the partition's next
         owner writes its changelog from now on. Their other partitions go on here."""
-        stopping = {
-            delegation
-            for key, delegation in self._delegated.items()
-            if key[1] in tps and delegation.run is not None
-        }
+        stopping = {d for (_, tp), d in self._delegated.items() if tp in tps}
         for delegation in stopping:
-            assert delegation.run is not None
             delegation.run.cancel()
             first = delegation.parts[0]
             logger.info(
@@ -408,12 +391,17 @@ class Rebuilder:
                 sorted(p.tp.partition for p in delegation.parts if p.tp in tps),
             )  # fmt: skip
         if stopping:
-            await asyncio.wait([d.run for d in stopping if d.run is not None])
+            await asyncio.wait([d.run for d in stopping])
 
-    def adopt(self, part: _Partition) -> None:
-        """A restored partition of a generation being built: replay into it."""
+    def adopt(self, part: _Partition, positioned_like: _Partition | None = None) -> None:
+        """A restored partition of a generation being built: replay into it (from where
+        it is, its replay's start kept from ``positioned_like``: a helper's partition)."""
         part.mode = "replaying"
-        part.positioned = False
+        part.positioned = positioned_like is not None
+        if positioned_like is not None:
+            part.replay_start = positioned_like.replay_start
+            part.replay_from = positioned_like.replay_from
+            part.replay_began = positioned_like.replay_began
         part.status.state = "rebuilding"
         self.engine._building[slot(part.projection, part.tp)] = part
         self._adopted.set()

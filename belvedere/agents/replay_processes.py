@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
@@ -37,7 +38,6 @@ import orjson
 from faust.types import TP
 
 from belvedere.agents.projection import Projection
-from belvedere.streams.backoff import BackoffKafkaProducer
 from belvedere.streams.context import replaying
 from belvedere.streams.readers import reader_for
 from belvedere.tables.store import PartitionStore, StoreBudget
@@ -147,8 +147,8 @@ class ReplayHelpers:
         progress: Callable[[dict[int, int]], Awaitable[None]],
     ) -> Replayed:
         """Have a helper fold ``shares``. ``progress`` is called with each report
-        (partition -> next offset). Cancelled, it kills the helper and returns once the
-        helper let go of its stores."""
+        (partition -> next offset). Cancelled or failing, it kills the helper and waits
+        until the helper let go of its stores."""
         if self._closed:
             raise HelperFailed("the worker is stopping")
         ours, theirs = socket.socketpair()
@@ -157,7 +157,7 @@ class ReplayHelpers:
                 "view": view,
                 "generation": generation,
                 "partitions": partitions,
-                "shares": [share.__dict__ for share in shares],
+                "shares": [dataclasses.asdict(share) for share in shares],
             }
             socket.send_fds(self._control, [orjson.dumps(request)], [theirs.fileno()])
         except OSError as exc:
@@ -226,8 +226,8 @@ class _Process:
             return
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self._fd, signal.SIGKILL)
-        exited = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
+        exited = loop.create_future()
         loop.add_reader(self._fd, lambda: exited.done() or exited.set_result(None))
         try:
             with contextlib.suppress(TimeoutError):
@@ -316,7 +316,7 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
     budget = StoreBudget()
     parts: dict[TP, _Partition] = {}
     log = reader_for(app)
-    producer = _producer(app)
+    producer = app.producer._new_producer()  # faust's settings, its backoff client
     main = asyncio.current_task()
     assert main is not None
     watch = asyncio.ensure_future(_cancel_on_eof(reader, main))
@@ -395,17 +395,3 @@ def _line(message: dict[str, Any]) -> bytes:
 async def _cancel_on_eof(reader: asyncio.StreamReader, task: asyncio.Task[Any]) -> None:
     await _until_closed(reader)
     task.cancel()
-
-
-def _producer(app: Any) -> Any:
-    """A producer for the changelog, set like faust's own."""
-    conf = app.conf
-    return BackoffKafkaProducer(
-        bootstrap_servers=[f"{u.host}:{u.port or 9092}" for u in conf.broker],
-        acks=conf.producer_acks,
-        compression_type=conf.producer_compression_type,
-        max_request_size=conf.producer_max_request_size,
-        linger_ms=int(conf.producer_linger * 1000),
-        request_timeout_ms=int(conf.producer_request_timeout * 1000),
-        **app.broker_security.aiokafka_kwargs(),
-    )
