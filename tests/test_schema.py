@@ -59,7 +59,10 @@ def test_exported_schema_describes_the_data(tmp_path: Path) -> None:
         "type": "array",
         "items": {
             "type": "object",
-            "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}},
+            "properties": {
+                "sku": {"type": "string"},
+                "qty": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+            },
             "required": ["sku", "qty"],
         },
     }

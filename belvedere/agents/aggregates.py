@@ -142,8 +142,12 @@ class Aggregate:
         self.version += 1
 
     def to_data(self) -> dict[str, Any]:
-        """The state as JSON-ready data (camelCase keys), as stored in its snapshot."""
-        return type(self)._codec().encode(self)  # type: ignore[arg-type]
+        """The state as JSON-ready data (camelCase keys), as stored in its snapshot; its
+        fields checked first (TypeError), so that what is stored can be loaded again (a
+        level summed past 64 bits would otherwise make every later command fail)."""
+        codec = type(self)._codec()
+        codec.check(self)  # type: ignore[arg-type]
+        return codec.encode(self)  # type: ignore[arg-type]
 
     @classmethod
     def from_data(cls, aggregate_id: str, version: int, data: Any) -> Aggregate:

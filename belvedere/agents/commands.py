@@ -47,6 +47,7 @@ from belvedere.streams.readers import PartitionReader
 from belvedere.streams.records import Command
 from belvedere.streams.topics import EventTopic
 from belvedere.tables.store import PartitionStore
+from belvedere.tables.transaction import UnencodableState
 from belvedere.tables.view import View
 
 __all__ = ["HEADER_COMMAND_OFFSET", "CommandProjection", "Outcome"]
@@ -188,13 +189,28 @@ class CommandProjection(Projection):
                     )
                 meta = new_meta(event, producer=producer, cause=cause)
                 headers = [*codec.headers(event), (HEADER_COMMAND_OFFSET, offset)]
-                records.append((key, codec.encode(event, meta), headers))
+                value = codec.encode(event, meta)
+                if len(value) > self.app.conf.producer_max_request_size:
+                    raise ValueError(
+                        f"{handler.name} emitted a {type(event).__name__} of {len(value)} bytes, "
+                        f"over the producer's limit ({self.app.conf.producer_max_request_size})"
+                    )
+                records.append((key, value, headers))
                 outcome["events"].append({"eventId": meta.event_id, "eventType": meta.event_type})
         if row is not None or decision.events:
             txn[aggregate_id] = self._row(aggregate, row, command_id, outcome)
+        unsent = self._unsent.setdefault(partition, [])
+        untold = self._untold.setdefault(partition, [])
         if records:
-            self._unsent.setdefault(partition, []).append(_Unsent(aggregate_id, outcome, records))
-        self._untold.setdefault(partition, []).append((command_id, outcome))
+            unsent.append(_Unsent(aggregate_id, outcome, records))
+        untold.append((command_id, outcome))
+
+        def undo(reason: str) -> None:  # the row could not be stored: nothing happened
+            if records:
+                unsent.pop()
+            untold[-1] = (command_id, {"status": "failed", "detail": reason})
+
+        txn.on_rollback(undo)
 
     def _row(
         self, aggregate: Aggregate, row: dict | None, command_id: str, outcome: Outcome
@@ -208,11 +224,18 @@ class CommandProjection(Projection):
                 break
             del commands[seen_id]
             excess -= 1
+        try:
+            state = aggregate.to_data()
+        except TypeError as exc:
+            raise UnencodableState(
+                f"aggregate {self.aggregate.aggregate_type} {aggregate.id!r}: its state after "
+                f"version {aggregate.version} cannot be stored: {exc}"
+            ) from None
         return {
             "type": self.aggregate.aggregate_type,
             "id": aggregate.id,
             "version": aggregate.version,
-            "state": aggregate.to_data(),
+            "state": state,
             "offsets": list(row["offsets"]) if row is not None else [],
             "commands": commands,
         }

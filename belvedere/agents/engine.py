@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.types import TP
 from mode import Service
@@ -45,7 +46,7 @@ from belvedere.streams.readers import PartitionReader, reader_for
 from belvedere.tables.changelog import CHANGELOG_CONFIG, changelog_records
 from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore, StoreBudget
-from belvedere.tables.transaction import PartitionTransaction, WrongPartition
+from belvedere.tables.transaction import PartitionTransaction, UnencodableState, WrongPartition
 from belvedere.tables.view import PartitionStatus
 
 __all__ = ["HEADER_ORIGIN", "ProjectionEngine", "origin_of", "send_all"]
@@ -88,6 +89,15 @@ def _decoder(codec: Any, shared: bool) -> Decode:
         return found
 
     return decode
+
+
+def _failure(exc: Exception) -> tuple[str, str]:
+    """A failed event's dead-letter kind, and its reason."""
+    if isinstance(exc, WrongPartition):
+        return "wrong-partition", str(exc)
+    if isinstance(exc, UnencodableState):
+        return "unencodable-state", str(exc)
+    return "handler-error", repr(exc)
 
 
 def _offset(record: Any) -> int:
@@ -374,11 +384,26 @@ class ProjectionEngine(Service):
                 continue
             async with self._lock:
                 for part in list(self._active.values()):
-                    await part.projection.on_tick(part)
+                    await self._tick(part)
                 now = time.monotonic()
                 for part in self._parts():
                     if part.dirty and (part.projection.eager or now - part.flushed_at >= interval):
                         await self._checkpoint(part)
+
+    async def _tick(self, part: _Partition) -> None:
+        """A timer's writes, in a savepoint like an event's: one that cannot be stored is
+        undone and logged, and the partition goes on."""
+        txn = part.txn
+        txn.savepoint()
+        try:
+            await part.projection.on_tick(part)
+            txn.release()
+        except Exception as exc:
+            txn.rollback(repr(exc))
+            logger.error(
+                "view %s[%d]: a timer's change was undone: %r",
+                part.projection.view.name, part.tp.partition, exc,
+            )  # fmt: skip
 
     def store_dir(self, view: Any, generation: int) -> Path:
         return Path(self.app.conf.datadir) / "views" / f"{view.name}-g{generation}"
@@ -605,19 +630,17 @@ class ProjectionEngine(Service):
                         result = handler.fn(txn, event)
                         if handler.is_async:
                             await result
+                        txn.release()  # encodes its writes: UnencodableState
                     except self.fatal_handler_errors:
                         leave_cause(cause)
                         txn.rollback()
                         raise
                     except Exception as exc:  # a bad event must not stop the partition
                         leave_cause(cause)
-                        txn.rollback()
-                        kind = (
-                            "wrong-partition"
-                            if isinstance(exc, WrongPartition)
-                            else "handler-error"
-                        )
-                        await self.app.dead_letters.send(record, kind, f"{handler.name}: {exc!r}")
+                        kind, reason = _failure(exc)
+                        reason = f"{handler.name}: {reason}"
+                        txn.rollback(reason)
+                        await self.app.dead_letters.send(record, kind, reason)
                     except BaseException:
                         # Cancelled while the handler awaited (the worker stopping): undo its
                         # writes. The checkpoint on the way out would otherwise hold this
@@ -628,7 +651,6 @@ class ProjectionEngine(Service):
                         raise
                     else:
                         leave_cause(cause)
-                        txn.release()
             part.next_offset = offset + 1
             part.dirty += 1
         if records:
@@ -678,8 +700,8 @@ class ProjectionEngine(Service):
                 *(record.headers or ()),
                 (HEADER_ORIGIN, b"%s\0%d\0%d" % (tp.topic.encode(), tp.partition, record.offset)),
             ]
-            futures.append(
-                await send(
+            try:
+                sent = await send(
                     target,
                     view.wire_key(key),
                     record.value,
@@ -687,7 +709,14 @@ class ProjectionEngine(Service):
                     None,
                     headers,
                 )
-            )
+            except (KafkaError, ValueError) as exc:  # refused before it left: too large...
+                await self.app.dead_letters.send(
+                    record,
+                    "repartition-failed",
+                    f"copy to {target!r} for view {view.name!r}: {exc!r}",
+                )
+                continue
+            futures.append(sent)
         await asyncio.gather(*futures)
         # Tell every partition that nothing before this is left to come from ``tp``: a
         # consistency token on the source then has a position each partition can reach.

@@ -251,12 +251,22 @@ class SagaProjection(Projection):
             return
         txn[saga_id] = row
         deadlines = self._deadlines.setdefault(txn.partition, {})
+        before = deadlines.get(saga_id)
         if row["deadline"] is None:
             deadlines.pop(saga_id, None)
         else:
             deadlines[saga_id] = row["deadline"]
-        if sent:
-            self._unsent.setdefault(txn.partition, []).extend(sent)
+        unsent = self._unsent.setdefault(txn.partition, [])
+        unsent.extend(sent)
+
+        def undo(reason: str) -> None:  # the row could not be stored: send nothing
+            del unsent[len(unsent) - len(sent) :]
+            if before is None:
+                deadlines.pop(saga_id, None)
+            else:
+                deadlines[saga_id] = before
+
+        txn.on_rollback(undo)
 
     def _on_event(self, txn: Any, event: Event) -> None:
         saga_id = event.meta.correlation_id

@@ -131,7 +131,10 @@ def _compile_decoder(cls: type, fields: list[FieldSpec]) -> Callable[[Any], Any]
             "        except FieldError as exc:",
             f"            raise exc.within({spec.wire!r}) from None",
         ]
-        if spec.converter.fast is not None:
+        if spec.converter.bounds is not None:
+            low, high = spec.converter.bounds
+            lines += [f"    elif type(v) is not fast{i} or not {low} <= v <= {high}:", *convert]
+        elif spec.converter.fast is not None:
             lines += [f"    elif type(v) is not fast{i}:", *convert]
         else:
             lines += ["    else:", *convert]

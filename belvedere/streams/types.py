@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-__all__ = ["Converter", "FieldError", "converter_for"]
+__all__ = ["INT_MAX", "INT_MIN", "Converter", "FieldError", "converter_for"]
 
 
 class FieldError(ValueError):
@@ -62,6 +62,8 @@ class Converter:
     fast: type | None = None
     #: True when ``encode`` returns its argument unchanged.
     plain: bool = False
+    #: For integers: the inclusive range a value of ``fast`` type must also be in.
+    bounds: tuple[int, int] | None = None
 
 
 def _identity(value: Any) -> Any:
@@ -79,6 +81,26 @@ def _scalar(py: type, schema: dict[str, Any], what: str) -> Converter:
         raise FieldError(f"expected {what}, got {_name(value)}")
 
     return Converter(decode, _identity, decode, _schema(schema), fast=py, plain=True)
+
+
+#: What an integer field holds: a signed 64-bit value, as Kafka, Java and most stores have
+#: it. Wider values decode in Python but cannot be encoded (orjson stops at 64 bits), so a
+#: state holding one would fail at its checkpoint: they are refused with the event.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+def _int() -> Converter:
+    def decode(value: Any) -> int:
+        if type(value) is not int:
+            raise FieldError(f"expected an integer, got {_name(value)}")
+        if INT_MIN <= value <= INT_MAX:
+            return value
+        raise FieldError(f"integer {value} is out of range (signed 64-bit: {INT_MIN} to {INT_MAX})")
+
+    schema = {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX}
+    return Converter(
+        decode, _identity, decode, _schema(schema), fast=int, plain=True, bounds=(INT_MIN, INT_MAX)
+    )
 
 
 def _float() -> Converter:
@@ -294,7 +316,7 @@ def _any() -> Converter:
 
 _SCALARS: dict[Any, Callable[[], Converter]] = {
     str: lambda: _scalar(str, {"type": "string"}, "a string"),
-    int: lambda: _scalar(int, {"type": "integer"}, "an integer"),
+    int: _int,
     bool: lambda: _scalar(bool, {"type": "boolean"}, "a boolean"),
     float: _float,
     Decimal: _decimal,

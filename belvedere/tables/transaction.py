@@ -1,27 +1,40 @@
 """A view partition's transaction: the writes of one checkpoint, read back by later events.
 
 Handlers read and write Python values; the transaction keeps the latest value per key
-(reads see their own writes) and encodes each changed key once, when the checkpoint is
-flushed. A savepoint per event lets a failing handler's writes be undone, so a bad event
-goes to the dead letters without leaving half its effects behind.
+(reads see their own writes). A savepoint per event lets a failing handler's writes be
+undone, so a bad event goes to the dead letters without leaving half its effects behind.
+
+Each event's writes are encoded (and their index values taken) as the event ends, inside
+its savepoint: a state the store cannot hold (an integer past 64 bits, an object JSON has no
+form for, a row over the changelog's record size) fails that event, not the checkpoint.
+A checkpoint that failed would fail again on every restart: a crash loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from belvedere.tables.store import PartitionStore
 from belvedere.tables.view import View
 
-__all__ = ["PartitionTransaction", "WrongPartition"]
+__all__ = ["MAX_ROW_BYTES", "PartitionTransaction", "UnencodableState", "WrongPartition"]
 
 _DELETED = object()
 _ABSENT = object()
 
 
+#: The largest encoded row: a changelog record is sent in a record batch of 512 KiB, with
+#: its key and headers.
+MAX_ROW_BYTES = 500 << 10
+
+
 class WrongPartition(ValueError):
     """A handler wrote a key that lives in another partition of the view."""
+
+
+class UnencodableState(ValueError):
+    """An event left a row the store cannot hold."""
 
 
 class PartitionTransaction:
@@ -31,8 +44,12 @@ class PartitionTransaction:
         self.partition = partition
         self.partitions = partitions
         self._values: dict[Any, Any] = {}
+        #: Each sealed value's encoding (None: deleted), reused by the checkpoint.
+        self._encoded: dict[Any, bytes | None] = {}
         self._reads: dict[Any, Any] = {}
-        self._undo: list[tuple[Any, Any]] | None = None
+        self._undo: list[tuple[Any, Any, Any]] | None = None
+        #: What to undo outside the rows when the event rolls back (a projection's buffers).
+        self._undo_also: list[Callable[[str], None]] = []
         #: The source record whose event is being handled (offset, headers ...).
         self.record: Any = None
 
@@ -66,7 +83,10 @@ class PartitionTransaction:
     def put_local(self, key: Any, value: Any) -> None:
         """Write bookkeeping that belongs to this partition whatever its key hashes to
         (never read by key through the view's routing)."""
-        self._values[self.view.check_key(key)] = self.view.check_value(value)
+        key = self.view.check_key(key)
+        value = self.view.check_value(value)
+        self._remember(key, self._values.get(key, _ABSENT))
+        self._values[key] = value
 
     def __delitem__(self, key: Any) -> None:
         self._write(key, _DELETED)
@@ -82,34 +102,86 @@ class PartitionTransaction:
                     f"view {self.view.name!r}: key {key!r} lives in partition {owner}, but this event "
                     f"is in partition {self.partition}; key the source topic by the view's key"
                 )
-        if self._undo is not None:
-            self._undo.append((key, previous))
+        self._remember(key, previous)
         values[key] = value
+
+    def _remember(self, key: Any, previous: Any) -> None:
+        if self._undo is None:
+            self._encoded.pop(key, None)  # written outside an event: encoded at the checkpoint
+        else:
+            self._undo.append((key, previous, self._encoded.pop(key, _ABSENT)))
 
     # -- savepoints ----------------------------------------------------------------------------
 
     def savepoint(self) -> None:
         self._undo = []
+        self._undo_also.clear()
 
-    def rollback(self) -> None:
+    def on_rollback(self, undo: Callable[[str], None]) -> None:
+        """Call ``undo(reason)`` if this event rolls back: what a projection keeps beside the
+        rows for the event (events to append, commands to send) goes with it."""
+        self._undo_also.append(undo)
+
+    def rollback(self, reason: str = "rolled back") -> None:
         """Undo the writes since the savepoint."""
-        for key, previous in reversed(self._undo or ()):
+        for undo in reversed(self._undo_also):
+            undo(reason)
+        self._undo_also.clear()
+        for key, previous, encoded in reversed(self._undo or ()):
             if previous is _ABSENT:
                 self._values.pop(key, None)
             else:
                 self._values[key] = previous
+            if encoded is _ABSENT:
+                self._encoded.pop(key, None)
+            else:
+                self._encoded[key] = encoded
         self._undo = None
 
     def release(self) -> None:
+        """End the savepoint, encoding what the event wrote; UnencodableState (the
+        savepoint still open, for the caller to roll back) if the store cannot hold it."""
+        undo = self._undo
+        if undo:
+            view, values, encoded = self.view, self._values, self._encoded
+            indexer = view.indexer()
+            for key, _, _ in undo:
+                if key in encoded:
+                    continue
+                value = values[key]
+                if value is _DELETED:
+                    encoded[key] = None
+                    continue
+                try:
+                    data = view.encode_value(value)
+                    if indexer is not None:
+                        indexer(data)
+                except Exception as exc:
+                    raise UnencodableState(
+                        f"view {view.name!r}: the row for key {key!r} cannot be stored: {exc}"
+                    ) from exc
+                if len(data) > MAX_ROW_BYTES:
+                    raise UnencodableState(
+                        f"view {view.name!r}: the row for key {key!r} is {len(data)} bytes "
+                        f"encoded, over the limit of {MAX_ROW_BYTES}"
+                    )
+                encoded[key] = data
         self._undo = None
+        self._undo_also.clear()
 
     # -- flushing ----------------------------------------------------------------------------
 
     def encoded(self) -> dict[bytes, bytes | None]:
         """Each changed key once: store key -> encoded value (None for a delete)."""
-        view = self.view
+        view, encoded = self.view, self._encoded
         return {
-            view.store_key(key): None if value is _DELETED else view.encode_value(value)
+            view.store_key(key): (
+                encoded[key]
+                if key in encoded
+                else None
+                if value is _DELETED
+                else view.encode_value(value)
+            )
             for key, value in self._values.items()
         }
 
@@ -118,6 +190,7 @@ class PartitionTransaction:
         for key, value in self._values.items():
             self._reads[key] = value
         self._values.clear()
+        self._encoded.clear()
         if len(self._reads) > 100_000:
             self._reads.clear()
 
