@@ -221,12 +221,15 @@ def cmd_schema_check(args: argparse.Namespace) -> int:
 
 
 def _dead_letter_source(app: App, topic: str) -> Any:
-    if topic not in app.event_topics:
-        known = ", ".join(sorted(app.event_topics)) or "none"
-        raise UsageError(
-            f"{topic!r} is not an event topic of {app.conf.id} (its event topics: {known})"
-        )
-    return app.event_topics[topic]
+    """The event topic, or plain ``app.topic``, named ``topic``."""
+    if topic in app.event_topics:
+        return app.event_topics[topic]
+    channels = [*app.topics, *(agent.channel for agent in app.agents.values())]
+    plain = {name: t for t in channels for name in getattr(t, "topics", ())}
+    if topic in plain:
+        return plain[topic]
+    known = ", ".join(sorted({*app.event_topics, *plain})) or "none"
+    raise UsageError(f"{topic!r} is not a topic of {app.conf.id} (its topics: {known})")
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
@@ -505,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("dir", metavar="DIR")
         sub.set_defaults(run=run)
 
-    dlq = commands.add_parser("dlq", help="list or replay an event topic's dead letters")
+    dlq = commands.add_parser("dlq", help="list or replay a topic's dead letters")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="SUBCOMMAND", required=True)
     listing = dlq_commands.add_parser("list", help="show the dead letters of TOPIC")
     replaying = dlq_commands.add_parser(

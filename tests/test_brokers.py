@@ -6,8 +6,9 @@ import shutil
 
 import orjson
 
+from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
 from tests.support.brokers import Broker
-from tests.support.worker import Worker
+from tests.support.worker import Worker, run_cli
 
 PARTITIONS = 4
 
@@ -119,3 +120,40 @@ def test_ten_thousand_keyed_events_keep_per_key_order(
     )
     assert state["processed"] == 10_000
     assert state["folds"] == expected_folds(keys, 200)
+
+
+def test_a_plain_topic_dead_letters_bad_input_and_its_agent_goes_on(
+    broker: Broker, counter: Worker, unique_name: str
+) -> None:
+    keys = [f"k{i}" for i in range(4)]
+    create_topics(broker, unique_name)
+    topic = f"{unique_name}-events"
+    good = numbered(keys, 3)
+    bad = [(b"k0", b"<not json>"), (b"k1", b'{"seq": ')]
+    broker.produce(topic, [*good[:5], bad[0], *good[5:9], bad[1], *good[9:]])
+
+    counter.start()
+    state = counter.wait_until(
+        "/state",
+        lambda s: s["processed"] == len(good) and s["deadLetters"],
+        what=f"{len(good)} good events past {len(bad)} bad ones",
+    )
+    assert state["folds"] == expected_folds(keys, 3)
+    assert state["deadLetters"] == {f"{topic}:bad-value": 2}
+    assert counter.stop() == 0
+
+    letters = [
+        DeadLetter.from_record(r.key, r.value, r.headers)
+        for r in broker.read(dead_letter_topic(unique_name, topic))
+    ]
+    assert sorted((x.key, x.value, x.kind, x.topic) for x in letters) == sorted(
+        (key, value, "bad-value", topic) for key, value in bad
+    )
+    assert all("JSONDecodeError" in x.reason for x in letters), letters
+    listing = run_cli(
+        "dlq", "list", "tests.apps.counter:app", topic,
+        "--broker", broker.url, "--data-dir", str(counter.data_dir),
+        env={"COUNTER_NAME": unique_name},
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.count("bad-value: JSONDecodeError") == 2, listing.stdout

@@ -132,7 +132,8 @@ class ReplayReport:
 
 
 def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> ReplayReport:
-    """Publish ``topic``'s dead letters to it again, decoded (and so upcast) by today's code.
+    """Publish ``topic``'s dead letters to it again, decoded (and so upcast) by today's code
+    (a plain ``app.topic``'s: their original bytes and headers).
 
     Each is re-encoded at its type's current version, keeping its eventId, correlation and
     causation. Progress is kept as the offsets of the group ``<app id>-dlq-replay``, so a
@@ -151,6 +152,9 @@ def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> Re
     for record in client.read(name, start=start):
         done[(name, record.partition)] = record.offset + 1
         letter = DeadLetter.from_record(record.key, record.value, record.headers)
+        if not hasattr(topic, "codec"):  # a plain topic: its bytes again, for today's code
+            out.append(Record(letter.key, letter.value, 0, letter.headers))
+            continue
         try:
             event = topic.codec.decode(
                 letter.value,

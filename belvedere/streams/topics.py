@@ -25,7 +25,7 @@ from belvedere.streams.envelope import (
 )
 from belvedere.streams.records import Event
 
-__all__ = ["EventTopic", "Published"]
+__all__ = ["DeadLetteringTopic", "EventTopic", "Published"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,27 @@ class Published:
     suppressed: bool = False
 
 
-class EventTopic(Topic):
+class DeadLetteringTopic(Topic):
+    """``app.topic(...)``: a faust Topic whose undecodable messages go to the dead letters.
+
+    faust logs such a message, acks it and throws the error into the agent's stream,
+    which stops the agent: one bad message lost, and the agent's partitions with it.
+    """
+
+    async def on_key_decode_error(self, exc: Exception, message: Message) -> None:
+        await self.app.dead_letters.send(message, "bad-key", _reason(exc))
+
+    async def on_value_decode_error(self, exc: Exception, message: Message) -> None:
+        await self.app.dead_letters.send(message, "bad-value", _reason(exc))
+
+
+def _reason(exc: Exception) -> str:
+    """faust's decode error, or the serializer's under it, in one line."""
+    cause = exc.__cause__ or exc.__context__ or exc
+    return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
+
+
+class EventTopic(DeadLetteringTopic):
     """A faust Topic carrying envelopes of the given event types."""
 
     def __init__(

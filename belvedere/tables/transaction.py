@@ -52,6 +52,8 @@ class PartitionTransaction:
         self._undo_also: list[Callable[[str], None]] = []
         #: The source record whose event is being handled (offset, headers ...).
         self.record: Any = None
+        self._encode_value = view.encode_value
+        self._indexer = view.indexer()
 
     def __len__(self) -> int:
         return len(self._values)
@@ -102,7 +104,10 @@ class PartitionTransaction:
                     f"view {self.view.name!r}: key {key!r} lives in partition {owner}, but this event "
                     f"is in partition {self.partition}; key the source topic by the view's key"
                 )
-        self._remember(key, previous)
+        if self._undo is None:
+            self._encoded.pop(key, None)  # written outside an event: encoded at the checkpoint
+        else:
+            self._undo.append((key, previous, self._encoded.pop(key, _ABSENT)))
         values[key] = value
 
     def _remember(self, key: Any, previous: Any) -> None:
@@ -115,7 +120,8 @@ class PartitionTransaction:
 
     def savepoint(self) -> None:
         self._undo = []
-        self._undo_also.clear()
+        if self._undo_also:
+            self._undo_also.clear()
 
     def on_rollback(self, undo: Callable[[str], None]) -> None:
         """Call ``undo(reason)`` if this event rolls back: what a projection keeps beside the
@@ -143,46 +149,41 @@ class PartitionTransaction:
         savepoint still open, for the caller to roll back) if the store cannot hold it."""
         undo = self._undo
         if undo:
-            view, values, encoded = self.view, self._values, self._encoded
-            indexer = view.indexer()
+            encoded = self._encoded
             for key, _, _ in undo:
-                if key in encoded:
-                    continue
-                value = values[key]
-                if value is _DELETED:
-                    encoded[key] = None
-                    continue
-                try:
-                    data = view.encode_value(value)
-                    if indexer is not None:
-                        indexer(data)
-                except Exception as exc:
-                    raise UnencodableState(
-                        f"view {view.name!r}: the row for key {key!r} cannot be stored: {exc}"
-                    ) from exc
-                if len(data) > MAX_ROW_BYTES:
-                    raise UnencodableState(
-                        f"view {view.name!r}: the row for key {key!r} is {len(data)} bytes "
-                        f"encoded, over the limit of {MAX_ROW_BYTES}"
-                    )
-                encoded[key] = data
+                if key not in encoded:
+                    encoded[key] = self._encode(key)
         self._undo = None
-        self._undo_also.clear()
+        if self._undo_also:
+            self._undo_also.clear()
+
+    def _encode(self, key: Any) -> bytes | None:
+        value = self._values[key]
+        if value is _DELETED:
+            return None
+        try:
+            data = self._encode_value(value)
+            if self._indexer is not None:
+                self._indexer(data)
+        except Exception as exc:
+            raise UnencodableState(
+                f"view {self.view.name!r}: the row for key {key!r} cannot be stored: {exc}"
+            ) from exc
+        if len(data) > MAX_ROW_BYTES:
+            raise UnencodableState(
+                f"view {self.view.name!r}: the row for key {key!r} is {len(data)} bytes "
+                f"encoded, over the limit of {MAX_ROW_BYTES}"
+            )
+        return data
 
     # -- flushing ----------------------------------------------------------------------------
 
     def encoded(self) -> dict[bytes, bytes | None]:
         """Each changed key once: store key -> encoded value (None for a delete)."""
-        view, encoded = self.view, self._encoded
+        store_key, encoded = self.view.store_key, self._encoded
         return {
-            view.store_key(key): (
-                encoded[key]
-                if key in encoded
-                else None
-                if value is _DELETED
-                else view.encode_value(value)
-            )
-            for key, value in self._values.items()
+            store_key(key): encoded[key] if key in encoded else self._encode(key)
+            for key in self._values
         }
 
     def clear(self) -> None:

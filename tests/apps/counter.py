@@ -62,5 +62,8 @@ async def state(web, request):
             "processed": processed,
             "folds": dict(folds.items()),
             "singles": dict(single_counts.items()),
+            "deadLetters": {
+                f"{topic}:{kind}": n for (topic, kind), n in app.dead_letters.counts.items()
+            },
         }
     )
