@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from belvedere.streams.partitioner import explain_partition
 from belvedere.tables.store import PartitionStore
 from belvedere.tables.view import View
 
@@ -21,7 +22,8 @@ _ABSENT = object()
 
 
 class WrongPartition(ValueError):
-    """A handler wrote a key that lives in another partition of the view."""
+    """A handler wrote a key that lives in another partition of the view; the message says
+    which partitioner would explain the record's partition (its producer's, often)."""
 
 
 class PartitionTransaction:
@@ -78,13 +80,21 @@ class PartitionTransaction:
             self.view.check_key(key)
             owner = self.view.partition_of(key, self.partitions)
             if owner != self.partition:
-                raise WrongPartition(
-                    f"view {self.view.name!r}: key {key!r} lives in partition {owner}, but this event "
-                    f"is in partition {self.partition}; key the source topic by the view's key"
-                )
+                raise WrongPartition(self._wrong_partition(key, owner))
         if self._undo is not None:
             self._undo.append((key, previous))
         values[key] = value
+
+    def _wrong_partition(self, key: Any, owner: int) -> str:
+        said = (
+            f"view {self.view.name!r}: key {key!r} lives in partition {owner} "
+            f"({self.view.partitioner}), but this event is in partition {self.partition}"
+        )
+        record = self.record
+        if record is None or getattr(record, "partition", None) != self.partition:
+            return f"{said}; key the source topic by the view's key"
+        why = explain_partition(record.key, self.partition, self.partitions, self.view.partitioner)
+        return f"{said}; {why}"
 
     # -- savepoints ----------------------------------------------------------------------------
 
