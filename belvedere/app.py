@@ -48,6 +48,22 @@ def _key_function(by: str | Callable[[Any], Any] | None) -> Callable[[Any], Any]
     return operator.attrgetter(by)
 
 
+def _event_key(topic: EventTopic) -> Callable[[Any], Any]:
+    """The view key of an event on a topic whose producers' partitioner is unknown: its
+    key field, as Belvedere would key it."""
+
+    def key_of(event: Any) -> Any:
+        name = type(event).event_key or topic.key_field
+        if name is None:
+            raise ValueError(
+                f"{type(event).__name__} has no key field to re-key {topic.get_topic_name()!r} "
+                "(partitioner='any') by: declare key= on the event class or the topic, or pass by="
+            )
+        return getattr(event, name)
+
+    return key_of
+
+
 def _setting(env: str, argument: Any, default: Any) -> Any:
     value = os.environ.get(env)
     if value:
@@ -213,12 +229,16 @@ class App(faust.App):
         *event_types: type[Event],
         key: str | None = None,
         partitions: int | None = None,
+        partitioner: str = "murmur2",
         **options: Any,
     ) -> EventTopic:
         """A topic carrying these event types in the envelope; agents get typed events.
 
         ``key`` names the event field used as the Kafka key when an event class declares
-        none. Other options are faust's ``app.topic`` options.
+        none. ``partitioner`` is how the topic's producers hash keys: ``murmur2`` (Kafka's
+        default), ``crc32`` (librdkafka's default: kcat, confluent-kafka), or ``any`` (the
+        projections re-key its events by their key field). Other options are faust's
+        ``app.topic`` options.
         """
         if name in self.event_topics:
             raise ValueError(f"event topic {name!r} is already declared")
@@ -229,6 +249,7 @@ class App(faust.App):
             key=key,
             partitions=partitions,
             max_event_bytes=self.max_event_bytes,
+            partitioner=partitioner,
             **options,
         )
         return topic
@@ -280,7 +301,12 @@ class App(faust.App):
             raise TypeError("a projection's source must be an event topic (app.event_topic)")
         found = self.projections.projections.get(view.name)
         if found is None:
-            found = Projection(source, view, by=_key_function(by))
+            key_of = _key_function(by)
+            if key_of is None and source.partitioner == "any":
+                key_of = _event_key(source)
+            elif key_of is None:
+                view.hash_keys_with(source.partitioner)
+            found = Projection(source, view, by=key_of)
             if found.by is not None:
                 found.repartition = self._internal_topic(
                     f"{self.conf.id}-view-{view.name}-repartition",
@@ -333,12 +359,19 @@ class App(faust.App):
             raise ValueError(
                 f"aggregate {name}: its topics must have as many partitions, not {counts}"
             )
+        hashes = {t.get_topic_name(): t.partitioner for t in (events, commands)}
+        if len(set(hashes.values())) != 1 or "any" in hashes.values():
+            raise ValueError(
+                f"aggregate {name}: its topics must hash keys alike, with murmur2 or crc32, "
+                f"not {hashes}"
+            )
         taken = {p.events_topic: p.aggregate.__name__ for p in self.aggregates.values()}
         if events.get_topic_name() in taken:
             raise ValueError(
                 f"{events.get_topic_name()!r} already holds {taken[events.get_topic_name()]} events"
             )
         view = self.view(f"aggregate-{name}", value=dict, partitions=commands.partitions)
+        view.hash_keys_with(commands.partitioner)
         projection = CommandProjection(
             self,
             aggregate,

@@ -161,3 +161,34 @@ def test_belvedere_adds_to_faust_app_without_shadowing_it(tmp_path: Path) -> Non
     assert [name for name in INSTANCE_ATTRIBUTES if hasattr(plain, name)] == []
     app = belvedere.App("ours", data_dir=tmp_path)
     assert all(hasattr(app, name) for name in INSTANCE_ATTRIBUTES)
+
+
+def test_a_topic_declares_its_producers_partitioner_and_its_views_follow_it() -> None:
+    app = belvedere.App("partitioners")
+
+    class Placed(belvedere.Event, key="order_id"):
+        order_id: str
+
+    class Place(belvedere.Command, key="order_id"):
+        order_id: str
+
+    class Order(belvedere.Aggregate):
+        placed: bool = False
+
+    with pytest.raises(ValueError, match="partitioner must be one of murmur2, crc32, any"):
+        app.event_topic("bad", Placed, partitioner="random")
+    crc = app.event_topic("crc", Placed, partitions=4, partitioner="crc32")
+    anyhow = app.event_topic("anyhow", Placed, partitions=4, partitioner="any")
+    by_crc, rekeyed = app.view("by-crc", value=int), app.view("rekeyed", value=int)
+    app.projection(crc, view=by_crc, events=[Placed])(lambda view, event: None)
+    app.projection(anyhow, view=rekeyed, events=[Placed])(lambda view, event: None)
+    assert by_crc.partitioner == "crc32" and by_crc.partition_of("order-1", 4) == 3
+    assert rekeyed.partitioner == "murmur2" and rekeyed.partition_of("order-1", 4) == 2
+    projection = app.projections.projections["rekeyed"]
+    assert projection.repartition is not None
+    assert projection.by(Placed(order_id="order-9")) == "order-9"
+    assert crc.partition_for(b"order-1") == 3 and anyhow.partition_for(b"order-1") is None
+
+    commands = app.event_topic("commands", Place, partitions=4)
+    with pytest.raises(ValueError, match="must hash keys alike"):
+        app.aggregate(Order, events=crc, commands=commands)

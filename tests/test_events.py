@@ -13,7 +13,7 @@ import pytest
 
 import belvedere
 from belvedere.streams.context import caused_by, current_cause
-from belvedere.streams.envelope import BadEvent, EnvelopeCodec, new_meta
+from belvedere.streams.envelope import BadEvent, EnvelopeCodec, new_meta, parse_version
 from belvedere.streams.types import FieldError
 from belvedere.streams.upcasters import UpcastError, upcast
 
@@ -209,7 +209,12 @@ def test_new_events_continue_the_cause() -> None:
         (b"[1]", "bad-envelope", "must be a JSON object, not list"),
         (b'{"eventVersion": 1, "data": {}}', "bad-envelope", "no eventType"),
         (b'{"eventType": "Nope", "eventVersion": 1, "data": {}}', "unknown-type", "unknown eventType 'Nope'"),
-        (b'{"eventType": "Ping", "eventVersion": "1", "data": {}}', "bad-envelope", "eventVersion must be an integer"),
+        (b'{"eventType": "Ping", "eventVersion": "v1", "data": {}}', "bad-envelope", "eventVersion must be an integer or a version string"),
+        (b'{"eventType": "Ping", "eventVersion": "1.", "data": {}}', "bad-envelope", "not '1.'"),
+        (b'{"eventType": "Ping", "eventVersion": 1.0, "data": {}}', "bad-envelope", "not 1.0"),
+        (b'{"eventType": "Ping", "eventVersion": true, "data": {}}', "bad-envelope", "not True"),
+        (b'{"eventType": "Ping", "data": {}}', "bad-envelope", "not None"),
+        (b'{"eventType": "Ping", "eventVersion": "2.0", "data": {"pingId": "p"}}', "newer-version", "Ping v2 is newer"),
         (b'{"eventType": "Ping", "eventVersion": 1, "data": []}', "bad-envelope", "no data object"),
         (b'{"eventType": "Ping", "eventVersion": 1, "data": {"n": 1}}', "invalid-data", "data.pingId: is required"),
         (b'{"eventType": "Ping", "eventVersion": 2, "data": {}}', "newer-version", "Ping v2 is newer than this code knows (v1)"),
@@ -274,6 +279,72 @@ def test_upcasters_chain_from_any_older_version() -> None:
     )
     assert v1 == v2 == Shipment(shipment_id="s1", weight_grams=1500, carrier="unknown")
     assert v1.meta.event_version == 1
+
+
+#: The envelope as the source material writes it: eventVersion "1.0", a string.
+SOURCE_MATERIAL_V1 = b"""{
+"eventId": "uuid",
+"eventType": "Shipment",
+"eventVersion": "1.0",
+"timestamp": "2024-01-15T10:30:00Z",
+"correlationId": "order-123",
+"causationId": "command-456",
+"producer": "order-service",
+"data": { "id": "s1", "kg": 1.5 }
+}"""
+
+
+def test_a_version_string_selects_the_class_and_upcasters_by_its_major_number() -> None:
+    codec = EnvelopeCodec([Shipment])
+    old = codec.decode(SOURCE_MATERIAL_V1)
+    assert old == Shipment(shipment_id="s1", weight_grams=1500, carrier="unknown")
+    assert (old.meta.event_version, old.meta.version_string) == (1, "1.0")
+    assert (old.meta.event_id, old.meta.correlation_id) == ("uuid", "order-123")
+    for written in ("3", "3.1", "3.12.7"):  # a minor change is compatible: extra fields ignored
+        raw = orjson.dumps(
+            {
+                "eventType": "Shipment",
+                "eventVersion": written,
+                "data": {"shipmentId": "s2", "weightGrams": 7, "carrier": "c", "new": 1},
+            }
+        )
+        event = codec.decode(raw)
+        assert event == Shipment(shipment_id="s2", weight_grams=7, carrier="c")
+        assert (event.meta.event_version, event.meta.version_string) == (3, written)
+        assert event.meta.written_version == written
+    with pytest.raises(BadEvent, match="Shipment v4 is newer than this code knows"):
+        codec.decode(b'{"eventType": "Shipment", "eventVersion": "4.0", "data": {}}')
+    assert parse_version(2) == (2, None) and parse_version("10.2") == (10, "10.2")
+
+
+def test_an_event_written_back_keeps_its_producers_form_of_the_version() -> None:
+    codec = EnvelopeCodec([Shipment])
+    event = codec.decode(SOURCE_MATERIAL_V1)
+    same = event.meta.at_version(1)
+    assert same.written_version == "1.0"
+    upcast_meta = event.meta.at_version(Shipment.event_version)
+    assert (upcast_meta.event_version, upcast_meta.written_version) == (3, "3.0")
+    doc = orjson.loads(codec.encode(event, upcast_meta))
+    assert doc["eventVersion"] == "3.0" and doc["eventId"] == "uuid"
+    assert codec.headers(event, upcast_meta) == [
+        ("eventType", b"Shipment"),
+        ("eventVersion", b"3.0"),
+    ]
+    bare = codec.decode(
+        b'{"eventType": "Shipment", "eventVersion": "1", "data": {"id": "s", "kg": 1}}'
+    )
+    assert bare.meta.at_version(3).written_version == "3"
+    number = codec.decode(
+        b'{"eventType": "Shipment", "eventVersion": 1, "data": {"id": "s", "kg": 1}}'
+    )
+    assert number.meta.version_string is None
+    assert number.meta.at_version(3).written_version == 3
+    assert orjson.loads(codec.encode(number, number.meta.at_version(3)))["eventVersion"] == 3
+    # Belvedere's own events carry an integer, as before.
+    fresh = Shipment(shipment_id="s9", weight_grams=1, carrier="c")
+    meta = new_meta(fresh, producer="p")
+    assert orjson.loads(codec.encode(fresh, meta))["eventVersion"] == 3
+    assert codec.headers(fresh) == [("eventType", b"Shipment"), ("eventVersion", b"3")]
 
 
 def test_a_missing_link_or_a_failing_upcaster_is_a_clear_error() -> None:

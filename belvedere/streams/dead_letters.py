@@ -136,11 +136,12 @@ def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> Re
     (a plain ``app.topic``'s: their original bytes and headers).
 
     Each is re-encoded at its type's current version, keeping its eventId, correlation and
-    causation. Progress is kept as the offsets of the group ``<app id>-dlq-replay``, so a
+    causation, and its producer's form of ``eventVersion`` (a string stays a string), in the
+    partition the topic's partitioner gives its key. Progress is kept as the offsets of the group ``<app id>-dlq-replay``, so a
     second replay only takes what is new; ones that still fail are reported and passed.
     """
     from belvedere.streams.clients import Record
-    from belvedere.streams.envelope import BadEvent, EventMeta
+    from belvedere.streams.envelope import BadEvent
 
     source = topic.get_topic_name()
     name = dead_letter_topic(app.conf.id, source)
@@ -148,7 +149,7 @@ def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> Re
     start = None if from_start else client.committed(group, name)
     report = ReplayReport()
     done: dict[tuple[str, int], int] = {}
-    out = []
+    out: dict[int | None, list[Record]] = {}
     for record in client.read(name, start=start):
         done[(name, record.partition)] = record.offset + 1
         letter = DeadLetter.from_record(record.key, record.value, record.headers)
@@ -167,24 +168,18 @@ def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> Re
                 f"{record.partition}@{record.offset} ({letter.kind}): {exc.reason}"
             )
             continue
-        meta: EventMeta = event.meta
-        current = EventMeta(
-            meta.event_id,
-            meta.event_type,
-            event.event_version,
-            meta.timestamp,
-            meta.correlation_id,
-            meta.causation_id,
-            meta.producer,
-        )
-        out.append(
+        current = event.meta.at_version(event.event_version)
+        out.setdefault(topic.partition_for(letter.key), []).append(
             Record(
-                letter.key, topic.codec.encode(event, current), 0, tuple(topic.codec.headers(event))
+                letter.key,
+                topic.codec.encode(event, current),
+                0,
+                tuple(topic.codec.headers(event, current)),
             )
         )
-    if out:
-        client.produce(source, out)
-        report.replayed = len(out)
+    for partition, records in out.items():
+        client.produce(source, records, partition)
+        report.replayed += len(records)
     if done:
         client.commit(group, done)
     return report

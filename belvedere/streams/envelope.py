@@ -12,6 +12,12 @@ works), ``timestamp`` the Kafka record's timestamp, ``correlationId`` the eventI
 ``causationId`` and ``producer`` null. ``eventType``, ``eventVersion`` and ``data`` are
 required.
 
+``eventVersion`` is an integer, or a version string as many producers write it (``"1.0"``,
+``"2"``, ``"2.1"``): its major number selects the class's version and the upcasters, and a
+minor change is compatible (it may add fields, which the decoder ignores). The string is
+kept in the event's ``meta``, so that an event Belvedere writes back (a dead-letter replay)
+keeps the producer's form.
+
 A message is decoded once, with orjson; ``eventType``/``eventVersion`` headers, when
 present, let an unknown type be refused without decoding the body.
 """
@@ -19,6 +25,7 @@ present, let an unknown type be refused without decoding the body.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -29,7 +36,14 @@ from belvedere.streams.records import Event, codec
 from belvedere.streams.types import FieldError, format_timestamp, parse_timestamp
 from belvedere.streams.upcasters import UpcastError, upcast
 
-__all__ = ["DEFAULT_MAX_EVENT_BYTES", "BadEvent", "EnvelopeCodec", "EventMeta", "new_meta"]
+__all__ = [
+    "DEFAULT_MAX_EVENT_BYTES",
+    "BadEvent",
+    "EnvelopeCodec",
+    "EventMeta",
+    "new_meta",
+    "parse_version",
+]
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 HEADER_TYPE = "eventType"
@@ -53,11 +67,28 @@ class EventMeta(NamedTuple):
 
     event_id: str
     event_type: str
+    #: The version as written (a version string's major number), before any upcasting.
     event_version: int
     timestamp: dt.datetime
     correlation_id: str
     causation_id: str | None
     producer: str | None
+    #: ``eventVersion`` as written when it was a string (``"1.0"``); None for an integer.
+    version_string: str | None = None
+
+    @property
+    def written_version(self) -> int | str:
+        """``eventVersion`` in the form its producer wrote it."""
+        return self.event_version if self.version_string is None else self.version_string
+
+    def at_version(self, version: int) -> EventMeta:
+        """This envelope at ``version`` (after upcasting), in its producer's form: an
+        integer stays one; a string keeps its text at the same major version, and becomes
+        ``"<version>.0"`` (or ``"<version>"`` if it had no minor part) at another."""
+        text = self.version_string
+        if text is not None and version != self.event_version:
+            text = f"{version}.0" if "." in text else str(version)
+        return self._replace(event_version=version, version_string=text)
 
 
 def new_meta(
@@ -79,6 +110,23 @@ def new_meta(
         correlation_id=correlation_id or (cause.correlation_id if cause else event_id),
         causation_id=causation_id or (cause.event_id if cause else None),
         producer=producer,
+    )
+
+
+_VERSION_STRING = re.compile(r"(\d{1,9})(?:\.\d{1,9}){0,2}")
+
+
+def parse_version(value: Any) -> tuple[int, str | None]:
+    """``eventVersion``'s major number, and its text when it was a string."""
+    if type(value) is int:
+        return value, None
+    if type(value) is str:
+        found = _VERSION_STRING.fullmatch(value)
+        if found is not None:
+            return int(found.group(1)), value
+    raise BadEvent(
+        "bad-envelope",
+        f'eventVersion must be an integer or a version string (2, "2", "2.1"), not {value!r}',
     )
 
 
@@ -108,10 +156,13 @@ class EnvelopeCodec:
         self._type_names = {name.encode(): name for name in self.types}
         self._decoders: dict[str, tuple[type[Event], Any]] = {}
 
-    def headers(self, event: Event) -> list[tuple[str, bytes]]:
+    def headers(self, event: Event, meta: EventMeta | None = None) -> list[tuple[str, bytes]]:
+        """The headers of ``event``'s record: its type, and its version as ``meta`` writes
+        it (default: the class's)."""
+        version = event.event_version if meta is None else meta.written_version
         return [
             (HEADER_TYPE, event.event_type.encode()),
-            (HEADER_VERSION, b"%d" % event.event_version),
+            (HEADER_VERSION, str(version).encode()),
         ]
 
     def encode(self, event: Event, meta: EventMeta) -> bytes:
@@ -119,7 +170,7 @@ class EnvelopeCodec:
             {
                 "eventId": meta.event_id,
                 "eventType": meta.event_type,
-                "eventVersion": meta.event_version,
+                "eventVersion": meta.written_version,
                 "timestamp": format_timestamp(meta.timestamp),
                 "correlationId": meta.correlation_id,
                 "causationId": meta.causation_id,
@@ -168,8 +219,10 @@ class EnvelopeCodec:
             found = self._decoder(event_type)
         cls, decode_data = found
         version = doc.get("eventVersion")
-        if type(version) is not int:
-            raise BadEvent("bad-envelope", f"eventVersion must be an integer, not {version!r}")
+        if type(version) is int:
+            text = None
+        else:
+            version, text = parse_version(version)
         data = doc.get("data")
         if type(data) is not dict:
             raise BadEvent("bad-envelope", "the envelope has no data object")
@@ -184,7 +237,7 @@ class EnvelopeCodec:
             raise BadEvent(
                 "invalid-data", f"{event_type} v{cls.event_version}: data.{exc}"
             ) from None
-        event.__dict__["meta"] = self._meta(doc, event_type, version, timestamp, source)
+        event.__dict__["meta"] = self._meta(doc, event_type, version, timestamp, source, text)
         return event
 
     def _decoder(self, event_type: Any) -> tuple[type[Event], Any]:
@@ -198,7 +251,12 @@ class EnvelopeCodec:
 
     @staticmethod
     def _meta(
-        doc: dict, event_type: str, version: int, timestamp: float | None, source: str
+        doc: dict,
+        event_type: str,
+        version: int,
+        timestamp: float | None,
+        source: str,
+        text: str | None,
     ) -> EventMeta:
         event_id = doc.get("eventId")
         if event_id is None:
@@ -229,5 +287,5 @@ class EnvelopeCodec:
             if field is not None and type(field) is not str:
                 raise BadEvent("bad-envelope", f"{name} must be a string, not {field!r}")
         return _tuple_new(
-            EventMeta, (event_id, event_type, version, at, correlation, causation, producer)
+            EventMeta, (event_id, event_type, version, at, correlation, causation, producer, text)
         )

@@ -23,6 +23,7 @@ from belvedere.streams.envelope import (
     EventMeta,
     new_meta,
 )
+from belvedere.streams.partitioner import PARTITIONERS, crc32_partition
 from belvedere.streams.records import Event
 
 __all__ = ["DeadLetteringTopic", "EventTopic", "Published"]
@@ -61,7 +62,13 @@ def _reason(exc: Exception) -> str:
 
 
 class EventTopic(DeadLetteringTopic):
-    """A faust Topic carrying envelopes of the given event types."""
+    """A faust Topic carrying envelopes of the given event types.
+
+    ``partitioner`` says how its producers hash keys to partitions: ``murmur2`` (Kafka's
+    default), ``crc32`` (librdkafka's default), or ``any`` (no telling: projections re-key
+    its events through an internal topic). Belvedere's own writes to it hash keys the same
+    way (murmur2 for ``any``), so that one key's events stay in one partition, in order.
+    """
 
     def __init__(
         self,
@@ -70,11 +77,17 @@ class EventTopic(DeadLetteringTopic):
         event_types: Iterable[type[Event]],
         key: str | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        partitioner: str = "murmur2",
         **kwargs: Any,
     ) -> None:
         self.event_types = tuple(event_types)
         if not self.event_types:
             raise TypeError("an event topic needs at least one event type")
+        if partitioner not in PARTITIONERS:
+            raise ValueError(
+                f"partitioner must be one of {', '.join(PARTITIONERS)}, not {partitioner!r}"
+            )
+        self.partitioner = partitioner
         self.key_field = key
         self.max_event_bytes = max_event_bytes
         self.codec = EnvelopeCodec(self.event_types, max_bytes=max_event_bytes)
@@ -87,6 +100,7 @@ class EventTopic(DeadLetteringTopic):
             "event_types": self.event_types,
             "key": self.key_field,
             "max_event_bytes": self.max_event_bytes,
+            "partitioner": self.partitioner,
         }
 
     # -- reading -----------------------------------------------------------------------
@@ -131,6 +145,13 @@ class EventTopic(DeadLetteringTopic):
             key = getattr(event, name)
         return key if isinstance(key, bytes) else str(key).encode()
 
+    def partition_for(self, key: bytes | None) -> int | None:
+        """The partition Belvedere writes ``key`` to, where the producer's default
+        (murmur2) would not be this topic's partitioner (None: the producer's choice)."""
+        if self.partitioner != "crc32" or key is None:
+            return None
+        return crc32_partition(key, self.partitions or self.app.conf.topic_partitions)
+
     async def publish(
         self,
         event: Event,
@@ -164,11 +185,12 @@ class EventTopic(DeadLetteringTopic):
         )
         if side_effects_suppressed():
             return Published(meta, self.get_topic_name(), -1, -1, suppressed=True)
+        wire_key = self.key_for(event, key)
         fut = await self.send(
-            key=self.key_for(event, key),
+            key=wire_key,
             value=self.codec.encode(event, meta),
             headers=self.codec.headers(event),
-            partition=partition,
+            partition=self.partition_for(wire_key) if partition is None else partition,
         )
         sent = await fut
         return Published(meta, sent.topic, sent.partition, sent.offset)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from belvedere.streams.partitioner import explain_partition
 from belvedere.tables.store import PartitionStore
 from belvedere.tables.view import View
 
@@ -30,7 +31,8 @@ MAX_ROW_BYTES = 500 << 10
 
 
 class WrongPartition(ValueError):
-    """A handler wrote a key that lives in another partition of the view."""
+    """A handler wrote a key that lives in another partition of the view; the message says
+    which partitioner would explain the record's partition (its producer's, often)."""
 
 
 class UnencodableState(ValueError):
@@ -100,10 +102,7 @@ class PartitionTransaction:
             self.view.check_key(key)
             owner = self.view.partition_of(key, self.partitions)
             if owner != self.partition:
-                raise WrongPartition(
-                    f"view {self.view.name!r}: key {key!r} lives in partition {owner}, but this event "
-                    f"is in partition {self.partition}; key the source topic by the view's key"
-                )
+                raise WrongPartition(self._wrong_partition(key, owner))
         if self._undo is None:
             self._encoded.pop(key, None)  # written outside an event: encoded at the checkpoint
         else:
@@ -112,9 +111,20 @@ class PartitionTransaction:
 
     def _remember(self, key: Any, previous: Any) -> None:
         if self._undo is None:
-            self._encoded.pop(key, None)  # written outside an event: encoded at the checkpoint
+            self._encoded.pop(key, None)
         else:
             self._undo.append((key, previous, self._encoded.pop(key, _ABSENT)))
+
+    def _wrong_partition(self, key: Any, owner: int) -> str:
+        said = (
+            f"view {self.view.name!r}: key {key!r} lives in partition {owner} "
+            f"({self.view.partitioner}), but this event is in partition {self.partition}"
+        )
+        record = self.record
+        if record is None or getattr(record, "partition", None) != self.partition:
+            return f"{said}; key the source topic by the view's key"
+        why = explain_partition(record.key, self.partition, self.partitions, self.view.partitioner)
+        return f"{said}; {why}"
 
     # -- savepoints ----------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from belvedere.streams.partitioner import partition_for_key
+from belvedere.streams.partitioner import partitioner_named
 from belvedere.streams.types import converter_for
 
 if TYPE_CHECKING:
@@ -120,6 +120,9 @@ class View:
     indexes: Sequence[str] = ()
     partitions: int | None = None
     generation: int = 1
+    #: How its keys are hashed to partitions: its source topic's (``crc32`` for a topic
+    #: librdkafka producers write), else Kafka's murmur2.
+    partitioner: str = "murmur2"
     _codec: KeyCodec = field(init=False, repr=False)
     #: The partitions of this view this worker holds, and where each stands.
     stores: dict[int, PartitionStore] = field(default_factory=dict, init=False, repr=False)
@@ -136,6 +139,7 @@ class View:
         self._encode = converter.encode
         self._decode = converter.decode
         self._check = converter.check
+        self._partition = partitioner_named(self.partitioner)
         for index in self.indexes:
             if not index.isidentifier():
                 raise ValueError(f"view {self.name!r}: index {index!r} must name a field")
@@ -171,7 +175,12 @@ class View:
         return self._codec.parse(text)
 
     def partition_of(self, key: Any, partitions: int) -> int:
-        return partition_for_key(self.wire_key(key), partitions)
+        return self._partition(self.wire_key(key), partitions)
+
+    def hash_keys_with(self, partitioner: str) -> None:
+        """Hash keys as the topic the view is folded from does (``crc32``, ``murmur2``)."""
+        self._partition = partitioner_named(partitioner)
+        self.partitioner = partitioner
 
     # -- values ----------------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ import orjson
 from aiohttp import web
 
 from belvedere.agents.commands import CommandProjection, Outcome
-from belvedere.streams.partitioner import partition_for_key
 from belvedere.streams.types import FieldError
 from belvedere.tables.view import NotLocal
 from belvedere.views_api.errors import error, json
@@ -99,7 +98,7 @@ async def send_command(app: Any, request: web.Request) -> web.StreamResponse:
         return error(400, "bad-header", f"{HEADER_IDEMPOTENCY} is longer than {MAX_ID} characters")
     timeout = timeout_param(request)
     view = projection.view
-    partition = partition_for_key(aggregate_id.encode(), view.partitions or 1)
+    partition = view.partition_of(aggregate_id, view.partitions or 1)
     try:
         local = view.local(partition)
     except NotLocal as exc:

@@ -2,7 +2,8 @@
 
 The body is one envelope or a JSON array of them. Each is validated as a consumer would
 decode it (a bad one fails the whole request with a 400 naming it, and nothing is
-written); ``eventId``, ``timestamp`` and ``producer`` are filled in when absent. The
+written); ``eventId``, ``timestamp`` and ``producer`` are filled in when absent, and the
+rest is written as given (a string ``eventVersion`` stays a string). The
 answer carries a consistency token of the offsets written: pass it as ``?after=`` to a
 read to see the view with these events applied.
 """
@@ -59,9 +60,9 @@ async def publish_events(app: Any, request: web.Request) -> web.StreamResponse:
             where = f"event {i}: " if isinstance(body, list) else ""
             kind = exc.kind if isinstance(exc, BadEvent) else "no-key"
             return error(400, kind, f"{where}{exc}")
-        prepared.append((key, raw, topic.codec.headers(event), event.meta.event_id))
+        prepared.append((key, raw, topic.codec.headers(event, event.meta), event.meta.event_id))
     futures = [
-        await app.producer.send(name, key, raw, None, None, headers)
+        await app.producer.send(name, key, raw, topic.partition_for(key), None, headers)
         for key, raw, headers, _ in prepared
     ]
     sent = await asyncio.gather(*futures)

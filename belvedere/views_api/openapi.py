@@ -394,7 +394,14 @@ def spec(app: Any) -> dict[str, Any]:
                             "type": "string",
                             "enum": sorted({t.event_type for t in app.event_types}) or ["none"],
                         },
-                        "eventVersion": {"type": "integer"},
+                        "eventVersion": {
+                            "description": 'an integer, or a version string ("1.0", "2.1") '
+                            "whose major number is the version",
+                            "oneOf": [
+                                {"type": "integer"},
+                                {"type": "string", "pattern": r"^\d{1,9}(\.\d{1,9}){0,2}$"},
+                            ],
+                        },
                         "timestamp": {"type": "string"},
                         "correlationId": {"type": "string"},
                         "causationId": {"type": "string"},
