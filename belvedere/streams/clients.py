@@ -227,6 +227,8 @@ class KafkaClient:
             producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **self._auth, linger_ms=5)
             await producer.start()
             try:
+                if partition is not None:
+                    await _wait_for_partition(producer, topic, partition)
                 futures = [
                     await producer.send(
                         topic,
@@ -329,3 +331,17 @@ class KafkaClient:
                 await consumer.stop()
 
         self._run(commit())
+
+
+async def _wait_for_partition(
+    producer: Any, topic: str, partition: int, timeout: float = 30
+) -> None:
+    """Until the producer's metadata has ``partition``: a topic just created (a reset's
+    changelog) may first be known with none of its partitions, and aiokafka then refuses
+    the send ("Unrecognized partition")."""
+    deadline = time.monotonic() + timeout
+    while partition not in (await producer.partitions_for(topic) or ()):
+        if time.monotonic() > deadline:
+            raise BrokerError(f"{topic!r} has no partition {partition} after {timeout:.0f} s")
+        await producer.client.force_metadata_update()
+        await asyncio.sleep(0.1)
