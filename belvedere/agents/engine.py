@@ -458,8 +458,12 @@ class ProjectionEngine(Service):
             view = projection.view
             ctp = TP(view.changelog_topic_for(generation), tp.partition)
             path = self.store_dir(view, generation) / f"{tp.partition}.db"
-            await self.standbys.release(path)
-            targets[ctp] = Target(view, PartitionStore(path, self.budget), status)
+            lag = await self.standbys.release(path)
+            store = PartitionStore(path, self.budget)
+            if lag is not None:  # readable with max_lag from now, as far behind as the standby was
+                status.restore_total = lag
+                view.restoring(tp.partition, store, status)
+            targets[ctp] = Target(view, store, status)
             new[ctp] = (projection, tp, generation)
         await catch_up(reader, targets, self.budget)
 

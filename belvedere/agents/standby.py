@@ -84,14 +84,21 @@ class Standbys:
         if target.view.standby_stores.get(partition) is target.store:
             del target.view.standby_stores[partition]
 
-    async def release(self, path: Path) -> None:
-        """Close the standby store at ``path``: the partition is becoming active here."""
+    async def release(self, path: Path) -> int | None:
+        """Close the standby store at ``path``: the partition is becoming active here.
+
+        Returns the changelog records it lagged at its last catch-up (None: there was no
+        caught-up standby there), which its restore starts from.
+        """
         async with self._lock:
             for ctp, target in list(self.targets.items()):
                 if target.store.path == path:
+                    lag = target.view.standby_lag.get(ctp.partition)
                     del self.targets[ctp]
                     self._forget(target, ctp.partition)
                     target.store.close()
+                    return lag
+        return None
 
     async def follow(self) -> None:
         """Keep every standby caught up, for as long as the worker runs."""
