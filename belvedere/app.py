@@ -43,7 +43,7 @@ DEFAULT_WEB_PORT = 6066
 #: Seconds without a heartbeat before Kafka gives a worker's partitions to the others
 #: (Kafka's lowest by default, group.min.session.timeout.ms), and between two heartbeats.
 DEFAULT_SESSION_TIMEOUT = 6.0
-DEFAULT_HEARTBEAT_INTERVAL = 1.0
+DEFAULT_HEARTBEAT_INTERVAL = 0.5
 
 
 def _key_function(by: str | Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
@@ -126,9 +126,10 @@ class App(faust.App):
     On Kafka, a worker that stops heartbeating (killed, or paused) loses its partitions
     ``broker_session_timeout`` seconds later (``BELVEDERE_BROKER_SESSION_TIMEOUT``, 6 s:
     Kafka's lowest by default), and heartbeats every ``broker_heartbeat_interval`` seconds
-    (``BELVEDERE_BROKER_HEARTBEAT_INTERVAL``, 1 s). faust's 60 s left a dead worker's
-    partitions unserved for a minute; 6 s gives them to their standbys within 10 s, at the
-    cost of a rebalance whenever a live worker pauses longer than that (docs/operations.md).
+    (``BELVEDERE_BROKER_HEARTBEAT_INTERVAL``, 0.5 s: the others learn of the rebalance at
+    their next one). faust's 60 s left a dead worker's partitions unserved for a minute;
+    6 s gives them to their standbys within 10 s, at the cost of a rebalance whenever a live
+    worker pauses longer than that (docs/operations.md).
     """
 
     def __init__(
