@@ -458,10 +458,11 @@ class ProjectionEngine(Service):
             view = projection.view
             ctp = TP(view.changelog_topic_for(generation), tp.partition)
             path = self.store_dir(view, generation) / f"{tp.partition}.db"
-            lag = await self.standbys.release(path)
-            store = PartitionStore(path, self.budget)
-            if lag is not None:  # readable with max_lag from now, as far behind as the standby was
-                status.restore_total = lag
+            standby = await self.standbys.release(path)
+            if standby is None:
+                store = PartitionStore(path, self.budget)
+            else:  # readable with max_lag all along, as far behind as the standby was
+                store, status.restore_total = standby
                 view.restoring(tp.partition, store, status)
             targets[ctp] = Target(view, store, status)
             new[ctp] = (projection, tp, generation)
