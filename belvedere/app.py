@@ -40,6 +40,10 @@ __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
 DEFAULT_BROKER = "embedded://"
 DEFAULT_WEB_HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 6066
+#: Seconds without a heartbeat before Kafka gives a worker's partitions to the others
+#: (Kafka's lowest by default, group.min.session.timeout.ms), and between two heartbeats.
+DEFAULT_SESSION_TIMEOUT = 6.0
+DEFAULT_HEARTBEAT_INTERVAL = 0.5
 
 
 def _key_function(by: str | Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
@@ -69,6 +73,16 @@ def _setting(env: str, argument: Any, default: Any) -> Any:
     if value:
         return value
     return default if argument is None else argument
+
+
+def _seconds(name: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{name} must be a number of seconds above 0, not {value!r}")
+    return seconds
 
 
 def _count(name: str, value: Any) -> int | None:
@@ -124,6 +138,14 @@ class App(faust.App):
     The ``broker_*`` security settings (:class:`~belvedere.streams.security.BrokerSecurity`)
     reach faust's clients and Belvedere's own alike; give them instead of faust's
     ``broker_credentials``, which Belvedere's own clients would not see.
+
+    On Kafka, a worker that stops heartbeating (killed, or paused) loses its partitions
+    ``broker_session_timeout`` seconds later (``BELVEDERE_BROKER_SESSION_TIMEOUT``, 6 s:
+    Kafka's lowest by default), and heartbeats every ``broker_heartbeat_interval`` seconds
+    (``BELVEDERE_BROKER_HEARTBEAT_INTERVAL``, 0.5 s: the others learn of the rebalance at
+    their next one). faust's 60 s left a dead worker's partitions unserved for a minute;
+    6 s gives them to their standbys within 10 s, at the cost of a rebalance whenever a live
+    worker pauses longer than that (docs/operations.md).
     """
 
     def __init__(
@@ -149,6 +171,8 @@ class App(faust.App):
         web_ssl_keyfile: str | None = None,
         web_ssl_cafile: str | None = None,
         rebuild_processes: int | None = None,
+        broker_session_timeout: float | None = None,
+        broker_heartbeat_interval: float | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
@@ -193,6 +217,26 @@ class App(faust.App):
                 "broker_credentials or ssl_context: Belvedere's own Kafka clients use them too"
             )
         options["broker_credentials"] = self.broker_security.faust_credentials()
+        session = options["broker_session_timeout"] = _seconds(
+            "broker_session_timeout",
+            _setting(
+                "BELVEDERE_BROKER_SESSION_TIMEOUT", broker_session_timeout, DEFAULT_SESSION_TIMEOUT
+            ),
+        )
+        heartbeat = options["broker_heartbeat_interval"] = _seconds(
+            "broker_heartbeat_interval",
+            _setting(
+                "BELVEDERE_BROKER_HEARTBEAT_INTERVAL",
+                broker_heartbeat_interval,
+                DEFAULT_HEARTBEAT_INTERVAL,
+            ),
+        )
+        if heartbeat >= session:
+            raise ValueError(
+                f"broker_heartbeat_interval ({heartbeat:g} s) must be shorter than "
+                f"broker_session_timeout ({session:g} s): Kafka would drop the worker between "
+                "two heartbeats"
+            )
         host = _setting("BELVEDERE_WEB_HOST", web_host, DEFAULT_WEB_HOST)
         port = int(_setting("BELVEDERE_WEB_PORT", web_port, DEFAULT_WEB_PORT))
         #: HTTPS for the query layer (see :mod:`belvedere.views_api.tls`).

@@ -28,6 +28,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "BELVEDERE_BROKER_USERNAME",
         "BELVEDERE_BROKER_PASSWORD",
         "BELVEDERE_REBUILD_PROCESSES",
+        "BELVEDERE_BROKER_SESSION_TIMEOUT",
+        "BELVEDERE_BROKER_HEARTBEAT_INTERVAL",
     ):
         monkeypatch.delenv(name, raising=False)
 
@@ -74,6 +76,25 @@ def test_rebuild_processes_default_to_the_cores_and_take_a_whole_number(
     assert belvedere.App("shop", rebuild_processes=0).rebuild_processes == 3
     monkeypatch.setenv("BELVEDERE_REBUILD_PROCESSES", "many")
     with pytest.raises(ValueError, match=r"rebuild_processes must be a whole number.*'many'"):
+        belvedere.App("shop")
+
+
+def test_a_dead_worker_is_noticed_in_6_s_by_default_and_the_group_settings_are_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = belvedere.App("shop", broker="kafka://k:9092")
+    assert (app.conf.broker_session_timeout, app.conf.broker_heartbeat_interval) == (6.0, 0.5)
+    app = belvedere.App("shop", broker_session_timeout=30, broker_heartbeat_interval=3)
+    assert (app.conf.broker_session_timeout, app.conf.broker_heartbeat_interval) == (30.0, 3.0)
+    monkeypatch.setenv("BELVEDERE_BROKER_SESSION_TIMEOUT", "45")
+    monkeypatch.setenv("BELVEDERE_BROKER_HEARTBEAT_INTERVAL", "2.5")
+    app = belvedere.App("shop", broker_session_timeout=30)
+    assert (app.conf.broker_session_timeout, app.conf.broker_heartbeat_interval) == (45.0, 2.5)
+    monkeypatch.setenv("BELVEDERE_BROKER_SESSION_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match=r"broker_session_timeout must be .* seconds.*'soon'"):
+        belvedere.App("shop")
+    monkeypatch.setenv("BELVEDERE_BROKER_SESSION_TIMEOUT", "2")
+    with pytest.raises(ValueError, match=r"broker_heartbeat_interval \(2.5 s\) must be shorter"):
         belvedere.App("shop")
 
 

@@ -163,6 +163,39 @@ def test_partitions_not_served_here_say_so(tmp_path: Path, budget: StoreBudget) 
         v.get(next(k for k in (f"k{i}" for i in range(50)) if v.partition_of(k, 2) == 1))
 
 
+def test_a_partition_being_restored_answers_reads_that_accept_its_lag(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    v = view(indexes=())
+    enc = v.encode_value
+    log = as_log(
+        [({b"a": enc(Row(owner="x", total=1))}, {("src", 0): 1})]
+        + [({b"b": enc(Row(owner="y", total=i))}, {("src", 0): 1 + i}) for i in range(1, 4)]
+    )
+    status = v.status[0] = PartitionStatus(restore_total=len(log))
+    building = PartitionStatus(generation=2, restore_total=len(log))
+    v.restoring(0, PartitionStore(tmp_path / "g2.db", budget), building)
+    assert v.stores == {}, "a new generation's store is not what reads of the view see"
+    store = PartitionStore(tmp_path / "0.db", budget)
+    v.restoring(0, store, status)
+
+    restorer = Restorer(v, store)
+    restorer.feed(log[:2])  # the first checkpoint
+    status.restore_done = 2
+    local = v.local(0, max_behind=len(log) - 2)
+    assert (local.state, local.behind) == ("recovering", len(log) - 2)
+    assert v.decode_value(local.store.get(b"a")) == Row(owner="x", total=1)
+    with pytest.raises(NotLocal, match="partition 0 is recovering"):
+        v.local(0, max_behind=len(log) - 3)  # more behind than the caller accepts
+    with pytest.raises(NotLocal, match="partition 0 is recovering"):
+        v.get("a")  # a plain read waits for it to serve
+    assert v.count() == 0 and v.scan() == ([], None)  # local queries: served partitions only
+
+    replaced = PartitionStore(tmp_path / "0-again.db", budget)  # found stale: started again
+    v.replace_store(0, store, replaced)
+    assert v.local(0, max_behind=len(log)).store is replaced
+
+
 def as_log(
     checkpoints: list[tuple[dict[bytes, bytes | None], dict]], *, torn_tail: dict | None = None
 ) -> list[Rec]:

@@ -483,8 +483,13 @@ class ProjectionEngine(Service):
             view = projection.view
             ctp = TP(view.changelog_topic_for(generation), tp.partition)
             path = self.store_dir(view, generation) / f"{tp.partition}.db"
-            await self.standbys.release(path)
-            targets[ctp] = Target(view, PartitionStore(path, self.budget), status)
+            standby = await self.standbys.release(path)
+            if standby is None:
+                store = PartitionStore(path, self.budget)
+            else:  # readable with max_lag all along, as far behind as the standby was
+                store, status.restore_total = standby
+                view.restoring(tp.partition, store, status)
+            targets[ctp] = Target(view, store, status)
             new[ctp] = (projection, tp, generation)
         await catch_up(reader, targets, self.budget)
 

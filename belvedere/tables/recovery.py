@@ -75,9 +75,10 @@ async def catch_up(reader: PartitionReader, targets: dict[TP, Target], budget: S
                 "view %s[%d]: local state (changelog offset %s) does not match the changelog [%d, %d); rebuilding it",
                 target.view.name, ctp.partition, local, start_of_log, end,
             )  # fmt: skip
-            path = store.path
+            path, old = store.path, store
             store.destroy()
             store = target.store = PartitionStore(path, budget)
+            target.view.replace_store(ctp.partition, old, store)
             local = None
         target.start = start_of_log if local is None else local + 1
         target.end = end
@@ -85,6 +86,7 @@ async def catch_up(reader: PartitionReader, targets: dict[TP, Target], budget: S
         target.restorer = Restorer(target.view, store)
         if target.status is not None:
             target.status.restore_total = max(end - target.start, 0)
+            target.view.restoring(ctp.partition, store, target.status)
         ranges[ctp] = (target.start, end)
 
     async for ctp, batch in reader.read(ranges):

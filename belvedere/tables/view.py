@@ -238,6 +238,25 @@ class View:
             raise NotLocal(self.name, partition, status.state)
         raise NotLocal(self.name, partition)
 
+    def restoring(self, partition: int, store: PartitionStore, status: PartitionStatus) -> None:
+        """Let reads that accept a lag (``local(p, max_behind)``) use ``store`` while it is
+        restored, as far behind as ``status`` counts: only for the copy this worker is
+        to serve (``status`` is the partition's), not a new generation being built."""
+        if self.status.get(partition) is status:
+            self.stores[partition] = store
+
+    def replace_store(self, partition: int, old: PartitionStore, new: PartitionStore) -> None:
+        """A copy found stale was deleted and started again: reads use the new one."""
+        if self.stores.get(partition) is old:
+            self.stores[partition] = new
+        if self.standby_stores.get(partition) is old:
+            self.standby_stores[partition] = new
+
+    def _served(self) -> list[int]:
+        return sorted(
+            p for p in list(self.stores) if (s := self.status.get(p)) and s.state == "serving"
+        )
+
     def partition_for(self, key: Any) -> int:
         """The partition ``key`` lives in (NotLocal before the view knows its partitions)."""
         if self.partitions is None:
@@ -270,7 +289,7 @@ class View:
 
     def count(self) -> int:
         """Rows in the partitions this worker serves."""
-        return sum(self._serving(p).count() for p in list(self.stores))
+        return sum(self._serving(p).count() for p in self._served())
 
     def scan(
         self,
@@ -286,7 +305,7 @@ class View:
         Returns the rows and, when there may be more, the cursor to pass as ``after``.
         """
         page, more = self.scan_encoded(
-            sorted(self.stores), prefix=prefix, start=start, end=end, limit=limit, after=after
+            self._served(), prefix=prefix, start=start, end=end, limit=limit, after=after
         )
         rows = [(self.key_from_store(k), self.decode_value(v)) for k, v in page]
         return rows, (page[-1][0] if more and page else None)
@@ -317,7 +336,7 @@ class View:
 
     def lookup(self, index: str, value: Any, limit: int = 1000) -> list[tuple[Any, Any]]:
         """Rows of the local partitions whose ``index`` field equals ``value``."""
-        found = self.lookup_encoded(sorted(self.stores), index, value, limit)
+        found = self.lookup_encoded(self._served(), index, value, limit)
         return [(self.key_from_store(k), self.decode_value(v)) for k, v in found]
 
     def lookup_encoded(

@@ -44,8 +44,8 @@ from tests.apps.order_domain import (
 
 NAME = os.environ["DESK_NAME"]
 
-# A short session, so that a worker killed by a test is noticed gone in seconds.
-app = belvedere.App(NAME, broker_session_timeout=6.0, broker_heartbeat_interval=1.0)
+# Belvedere's default Kafka session (6 s): a worker killed by a test is noticed gone in seconds.
+app = belvedere.App(NAME)
 
 
 order_events = app.event_topic(
