@@ -617,7 +617,13 @@ class ProjectionEngine(Service):
                             if isinstance(exc, WrongPartition)
                             else "handler-error"
                         )
-                        await self.app.dead_letters.send(record, kind, f"{handler.name}: {exc!r}")
+                        await self.app.dead_letters.send(
+                            record,
+                            kind,
+                            f"{handler.name}: {exc!r}",
+                            view=projection.view.name,
+                            generation=part.generation,
+                        )
                     except BaseException:
                         # Cancelled while the handler awaited (the worker stopping): undo its
                         # writes. The checkpoint on the way out would otherwise hold this
