@@ -378,7 +378,7 @@ def _watch(
     warned = False
     while True:
         report = client.rebuild_status(view)
-        if report.get("building") == target:
+        if target in (report.get("building"), report["generation"]):
             failures = report.get("failures") or failures
         theirs = report.get("code") or []
         if ours is not None and theirs and ours not in theirs and not warned:

@@ -155,10 +155,12 @@ class Rebuilder:
         return self.state.report(view, self.app.views[view].partitions or 1)
 
     async def status(self, view: str) -> dict[str, Any]:
-        """``report``, with the events the generation being built failed on, by kind."""
+        """``report``, with the events the generation being built (else the one serving, if
+        a rebuild made it) failed on, by kind."""
         report = self.report(view)
         gen = self.generation(view)
-        failures = {} if gen.building is None else await self.failures(view, gen.building)
+        generation = gen.building if gen.building is not None else gen.active
+        failures = await self.failures(view, generation) if generation > 1 else {}
         return {**report, "failures": failures, "failed": sum(failures.values())}
 
     async def failures(self, view: str, generation: int) -> dict[str, int]:
