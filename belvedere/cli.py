@@ -242,17 +242,28 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     records = _broker_call(
         lambda: client_for(app.conf.broker, app.conf.datadir, app.broker_security).read(name)
     )
-    if not records:
-        print(f"no dead letters for {args.topic} (topic {name})")
+    letters = [
+        (record, DeadLetter.from_record(record.key, record.value, record.headers))
+        for record in records
+    ]
+    if args.view is not None:
+        letters = [(r, letter) for r, letter in letters if letter.view == args.view]
+    if args.generation is not None:
+        letters = [(r, letter) for r, letter in letters if letter.generation == args.generation]
+    chosen = "" if len(letters) == len(records) else f" (of {len(records)})"
+    if not letters:
+        print(f"no dead letters for {args.topic} (topic {name}){chosen}")
         return 0
-    for record in records:
-        letter = DeadLetter.from_record(record.key, record.value, record.headers)
+    for record, letter in letters:
         key = letter.key.decode(errors="replace") if letter.key is not None else "-"
+        where = "" if letter.view is None else f"  view={letter.view}"
+        if letter.generation is not None:
+            where += f" g{letter.generation}"
         print(
             f"{record.partition}@{record.offset}  {letter.time}  from {letter.topic}[{letter.partition}]@{letter.offset}"
-            f"  key={key}  {letter.kind}: {letter.reason}"
+            f"  key={key}{where}  {letter.kind}: {letter.reason}"
         )
-    print(f"{len(records)} dead letter(s) in {name}")
+    print(f"{len(letters)} dead letter(s) in {name}{chosen}")
     return 0
 
 
@@ -291,6 +302,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
+    from belvedere.agents.rebuild import code_fingerprint
     from belvedere.streams.types import FieldError, timestamp_ms
     from belvedere.views_api.client import ApiError, WorkerClient
 
@@ -310,17 +322,22 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         if args.status:
             print(_progress_line(client.rebuild_status(args.view)))
             return 0
-        started = client.start_rebuild(args.view, args.from_timestamp)
+        started = client.start_rebuild(
+            args.view, args.from_timestamp, accept_failures=args.accept_failures
+        )
         target = started["building"]
         print(
             f"rebuilding view {args.view} into generation {target} "
-            f"(generation {started['generation']} serves meanwhile)",
+            f"(generation {started['generation']} serves meanwhile)"
+            + ("; events failing under the new code are accepted" if args.accept_failures else ""),
             file=sys.stderr,
         )
         if args.no_wait:
             return 0
         began = time.monotonic()
-        report = _watch(client, args.view, target)
+        projection = app.projections.projections.get(args.view)
+        ours = code_fingerprint(projection) if projection is not None else None
+        report, failures = _watch(client, args.view, target, ours)
     except ApiError as exc:
         raise UsageError(str(exc)) from None
     except KeyboardInterrupt:
@@ -329,23 +346,59 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    if report["state"] == "refused":
+        print(
+            f"view {args.view}: generation {target} was not switched to; generation "
+            f"{report['generation']} keeps serving: {report['refused']}",
+            file=sys.stderr,
+        )
+        return 1
+    accepted = (
+        f"; {sum(failures.values())} event(s) that failed under the new code accepted "
+        f"({_kinds(failures)}: see belvedere dlq list ... --generation {target})"
+        if failures
+        else ""
+    )
     print(
         f"view {args.view} now serves generation {report['generation']} "
-        f"(rebuilt in {time.monotonic() - began:.1f} s)"
+        f"(rebuilt in {time.monotonic() - began:.1f} s){accepted}"
     )
     return 0
 
 
-def _watch(client: Any, view: str, target: int) -> dict[str, Any]:
-    """Show the rebuild's progress until every worker serves ``target``."""
+def _kinds(failures: dict[str, int]) -> str:
+    return ", ".join(f"{kind}: {n}" for kind, n in sorted(failures.items()))
+
+
+def _watch(
+    client: Any, view: str, target: int, ours: str | None
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Show the rebuild's progress until every worker serves ``target`` or the switch is
+    refused; returns the last report, and the failures counted while it was building."""
     tty = sys.stderr.isatty()
     shown = 0.0
+    failures: dict[str, int] = {}
+    warned = False
     while True:
         report = client.rebuild_status(view)
+        if target in (report.get("building"), report["generation"]):
+            failures = report.get("failures") or failures
+        theirs = report.get("code") or []
+        if ours is not None and theirs and ours not in theirs and not warned:
+            warned = True
+            print(
+                f"\nwarning: the workers fold view {view} with other code than this command "
+                f"imported (theirs: {', '.join(theirs)}; here: {ours}); the rebuild uses theirs",
+                file=sys.stderr,
+            )
+        if report["state"] == "refused" and report["building"] == target:
+            if tty:
+                print(file=sys.stderr)
+            return report, failures
         if report["generation"] >= target and report["state"] == "idle":
             if tty:
                 print(file=sys.stderr)
-            return report
+            return report, failures
         if report["building"] not in (None, target) or report["generation"] > target:
             raise UsageError(f"view {view}: generation {target} was abandoned")
         now = time.monotonic()
@@ -369,9 +422,10 @@ def _progress_line(report: dict[str, Any]) -> str:
         return f"[{'':<30}] starting: finding each partition's history  {state} g{generation}"
     share = done / total
     bar = "#" * int(share * 30)
+    failed = report.get("failed") or 0
     return (
         f"[{bar:<30}] {share:6.1%} {done:,}/{total:,} events  {report['rate']:,.0f} ev/s  "
-        f"ETA {eta_text}  {state} g{generation}"
+        f"ETA {eta_text}  {state} g{generation}" + (f"  {failed:,} failed" if failed else "")
     )
 
 
@@ -517,6 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
     replaying.add_argument(
         "--from-start", action="store_true", help="retry every dead letter, not just new ones"
     )
+    listing.add_argument("--view", metavar="VIEW", help="only dead letters of VIEW's handlers")
+    listing.add_argument(
+        "--generation",
+        metavar="N",
+        type=int,
+        help="only dead letters of generation N (a rebuild's: events that failed under its code)",
+    )
     for sub, run in ((listing, cmd_dlq_list), (replaying, cmd_dlq_replay)):
         sub.add_argument("app", metavar="MODULE:APP")
         sub.add_argument("topic", metavar="TOPIC")
@@ -552,6 +613,12 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--status", action="store_true", help="show progress; start nothing")
     rebuild.add_argument(
         "--no-wait", action="store_true", help="start it and return without watching"
+    )
+    rebuild.add_argument(
+        "--accept-failures",
+        action="store_true",
+        help="switch even though events failed under the new code (they stay dead letters); "
+        "on a rebuild under way or refused, accept its failures",
     )
     rebuild.set_defaults(run=cmd_rebuild)
 

@@ -403,3 +403,173 @@ def test_a_partition_moving_away_stops_its_replay_helper_before_its_new_owner_wr
     second.start()
     state = second.wait_until("/state", lambda s: s["ready"], what="restored from changelog")
     assert state["rows"] == scaled(fold, 3)
+
+
+# -- events the new code fails on, and the code the workers run ------------------------------
+
+
+def fold_without(records: list[Record], refused: int) -> dict[str, dict]:
+    """The balances fold of ``records`` by a release that fails on withdrawals of
+    ``refused`` (and, like every release, on deposits of 13)."""
+    rows: dict[str, dict] = {}
+    for record in records:
+        envelope = orjson.loads(record.value)
+        data = envelope["data"]
+        row = rows.get(data["account"])
+        if envelope["eventType"] == "Deposited" and data["amount"] != 13:
+            row = row or {"owner": data["owner"], "balance": 0, "ops": 0}
+            rows[data["account"]] = {
+                **row, "balance": row["balance"] + data["amount"], "ops": row["ops"] + 1,
+            }  # fmt: skip
+        elif envelope["eventType"] == "Withdrawn" and data["amount"] != refused:
+            assert row is not None
+            rows[data["account"]] = {
+                **row, "balance": row["balance"] - data["amount"], "ops": row["ops"] + 1,
+            }  # fmt: skip
+    return rows
+
+
+def test_a_rebuild_whose_new_code_fails_on_some_events_dead_letters_them_and_switches_only_when_accepted(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, fold = movements(3_000, seed=21)
+    # Two deposits the old code already dead-lettered: the replay does not send them again.
+    unlucky = {"eventType": "Deposited", "eventVersion": 1,
+               "data": {"account": "acct-1", "owner": "owner-1", "amount": 13}}  # fmt: skip
+    broker.produce(
+        f"{unique_name}-movements", [*records, *[Record(b"acct-1", orjson.dumps(unlucky), 0)] * 2]
+    )
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"] and total_ops(s) == 3_000 and
+                      s["deadLetters"] == 2, what="the old release's fold")  # fmt: skip
+    assert ledger.stop() == 0
+    failing = sum(
+        1
+        for r in records
+        if (e := orjson.loads(r.value))["eventType"] == "Withdrawn" and e["data"]["amount"] == 3
+    )
+    assert failing > 50
+    ledger.env["LEDGER_REFUSE_WITHDRAWAL"] = "3"  # a release that fails on those
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"], what="the new release serving")
+
+    cli = rebuild(ledger, unique_name)
+    out, err = cli.communicate(timeout=240)
+    assert cli.returncode == 1, (out, err)
+    assert f"{failing} event(s) failed under the new code (handler-error: {failing})" in err
+    assert "generation 1 keeps serving" in err and "--accept-failures" in err
+    status = ledger.get("/views/balances/rebuild")
+    assert (status["state"], status["generation"], status["building"]) == ("refused", 1, 2)
+    assert status["failures"] == {"handler-error": failing} and status["failed"] == failing
+    state = ledger.wait_until("/state", lambda s: s["ready"], what="serving")
+    assert state["rows"] == fold  # the old generation still serves
+    assert state["suppressedDeadLetters"] == 2  # counted, not dead-lettered again
+    progress = rebuild(ledger, unique_name, "--status").communicate(timeout=60)[0]
+    assert f"refused g2  {failing} failed" in progress
+
+    assert ledger.stop() == 0  # the embedded log is the worker's while it runs
+    listing = run_cli(
+        "dlq", "list", APP, f"{unique_name}-movements", "--broker", broker.url,
+        "--data-dir", str(ledger.data_dir), "--generation", "2",
+        env={"LEDGER_NAME": unique_name},
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    assert (
+        f"{failing} dead letter(s) in {unique_name}-{unique_name}-movements-dead-letters (of {failing + 2})"
+        in listing.stdout
+    )
+    lines = listing.stdout.splitlines()[:-1]
+    assert len(lines) == failing
+    assert all("view=balances g2  handler-error: Balances.withdrawn: ValueError(" in line
+               for line in lines), lines[:3]  # fmt: skip
+
+    ledger.start()  # still refused after a restart; then the operator accepts the failures
+    ledger.wait_until(
+        "/views/balances/rebuild", lambda s: s["state"] == "refused", what="still refused"
+    )
+    cli = rebuild(ledger, unique_name, "--accept-failures")
+    out, err = cli.communicate(timeout=240)
+    assert cli.returncode == 0, (out, err)
+    assert "now serves generation 2" in out
+    assert (
+        f"{failing} event(s) that failed under the new code accepted (handler-error: {failing}"
+        in out
+    )
+    state = ledger.wait_until("/state", lambda s: s["ready"], what="serving")
+    assert state["rows"] == fold_without(records, refused=3)
+    assert ledger.get("/views/balances/rebuild")["state"] == "idle"
+
+
+def test_a_rebuild_warns_when_the_cli_imported_other_code_than_the_workers_run(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    broker.produce(f"{unique_name}-movements", movements(500, seed=22)[0])
+    ledger.env["LEDGER_ACTIVITY_RELEASE"] = "2"
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"] and len(s["activity"]) > 0, what="serving")
+    result = run_cli(
+        "rebuild", APP, "activity", "--url", ledger.url, env={"LEDGER_NAME": unique_name},
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "warning: the workers fold view activity with other code than this command" in (
+        result.stderr
+    )
+    assert "now serves generation 2" in result.stdout
+
+
+@KAFKA_ONLY
+def test_a_rebuild_is_refused_when_the_workers_run_different_projection_code(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    broker.create_ledger_topics(unique_name)
+    broker.produce(f"{unique_name}-movements", movements(2_000, seed=23)[0])
+    env = {"LEDGER_NAME": unique_name}
+    pair = [
+        workers(APP, dict(env), data_dir="first"),
+        workers(APP, {**env, "LEDGER_ACTIVITY_RELEASE": "2"}, data_dir="second"),
+    ]
+    for worker in pair:
+        worker.start()
+    for worker in pair:
+        worker.wait_until("/state", lambda s: s["ready"], what="serving")
+    wait_for(
+        lambda: all(w.get("/partitions")["balances"]["active"] for w in pair),
+        timeout=60, what="partitions on both workers",
+    )  # fmt: skip
+    result = run_cli("rebuild", APP, "activity", "--url", pair[0].url, env=env, timeout=240)
+    assert result.returncode == 1, result.stderr
+    assert "were folded by different projection code" in result.stderr
+    status = pair[1].get("/views/activity/rebuild")
+    assert status["state"] == "refused" and len(status["code"]) == 2
+    for worker in pair:
+        parts = worker.get("/partitions")
+        assert all(p["generation"] == 1 for p in parts["balances"]["active"].values())
+    # One release everywhere, then a new rebuild replaces the refused one and switches.
+    assert pair[1].stop() == 0
+    del pair[1].env["LEDGER_ACTIVITY_RELEASE"]
+    pair[1].start()
+    pair[1].wait_until("/state", lambda s: s["ready"], what="serving again")
+    result = run_cli("rebuild", APP, "activity", "--url", pair[0].url, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "now serves generation 3" in result.stdout
+
+
+def test_the_switch_report_names_failures_and_the_code_of_each_partition() -> None:
+    state = Generations()
+    state.apply([(b"gen/v", Generation().start(None).encode())])
+    state.apply([(b"part/v/0", PartitionProgress(2, "following", codes=("a",)).encode())])
+    state.apply([(b"part/v/1", PartitionProgress(2, "following", codes=("a", "b")).encode())])
+    state.apply([(b"part/v/1", PartitionProgress(1, "switched", codes=("c",)).encode())])
+    assert state.codes("v", 2) == {"a", "b"}
+    refused = state.of("v").refuse("because")
+    state.apply([(b"gen/v", refused.encode())])
+    report = state.report("v", 2)
+    assert (report["state"], report["refused"], report["code"]) == (
+        "refused",
+        "because",
+        ["a", "b"],
+    )
+    accepted = state.of("v").accepted()
+    assert accepted.accept_failures and accepted.refused is None
+    assert not accepted.start(None).accept_failures and accepted.start(None, True).accept_failures

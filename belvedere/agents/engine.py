@@ -645,7 +645,13 @@ class ProjectionEngine(Service):
                         kind, reason = _failure(exc)
                         reason = f"{handler.name}: {reason}"
                         txn.rollback(reason)
-                        await self.app.dead_letters.send(record, kind, reason)
+                        await self.app.dead_letters.send(
+                            record,
+                            kind,
+                            reason,
+                            view=projection.view.name,
+                            generation=part.generation,
+                        )
                     except BaseException:
                         # Cancelled while the handler awaited (the worker stopping): undo its
                         # writes. The checkpoint on the way out would otherwise hold this

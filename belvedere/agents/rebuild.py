@@ -11,7 +11,8 @@ partition it owns:
    on the machine's other cores, and the worker replays what is left once they end;
 2. *following*: once caught up with the live position, folds each live batch into both
    generations (the new one still without side effects), and says so;
-3. the worker owning partition 0 sees every partition following and writes the switch;
+3. the worker owning partition 0 sees every partition following and writes the switch,
+   unless it must refuse it (below);
    each worker then serves the new generation for each of its partitions (a partition
    that moved in the meantime switches as soon as it has caught up here) and deletes the
    old generation's files. When every partition has switched, the coordinator deletes
@@ -19,12 +20,21 @@ partition it owns:
 
 Reads never see a partly built generation: a partition serves the new one only once it
 holds every event the old one held.
+
+An event the new code fails on, which the old code did not dead-letter, is dead-lettered
+with the new generation's number (:mod:`belvedere.streams.dead_letters`); the switch is
+refused while there are any, unless the operator accepted them. Each partition's progress
+names the fingerprint of the projection code that folded it; the switch is refused when
+they differ (workers running different releases, or one restarted with other code in the
+middle of the rebuild): that generation cannot be trusted, and a new rebuild replaces it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import inspect
 import logging
 import shutil
 import time
@@ -55,7 +65,7 @@ from belvedere.tables.view import PartitionStatus
 if TYPE_CHECKING:
     from belvedere.agents.engine import Decode, ProjectionEngine, _Partition
 
-__all__ = ["RebuildConflict", "Rebuilder"]
+__all__ = ["RebuildConflict", "Rebuilder", "code_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +83,21 @@ def _delete(store: Any, directory: Any) -> None:
 
 class RebuildConflict(Exception):
     """A rebuild of this view is already under way."""
+
+
+def code_fingerprint(projection: Any) -> str:
+    """A short hash of the source of the projection's handlers: equal on two processes
+    when they fold with the same code (as far as the handlers' own text goes)."""
+    digest = hashlib.sha256()
+    for cls, handler in sorted(projection.handlers.items(), key=lambda item: item[0].__name__):
+        fn = getattr(handler.fn, "__func__", handler.fn)
+        try:
+            source = inspect.getsource(fn).encode()
+        except (OSError, TypeError):  # no source file: its compiled code then
+            code = getattr(fn, "__code__", None)
+            source = code.co_code if code is not None else repr(fn).encode()
+        digest.update(b"%s\0%s\0" % (cls.__name__.encode(), source))
+    return digest.hexdigest()[:12]
 
 
 def _shares(parts: list[_Partition], count: int, left: dict[TP, int]) -> list[list[_Partition]]:
@@ -117,6 +142,7 @@ class Rebuilder:
         self._retiring: set[asyncio.Future[None]] = set()
         #: Partitions a helper process replays (each one's delegation).
         self._delegated: dict[Slot, _Delegation] = {}
+        self._fingerprints: dict[str, str] = {}
 
     @property
     def topic(self) -> str:
@@ -127,6 +153,25 @@ class Rebuilder:
 
     def report(self, view: str) -> dict[str, Any]:
         return self.state.report(view, self.app.views[view].partitions or 1)
+
+    async def status(self, view: str) -> dict[str, Any]:
+        """``report``, with the events the generation being built (else the one serving, if
+        a rebuild made it) failed on, by kind."""
+        report = self.report(view)
+        gen = self.generation(view)
+        generation = gen.building if gen.building is not None else gen.active
+        failures = await self.failures(view, generation) if generation > 1 else {}
+        return {**report, "failures": failures, "failed": sum(failures.values())}
+
+    async def failures(self, view: str, generation: int) -> dict[str, int]:
+        topic = self.engine.projections[view].fold_topic.get_topic_name()
+        return await self.app.dead_letters.failures(topic, view, generation)
+
+    def fingerprint(self, view: str) -> str:
+        found = self._fingerprints.get(view)
+        if found is None:
+            found = self._fingerprints[view] = code_fingerprint(self.engine.projections[view])
+        return found
 
     # -- the control topic ------------------------------------------------------------------
 
@@ -217,8 +262,15 @@ class Rebuilder:
         if gen.building is not None and self.state.all_in(
             view.name, gen.building, partitions, following
         ):
-            logger.info("view %s: every partition caught up; switching", view.name)
-            await self._write(gen_key(view.name), gen.switched().encode())
+            refusal = await self._refusal(view.name, gen)
+            if refusal is None:
+                logger.info("view %s: every partition caught up; switching", view.name)
+                await self._write(gen_key(view.name), gen.switched().encode())
+            elif refusal != gen.refused:
+                logger.warning(
+                    "view %s: not switching to generation %d: %s", view.name, gen.building, refusal
+                )
+                await self._write(gen_key(view.name), gen.refuse(refusal).encode())
         elif gen.previous is not None and self.state.all_in(
             view.name, gen.active, partitions, {"switched"}
         ):
@@ -233,8 +285,35 @@ class Rebuilder:
             await self._write(gen_key(view.name), gen.cleaned().encode())
             logger.info("view %s: generation %d retired (%s deleted)", view.name, gen.previous, old)
 
-    async def start(self, name: str, from_timestamp: int | None = None) -> Generation:
-        """Begin rebuilding view ``name``; returns its new generation record."""
+    async def _refusal(self, view: str, gen: Generation) -> str | None:
+        """Why the view must not switch to the generation being built (None: it may)."""
+        assert gen.building is not None
+        codes = self.state.codes(view, gen.building)
+        if len(codes) > 1:
+            return (
+                f"the partitions of generation {gen.building} were folded by different "
+                f"projection code (fingerprints {', '.join(sorted(codes))}): run one release "
+                "on every worker, then rebuild again"
+            )
+        if gen.accept_failures:
+            return None
+        failures = await self.failures(view, gen.building)
+        if not failures:
+            return None
+        kinds = ", ".join(f"{kind}: {n}" for kind, n in sorted(failures.items()))
+        return (
+            f"{sum(failures.values())} event(s) failed under the new code ({kinds}); they are "
+            f"dead letters of generation {gen.building}. Fix the code and rebuild again, or "
+            "accept them (belvedere rebuild --accept-failures)"
+        )
+
+    async def start(
+        self, name: str, from_timestamp: int | None = None, *, accept_failures: bool = False
+    ) -> Generation:
+        """Begin rebuilding view ``name``; returns its new generation record.
+
+        With ``accept_failures``, a rebuild of the view already under way may switch even
+        though events failed under its code; a refused one is replaced by a new rebuild."""
         if name not in self.engine.projections:
             raise LookupError(f"view {name!r} has no projection to rebuild it from")
         refusal = self.engine.projections[name].not_rebuildable
@@ -242,13 +321,18 @@ class Rebuilder:
             raise RebuildConflict(f"view {name!r} cannot be rebuilt: {refusal}")
         await self._poll()
         gen = self.generation(name)
-        if gen.building is not None:
+        if gen.building is not None and accept_failures:
+            accepted = gen.accepted()
+            await self._write(gen_key(name), accepted.encode())
+            await self._poll()
+            return accepted
+        if gen.building is not None and not gen.refused:
             raise RebuildConflict(f"view {name!r} is already rebuilding generation {gen.building}")
         if gen.previous is not None:
             raise RebuildConflict(
                 f"view {name!r} is still retiring generation {gen.previous}; try again shortly"
             )
-        new = gen.start(from_timestamp)
+        new = gen.start(from_timestamp, accept_failures)
         assert new.building is not None
         await self.engine.declare_changelog(self.app.views[name], new.building)
         await self._write(gen_key(name), new.encode())
@@ -273,6 +357,8 @@ class Rebuilder:
         connecting = asyncio.ensure_future(self._reader().connect())  # the replay reads next
         try:
             await engine.declare_changelog(view, generation)
+            fold = engine.projections[view.name].fold_topic.get_topic_name()
+            await self.app.dead_letters.declare(fold)  # the replay's (and its helpers') own
             parts = await engine.restore(entries)
         finally:
             await connecting
@@ -323,7 +409,9 @@ class Rebuilder:
                 by_partition[partition].next_offset = offset
                 await self._progress(by_partition[partition], "replaying", force=True)
 
-        run = helpers.replay(view.name, parts[0].generation, view.partitions or 1, shares, progress)
+        run = helpers.replay(
+            view.name, parts[0].generation, view.generation, view.partitions or 1, shares, progress
+        )
         delegation = _Delegation(parts, asyncio.ensure_future(run))
         for part in parts:
             self._delegated[slot(part.projection, part.tp)] = delegation
@@ -343,6 +431,7 @@ class Rebuilder:
             done = await asyncio.shield(delegation.run)
             engine.count_fold(view.name, "rebuild", done.fold_seconds, done.fold_events)
             self.app.dead_letters.suppressed.update(done.suppressed)
+            self.app.dead_letters.counts.update(done.sent)
             logger.info(
                 "view %s g%d: the helper replayed partitions %s up to %s (peak RSS %.0f MB)",
                 view.name, generation, sorted(p.tp.partition for p in parts), done.reached,
@@ -416,7 +505,8 @@ class Rebuilder:
         if done[0].offset > part.next_offset:
             part.mode = "replaying"  # a gap: let the replay fill it
             return
-        with replaying():
+        view = part.projection.view
+        with replaying(view.name, part.generation, view.generation):
             await self.engine.fold(part, done, decode)
         part.next_offset = max(part.next_offset, live_next)
 
@@ -500,6 +590,9 @@ class Rebuilder:
         live = self.engine._active.get(slot(part.projection, part.tp))
         replayed = part.next_offset - part.replay_from
         elapsed = time.monotonic() - part.replay_began if part.positioned else 0.0
+        known = self.state.progress.get(view, {}).get(partition)
+        codes = set(known.codes) if known and known.generation == part.generation else set()
+        codes.add(self.fingerprint(view))
         progress = PartitionProgress(
             generation=part.generation,
             state=state,
@@ -507,6 +600,7 @@ class Rebuilder:
             offset=part.next_offset,
             end=max(live.next_offset if live is not None else 0, part.next_offset),
             rate=replayed / elapsed if elapsed > 0 and state == "replaying" else 0.0,
+            codes=tuple(sorted(codes)),
         )
         await self._write(part_key(view, partition), progress.encode())
         self._reported[(view, partition, part.generation)] = state
@@ -535,7 +629,8 @@ class Rebuilder:
                         continue  # revoked (or replaced) while it was read
                     if part.next_offset < previous:
                         continue  # it missed an earlier batch: read again from it later
-                    with replaying():
+                    view = part.projection.view
+                    with replaying(view.name, part.generation, view.generation):
                         await engine.fold(part, batch)
                     now = time.monotonic()
                     if now - self._last_report.get(tp, 0.0) >= REPORT_EVERY:
@@ -587,6 +682,7 @@ class Rebuilder:
         for reader in (self.reader, self._replay_reader):
             if reader is not None:
                 await reader.close()
+        await self.app.dead_letters.close()
         self.reader = self._replay_reader = None
 
     # -- files ---------------------------------------------------------------------------

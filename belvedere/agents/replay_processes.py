@@ -85,6 +85,8 @@ class Replayed:
     peak_rss_mb: float
     #: Dead letters it did not send again, by (topic, kind): ``DeadLetters.suppressed``.
     suppressed: dict[tuple[str, str], int]
+    #: Dead letters it sent (events that failed under the new code only), by (topic, kind).
+    sent: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
 
 def can_replay_elsewhere(projection: Projection) -> bool:
@@ -142,11 +144,13 @@ class ReplayHelpers:
         self,
         view: str,
         generation: int,
+        active: int,
         partitions: int,
         shares: Sequence[ReplayShare],
         progress: Callable[[dict[int, int]], Awaitable[None]],
     ) -> Replayed:
-        """Have a helper fold ``shares``. ``progress`` is called with each report
+        """Have a helper fold ``shares`` into ``generation`` (``active`` serving meanwhile).
+        ``progress`` is called with each report
         (partition -> next offset). Cancelled or failing, it kills the helper and waits
         until the helper let go of its stores."""
         if self._closed:
@@ -156,6 +160,7 @@ class ReplayHelpers:
             request = {
                 "view": view,
                 "generation": generation,
+                "active": active,
                 "partitions": partitions,
                 "shares": [dataclasses.asdict(share) for share in shares],
             }
@@ -182,6 +187,7 @@ class ReplayHelpers:
                         folded["events"],
                         message["peak_rss_mb"],
                         {(topic, kind): n for topic, kind, n in message["suppressed"]},
+                        {(topic, kind): n for topic, kind, n in message["sent"]},
                     )
                 elif "error" in message:
                     raise HelperFailed(f"helper {helper}: {message['error']}")
@@ -317,6 +323,9 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
     parts: dict[TP, _Partition] = {}
     log = reader_for(app)
     producer = app.producer._new_producer()  # faust's settings, its backoff client
+    # Events failing only under the new code are dead-lettered from here, like the worker
+    # would (it declared the topic); the others are counted.
+    app.dead_letters.producer = producer
     main = asyncio.current_task()
     assert main is not None
     watch = asyncio.ensure_future(_cancel_on_eof(reader, main))
@@ -343,7 +352,7 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
             ", ".join(f"[{tp.partition}] {low}-{high}" for tp, (low, high) in ranges.items()),
         )  # fmt: skip
         began = reported = asyncio.get_running_loop().time()
-        with replaying():
+        with replaying(projection.view.name, generation, request["active"]):
             async for tp, batch in log.read(ranges):
                 await engine.fold(parts[tp], batch)
                 now = asyncio.get_running_loop().time()
@@ -367,6 +376,7 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
             projection.view.name, generation, folded["events"], took, folded["seconds"],
         )  # fmt: skip
         suppressed = [[*where, n] for where, n in app.dead_letters.suppressed.items()]
+        sent = [[*where, n] for where, n in app.dead_letters.counts.items()]
         writer.write(
             _line(
                 {
@@ -374,12 +384,14 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
                     "folded": folded,
                     "peak_rss_mb": peak,
                     "suppressed": suppressed,
+                    "sent": sent,
                 }
             )
         )
         await writer.drain()
     finally:
         watch.cancel()
+        await app.dead_letters.close()
         await log.close()
         await producer.stop()
 

@@ -23,12 +23,14 @@ __all__ = [
     "current_cause",
     "enter_cause",
     "leave_cause",
+    "rebuild_target",
     "replaying",
     "side_effects_suppressed",
 ]
 
 _cause: ContextVar[EventMeta | None] = ContextVar("belvedere_cause", default=None)
 _replaying: ContextVar[bool] = ContextVar("belvedere_replaying", default=False)
+_target: ContextVar[tuple[str, int, int] | None] = ContextVar("belvedere_rebuild", default=None)
 
 
 def current_cause() -> EventMeta | None:
@@ -68,15 +70,23 @@ def side_effects_suppressed() -> bool:
     """True while a projection replays history into a new generation of its view.
 
     The events it replays had their effects when they were first handled; publishing
-    (and dead-lettering) them again would repeat those effects.
+    them again would repeat those effects (and so would dead-lettering the ones the old
+    code already dead-lettered: see :mod:`belvedere.streams.dead_letters`).
     """
     return _replaying.get()
 
 
+def rebuild_target() -> tuple[str, int, int] | None:
+    """(view, generation being built, generation serving) while a rebuild replays."""
+    return _target.get()
+
+
 @contextmanager
-def replaying() -> Iterator[None]:
+def replaying(view: str | None = None, generation: int = 0, active: int = 0) -> Iterator[None]:
     token = _replaying.set(True)
+    target = _target.set((view, generation, active) if view is not None else None)
     try:
         yield
     finally:
+        _target.reset(target)
         _replaying.reset(token)

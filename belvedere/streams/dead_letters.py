@@ -4,6 +4,14 @@ A message that cannot become an event is copied, with its original key, bytes an
 to ``<app id>-<topic>-dead-letters``, with headers saying why, from where and when. The
 copy is written (and acknowledged by the broker) before faust may commit past the
 original, so a crash in between gives a duplicate dead letter, never a lost one.
+
+A projection handler's dead letter also names its view and generation. A rebuild replays
+history into a new generation: a record the replay fails on that already has a dead letter
+from a generation of the view that served (or one naming no view) is only counted
+(``suppressed``); any other failure is new under the new code and is dead-lettered with
+the new generation's number. Those are the rebuild's failures (:meth:`DeadLetters.failures`),
+read back from the dead-letter topic itself, so that every process and restart counts
+each one once.
 """
 
 from __future__ import annotations
@@ -15,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from faust.types import Message
+from faust.types import TP, Message
 
-from belvedere.streams.context import side_effects_suppressed
+from belvedere.streams.context import rebuild_target, side_effects_suppressed
 from belvedere.streams.types import format_timestamp
 
 __all__ = ["DeadLetter", "DeadLetters", "ReplayReport", "dead_letter_topic", "replay"]
@@ -45,8 +53,15 @@ class DeadLetter:
     partition: int
     offset: int
     time: str
+    #: The view whose handler failed and the generation it folded into (None: not a
+    #: projection's handler, or a dead letter older than these headers).
+    view: str | None = None
+    generation: int | None = None
 
     def record_headers(self) -> list[tuple[str, bytes]]:
+        where = [] if self.view is None else [(PREFIX + "view", self.view.encode())]
+        if self.generation is not None:
+            where.append((PREFIX + "generation", b"%d" % self.generation))
         return [
             *self.headers,
             (PREFIX + "kind", self.kind.encode()),
@@ -55,6 +70,7 @@ class DeadLetter:
             (PREFIX + "partition", b"%d" % self.partition),
             (PREFIX + "offset", b"%d" % self.offset),
             (PREFIX + "time", self.time.encode()),
+            *where,
         ]
 
     @classmethod
@@ -71,7 +87,13 @@ class DeadLetter:
             int(ours.get("partition", -1)),
             int(ours.get("offset", -1)),
             ours.get("time", ""),
+            ours.get("view"),
+            int(ours["generation"]) if "generation" in ours else None,
         )
+
+
+#: Who a dead letter says failed on a record: (view, generation, kind).
+_Failure = tuple[str | None, int | None, str]
 
 
 class DeadLetters:
@@ -82,20 +104,42 @@ class DeadLetters:
         self.counts: Counter[tuple[str, str]] = Counter()
         #: Dead letters not sent because a rebuild replayed events already dead-lettered.
         self.suppressed: Counter[tuple[str, str]] = Counter()
+        #: Where to send instead of the app's producer (a replay helper's aiokafka producer).
+        self.producer: Any = None
         self._declared: set[str] = set()
+        #: Per dead-letter topic: how far it was read, and the failures each source record
+        #: (partition, offset) has dead letters for.
+        self._read: dict[str, int] = {}
+        self._failures: dict[str, dict[tuple[int, int], set[_Failure]]] = {}
+        self._reader: Any = None
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
-    async def send(self, message: Message, kind: str, reason: str) -> None:
+    async def send(
+        self,
+        message: Message,
+        kind: str,
+        reason: str,
+        *,
+        view: str | None = None,
+        generation: int | None = None,
+    ) -> None:
+        """Dead-letter ``message``; ``view``/``generation``: the projection whose handler
+        failed. While a rebuild replays, only what the old code did not dead-letter is sent."""
         if side_effects_suppressed():
-            self.suppressed[(message.topic, kind)] += 1
-            logger.info(
-                "replay: not dead-lettering %s[%d]@%d again: %s",
-                message.topic, message.partition, message.offset, reason,
-            )  # fmt: skip
-            return
+            target = rebuild_target()
+            if target is None:
+                self._suppress(message, kind, reason)
+                return
+            view, generation = view or target[0], generation or target[1]
+            prior = await self._prior(message, view, generation, target[2])
+            if prior == "old":
+                self._suppress(message, kind, reason)
+                return
+            if prior == "this":  # a replay again after a crash: sent and counted already
+                return
         letter = DeadLetter(
             message.key,
             message.value,
@@ -106,23 +150,96 @@ class DeadLetters:
             message.partition,
             message.offset,
             format_timestamp(dt.datetime.now(dt.UTC)),
+            view,
+            generation,
         )
         name = dead_letter_topic(self.app.conf.id, message.topic)
-        if name not in self._declared:
-            await self.app.topic(name, partitions=1, internal=True).maybe_declare()
-            self._declared.add(name)
-        await self.app.producer.send_and_wait(
-            name, letter.key, letter.value, None, None, letter.record_headers()
-        )
+        await self.declare(message.topic)
+        if self.producer is not None:
+            await self.producer.send_and_wait(
+                name, letter.value, key=letter.key, headers=letter.record_headers()
+            )
+        else:
+            await self.app.producer.send_and_wait(
+                name, letter.key, letter.value, None, None, letter.record_headers()
+            )
         self.counts[(message.topic, kind)] += 1
         logger.warning(
-            "dead letter: %s[%d]@%d -> %s: %s",
+            "dead letter%s: %s[%d]@%d -> %s: %s",
+            "" if not side_effects_suppressed() else f" (new in {view} g{generation})",
             message.topic,
             message.partition,
             message.offset,
             name,
             reason,
         )
+
+    def _suppress(self, message: Message, kind: str, reason: str) -> None:
+        self.suppressed[(message.topic, kind)] += 1
+        logger.info(
+            "replay: not dead-lettering %s[%d]@%d again: %s",
+            message.topic, message.partition, message.offset, reason,
+        )  # fmt: skip
+
+    async def declare(self, topic: str) -> None:
+        """Create ``topic``'s dead-letter topic if it does not exist yet."""
+        name = dead_letter_topic(self.app.conf.id, topic)
+        if name not in self._declared:
+            if self.producer is None:  # a helper's was declared by its worker
+                await self.app.topic(name, partitions=1, internal=True).maybe_declare()
+            self._declared.add(name)
+
+    async def _prior(self, message: Message, view: str, generation: int, active: int) -> str | None:
+        """Whether a dead letter for this record and view exists: "old" (from a generation
+        up to the ``active`` one, or naming no view), "this" (this generation's) or None
+        (an abandoned generation's letters are not the old code's)."""
+        name = dead_letter_topic(self.app.conf.id, message.topic)
+        where = (message.partition, message.offset)
+        for catch_up in (False, True):
+            if catch_up or name not in self._read:
+                await self._catch_up(name)
+            found = self._failures.get(name, {}).get(where, ())
+            if any(v == view and g == generation for v, g, _ in found):
+                return "this"
+            if any(v in (None, view) and (g is None or g <= active) for v, g, _ in found):
+                return "old"
+        return None
+
+    async def failures(self, topic: str, view: str, generation: int) -> dict[str, int]:
+        """Records of ``topic`` that the rebuild of ``view`` into ``generation`` failed
+        on, counted by kind (each record once, whichever process sent it and how often)."""
+        name = dead_letter_topic(self.app.conf.id, topic)
+        await self.declare(topic)
+        await self._catch_up(name)
+        counts: Counter[str] = Counter()
+        for found in self._failures.get(name, {}).values():
+            kinds = sorted(k for v, g, k in found if v == view and g == generation)
+            if kinds:
+                counts[kinds[0]] += 1
+        return dict(counts)
+
+    async def _catch_up(self, name: str) -> None:
+        """Read what was appended to dead-letter topic ``name`` since the last time."""
+        from belvedere.streams.readers import reader_for
+
+        if self._reader is None:
+            self._reader = reader_for(self.app)
+        tp = TP(name, 0)
+        start, end = (await self._reader.offsets([tp]))[tp]
+        low = max(self._read.get(name, 0), start)
+        found = self._failures.setdefault(name, {})
+        if end > low:
+            async for _, batch in self._reader.read({tp: (low, end)}):
+                for record in batch:
+                    letter = DeadLetter.from_record(record.key, record.value, record.headers)
+                    failure = (letter.view, letter.generation, letter.kind)
+                    found.setdefault((letter.partition, letter.offset), set()).add(failure)
+        self._read[name] = max(end, self._read.get(name, 0))
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await reader.close()
 
 
 @dataclass

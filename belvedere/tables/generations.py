@@ -5,11 +5,14 @@ Every worker of an app shares one compacted, single-partition control topic
 
 - ``gen/<view>``: the view's live generation (``active``), the one being built
   (``building``) with the time it replays from, and the superseded one whose changelog is
-  still to delete (``previous``). Writing it is how a rebuild starts and how it switches.
+  still to delete (``previous``). Writing it is how a rebuild starts and how it switches;
+  it also says whether the operator accepts events failing under the new code, and why
+  the switch was refused (``refused``), if it was.
 - ``part/<view>/<partition>``: how far the owner of one partition got with a generation:
   ``replaying`` (with offsets), ``following`` (caught up, applying live events to both
   generations) or ``switched`` (serving the new one only). A record about an older
-  generation than the one already known for the partition is ignored.
+  generation than the one already known for the partition is ignored. It also carries the
+  fingerprints of the projection code that folded the partition's generation (``codes``).
 
 A generation's rows live in their own files (``views/<view>-g<N>/``) and changelog topic,
 so building one never touches what the live one serves.
@@ -49,10 +52,27 @@ class Generation:
     previous: int | None = None
     #: The highest generation ever started, so an abandoned one's number is not reused.
     highest: int = 1
+    #: Switch even though events failed under the new code (the operator accepted them).
+    accept_failures: bool = False
+    #: Why the coordinator did not switch to ``building`` (None: it was not refused).
+    refused: str | None = None
 
-    def start(self, from_timestamp: int | None) -> Generation:
+    def start(self, from_timestamp: int | None, accept_failures: bool = False) -> Generation:
         new = max(self.highest, self.active) + 1
-        return replace(self, building=new, from_timestamp=from_timestamp, highest=new)
+        return replace(
+            self,
+            building=new,
+            from_timestamp=from_timestamp,
+            highest=new,
+            accept_failures=accept_failures,
+            refused=None,
+        )
+
+    def accepted(self) -> Generation:
+        return replace(self, accept_failures=True, refused=None)
+
+    def refuse(self, reason: str) -> Generation:
+        return replace(self, refused=reason)
 
     def switched(self) -> Generation:
         assert self.building is not None
@@ -75,6 +95,8 @@ class PartitionProgress:
     offset: int = 0
     end: int = 0
     rate: float = 0.0
+    #: Fingerprints of the projection code that folded into this partition's generation.
+    codes: tuple[str, ...] = ()
 
     @property
     def done(self) -> int:
@@ -103,6 +125,8 @@ def decode_record(key: bytes, value: bytes | None) -> tuple[str, str, int | None
     if parts[0] == "gen":
         return "gen", parts[1], None, None if data is None else Generation(**data)
     if parts[0] == "part":
+        if data is not None:
+            data["codes"] = tuple(data.get("codes", ()))
         progress = None if data is None else PartitionProgress(**data)
         return "part", parts[1], int(parts[2]), progress
     raise ValueError(f"not a view control record: {key!r}")
@@ -148,6 +172,15 @@ class Generations:
             for partition in range(partitions)
         )
 
+    def codes(self, view: str, generation: int) -> set[str]:
+        """The projection code fingerprints the partitions report for ``generation``."""
+        return {
+            code
+            for p in self.progress.get(view, {}).values()
+            if p.generation == generation
+            for code in p.codes
+        }
+
     def report(self, view: str, partitions: int) -> dict[str, Any]:
         """A rebuild's state for people: what the HTTP layer and the CLI show."""
         gen = self.of(view)
@@ -167,7 +200,7 @@ class Generations:
                 }
             )
         if gen.building is not None:
-            state = "rebuilding"
+            state = "refused" if gen.refused else "rebuilding"
         elif gen.previous is not None:
             state = "switching"
         else:
@@ -186,4 +219,7 @@ class Generations:
             "rate": rate,
             "eta": (total - done) / rate if rate > 0 and total > done else (0.0 if total else None),
             "partitions": rows,
+            "acceptFailures": gen.accept_failures,
+            "refused": gen.refused,
+            "code": sorted(self.codes(view, gen.building)) if gen.building is not None else [],
         }

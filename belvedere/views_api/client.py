@@ -59,8 +59,12 @@ class WorkerClient:
                 f"no worker answers at {self.url} ({reason}); is `belvedere worker` running?"
             ) from None
 
-    def start_rebuild(self, view: str, from_timestamp: str | None = None) -> dict[str, Any]:
-        body = {} if from_timestamp is None else {"fromTimestamp": from_timestamp}
+    def start_rebuild(
+        self, view: str, from_timestamp: str | None = None, *, accept_failures: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {} if from_timestamp is None else {"fromTimestamp": from_timestamp}
+        if accept_failures:
+            body["acceptFailures"] = True
         return self.request("POST", f"/views/{view}/rebuild", body)
 
     def rebuild_status(self, view: str) -> dict[str, Any]:

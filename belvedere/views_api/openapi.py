@@ -324,7 +324,8 @@ def spec(app: Any) -> dict[str, Any]:
                                 "schema": {
                                     "type": "object",
                                     "properties": {
-                                        "fromTimestamp": {"type": ["string", "integer"]}
+                                        "fromTimestamp": {"type": ["string", "integer"]},
+                                        "acceptFailures": {"type": "boolean"},
                                     },
                                     "additionalProperties": False,
                                 }

@@ -17,7 +17,9 @@ __all__ = ["rebuild_status", "start_rebuild"]
 
 
 async def start_rebuild(app: Any, request: web.Request) -> web.StreamResponse:
-    """Body (optional): ``{"fromTimestamp": <ms or ISO-8601>}``. Answers 202 and the status."""
+    """Body (optional): ``{"fromTimestamp": <ms or ISO-8601>, "acceptFailures": true}``.
+    Answers 202 and the status. ``acceptFailures`` on a rebuild under way (or refused)
+    lets it switch despite events that failed under the new code."""
     refused = refuse_admin(request, app.admin_token)
     if refused is not None:
         return refused
@@ -29,20 +31,30 @@ async def start_rebuild(app: Any, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(raw) if raw.strip() else {}
     except orjson.JSONDecodeError as exc:
         return error(400, "bad-body", f"the body is not JSON: {exc}")
-    if not isinstance(body, dict) or set(body) - {"fromTimestamp"}:
-        return error(400, "bad-body", 'expected {"fromTimestamp": <ms or ISO-8601>} or nothing')
+    if (
+        not isinstance(body, dict)
+        or set(body) - {"fromTimestamp", "acceptFailures"}
+        or not isinstance(body.get("acceptFailures", False), bool)
+    ):
+        return error(
+            400,
+            "bad-body",
+            'expected {"fromTimestamp": <ms or ISO-8601>, "acceptFailures": <bool>} or nothing',
+        )
     since = body.get("fromTimestamp")
     try:
         since_ms = None if since is None else timestamp_ms(str(since))
     except FieldError as exc:
         return error(400, "bad-timestamp", str(exc))
     try:
-        await app.projections.rebuilds.start(view.name, since_ms)
+        await app.projections.rebuilds.start(
+            view.name, since_ms, accept_failures=body.get("acceptFailures", False)
+        )
     except LookupError as exc:
         return error(400, "not-rebuildable", str(exc))
     except RebuildConflict as exc:
         return error(409, "rebuild-running", str(exc))
-    return json(app.projections.rebuilds.report(view.name), 202)
+    return json(await app.projections.rebuilds.status(view.name), 202)
 
 
 async def rebuild_status(app: Any, request: web.Request) -> web.StreamResponse:
@@ -52,4 +64,4 @@ async def rebuild_status(app: Any, request: web.Request) -> web.StreamResponse:
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
-    return json(app.projections.rebuilds.report(view.name))
+    return json(await app.projections.rebuilds.status(view.name))

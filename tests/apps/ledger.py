@@ -6,7 +6,9 @@ make the handler raise, to test that a failing handler dead-letters only its eve
 
 ``LEDGER_FACTOR`` changes the balances logic (amounts count that many times), as a new
 release would, for the rebuild tests; deposits of 50 by owner-0 publish a LargeDeposit,
-the projection's side effect.
+the projection's side effect. ``LEDGER_REFUSE_WITHDRAWAL`` makes withdrawals of that
+amount fail (a release that fails on events the old one handled), and
+``LEDGER_ACTIVITY_RELEASE=2`` runs other code for the ``activity`` view (two releases).
 """
 
 import asyncio
@@ -81,6 +83,7 @@ tallies_topic = app.event_topic(f"{NAME}-tallies", Tallied, partitions=PARTITION
 tallies = app.view("tallies", value=int, key=int)  # keyed by int, like its source
 alerts = app.event_topic(f"{NAME}-alerts", LargeDeposit, partitions=1)
 FACTOR = int(os.environ.get("LEDGER_FACTOR", "1"))
+REFUSED = int(os.environ.get("LEDGER_REFUSE_WITHDRAWAL", "0"))
 #: Handler calls in this process, per view: shows what a restart did (not) reprocess.
 calls = {"balances": 0, "notes": 0}
 #: Slow the balances projection down (seconds per event), so a test can kill a rebuild's
@@ -105,15 +108,25 @@ class Balances:
 
     async def withdrawn(self, view, event: Withdrawn) -> None:
         calls["balances"] += 1
+        if event.amount == REFUSED:
+            raise ValueError(f"this release refuses withdrawals of {REFUSED}")
         row = view[event.account]
         view[event.account] = Balance(
             owner=row.owner, balance=row.balance - event.amount * FACTOR, ops=row.ops + 1
         )
 
 
-@app.projection(movements, view=activity)
-def moved(view, event: Deposited | Withdrawn) -> None:
-    view[event.account] = view.get(event.account, 0) + 1
+if os.environ.get("LEDGER_ACTIVITY_RELEASE") == "2":
+
+    @app.projection(movements, view=activity)
+    def moved(view, event: Deposited | Withdrawn) -> None:
+        view[event.account] = view.get(event.account, 0) + 1  # the same, in release 2
+
+else:
+
+    @app.projection(movements, view=activity)
+    def moved(view, event: Deposited | Withdrawn) -> None:
+        view[event.account] = view.get(event.account, 0) + 1
 
 
 @app.projection(movements, view=owners, by="owner")
