@@ -28,7 +28,7 @@ from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
 from belvedere.streams.records import Event
 from belvedere.streams.security import BrokerSecurity
 from belvedere.streams.tap import tapped
-from belvedere.streams.topics import EventTopic
+from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.routes import install as install_routes
 from belvedere.views_api.server import Web as BelvedereWeb
@@ -258,6 +258,8 @@ class App(faust.App):
         # faust's, without a fixed second's wait on every start and every stop
         options.setdefault("TableManager", TableManager)
         options.setdefault("Worker", Worker)
+        # faust drops what it cannot deserialize on an app.topic and stops its agent
+        options.setdefault("Topic", DeadLetteringTopic)
         super().__init__(
             id,
             broker=_setting("BELVEDERE_BROKER", broker, DEFAULT_BROKER),
