@@ -9,6 +9,7 @@ no worker serves makes the answer a 503 with Retry-After, never a silently parti
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from belvedere.views_api.positions import (
 from belvedere.views_api.reads import (
     HEADER_GENERATION,
     get_row,
+    hurry,
     lag_of,
     lineage,
     view_or_404,
@@ -69,16 +71,23 @@ def _partitions_param(request: web.Request, view: View) -> list[int]:
 async def _local_part(
     app: Any, request: web.Request, view: View, partitions: list[int], local: Local
 ) -> dict[str, Any]:
-    """This worker's part: the rows of the partitions it serves, and those it does not."""
+    """This worker's part: the rows of the partitions it serves, and those it does not;
+    with ``?after=``, no rows if a served partition is still ``short`` of the token."""
     token = after_token(request)
     topics = lineage(app, view)
+    short: list[int] = []
     if token is not None:
         wanted = {p: topics.wanted(token, p) for p in partitions}
-        await wait_until_applied(view, wanted, time.monotonic() + timeout_param(request))
+        deadline = time.monotonic() + timeout_param(request)
+        short = await wait_until_applied(view, wanted, deadline, hurry(app, view))
     served = [p for p in partitions if p in view.stores and view.status[p].state == "serving"]
+    short = [p for p in short if p in served]
     limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     try:
-        rows, more = local(view, served, limit, cursor_param(request, view))
+        if short:
+            rows, more = [], False
+        else:
+            rows, more = local(view, served, limit, cursor_param(request, view))
     except NotLocal:  # revoked in between; the caller retries
         rows, more, served = [], False, []
     except (KeyError, TypeError) as exc:
@@ -93,6 +102,7 @@ async def _local_part(
         "rows": [[view.key_from_store(k), orjson.Fragment(v)] for k, v in rows],
         "more": more,
         "served": served,
+        "short": short,
         "missing": {
             p: (view.status[p].state if p in view.status else "not assigned here")
             for p in partitions
@@ -125,25 +135,24 @@ async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamRes
         members = {me: list(range(view.partitions))}
     parts: dict[str, Any] = {}
     others = [m for m in members if m != me]
-    if others:
-        query = {k: v for k, v in request.query.items() if k not in ("scope", "partitions")}
-        asked = await ask_members(
-            request,
-            {
-                m: request.rel_url.with_query(
-                    {**query, "scope": "local", "partitions": ",".join(map(str, members[m]))}
-                ).raw_path_qs
-                for m in others
-            },
-            wait,
-        )
-        for member, (status, body) in asked.items():
-            if status == 200 and isinstance(body, dict):
-                parts[member] = body
-            elif status == 400:
-                return json(body, 400)
-    if me in members:
-        parts[me] = await _local_part(app, request, view, members[me], local)
+    query = {k: v for k, v in request.query.items() if k not in ("scope", "partitions")}
+    paths = {
+        m: request.rel_url.with_query(
+            {**query, "scope": "local", "partitions": ",".join(map(str, members[m]))}
+        ).raw_path_qs
+        for m in others
+    }
+    asked, mine = await asyncio.gather(  # at once: each may wait up to the timeout
+        ask_members(request, paths, wait) if others else _nothing(),
+        _local_part(app, request, view, members[me], local) if me in members else _nothing(),
+    )
+    for member, (status, body) in asked.items():
+        if status == 200 and isinstance(body, dict):
+            parts[member] = body
+        elif status == 400:
+            return json(body, 400)
+    if mine:
+        parts[me] = mine
     served = {p for part in parts.values() for p in part["served"]}
     missing = sorted(set(range(view.partitions)) - served)
     if missing:
@@ -153,6 +162,16 @@ async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamRes
             f"view {view.name!r}: partitions {missing} are not served right now (recovering, "
             "or moving between workers)",
             {"Retry-After": "1"},
+        )
+    short = sorted(p for part in parts.values() for p in part.get("short", ()))
+    if short:
+        position = topics.combine(part["position"] for part in parts.values() if part["served"])
+        return error(
+            504,
+            "not-yet-applied",
+            f"view {view.name!r}: partitions {short} have not applied the token's positions "
+            f"within {wait:g}s",
+            {HEADER_POSITION: encode_token(position)},
         )
     merged = list(heapq.merge(*(part["rows"] for part in parts.values()), key=lambda r: r[0]))
     page = merged[:limit]
@@ -171,6 +190,10 @@ async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamRes
         "next": encode_cursor(page[-1][0]) if more and page else None,
     }
     return json(body, headers=headers)
+
+
+async def _nothing() -> dict:
+    return {}
 
 
 def _scan(request: web.Request) -> Local:
