@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from belvedere.tables.view import NotLocal, View
 from belvedere.views_api.errors import BadRequest, error, json
@@ -33,6 +34,7 @@ from belvedere.views_api.positions import (
     HEADER_LAG,
     HEADER_LAST_EVENT,
     HEADER_POSITION,
+    Positions,
     encode_token,
     format_ms,
     wait_until_applied,
@@ -47,7 +49,7 @@ from belvedere.views_api.reads import (
 )
 from belvedere.views_api.routing import ask_members, members_of, self_url
 
-__all__ = ["lookup_rows", "scan_rows"]
+__all__ = ["lookup_rows", "scan_rows", "wait_everywhere"]
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 100
@@ -114,19 +116,15 @@ async def _local_part(
     }
 
 
-async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamResponse:
-    view = view_or_404(app, request)
-    if isinstance(view, web.Response):
-        return view
-    if view.partitions is None:
-        return error(503, "not-serving", f"view {view.name!r} is not started", {"Retry-After": "1"})
-    if request.query.get("scope") == "local":
-        return json(await _local_part(app, request, view, _partitions_param(request, view), local))
-    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    token = after_token(request)
-    wait = timeout_param(request) if token is not None else 0.0
-    cursor_param(request, view)  # refuse a bad one here, not once per worker
+async def _parts(
+    app: Any, request: web.Request, view: View, local: Local, url: URL, wait: float
+) -> dict[str, Any] | web.Response:
+    """Every owner's part (``url`` with ``scope=local``, asked of each at once, and this
+    worker's own): 503 if a partition is served nowhere, 504 if one has not applied
+    ``?after=`` within ``wait`` seconds, a 400 an owner gave passed back."""
+    assert view.partitions is not None
     topics = lineage(app, view)
+    token = after_token(request)
     if token is not None:
         topics.wanted(token, 0)  # refuse a foreign token here, not once per worker
     members = members_of(app, topics.folded)
@@ -135,11 +133,8 @@ async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamRes
         members = {me: list(range(view.partitions))}
     parts: dict[str, Any] = {}
     others = [m for m in members if m != me]
-    query = {k: v for k, v in request.query.items() if k not in ("scope", "partitions")}
     paths = {
-        m: request.rel_url.with_query(
-            {**query, "scope": "local", "partitions": ",".join(map(str, members[m]))}
-        ).raw_path_qs
+        m: url.update_query(scope="local", partitions=",".join(map(str, members[m]))).raw_path_qs
         for m in others
     }
     asked, mine = await asyncio.gather(  # at once: each may wait up to the timeout
@@ -173,6 +168,48 @@ async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamRes
             f"within {wait:g}s",
             {HEADER_POSITION: encode_token(position)},
         )
+    return parts
+
+
+async def wait_everywhere(
+    app: Any, request: web.Request, view: View, token: Positions
+) -> web.Response | None:
+    """Wait until every partition of ``view`` has applied ``token`` (the request's
+    ``?after=``), wherever it is served: None once they all have, else the 504 (or 503) a
+    scan would answer."""
+
+    def no_rows(*_: Any) -> tuple[list[tuple[bytes, bytes]], bool]:
+        return [], False
+
+    url = URL.build(
+        path=f"/views/{view.name}",
+        query={
+            "after": request.query["after"],
+            "timeout": f"{timeout_param(request):g}",
+            "limit": "1",
+        },
+    )
+    found = await _parts(app, request, view, no_rows, url, timeout_param(request))
+    return found if isinstance(found, web.Response) else None
+
+
+async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamResponse:
+    view = view_or_404(app, request)
+    if isinstance(view, web.Response):
+        return view
+    if view.partitions is None:
+        return error(503, "not-serving", f"view {view.name!r} is not started", {"Retry-After": "1"})
+    if request.query.get("scope") == "local":
+        return json(await _local_part(app, request, view, _partitions_param(request, view), local))
+    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    token = after_token(request)
+    wait = timeout_param(request) if token is not None else 0.0
+    cursor_param(request, view)  # refuse a bad one here, not once per worker
+    query = {k: v for k, v in request.query.items() if k not in ("scope", "partitions")}
+    parts = await _parts(app, request, view, local, request.rel_url.with_query(query), wait)
+    if isinstance(parts, web.Response):
+        return parts
+    topics = lineage(app, view)
     merged = list(heapq.merge(*(part["rows"] for part in parts.values()), key=lambda r: r[0]))
     page = merged[:limit]
     more = len(merged) > limit or any(part["more"] for part in parts.values())
