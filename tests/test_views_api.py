@@ -370,6 +370,16 @@ def test_two_workers_answer_any_key_merge_scans_and_read_your_writes_through_a_f
                 fold[key]["balance"] + 1000
             )
     assert forwarded > 0
+    # a position not applied yet: a scan, a lookup and a feed wait on both workers, then 504
+    ahead = encode_token(
+        {
+            t: {p: o + 1000 for p, o in parts.items()}
+            for t, parts in decode_token(posted.body["token"]).items()
+        }
+    )
+    for path in ("/views/balances", "/views/balances/by/owner/owner-4", "/views/balances/changes"):
+        late = call(f"{reader.url}{path}?after={ahead}&timeout=0.5")
+        assert (late.status, late.body["error"]) == (504, "not-yet-applied"), (path, late.raw)
 
     order = {"eventType": "OrderPlaced", "eventVersion": 1}
     placed = call(
