@@ -11,6 +11,10 @@ read from and how many of its changes were already sent. Without an id the feed 
 the end (``?from=start``: at the beginning, the whole view as it was built). A rebuild
 switching the view to a new generation ends the feed with ``event: rebuilt``; a position
 the changelog no longer holds answers 410: start again without an id.
+
+``?after=`` may instead be a consistency token (a scan's ``X-Belvedere-Position``): once
+every partition has applied it (else 504, as a scan), the feed starts with the changes of
+the events after it, so a snapshot and the feed after it miss nothing.
 """
 
 from __future__ import annotations
