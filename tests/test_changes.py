@@ -14,10 +14,12 @@ from belvedere.streams.embedded import Log, Record
 from belvedere.streams.readers import EmbeddedReader
 from belvedere.tables.changelog import changelog_records
 from belvedere.tables.changes import Checkpoint, Truncated, checkpoints
+from belvedere.views_api.positions import decode_token, encode_token
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import EventStream, call
 from tests.support.worker import Worker, wait_for
 from tests.test_projections import note
+from tests.test_views_api import deposit
 
 APP = "tests.apps.ledger:app"
 
@@ -143,3 +145,41 @@ def test_a_feed_resumed_on_the_other_worker_after_a_kill_sees_every_update_once(
     resumed.close()
     every = seen + keys_of(resumed)
     assert len(every) == len(set(every)) == 1601
+
+
+def test_a_feed_after_a_consistency_token_continues_a_scan_exactly(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"], what="serving")
+    url, topic = ledger.url, f"{unique_name}-movements"
+    first = [deposit(f"early-{i}", 20 + i) for i in range(12)]  # 13 is unlucky
+    token = call(f"{url}/events/{topic}", "POST", first).body["token"]
+    snapshot = call(f"{url}/views/balances?after={token}&timeout=20&limit=1000")
+    assert snapshot.status == 200 and len(snapshot.body["rows"]) == 12, snapshot.raw
+    position = snapshot.headers["X-Belvedere-Position"]
+
+    later = [deposit(f"late-{i}", 100 + i) for i in range(12)]
+    assert call(f"{url}/events/{topic}", "POST", later).status == 201
+    stream = EventStream(f"{url}/views/balances/changes?after={position}&timeout=20")
+    try:
+        wait_for(lambda: len(keys_of(stream)) >= 12, timeout=60, what="the later changes")
+        assert stream.status == 200
+        changes = {e["data"]["key"]: e["data"]["value"] for e in stream.events}
+        assert changes == {
+            f"late-{i}": {"owner": "owner-x", "balance": 100 + i, "ops": 1} for i in range(12)
+        }
+        assert len(keys_of(stream)) == 12  # nothing the snapshot already had, nothing twice
+    finally:
+        stream.close()
+
+    ahead = encode_token(
+        {t: {p: o + 1000 for p, o in parts.items()} for t, parts in decode_token(token).items()}
+    )
+    late = call(f"{url}/views/balances/changes?after={ahead}&timeout=0.3")
+    assert (late.status, late.body["error"]) == (504, "not-yet-applied"), late.raw
+    assert late.headers["X-Belvedere-Position"]
+    bad = call(f"{url}/views/balances/changes?after=nonsense")
+    assert (bad.status, bad.body["error"]) == (400, "bad-token"), bad.raw
+    foreign = call(f"{url}/views/notes/changes?after={token}")
+    assert (foreign.status, foreign.body["error"]) == (400, "bad-token"), foreign.raw

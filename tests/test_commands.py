@@ -17,6 +17,7 @@ import pytest
 
 import belvedere
 from belvedere.streams.clients import Record
+from belvedere.streams.partitioner import partition_for_key
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import Answer, call
 from tests.support.worker import Worker, wait_for
@@ -376,3 +377,45 @@ def test_a_reactor_in_another_app_gets_every_event_too(
         "/state", lambda s: sorted(s["mailed"]) == ORDERS, what="every payment mailed"
     )
     desk.wait_until("/state", lambda s: sorted(s["paidSeen"]) == ORDERS, what="and seen here")
+
+
+@KAFKA_ONLY
+def test_a_command_sent_to_either_of_two_workers_reaches_the_owner_with_its_body(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    for topic in DESK_TOPICS:
+        broker.create_topic(f"{unique_name}-{topic}", 2 if topic == "notifications" else 4)
+    env = {"DESK_NAME": unique_name}
+    pair = [workers("tests.apps.order_desk:app", dict(env), data_dir=d).start() for d in "ab"]
+
+    def split() -> list[set[int]] | None:
+        parts = [w.get("/views?scope=local") for w in pair]
+        if not all(parts):
+            return None
+        held = [
+            {
+                int(p)
+                for p, s in part["views"]["aggregate-Order"]["partitions"].items()
+                if s["state"] == "serving"
+            }
+            for part in parts
+        ]
+        return held if all(held) and set.union(*held) == {0, 1, 2, 3} else None
+
+    held = wait_for(split, timeout=120, what="the Order partitions split over two workers")
+    forwarded = 0
+    for i in range(40):
+        sender, other = pair[i % 2], pair[1 - i % 2]
+        order_id = f"o-{i}"
+        forwarded += partition_for_key(order_id.encode(), 4) not in held[i % 2]
+        created = command(
+            sender, "CreateOrder", {"orderId": order_id, "userId": "u", "amount": i + 1}
+        )
+        assert created.status == 202, (order_id, created.raw)
+        assert created.body["aggregateId"] == order_id and created.body["version"] == 1
+        seen = call(f"{other.url}/views/order-status/{order_id}?after={created.body['token']}")
+        assert (seen.status, seen.body) == (200, "created"), seen.raw
+    assert forwarded > 0
+    for worker in pair:
+        order = call(f"{worker.url}/aggregates/Order/o-7").body
+        assert (order["version"], order["state"]["amount"]) == (1, "8")

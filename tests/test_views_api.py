@@ -165,6 +165,41 @@ def test_scans_and_index_lookups_page_through_every_row_in_key_order(
         assert call(f"{url}/views/tallies/{n}").body == counts[n]
 
 
+def test_scans_and_index_lookups_wait_for_a_token_or_answer_504(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    ledger.start()
+    serving_all(ledger)
+    url, topic = ledger.url, f"{unique_name}-movements"
+    for round_ in range(3):  # each write seen by the scan and the lookup given its token
+        owner = f"owner-r{round_}"
+        posted = call(
+            f"{url}/events/{topic}", "POST", [deposit(f"w{round_}-{i}", i, owner) for i in range(6)]
+        )
+        token = posted.body["token"]
+        page = call(f"{url}/views/balances?after={token}&timeout=20&limit=1000")
+        assert page.status == 200, page.raw
+        rows = {r["key"]: r["value"] for r in page.body["rows"]}
+        assert [rows[f"w{round_}-{i}"]["balance"] for i in range(6)] == list(range(6))
+        owned = call(f"{url}/views/balances/by/owner/{owner}?after={token}&timeout=20")
+        assert owned.status == 200, owned.raw
+        assert [r["key"] for r in owned.body["rows"]] == [f"w{round_}-{i}" for i in range(6)]
+        # the position a scan answers covers the write: as a token, it needs no wait
+        again = call(f"{url}/views/balances?after={page.headers['X-Belvedere-Position']}&timeout=0")
+        assert again.status == 200, again.raw
+
+    ahead = encode_token(
+        {t: {p: o + 1000 for p, o in parts.items()} for t, parts in decode_token(token).items()}
+    )
+    for path in ("/views/balances", "/views/balances/by/owner/owner-r2"):
+        late = call(f"{url}{path}?after={ahead}&timeout=0.3")
+        assert (late.status, late.body["error"]) == (504, "not-yet-applied"), (path, late.raw)
+        assert "rows" not in late.body
+        assert decode_token(late.headers["X-Belvedere-Position"]) == decode_token(
+            page.headers["X-Belvedere-Position"]
+        )
+
+
 def _metrics(text: str) -> dict[str, float]:
     label = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
     sample = re.compile(
@@ -335,6 +370,16 @@ def test_two_workers_answer_any_key_merge_scans_and_read_your_writes_through_a_f
                 fold[key]["balance"] + 1000
             )
     assert forwarded > 0
+    # a position not applied yet: a scan, a lookup and a feed wait on both workers, then 504
+    ahead = encode_token(
+        {
+            t: {p: o + 1000 for p, o in parts.items()}
+            for t, parts in decode_token(posted.body["token"]).items()
+        }
+    )
+    for path in ("/views/balances", "/views/balances/by/owner/owner-4", "/views/balances/changes"):
+        late = call(f"{reader.url}{path}?after={ahead}&timeout=0.5")
+        assert (late.status, late.body["error"]) == (504, "not-yet-applied"), (path, late.raw)
 
     order = {"eventType": "OrderPlaced", "eventVersion": 1}
     placed = call(

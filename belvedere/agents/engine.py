@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -200,6 +201,8 @@ class _Partition:
         self.sought = False
         #: Events applied since the last checkpoint, and when that was.
         self.dirty = 0
+        #: A read waits for this partition's position: checkpoint at once (checkpoint_soon).
+        self.hurry = False
         self.flushed_at = time.monotonic()
         #: The timestamp (ms) of the last event applied.
         self.last_event_ms: int | None = None
@@ -242,6 +245,8 @@ class ProjectionEngine(Service):
         #: A checkpoint is written after this many seconds or events, whichever comes first.
         self.checkpoint_interval = 0.5
         self.checkpoint_events = 20_000
+        #: Set when a read asks for a checkpoint now (checkpoint_soon): wakes the timer.
+        self._hurry = asyncio.Event()
         #: Where changelogs are written: the app's producer, or a replay helper's own.
         self.changelog_producer: Any = None
         #: Handler errors that stop the fold instead of dead-lettering the event (a replay
@@ -378,16 +383,24 @@ class ProjectionEngine(Service):
     async def _checkpoint_timer(self) -> None:
         """Checkpoint partitions whose events are older than the interval, when input is slow."""
         interval = self.checkpoint_interval
+        ticked = time.monotonic()
         while not self.should_stop:
-            await self.sleep(interval / 2)
-            if self._lock.locked():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hurry.wait(), interval / 2)
+            hurried = self._hurry.is_set()
+            self._hurry.clear()
+            if self._lock.locked() and not hurried:
                 continue
             async with self._lock:
-                for part in list(self._active.values()):
-                    await self._tick(part)
                 now = time.monotonic()
+                if now - ticked >= interval / 2:
+                    ticked = now
+                    for part in list(self._active.values()):
+                        await self._tick(part)
                 for part in self._parts():
-                    if part.dirty and (part.projection.eager or now - part.flushed_at >= interval):
+                    if part.dirty and (
+                        part.projection.eager or part.hurry or now - part.flushed_at >= interval
+                    ):
                         await self._checkpoint(part)
 
     async def _tick(self, part: _Partition) -> None:
@@ -404,6 +417,16 @@ class ProjectionEngine(Service):
                 "view %s[%d]: a timer's change was undone: %r",
                 part.projection.view.name, part.tp.partition, exc,
             )  # fmt: skip
+
+    def checkpoint_soon(self, view: str, partition: int) -> None:
+        """A read waits until ``view``'s ``partition`` has applied a position (``?after=``):
+        checkpoint it as soon as it has applied anything new, instead of at the end of
+        ``checkpoint_interval``, so read-after-write takes a fetch and a checkpoint, not
+        half a second."""
+        for part in self._active.values():
+            if part.tp.partition == partition and part.projection.view.name == view:
+                part.hurry = True
+                self._hurry.set()
 
     def store_dir(self, view: Any, generation: int) -> Path:
         return Path(self.app.conf.datadir) / "views" / f"{view.name}-g{generation}"
@@ -672,6 +695,7 @@ class ProjectionEngine(Service):
     def _due(self, part: _Partition) -> bool:
         return (
             part.projection.eager
+            or part.hurry
             or part.dirty >= self.checkpoint_events
             or time.monotonic() - part.flushed_at >= self.checkpoint_interval
         )
@@ -756,6 +780,7 @@ class ProjectionEngine(Service):
             part.status.last_event_ms = part.last_event_ms
         view.advanced()
         part.dirty = 0
+        part.hurry = False
         part.flushed_at = time.monotonic()
         if rows:
             await self._write_changelog(part, rows)

@@ -16,9 +16,16 @@ from dataclasses import dataclass
 from faust.types import TP
 
 from belvedere.streams.readers import PartitionReader
-from belvedere.tables.changelog import HEADER_END, HEADER_REPAIR, HEADER_RESET, header
+from belvedere.tables.changelog import (
+    HEADER_END,
+    HEADER_REPAIR,
+    HEADER_RESET,
+    HEADER_SOURCE,
+    decode_offsets,
+    header,
+)
 
-__all__ = ["Checkpoint", "Truncated", "checkpoints"]
+__all__ = ["Checkpoint", "Truncated", "checkpoint_ends", "checkpoints"]
 
 
 class Truncated(LookupError):
@@ -80,3 +87,23 @@ async def checkpoints(
                         held[p] = pending = {}
                         start[p] = record.offset + 1
                 read_from[p] = batch[-1].offset + 1
+
+
+async def checkpoint_ends(
+    reader: PartitionReader, tp: TP, start: int, stop: int
+) -> list[tuple[int, dict[tuple[str, int], int]]]:
+    """Each checkpoint ending in ``tp``'s offsets [start, stop): the offset right after it
+    (where the next one starts) and the source offsets the view had applied then. Compaction
+    may have removed some (a later change of the same key supersedes the record)."""
+    found: list[tuple[int, dict[tuple[str, int], int]]] = []
+    if start >= stop:
+        return found
+    async with contextlib.aclosing(reader.read({tp: (start, stop)})) as batches:
+        async for _, batch in batches:
+            for record in batch:
+                headers = record.headers
+                if headers and header(headers, HEADER_END) is not None:
+                    source = header(headers, HEADER_SOURCE)
+                    if source is not None:
+                        found.append((record.offset + 1, decode_offsets(source)))
+    return found

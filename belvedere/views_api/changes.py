@@ -11,29 +11,38 @@ read from and how many of its changes were already sent. Without an id the feed 
 the end (``?from=start``: at the beginning, the whole view as it was built). A rebuild
 switching the view to a new generation ends the feed with ``event: rebuilt``; a position
 the changelog no longer holds answers 410: start again without an id.
+
+``?after=`` may instead be a consistency token (a scan's ``X-Belvedere-Position``): once
+every partition has applied it (else 504, as a scan), the feed starts with the changes of
+the events after it, so a snapshot and the feed after it miss nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 from faust.types import TP
 
-from belvedere.tables.changes import Checkpoint, Truncated, checkpoints
+from belvedere.tables.changes import Checkpoint, Truncated, checkpoint_ends, checkpoints
 from belvedere.tables.view import View
 from belvedere.views_api.errors import BadRequest, error
 from belvedere.views_api.opaque import pack, unpack
-from belvedere.views_api.reads import view_or_404
+from belvedere.views_api.positions import BadToken, Positions, decode_token
+from belvedere.views_api.reads import lineage, view_or_404
+from belvedere.views_api.scans import wait_everywhere
 
 __all__ = ["changes"]
 
 #: Seconds between two reads of an idle changelog, and between two keep-alive comments.
 IDLE_POLL = 0.2
 KEEPALIVE = 15.0
+#: How many records are first read back from a changelog's end to find where a token falls.
+SEARCH_WINDOW = 1_000
 
 #: partition -> (first offset of the checkpoint to read, changes of it already sent)
 Resume = dict[int, tuple[int, int]]
@@ -76,6 +85,57 @@ async def _start(view: View, reader: Any, topic: str, from_start: bool) -> Resum
     return {tp.partition: (bounds[tp][0] if from_start else bounds[tp][1], 0) for tp in tps}
 
 
+def _token_or(text: str) -> Positions:
+    """``text`` as a consistency token; a BadResume naming both forms if it is neither."""
+    try:
+        return decode_token(text)
+    except BadToken:
+        raise BadResume(
+            f"{text[:80]!r} is neither a change feed id (the id of the last event received) "
+            "nor a consistency token"
+        ) from None
+
+
+Wanted = Mapping[tuple[str, int], int]
+
+
+async def _after_token(app: Any, view: View, reader: Any, topic: str, token: Positions) -> Resume:
+    """Where a feed given a consistency token starts (once the view has applied it), per
+    partition: right after the last checkpoint that applied nothing at or past the token's
+    position, so every later change is sent and none before it. A partition the token does
+    not name starts at the end; one it names at offset 0, at the start."""
+    assert view.partitions is not None
+    topics = lineage(app, view)
+    tps = [TP(topic, p) for p in range(view.partitions)]
+    bounds = await reader.offsets(tps)
+    resume: Resume = {}
+    for tp in tps:
+        wanted = topics.wanted(token, tp.partition)
+        low, high = bounds[tp]
+        if not wanted:
+            resume[tp.partition] = (high, 0)
+        elif all(o <= 0 for o in wanted.values()):
+            resume[tp.partition] = (low, 0)
+        else:
+            resume[tp.partition] = (await _boundary(reader, tp, wanted, low, high), 0)
+    return resume
+
+
+async def _boundary(reader: Any, tp: TP, wanted: Wanted, low: int, high: int) -> int:
+    """The offset right after the last checkpoint whose source offsets are all at or before
+    ``wanted``, read back from ``high`` a window at a time (``low`` if there is none: a
+    checkpoint with no changed rows writes nothing, and compaction removes superseded ends)."""
+    first, window = high, SEARCH_WINDOW
+    while first > low:
+        start = max(low, first - window)
+        ends = await checkpoint_ends(reader, tp, start, first)
+        for after, source in reversed(ends):
+            if all(source.get(k, 0) <= offset for k, offset in wanted.items()):
+                return after
+        first, window = start, window * 2
+    return low
+
+
 async def changes(app: Any, request: web.Request) -> web.StreamResponse:
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
@@ -88,8 +148,16 @@ async def changes(app: Any, request: web.Request) -> web.StreamResponse:
     if origin not in ("start", "end"):
         raise BadRequest(f"from must be start or end, not {origin[:20]!r}")
     resume: Resume | None = None
+    token: Positions | None = None
     if given:
-        named, resume = decode_resume(given, view.partitions)
+        try:
+            named, resume = decode_resume(given, view.partitions)
+        except BadResume:
+            if request.headers.get("Last-Event-ID"):
+                raise
+            token = _token_or(given)
+            lineage(app, view).wanted(token, 0)  # a token of another topic is a 400
+            named = topic
         if named != topic:
             return error(
                 410,
@@ -97,6 +165,11 @@ async def changes(app: Any, request: web.Request) -> web.StreamResponse:
                 f"view {view.name!r} was rebuilt since that id: start again without one",
             )
     reader = app.projections.requests_reader()
+    if token is not None:
+        refused = await wait_everywhere(app, request, view, token)
+        if refused is not None:
+            return refused
+        resume = await _after_token(app, view, reader, topic, token)
     if resume is None:
         resume = await _start(view, reader, topic, origin == "start")
     feed = checkpoints(reader, topic, {p: offset for p, (offset, _) in resume.items()})

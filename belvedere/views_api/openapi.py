@@ -279,7 +279,7 @@ def spec(app: Any) -> dict[str, Any]:
                         after,
                         timeout,
                     ],
-                    "responses": _answers("a page of rows", 400, 404, 503, body=page),
+                    "responses": _answers("a page of rows", 400, 404, 503, 504, body=page),
                 }
             },
             "/views/{view}/changes": {
@@ -287,7 +287,14 @@ def spec(app: Any) -> dict[str, Any]:
                     "summary": "The view's updates as Server-Sent Events, resumable by event id",
                     "parameters": [
                         view,
-                        _param("after", "query", "the id of the last event received", token),
+                        _param(
+                            "after",
+                            "query",
+                            "the id of the last event received; or a consistency token: the "
+                            "feed starts with the changes of events after its position",
+                            token,
+                        ),
+                        timeout,
                         _param(
                             "from",
                             "query",
@@ -303,7 +310,11 @@ def spec(app: Any) -> dict[str, Any]:
                             "description": "an event stream",
                             "content": {"text/event-stream": {}},
                         },
-                        **{k: v for k, v in _answers("", 400, 404, 410, 503).items() if k != "200"},
+                        **{
+                            k: v
+                            for k, v in _answers("", 400, 404, 410, 503, 504).items()
+                            if k != "200"
+                        },
                     },
                 }
             },

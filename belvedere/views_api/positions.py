@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -132,15 +132,23 @@ def short_of(status: PartitionStatus | None, wanted: Mapping[tuple[str, int], in
 
 
 async def wait_until_applied(
-    view: View, wanted: Mapping[int, Mapping[tuple[str, int], int]], deadline: float
+    view: View,
+    wanted: Mapping[int, Mapping[tuple[str, int], int]],
+    deadline: float,
+    hurry: Callable[[int], None] | None = None,
 ) -> list[int]:
     """Wait until each partition has applied what ``wanted`` says, or the deadline;
-    returns the partitions still short (empty: all there)."""
+    returns the partitions still short (empty: all there). ``hurry(partition)`` asks a
+    partition still short to checkpoint as soon as it can, each time it is found short
+    (a checkpoint may have come before the awaited events did)."""
     while True:
         short = [p for p, needs in wanted.items() if short_of(view.status.get(p), needs)]
         left = deadline - time.monotonic()
         if not short or left <= 0:
             return short
+        if hurry is not None:
+            for p in short:
+                hurry(p)
         await view.wait_advanced(min(left, 0.5))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -41,6 +42,7 @@ from belvedere.views_api.routing import (
 __all__ = [
     "HEADER_GENERATION",
     "get_row",
+    "hurry",
     "lag_of",
     "lineage",
     "not_here",
@@ -79,6 +81,13 @@ def _lineage(app: Any, view: View) -> Lineage:
         unfed = f"{app.conf.id}-view-{view.name}-unfed"
         return Lineage(unfed, unfed)
     return Lineage(projection.source.get_topic_name(), projection.fold_topic.get_topic_name())
+
+
+def hurry(app: Any, view: View) -> Callable[[int], None]:
+    """What a read waiting on ``?after=`` calls for a partition still short of the token:
+    it checkpoints at once rather than at the end of the checkpoint interval."""
+    engine = app.projections
+    return lambda partition: engine.checkpoint_soon(view.name, partition)
 
 
 def lag_of(app: Any, topics: Lineage, partition: int, status: PartitionStatus) -> int | None:
@@ -146,7 +155,9 @@ async def get_row(app: Any, request: web.Request) -> web.StreamResponse:
     topics = lineage(app, view)
     if token is not None:
         wanted = topics.wanted(token, partition)
-        short = await wait_until_applied(view, {partition: wanted}, time.monotonic() + timeout)
+        short = await wait_until_applied(
+            view, {partition: wanted}, time.monotonic() + timeout, hurry(app, view)
+        )
         if short:
             return error(
                 504,

@@ -134,8 +134,9 @@ def _outgoing_headers(request: web.Request) -> dict[str, str]:
 
 
 async def forward(request: web.Request, member: Member, extra_timeout: float = 0.0) -> web.Response:
-    """Ask ``member`` the same request; its answer is passed back as it is (status, body,
-    headers). A worker that does not answer gives 503 with Retry-After."""
+    """Ask ``member`` the same request, body included (even when the handler has read it
+    already, as ``POST /commands`` does to find the aggregate); its answer is passed back as
+    it is (status, body, headers). A worker that does not answer gives 503 with Retry-After."""
     url = member + request.raw_path  # as sent: a key's %2F or %3F stays in the key
     timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
     try:
@@ -143,7 +144,7 @@ async def forward(request: web.Request, member: Member, extra_timeout: float = 0
             request.method,
             url,
             headers=_outgoing_headers(request),
-            data=await request.read() if request.can_read_body else None,
+            data=await request.read() if request.body_exists else None,
             timeout=timeout,
             allow_redirects=False,
         ) as answer:

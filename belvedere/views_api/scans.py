@@ -9,6 +9,7 @@ no worker serves makes the answer a 503 with Retry-After, never a silently parti
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from yarl import URL
 
 from belvedere.tables.view import NotLocal, View
 from belvedere.views_api.errors import BadRequest, error, json
@@ -32,6 +34,7 @@ from belvedere.views_api.positions import (
     HEADER_LAG,
     HEADER_LAST_EVENT,
     HEADER_POSITION,
+    Positions,
     encode_token,
     format_ms,
     wait_until_applied,
@@ -39,13 +42,14 @@ from belvedere.views_api.positions import (
 from belvedere.views_api.reads import (
     HEADER_GENERATION,
     get_row,
+    hurry,
     lag_of,
     lineage,
     view_or_404,
 )
 from belvedere.views_api.routing import ask_members, members_of, self_url
 
-__all__ = ["lookup_rows", "scan_rows"]
+__all__ = ["lookup_rows", "scan_rows", "wait_everywhere"]
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 100
@@ -69,16 +73,23 @@ def _partitions_param(request: web.Request, view: View) -> list[int]:
 async def _local_part(
     app: Any, request: web.Request, view: View, partitions: list[int], local: Local
 ) -> dict[str, Any]:
-    """This worker's part: the rows of the partitions it serves, and those it does not."""
+    """This worker's part: the rows of the partitions it serves, and those it does not;
+    with ``?after=``, no rows if a served partition is still ``short`` of the token."""
     token = after_token(request)
     topics = lineage(app, view)
+    short: list[int] = []
     if token is not None:
         wanted = {p: topics.wanted(token, p) for p in partitions}
-        await wait_until_applied(view, wanted, time.monotonic() + timeout_param(request))
+        deadline = time.monotonic() + timeout_param(request)
+        short = await wait_until_applied(view, wanted, deadline, hurry(app, view))
     served = [p for p in partitions if p in view.stores and view.status[p].state == "serving"]
+    short = [p for p in short if p in served]
     limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     try:
-        rows, more = local(view, served, limit, cursor_param(request, view))
+        if short:
+            rows, more = [], False
+        else:
+            rows, more = local(view, served, limit, cursor_param(request, view))
     except NotLocal:  # revoked in between; the caller retries
         rows, more, served = [], False, []
     except (KeyError, TypeError) as exc:
@@ -93,6 +104,7 @@ async def _local_part(
         "rows": [[view.key_from_store(k), orjson.Fragment(v)] for k, v in rows],
         "more": more,
         "served": served,
+        "short": short,
         "missing": {
             p: (view.status[p].state if p in view.status else "not assigned here")
             for p in partitions
@@ -102,6 +114,83 @@ async def _local_part(
         "lag": lag,
         "lastEvent": last,
     }
+
+
+async def _parts(
+    app: Any, request: web.Request, view: View, local: Local, url: URL, wait: float
+) -> dict[str, Any] | web.Response:
+    """Every owner's part (``url`` with ``scope=local``, asked of each at once, and this
+    worker's own): 503 if a partition is served nowhere, 504 if one has not applied
+    ``?after=`` within ``wait`` seconds, a 400 an owner gave passed back."""
+    assert view.partitions is not None
+    topics = lineage(app, view)
+    token = after_token(request)
+    if token is not None:
+        topics.wanted(token, 0)  # refuse a foreign token here, not once per worker
+    members = members_of(app, topics.folded)
+    me = self_url(app)
+    if list(members) == [me] and not members[me]:
+        members = {me: list(range(view.partitions))}
+    parts: dict[str, Any] = {}
+    others = [m for m in members if m != me]
+    paths = {
+        m: url.update_query(scope="local", partitions=",".join(map(str, members[m]))).raw_path_qs
+        for m in others
+    }
+    asked, mine = await asyncio.gather(  # at once: each may wait up to the timeout
+        ask_members(request, paths, wait) if others else _nothing(),
+        _local_part(app, request, view, members[me], local) if me in members else _nothing(),
+    )
+    for member, (status, body) in asked.items():
+        if status == 200 and isinstance(body, dict):
+            parts[member] = body
+        elif status == 400:
+            return json(body, 400)
+    if mine:
+        parts[me] = mine
+    served = {p for part in parts.values() for p in part["served"]}
+    missing = sorted(set(range(view.partitions)) - served)
+    if missing:
+        return error(
+            503,
+            "not-serving",
+            f"view {view.name!r}: partitions {missing} are not served right now (recovering, "
+            "or moving between workers)",
+            {"Retry-After": "1"},
+        )
+    short = sorted(p for part in parts.values() for p in part.get("short", ()))
+    if short:
+        position = topics.combine(part["position"] for part in parts.values() if part["served"])
+        return error(
+            504,
+            "not-yet-applied",
+            f"view {view.name!r}: partitions {short} have not applied the token's positions "
+            f"within {wait:g}s",
+            {HEADER_POSITION: encode_token(position)},
+        )
+    return parts
+
+
+async def wait_everywhere(
+    app: Any, request: web.Request, view: View, token: Positions
+) -> web.Response | None:
+    """Wait until every partition of ``view`` has applied ``token`` (the request's
+    ``?after=``), wherever it is served: None once they all have, else the 504 (or 503) a
+    scan would answer."""
+
+    def no_rows(*_: Any) -> tuple[list[tuple[bytes, bytes]], bool]:
+        return [], False
+
+    url = URL.build(
+        path=f"/views/{view.name}",
+        query={
+            "after": request.query["after"],
+            "timeout": f"{timeout_param(request):g}",
+            "limit": "1",
+        },
+    )
+    found = await _parts(app, request, view, no_rows, url, timeout_param(request))
+    return found if isinstance(found, web.Response) else None
 
 
 async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamResponse:
@@ -116,44 +205,11 @@ async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamRes
     token = after_token(request)
     wait = timeout_param(request) if token is not None else 0.0
     cursor_param(request, view)  # refuse a bad one here, not once per worker
+    query = {k: v for k, v in request.query.items() if k not in ("scope", "partitions")}
+    parts = await _parts(app, request, view, local, request.rel_url.with_query(query), wait)
+    if isinstance(parts, web.Response):
+        return parts
     topics = lineage(app, view)
-    if token is not None:
-        topics.wanted(token, 0)  # refuse a foreign token here, not once per worker
-    members = members_of(app, topics.folded)
-    me = self_url(app)
-    if list(members) == [me] and not members[me]:
-        members = {me: list(range(view.partitions))}
-    parts: dict[str, Any] = {}
-    others = [m for m in members if m != me]
-    if others:
-        query = {k: v for k, v in request.query.items() if k not in ("scope", "partitions")}
-        asked = await ask_members(
-            request,
-            {
-                m: request.rel_url.with_query(
-                    {**query, "scope": "local", "partitions": ",".join(map(str, members[m]))}
-                ).raw_path_qs
-                for m in others
-            },
-            wait,
-        )
-        for member, (status, body) in asked.items():
-            if status == 200 and isinstance(body, dict):
-                parts[member] = body
-            elif status == 400:
-                return json(body, 400)
-    if me in members:
-        parts[me] = await _local_part(app, request, view, members[me], local)
-    served = {p for part in parts.values() for p in part["served"]}
-    missing = sorted(set(range(view.partitions)) - served)
-    if missing:
-        return error(
-            503,
-            "not-serving",
-            f"view {view.name!r}: partitions {missing} are not served right now (recovering, "
-            "or moving between workers)",
-            {"Retry-After": "1"},
-        )
     merged = list(heapq.merge(*(part["rows"] for part in parts.values()), key=lambda r: r[0]))
     page = merged[:limit]
     more = len(merged) > limit or any(part["more"] for part in parts.values())
@@ -171,6 +227,10 @@ async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamRes
         "next": encode_cursor(page[-1][0]) if more and page else None,
     }
     return json(body, headers=headers)
+
+
+async def _nothing() -> dict:
+    return {}
 
 
 def _scan(request: web.Request) -> Local:
