@@ -9,6 +9,7 @@ success path pays nothing for it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import types
@@ -64,6 +65,9 @@ class Converter:
     plain: bool = False
     #: For integers: the inclusive range a value of ``fast`` type must also be in.
     bounds: tuple[int, int] | None = None
+    #: Every value ``check`` lets through encodes, in a few bytes (a bounded integer, a
+    #: boolean): a view of them need not encode each event's writes to find a bad one.
+    always_encodes: bool = False
 
 
 def _identity(value: Any) -> Any:
@@ -99,8 +103,20 @@ def _int() -> Converter:
 
     schema = {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX}
     return Converter(
-        decode, _identity, decode, _schema(schema), fast=int, plain=True, bounds=(INT_MIN, INT_MAX)
+        decode,
+        _identity,
+        decode,
+        _schema(schema),
+        fast=int,
+        plain=True,
+        bounds=(INT_MIN, INT_MAX),
+        always_encodes=True,
     )
+
+
+def _bool() -> Converter:
+    scalar = _scalar(bool, {"type": "boolean"}, "a boolean")
+    return dataclasses.replace(scalar, always_encodes=True)
 
 
 def _float() -> Converter:
@@ -317,7 +333,7 @@ def _any() -> Converter:
 _SCALARS: dict[Any, Callable[[], Converter]] = {
     str: lambda: _scalar(str, {"type": "string"}, "a string"),
     int: _int,
-    bool: lambda: _scalar(bool, {"type": "boolean"}, "a boolean"),
+    bool: _bool,
     float: _float,
     Decimal: _decimal,
     dt.datetime: _datetime,

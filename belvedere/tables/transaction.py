@@ -56,6 +56,7 @@ class PartitionTransaction:
         self.record: Any = None
         self._encode_value = view.encode_value
         self._indexer = view.indexer()
+        self._always_encodes = view.always_encodes
 
     def __len__(self) -> int:
         return len(self._values)
@@ -158,11 +159,17 @@ class PartitionTransaction:
         """End the savepoint, encoding what the event wrote; UnencodableState (the
         savepoint still open, for the caller to roll back) if the store cannot hold it."""
         undo = self._undo
-        if undo:
-            encoded = self._encoded
+        if undo and not self._always_encodes:
+            encoded, values = self._encoded, self._values
             for key, _, _ in undo:
                 if key not in encoded:
-                    encoded[key] = self._encode(key)
+                    try:  # the common case inline: a value that encodes, no indexes
+                        data = self._encode_value(values[key])
+                    except Exception:
+                        data = None
+                    if data is None or self._indexer is not None or len(data) > MAX_ROW_BYTES:
+                        data = self._encode(key)  # a delete, an index, or why it failed
+                    encoded[key] = data
         self._undo = None
         if self._undo_also:
             self._undo_also.clear()

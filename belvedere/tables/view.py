@@ -137,6 +137,10 @@ class View:
         self._codec = key_codec(self.key_type)
         converter = converter_for(self.value_type)
         self._encode = converter.encode
+        if converter.plain:  # nothing to convert: orjson alone (every event's write)
+            self.encode_value = orjson.dumps  # type: ignore[method-assign]
+        #: Every value written (and checked) encodes: no need to encode each event's.
+        self.always_encodes = converter.always_encodes and not self.indexes
         self._decode = converter.decode
         self._check = converter.check
         self._partition = partitioner_named(self.partitioner)
