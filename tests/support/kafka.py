@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,13 +100,23 @@ class KafkaCluster:
 
         async def describe() -> dict[tuple[str, int], PartitionState]:
             from aiokafka.admin import AIOKafkaAdminClient
+            from aiokafka.errors import KafkaError
 
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=10_000)
-            await admin.start()
-            try:
-                found = await admin.describe_topics(list(await admin.list_topics()))
-            finally:
-                await admin.close()
+            deadline = time.monotonic() + 60
+            while True:  # a node just killed is still in the metadata: ask again
+                admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self.bootstrap, request_timeout_ms=10_000
+                )
+                try:
+                    await admin.start()
+                    found = await admin.describe_topics(list(await admin.list_topics()))
+                    break
+                except KafkaError:
+                    if time.monotonic() > deadline:
+                        raise
+                finally:
+                    await admin.close()
+                await asyncio.sleep(0.5)
             return {
                 (topic["topic"], part["partition"]): PartitionState(
                     part["leader"], tuple(part["replicas"]), tuple(part["isr"])
