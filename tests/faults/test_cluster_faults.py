@@ -112,7 +112,13 @@ def test_a_replicated_cluster_loses_a_source_leader_then_a_changelog_leader_and_
     for topic in LEDGER_TOPICS:
         kafka.client.create_topic(f"{name}-{topic}", PARTITIONS, replication=REPLICAS)
     truth = Truth.make(EVENTS, SEED)
-    env = {"LEDGER_NAME": name, "BELVEDERE_TOPIC_REPLICATION_FACTOR": str(REPLICAS)}
+    env = {
+        "LEDGER_NAME": name,
+        "BELVEDERE_TOPIC_REPLICATION_FACTOR": str(REPLICAS),
+        # as in production: a session outlasts the group coordinator's move to another
+        # broker, so a broker's death is no reason to rebalance
+        "LEDGER_SESSION_TIMEOUT": "30",
+    }
     crew = [spawn(APP, kafka.url, env, f"w{i}").start() for i in range(2)]
     pids = [w.proc.pid for w in crew if w.proc is not None]
     for worker in crew:
@@ -172,6 +178,7 @@ def test_a_replicated_cluster_loses_a_source_leader_then_a_changelog_leader_and_
     finally:
         reads.stop()
     print("DEBUG", schedule, reads.count, reads.failures, time.monotonic() - t0)
+    print("DEBUG rebalances", [w.logfile.read_text().count("Revoking previously") for w in crew])
     assert reads.count > before, "no reads while the changelog's leader was down"
     assert not reads.failures, (
         f"{len(reads.failures)} of {reads.count} reads failed: {reads.failures[:5]}\n"
