@@ -45,18 +45,29 @@ while (i := base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()).
     pass
 print(i)')
 
+# Each node's configuration and storage (formatted side by side: a JVM start each).
+FORMATS=()
+for n in $(seq "$NODES"); do
+  NODE="$KAFKA_WORK/node-$n"
+  mkdir -p "$NODE/data"
+  sed -e "s#@DATA_DIR@#$NODE/data#" -e "s#@PORT@#${PORTS[$((2 * n - 2))]}#g" \
+      -e "s#@CONTROLLER_PORT@#${PORTS[$((2 * n - 1))]}#g" \
+      -e "s#@NODE_ID@#$n#g" -e "s#@VOTERS@#$VOTERS#g" -e "s#@WORK@#$NODE#g" \
+      "$HERE/cluster.properties" > "$NODE/server.properties"
+  "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$CP" \
+      kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$NODE/server.properties" \
+      > "$NODE/format.log" 2>&1 &
+  FORMATS+=($!)
+done
+for n in $(seq "$NODES"); do
+  wait "${FORMATS[$((n - 1))]}" || { cat "$KAFKA_WORK/node-$n/format.log" >&2; exit 1; }
+done
+
 BOOTSTRAP=""
 for n in $(seq "$NODES"); do
   NODE="$KAFKA_WORK/node-$n"
   PORT=${PORTS[$((2 * n - 2))]}
   CPORT=${PORTS[$((2 * n - 1))]}
-  mkdir -p "$NODE/data"
-  sed -e "s#@DATA_DIR@#$NODE/data#" -e "s#@PORT@#$PORT#g" -e "s#@CONTROLLER_PORT@#$CPORT#g" \
-      -e "s#@NODE_ID@#$n#g" -e "s#@VOTERS@#$VOTERS#g" -e "s#@WORK@#$NODE#g" \
-      "$HERE/cluster.properties" > "$NODE/server.properties"
-  "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$CP" \
-      kafka.tools.StorageTool format -t "$CLUSTER_ID" -c "$NODE/server.properties" \
-      > "$NODE/format.log" 2>&1 || { cat "$NODE/format.log" >&2; exit 1; }
   nohup "$JAVA" -Xms128m -Xmx"$HEAP" -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
       -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true \
       -Dorg.slf4j.simpleLogger.showDateTime=true \
