@@ -77,19 +77,6 @@ def test_rebuild_processes_default_to_the_cores_and_take_a_whole_number(
         belvedere.App("shop")
 
 
-def test_the_topics_replication_factor_comes_from_the_environment_too(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert belvedere.App("shop").conf.topic_replication_factor == 1  # faust's default
-    assert belvedere.App("shop", topic_replication_factor=2).conf.topic_replication_factor == 2
-    monkeypatch.setenv("BELVEDERE_TOPIC_REPLICATION_FACTOR", "3")
-    app = belvedere.App("shop", topic_replication_factor=2)
-    assert app.conf.topic_replication_factor == 3
-    monkeypatch.setenv("BELVEDERE_TOPIC_REPLICATION_FACTOR", "three")
-    with pytest.raises(ValueError, match=r"topic_replication_factor must be a whole number"):
-        belvedere.App("shop")
-
-
 def test_broker_security_reaches_faust_and_never_shows_the_password(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -116,6 +103,20 @@ def test_broker_security_reaches_faust_and_never_shows_the_password(
     assert not [text for text in shown if "pw-from" in text]
     with pytest.raises(ValueError, match="broker_credentials"):
         belvedere.App("shop", broker_credentials=credentials)
+
+
+def test_the_topics_replication_factor_comes_from_the_environment_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BELVEDERE_TOPIC_REPLICATION_FACTOR", raising=False)
+    assert belvedere.App("shop").conf.topic_replication_factor == 1  # faust's default
+    assert belvedere.App("shop", topic_replication_factor=2).conf.topic_replication_factor == 2
+    monkeypatch.setenv("BELVEDERE_TOPIC_REPLICATION_FACTOR", "3")
+    app = belvedere.App("shop", topic_replication_factor=2)
+    assert app.conf.topic_replication_factor == 3
+    monkeypatch.setenv("BELVEDERE_TOPIC_REPLICATION_FACTOR", "three")
+    with pytest.raises(ValueError, match=r"topic_replication_factor must be a whole number"):
+        belvedere.App("shop")
 
 
 def test_other_faust_settings_pass_through() -> None:

@@ -20,12 +20,11 @@ import belvedere
 NAME = os.environ["LEDGER_NAME"]
 PARTITIONS = 4
 
-# A short session, so that a worker killed by a test is noticed gone in seconds, not a minute
-# (LEDGER_SESSION_TIMEOUT sets a production-length one, for tests where no worker dies);
+# A short session, so that a worker killed by a test is noticed gone in seconds, not a minute;
 # small checkpoints, so that progress shows (and a kill lands) between many of them.
 app = belvedere.App(
     NAME,
-    broker_session_timeout=float(os.environ.get("LEDGER_SESSION_TIMEOUT", 6.0)),
+    broker_session_timeout=6.0,
     broker_heartbeat_interval=1.0,
     checkpoint_events=500,
     checkpoint_interval=float(os.environ.get("LEDGER_CHECKPOINT_INTERVAL", 0.2)),
