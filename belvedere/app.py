@@ -124,6 +124,12 @@ class App(faust.App):
     ``rebuild_processes``      ``BELVEDERE_REBUILD_PROCESSES``      the cores usable; 0: in the worker's process
     =========================  ===================================  ==========================================
 
+    ``topic_replication_factor`` (faust's setting; ``BELVEDERE_TOPIC_REPLICATION_FACTOR``
+    wins over it, default 1) is the number of copies of every topic the app creates: its
+    changelogs, control topic, dead letters and repartition topics. On a replicated cluster
+    set it to the cluster's replication factor: a topic with one copy is offline while
+    its broker is down.
+
     Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
     through orjson (faust's codec picks it up when installed, and Belvedere requires it).
     Any other faust setting is passed through. ``max_event_bytes`` bounds an event's size
@@ -248,6 +254,16 @@ class App(faust.App):
         if self.web_tls.enabled:
             options["web_ssl_context"] = self.web_tls.server_context
             options.setdefault("canonical_url", f"https://{host}:{port}")
+        # faust's own setting, for every topic the app creates (changelogs, control topic,
+        # dead letters, repartition topics): a replicated cluster wants its copies there too
+        replicas = _count(
+            "topic_replication_factor",
+            _setting(
+                "BELVEDERE_TOPIC_REPLICATION_FACTOR", options.get("topic_replication_factor"), None
+            ),
+        )
+        if replicas:
+            options["topic_replication_factor"] = replicas
         options.setdefault("store", "rocksdb://")
         # faust fetches with a fixed 1.5 s max wait and 1 MiB per partition: batches of ~17k
         # records, then an idle wait; larger fetches keep projections busy (docs/benchmarks.md).

@@ -126,6 +126,20 @@ def test_broker_security_reaches_faust_and_never_shows_the_password(
         belvedere.App("shop", broker_credentials=credentials)
 
 
+def test_the_topics_replication_factor_comes_from_the_environment_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BELVEDERE_TOPIC_REPLICATION_FACTOR", raising=False)
+    assert belvedere.App("shop").conf.topic_replication_factor == 1  # faust's default
+    assert belvedere.App("shop", topic_replication_factor=2).conf.topic_replication_factor == 2
+    monkeypatch.setenv("BELVEDERE_TOPIC_REPLICATION_FACTOR", "3")
+    app = belvedere.App("shop", topic_replication_factor=2)
+    assert app.conf.topic_replication_factor == 3
+    monkeypatch.setenv("BELVEDERE_TOPIC_REPLICATION_FACTOR", "three")
+    with pytest.raises(ValueError, match=r"topic_replication_factor must be a whole number"):
+        belvedere.App("shop")
+
+
 def test_other_faust_settings_pass_through() -> None:
     app = belvedere.App("shop", topic_partitions=3, store="memory://")
     assert app.conf.topic_partitions == 3

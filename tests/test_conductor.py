@@ -20,7 +20,7 @@ class Metadata:
     async def fetch_all_metadata(self) -> Any:
         self.requests += 1
         known = {"source": {0, 1}} | ({} if self.requests <= self.late else {self.topic: {0, 1}})
-        return SimpleNamespace(partitions_for_topic=known.get)
+        return SimpleNamespace(partitions_for_topic=known.get, brokers=list)  # no others to ask
 
 
 def until_in_metadata(client: Metadata, topics: set[str]) -> None:

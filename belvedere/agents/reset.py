@@ -54,7 +54,10 @@ def reset_view(app: Any, name: str, client: BrokerClient) -> ResetReport:
         if other is not None:
             client.delete_topic(view.changelog_topic_for(other))
     client.delete_topic(changelog)
-    client.create_topic(changelog, partitions, compacted=True, config=CHANGELOG_CONFIG)
+    replicas = app.conf.topic_replication_factor or 1
+    client.create_topic(
+        changelog, partitions, compacted=True, config=CHANGELOG_CONFIG, replication=replicas
+    )
     epoch = uuid.uuid4().hex.encode()
     marker = Record(RESET_KEY, epoch, 0, ((HEADER_RESET, epoch),))
     for partition in range(partitions):
@@ -66,7 +69,7 @@ def reset_view(app: Any, name: str, client: BrokerClient) -> ResetReport:
     if projection.repartition is not None:  # its copies would be applied again otherwise
         repartition = projection.repartition.get_topic_name()
         client.delete_topic(repartition)
-        client.create_topic(repartition, partitions)
+        client.create_topic(repartition, partitions, replication=replicas)
         client.commit(app.conf.id, {(repartition, p): 0 for p in range(partitions)})
 
     removed = False

@@ -36,6 +36,7 @@ class BrokerClient(Protocol):
         *,
         compacted: bool = False,
         config: Mapping[str, str] | None = None,
+        replication: int = 1,
     ) -> None: ...
 
     def delete_topic(self, topic: str) -> None: ...
@@ -92,8 +93,9 @@ class EmbeddedClient:
         *,
         compacted: bool = False,
         config: Mapping[str, str] | None = None,
+        replication: int = 1,
     ) -> None:
-        with self._log() as log:
+        with self._log() as log:  # one copy: ``replication`` is for Kafka
             log.create_topic(topic, partitions, compacting=compacted, config=config)
 
     def delete_topic(self, topic: str) -> None:
@@ -156,6 +158,7 @@ class KafkaClient:
         *,
         compacted: bool = False,
         config: Mapping[str, str] | None = None,
+        replication: int = 1,
     ) -> None:
         from aiokafka.admin import NewTopic
         from aiokafka.errors import TopicAlreadyExistsError
@@ -170,7 +173,7 @@ class KafkaClient:
                 while True:  # a topic being deleted refuses a create for a moment
                     try:
                         await admin.create_topics(
-                            [NewTopic(topic, partitions, 1, topic_configs=configs)]
+                            [NewTopic(topic, partitions, replication, topic_configs=configs)]
                         )
                         return
                     except TopicAlreadyExistsError:
@@ -224,7 +227,15 @@ class KafkaClient:
         from aiokafka import AIOKafkaProducer
 
         async def produce() -> None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, **self._auth, linger_ms=5)
+            # acks from every in-sync replica, and retries that cannot write a record twice:
+            # a send acked before its partition's leader dies is kept, and kept once
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                **self._auth,
+                linger_ms=5,
+                acks="all",
+                enable_idempotence=True,
+            )
             await producer.start()
             try:
                 if partition is not None:

@@ -10,7 +10,9 @@ just created (a view's repartition topic, on a first start) can be missing from 
 metadata for a moment after the create returns. A group leader assigning in that moment
 leaves the topic out ("Ignoring missing topic"), and nothing assigns it until the
 consumer's next metadata refresh, five minutes later: the view it feeds is not served
-until then.
+until then. On a cluster each broker learns of a new topic on its own, a moment apart, and
+the group leader's consumer may ask another broker than the one that answered here: every
+live broker is asked.
 """
 
 import asyncio
@@ -54,6 +56,8 @@ class Conductor(FaustConductor):
             try:
                 cluster = await client.fetch_all_metadata()
                 missing = sorted(t for t in topics if not cluster.partitions_for_topic(t))
+                if not missing:
+                    missing = await _missing_on_a_broker(client, cluster.brokers(), topics)
             except Exception as exc:  # the broker restarting: look again
                 missing = [repr(exc)]
             if not missing:
@@ -66,3 +70,25 @@ class Conductor(FaustConductor):
                 )
                 return
             await asyncio.sleep(METADATA_POLL)
+
+
+async def _missing_on_a_broker(client: Any, brokers: Iterable[Any], topics: set[str]) -> list[str]:
+    """The ``topics`` some broker's metadata lacks yet; a broker that does not answer is
+    passed over (it is down, and serves no group)."""
+    from aiokafka.cluster import ClusterMetadata
+    from aiokafka.errors import KafkaError
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    # never auto-created by the asking: a missing topic would come back with the default size
+    request = MetadataRequest(sorted(topics), allow_auto_topic_creation=False)
+    missing: set[str] = set()
+    for broker in brokers:
+        try:
+            response = await client.send(broker.nodeId, request)
+        except (TimeoutError, KafkaError):
+            continue  # down: the group's coordinator and leaders are elsewhere
+        seen = ClusterMetadata()
+        seen.need_all_topic_metadata = True  # a topic still unknown is no error to log
+        seen.update_metadata(response)
+        missing.update(t for t in topics if not seen.partitions_for_topic(t))
+    return sorted(missing)

@@ -2,6 +2,9 @@
 
 usage: python ci/kafka/wait.py KAFKA_WORK [timeout_s]
 
+KAFKA_WORK is a broker's folder (start.sh), or a cluster's (start-cluster.sh): then every
+node's port must open first, and the probe goes through the cluster's bootstrap list.
+
 1. TCP connect to the bootstrap port (a KRaft broker opens it only once it is caught up
    and unfenced), failing fast if the JVM has exited;
 2. an aiokafka produce (auto-creates a topic: proves leader election and the produce path)
@@ -13,6 +16,7 @@ with KAFKA_SASL_PASSWORD and KAFKA_SASL_MECHANISM, over TLS trusting KAFKA_SSL_C
 
 import asyncio
 import contextlib
+import glob
 import os
 import socket
 import ssl
@@ -90,14 +94,17 @@ async def probe(bootstrap: str, deadline: float) -> None:
 def main() -> None:
     work = sys.argv[1]
     timeout = float(sys.argv[2]) if len(sys.argv) > 2 else 120.0
-    with open(os.path.join(work, "kafka.pid")) as f:
-        pid = int(f.read())
+    nodes = sorted(glob.glob(os.path.join(work, "node-*"))) or [work]
     with open(os.path.join(work, "bootstrap")) as f:
         bootstrap = f.read().strip()
-    host, port = bootstrap.rsplit(":", 1)
     t0 = time.monotonic()
     deadline = t0 + timeout
-    wait_tcp(pid, host, int(port), deadline)
+    for node in nodes:
+        with open(os.path.join(node, "kafka.pid")) as f:
+            pid = int(f.read())
+        with open(os.path.join(node, "bootstrap")) as f:
+            host, port = f.read().strip().rsplit(":", 1)
+        wait_tcp(pid, host, int(port), deadline)
     t1 = time.monotonic()
     asyncio.run(probe(bootstrap, deadline))
     print(f"kafka ready at {bootstrap}: tcp {t1 - t0:.1f}s, serving {time.monotonic() - t0:.1f}s")

@@ -162,12 +162,15 @@ class Feeder(threading.Thread):
         ]
         self.interval = seconds / len(self.plan)
         self.error: BaseException | None = None
+        #: Chunks produced so far (of ``len(self.plan)``).
+        self.sent = 0
 
     def run(self) -> None:
         try:
             for topic, chunk in self.plan:
                 next_at = time.monotonic() + self.interval
                 self.client.produce(topic, chunk)
+                self.sent += 1
                 time.sleep(max(0.0, next_at - time.monotonic()))  # the pace, not a wait
         except BaseException as exc:  # reported by finish()
             self.error = exc

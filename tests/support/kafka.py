@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +76,96 @@ def private_kafka(
         yield Path(work, "bootstrap").read_text().strip()
     finally:
         subprocess.run(["bash", str(REPO / "ci/kafka/stop.sh")], env=env, timeout=90)
+
+
+@dataclass(frozen=True)
+class KafkaCluster:
+    """A private three-node cluster of ci/kafka/start-cluster.sh: every node's folder is
+    laid out as start.sh leaves a single broker's (``kafka.pid``, ``bootstrap``...)."""
+
+    work: Path
+
+    @property
+    def bootstrap(self) -> str:
+        return (self.work / "bootstrap").read_text().strip()
+
+    @property
+    def nodes(self) -> dict[int, Path]:
+        """Each node's folder, by its node id (the broker id in partition metadata)."""
+        return {int(p.name.removeprefix("node-")): p for p in sorted(self.work.glob("node-*"))}
+
+    def partitions(self) -> dict[tuple[str, int], PartitionState]:
+        """Every partition of every topic: its leader, replicas and in-sync replicas, as
+        the cluster's metadata says now (a dead leader shows until the controller moves it)."""
+
+        async def describe() -> dict[tuple[str, int], PartitionState]:
+            from aiokafka.admin import AIOKafkaAdminClient
+            from aiokafka.errors import KafkaError
+
+            deadline = time.monotonic() + 60
+            while True:  # a node just killed is still in the metadata: ask again
+                admin = AIOKafkaAdminClient(
+                    bootstrap_servers=self.bootstrap, request_timeout_ms=10_000
+                )
+                try:
+                    await admin.start()
+                    found = await admin.describe_topics(list(await admin.list_topics()))
+                    break
+                except KafkaError:
+                    if time.monotonic() > deadline:
+                        raise
+                finally:
+                    await admin.close()
+                await asyncio.sleep(0.5)
+            return {
+                (topic["topic"], part["partition"]): PartitionState(
+                    part["leader"], tuple(part["replicas"]), tuple(part["isr"])
+                )
+                for topic in found
+                for part in topic["partitions"]
+            }
+
+        return asyncio.run(describe())
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    leader: int
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+
+@contextlib.contextmanager
+def private_kafka_cluster(work: Path | None = None) -> Iterator[KafkaCluster]:
+    """Start a three-node KRaft cluster (replication factor 3, ``min.insync.replicas=2``),
+    yield it once every node serves, and stop every node (removing the folder) afterwards."""
+    work = Path(work or tempfile.mkdtemp(prefix="belvedere-kafka-cluster-"))
+    env = {**os.environ, "KAFKA_WORK": str(work), "PYTHON": sys.executable}
+    try:
+        try:
+            subprocess.run(
+                ["bash", str(REPO / "ci/kafka/start-cluster.sh")],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            subprocess.run(
+                [sys.executable, str(REPO / "ci/kafka/wait.py"), str(work), "180"],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
+        except subprocess.CalledProcessError as exc:
+            said = (exc.stderr or exc.stdout or "")[-500:]
+            tails = "\n".join(broker_log_tail(node, 15) for node in sorted(work.glob("node-*")))
+            raise KafkaStartFailed(f"{said}\n{tails}") from None
+        yield KafkaCluster(work)
+    finally:
+        subprocess.run(["bash", str(REPO / "ci/kafka/stop-cluster.sh")], env=env, timeout=120)
 
 
 def broker_log_tail(work: Path, lines: int = 40) -> str:

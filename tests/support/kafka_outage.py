@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests.support.kafka import REPO, KafkaStartFailed, broker_log_tail
 
-__all__ = ["start_again", "stop"]
+__all__ = ["kill", "start_again", "stop"]
 
 
 def _pid(work: Path) -> int:
@@ -43,6 +43,22 @@ def stop(work: Path, timeout: float = 60) -> list[str]:
             os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"the broker (pid {pid}) did not stop within {timeout:.0f}s")
         time.sleep(0.1)
+    return [part.decode() for part in command]
+
+
+def kill(work: Path, timeout: float = 30) -> list[str]:
+    """SIGKILL the broker of ``work`` (no clean shutdown: what a crashed machine does) and
+    keep its folder; returns the command line to start it with again."""
+    pid = _pid(work)
+    command = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the broker (pid {pid}) was not gone {timeout:.0f}s after SIGKILL"
+            )
+        time.sleep(0.05)
     return [part.decode() for part in command]
 
 
