@@ -156,12 +156,14 @@ class Rebuilder:
 
     async def status(self, view: str) -> dict[str, Any]:
         """``report``, with the events the generation being built (else the one serving, if
-        a rebuild made it) failed on, by kind."""
+        a rebuild made it) failed on, by kind, and the fingerprints of the code folding it."""
         report = self.report(view)
         gen = self.generation(view)
         generation = gen.building if gen.building is not None else gen.active
         failures = await self.failures(view, generation) if generation > 1 else {}
-        return {**report, "failures": failures, "failed": sum(failures.values())}
+        # no partition has reported its code yet (or the switch came): the code this worker runs
+        code = report["code"] or [self.fingerprint(view)]
+        return {**report, "code": code, "failures": failures, "failed": sum(failures.values())}
 
     async def failures(self, view: str, generation: int) -> dict[str, int]:
         topic = self.engine.projections[view].fold_topic.get_topic_name()
