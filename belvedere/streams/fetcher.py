@@ -230,9 +230,7 @@ def _next_offset(data: bytes, offset: int) -> int:
     return offset
 
 
-def _unpack(
-    tp: TP, data: bytes, start: int, end: int, aborted: Any = None
-) -> list[LogRecord]:
+def _unpack(tp: TP, data: bytes, start: int, end: int, aborted: Any = None) -> list[LogRecord]:
     """The committed records of ``data`` with offsets in [start, end), CRCs checked.
 
     ``aborted`` lists (producer id, first offset) of the transactions aborted in the range:
