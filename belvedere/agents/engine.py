@@ -820,14 +820,17 @@ class ProjectionEngine(Service):
         ]
         done = []
         with producing(producer):
-            for each in parts:
-                await each.projection.before_checkpoint(each)
-                rows, offsets = each.txn.encoded(), each.offsets()
-                sent: list[int] = []
-                if rows:
-                    records = changelog_records(rows, offsets)
-                    sent = await send_all(producer, each.changelog, tp.partition, records)
-                done.append((each, rows, offsets, sent))
+            try:
+                for each in parts:
+                    await each.projection.before_checkpoint(each)
+                    rows, offsets = each.txn.encoded(), each.offsets()
+                    sent: list[int] = []
+                    if rows:
+                        records = changelog_records(rows, offsets)
+                        sent = await send_all(producer, each.changelog, tp.partition, records)
+                    done.append((each, rows, offsets, sent))
+            except KafkaError as exc:  # refused: fenced (the sends' futures say so)
+                raise producer.failed(exc) from exc
             await producer.commit({tp: min(each.next_offset for each in parts)})
         for each, rows, offsets, sent in done:
             store = each.store

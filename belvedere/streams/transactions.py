@@ -74,10 +74,14 @@ class PartitionProducer:
 
     async def begin(self) -> AIOKafkaProducer:
         """The producer, in a transaction."""
-        if self.fenced:
-            raise Fenced(f"{self.tp.topic}[{self.tp.partition}]: fenced")
-        if not self.kafka._txn_manager.is_in_transaction():
-            await self.kafka.begin_transaction()
+        txn = self.kafka._txn_manager
+        if self.fenced or txn.is_fatal_error():
+            raise self.failed(Fenced("fenced"))
+        if not txn.is_in_transaction():
+            try:
+                await self.kafka.begin_transaction()
+            except Exception as exc:
+                raise self.failed(exc) from exc
         return self.kafka
 
     async def send(
@@ -92,11 +96,19 @@ class PartitionProducer:
         """Like faust's ``Producer.send``: a future of the record's metadata."""
         kafka = await self.begin()
         try:
-            return await kafka.send(
+            sent = await kafka.send(
                 topic, value, key=key, partition=partition, headers=list(headers or ()) or None
             )
         except Exception as exc:
-            raise self._failed(exc) from exc
+            raise self.failed(exc) from exc
+        return asyncio.ensure_future(self.delivered(sent))
+
+    async def delivered(self, sent: Any) -> Any:
+        """What ``sent`` resolves to; ``Fenced`` if the broker refused it."""
+        try:
+            return await sent
+        except Exception as exc:
+            raise self.failed(exc) from exc
 
     async def commit(self, offsets: Mapping[TP, int]) -> None:
         """Commit the open transaction (if any) with the source ``offsets``; ``Fenced`` if
@@ -118,10 +130,13 @@ class PartitionProducer:
         except Fenced:
             raise
         except Exception as exc:
-            raise self._failed(exc) from exc
+            raise self.failed(exc) from exc
 
-    def _failed(self, exc: BaseException) -> Fenced:
+    def failed(self, exc: BaseException) -> Fenced:
+        """``exc`` as ``Fenced``; the producer writes no more."""
         self.fenced = True
+        if isinstance(exc, Fenced):
+            return exc
         return Fenced(f"{self.tp.topic}[{self.tp.partition}]: the transaction failed: {exc!r}")
 
     async def close(self) -> None:
