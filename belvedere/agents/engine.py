@@ -495,7 +495,12 @@ class ProjectionEngine(Service):
         view.stores[partition] = part.store
         view.status[partition] = part.status
         part.status.state = "serving"
+        old = self._active.get(slot(part.projection, part.tp))
         self._active[slot(part.projection, part.tp)] = part
+        if old is not None and old.changelog != part.changelog and self.transactions:
+            producer = self.transactions.get(part.tp)  # a rebuild's switch: the old retires
+            if producer is not None:
+                producer.forget(old.changelog)
 
     async def restore(
         self, entries: Sequence[tuple[Projection, TP, int, PartitionStatus]]

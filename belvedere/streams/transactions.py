@@ -139,6 +139,13 @@ class PartitionProducer:
             return exc
         return Fenced(f"{self.tp.topic}[{self.tp.partition}]: the transaction failed: {exc!r}")
 
+    def forget(self, topic: str) -> None:
+        """Stop asking for ``topic``'s metadata (a retired changelog, about to be deleted):
+        a broker that creates topics on request would create it again."""
+        client = self.kafka.client
+        if topic in client._topics:
+            client.set_topics(client._topics - {topic})
+
     async def close(self) -> None:
         """Stop the producer; an open transaction is left to the broker, which aborts it
         when the partition's next owner starts its producer (or at its timeout)."""
