@@ -66,14 +66,16 @@ def test_a_worker_paused_past_its_session_and_resumed_writes_nothing_for_the_par
 ) -> None:
     kafka.create_ledger_topics(unique_name)
     truth = Truth.make(100_000, SEED)
-    env = {"LEDGER_NAME": unique_name}
+    # Each balances event takes a little while, so that folding goes on all the time and a
+    # pause lands mid-batch, with uncommitted state in memory, rather than between batches.
+    env = {"LEDGER_NAME": unique_name, "LEDGER_BALANCES_DELAY": "0.0003"}
     crew = [spawn(APP, kafka.url, env, f"w{i}").start() for i in range(3)]
     wait_for(
         lambda: sorted(p for w in crew for p in serving(w)) == list(range(PARTITIONS)),
         timeout=120,
         what="three workers serving every partition",
     )
-    feeder = Feeder(kafka.client, truth.feed(unique_name), chunks=60, seconds=60.0)
+    feeder = Feeder(kafka.client, truth.feed(unique_name), chunks=120, seconds=60.0)
     started = time.monotonic()
     feeder.start()
     schedule = []
