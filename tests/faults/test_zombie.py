@@ -96,7 +96,6 @@ def test_a_worker_paused_past_its_session_and_resumed_writes_nothing_for_the_par
         converge(crew, truth, timeout=240, what=f"100,000 events after pauses {schedule}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\npauses: {schedule}") from None
-    assert_each_alert_published_once(kafka, unique_name, expected)
     dropped = {
         f"w{i}": w.logfile.read_text().count("unwritten since the last checkpoint")
         for i, w in enumerate(crew)
