@@ -279,7 +279,9 @@ def test_a_crash_after_appending_events_emits_nothing_twice(
     broker: Broker, desk: Worker, unique_name: str
 ) -> None:
     """The worker dies after its first append, before the checkpoint recording it: the
-    restore folds those events back in, and their commands are not decided again."""
+    restore folds those events back in, and their commands are not decided again. (On
+    Kafka the append is in the checkpoint's transaction, which the crash leaves uncommitted:
+    readers never see it, and the commands are decided once, after the restart.)"""
     commands = [
         Record(
             f"o-{i}".encode(),
@@ -300,7 +302,10 @@ def test_a_crash_after_appending_events_emits_nothing_twice(
     assert desk.proc.wait(90) == 9, desk.log_tail()
     desk.proc = None
     appended = broker.read(f"{unique_name}-order-events")
-    assert appended, "the crash came after an append"
+    if broker.name == "kafka":
+        assert not appended, "an uncommitted append was read"
+    else:
+        assert appended, "the crash came after an append"
 
     del desk.env["CRASH_AFTER_APPEND"]
     serving(desk)
@@ -313,6 +318,8 @@ def test_a_crash_after_appending_events_emits_nothing_twice(
     for i in range(40):
         history = call(f"{desk.url}/aggregates/Order/o-{i}/events").body["events"]
         assert [h["event"]["causationId"] for h in history] == [f"create-{i}"]  # once
+    if broker.name == "kafka":  # what the restarted worker appended, and committed
+        appended = broker.read(f"{unique_name}-order-events")
     first = {r.key: orjson.loads(r.value)["eventId"] for r in appended}
     for key, event_id in first.items():
         again = command(

@@ -142,6 +142,49 @@ def test_skips_transaction_markers_and_starts_inside_a_compressed_batch(
     run(with_topic(kafka_bootstrap, 1, body))
 
 
+def test_reads_committed_records_only_and_ends_at_the_last_stable_offset(
+    kafka_bootstrap: str,
+) -> None:
+    """A fenced worker's checkpoint is an aborted transaction: restores, standbys and change
+    feeds must not see it, nor what an open transaction has written so far."""
+
+    async def body(topic: str) -> None:
+        tp = TP(topic, 0)
+        txn = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic}-txn")
+        plain = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await txn.start()
+        await plain.start()
+        reader = KafkaReader(kafka_bootstrap)
+        try:
+            async with txn.transaction():
+                await txn.send_and_wait(topic, b"kept-1", partition=0)
+            await txn.begin_transaction()
+            for i in range(5):
+                await txn.send_and_wait(topic, b"aborted-%d" % i, partition=0)
+            await plain.send_and_wait(topic, b"plain", partition=0)  # interleaved, committed
+            await txn.abort_transaction()
+            async with txn.transaction():
+                await txn.send_and_wait(topic, b"kept-2", partition=0)
+            await txn.begin_transaction()
+            await txn.send_and_wait(topic, b"open", partition=0)
+            # kept-1, marker, 5 aborted, plain, marker, kept-2, marker | open (not stable)
+            start, end = (await reader.offsets([tp]))[tp]
+            assert end == 11
+            found = await read_all(reader, {tp: (start, end)})
+            assert [v for _, _, v, _ in found[tp]] == [b"kept-1", b"plain", b"kept-2"]
+            await txn.abort_transaction()
+            start, end = (await reader.offsets([tp]))[tp]
+            assert end == 13  # the open one aborted: its record and marker are stable
+            found = await read_all(reader, {tp: (start, end)})
+            assert [v for _, _, v, _ in found[tp]] == [b"kept-1", b"plain", b"kept-2"]
+        finally:
+            await reader.close()
+            await txn.stop()
+            await plain.stop()
+
+    run(with_topic(kafka_bootstrap, 1, body))
+
+
 def test_a_start_deleted_by_retention_reads_from_the_new_log_start(
     kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -12,6 +12,11 @@ For each fetched batch of a source partition (taken off faust's consumer by the 
 4. mark the rows confirmed with the changelog offset, then commit the source offset to
    the broker (only a hint: the store's offset is the truth).
 
+On Kafka a live partition's checkpoint is a Kafka transaction instead (see
+:mod:`belvedere.streams.transactions`): what its handlers published, its changelog records
+and its source offset are committed together, and the local write follows the commit, so a
+worker fenced by the partition's next owner writes nothing anyone reads.
+
 A crash anywhere repeats at most the unfinished batch, whose offsets the store skips: the
 view is the fold of every event exactly once. On assignment each partition is restored
 from its changelog first (see :mod:`belvedere.tables.changelog`).
@@ -44,6 +49,13 @@ from belvedere.agents.standby import Standbys
 from belvedere.streams.context import enter_cause, leave_cause
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.readers import PartitionReader, reader_for
+from belvedere.streams.transactions import (
+    Fenced,
+    PartitionProducer,
+    Transactions,
+    current_producer,
+    producing,
+)
 from belvedere.tables.changelog import CHANGELOG_CONFIG, changelog_records
 from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore, StoreBudget
@@ -124,7 +136,9 @@ async def send_all(
 ) -> list[int]:
     """Write (key, value, headers) records to one partition, in order; returns each one's
     offset once the broker has them all."""
-    if isinstance(producer, AIOKafkaProducer):  # a replay helper's own
+    if current := current_producer():  # a live partition's transaction, on Kafka
+        producer = await current.begin()
+    if isinstance(producer, AIOKafkaProducer):  # a replay helper's own, or a transaction's
         kafka = producer
     elif (send_batch := getattr(producer, "send_batch", None)) is not None:
         # the embedded broker: one append for the whole lot
@@ -152,11 +166,12 @@ async def _send_in_batches(
     a few futures per checkpoint instead of one per record, which was a third of a
     projection's time at a million keys (docs/benchmarks.md)."""
     sent: list[tuple[Any, int]] = []  # (the batch's future, its record count)
-    batch, count = BatchBuilder(CHANGELOG_BATCH_BYTES, 0), 0
+    txn = kafka._txn_manager is not None and kafka._txn_manager.transactional_id is not None
+    batch, count = BatchBuilder(CHANGELOG_BATCH_BYTES, 0, is_transactional=txn), 0
     for key, value, headers in records:
         if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
             sent.append((await kafka.send_batch(batch, topic, partition=partition), count))
-            batch, count = BatchBuilder(CHANGELOG_BATCH_BYTES, 0), 0
+            batch, count = BatchBuilder(CHANGELOG_BATCH_BYTES, 0, is_transactional=txn), 0
             if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                 raise ValueError(f"a record for {topic} is over {CHANGELOG_BATCH_BYTES} bytes")
         count += 1
@@ -199,6 +214,8 @@ class _Partition:
         #: For a repartitioned view: next offset to apply per original source partition.
         self.origins: dict[tuple[str, int], int] = offsets
         self.sought = False
+        #: Set when its transaction failed (fenced): dropped, nothing more is written.
+        self.fenced = False
         #: Events applied since the last checkpoint, and when that was.
         self.dirty = 0
         #: A read waits for this partition's position: checkpoint at once (checkpoint_soon).
@@ -249,6 +266,8 @@ class ProjectionEngine(Service):
         self._hurry = asyncio.Event()
         #: Where changelogs are written: the app's producer, or a replay helper's own.
         self.changelog_producer: Any = None
+        #: Live source partitions' transactional producers (Kafka only).
+        self.transactions: Transactions | None = None
         #: Handler errors that stop the fold instead of dead-lettering the event (a replay
         #: helper's: what it cannot do, the worker can).
         self.fatal_handler_errors: tuple[type[BaseException], ...] = ()
@@ -301,6 +320,8 @@ class ProjectionEngine(Service):
         )
         self._reader = reader_for(self.app)
         await self._reader.connect()  # ahead of the first restore, which a rebalance waits on
+        if self.app.conf.broker[0].scheme != "embedded":
+            self.transactions = Transactions(self.app)
         helpers = self.app.replay_helpers
         if helpers is not None:
             logger.info(
@@ -335,6 +356,8 @@ class ProjectionEngine(Service):
                     await reader.close()
             self._reader = self._requests_reader = None
             await self.rebuilds.close()
+            if self.transactions is not None:
+                await self.transactions.close_all()
         await self.standbys.close()
 
     def requests_reader(self) -> PartitionReader:
@@ -448,11 +471,15 @@ class ProjectionEngine(Service):
                         continue
                     if part.dirty:
                         await self._checkpoint(part)
+                    if part.fenced:
+                        continue  # dropped already
                     if part.mode == "live":
                         view = part.projection.view
                         view.stores.pop(tp.partition, None)
                         view.status.pop(tp.partition, None)
                     part.store.close()
+            if self.transactions is not None:
+                await self.transactions.close(revoked)
 
     async def _on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         async with self._lock:
@@ -462,6 +489,8 @@ class ProjectionEngine(Service):
                 for projection in self.projections_of(tp.topic)
                 if slot(projection, tp) not in self._active
             ]
+            if self.transactions is not None:  # fences their last owners, before the restore
+                await self.transactions.open({tp for _, tp in new})
             entries = []
             for projection, tp in new:
                 view = projection.view
@@ -489,7 +518,12 @@ class ProjectionEngine(Service):
         view.stores[partition] = part.store
         view.status[partition] = part.status
         part.status.state = "serving"
+        old = self._active.get(slot(part.projection, part.tp))
         self._active[slot(part.projection, part.tp)] = part
+        if old is not None and old.changelog != part.changelog and self.transactions:
+            producer = self.transactions.get(part.tp)  # a rebuild's switch: the old retires
+            if producer is not None:
+                producer.forget(old.changelog)
 
     async def restore(
         self, entries: Sequence[tuple[Projection, TP, int, PartitionStatus]]
@@ -537,6 +571,8 @@ class ProjectionEngine(Service):
                 await self._write_changelog(part, {key: store.get(key) for key in pending})
             if await projection.after_restore(part, reader):
                 await self._checkpoint(part)
+                if part.fenced:
+                    continue
             parts.append(part)
             logger.info(
                 "view %s[%d] g%d: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
@@ -600,7 +636,10 @@ class ProjectionEngine(Service):
         mode = "live" if part.mode == "live" else "rebuild"
         started, first = time.perf_counter(), part.next_offset
         try:
-            await self._fold(part, records, decode)
+            with producing(self._transaction(part)):
+                await self._fold(part, records, decode)
+        except Fenced as exc:  # a handler's publish was refused
+            self._drop_fenced(part, exc)
         finally:
             done = bisect.bisect_left(records, part.next_offset, key=_offset) - bisect.bisect_left(
                 records, first, key=_offset
@@ -614,6 +653,8 @@ class ProjectionEngine(Service):
         self.fold_events[key] = self.fold_events.get(key, 0) + events
 
     async def _fold(self, part: _Partition, records: Sequence[Any], decode: Decode | None) -> None:
+        if part.fenced:
+            return
         live = part.mode == "live"
         projection = part.projection
         if decode is None:
@@ -631,6 +672,8 @@ class ProjectionEngine(Service):
                     return
                 if self._due(part):
                     await self._checkpoint(part)
+                    if part.fenced:
+                        return
             offset = record.offset
             if offset < part.next_offset:
                 continue
@@ -659,6 +702,10 @@ class ProjectionEngine(Service):
                         if handler.is_async:
                             await result
                         txn.release()  # encodes its writes: UnencodableState
+                    except Fenced:
+                        leave_cause(cause)
+                        txn.rollback()
+                        raise
                     except self.fatal_handler_errors:
                         leave_cause(cause)
                         txn.rollback()
@@ -765,6 +812,15 @@ class ProjectionEngine(Service):
         await asyncio.gather(*futures)
 
     async def _checkpoint(self, part: _Partition) -> None:
+        if part.fenced:
+            return
+        producer = self._transaction(part)
+        if producer is not None:
+            try:
+                await self._checkpoint_in_transaction(part, producer)
+            except Fenced as exc:
+                self._drop_fenced(part, exc)
+            return
         await part.projection.before_checkpoint(part)
         store, txn = part.store, part.txn
         rows = txn.encoded()
@@ -772,6 +828,54 @@ class ProjectionEngine(Service):
         index_changes, delta = store.plan(rows, part.projection.view.indexer())
         store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
         txn.clear()
+        self._checkpointed(part, offsets)
+        if rows:
+            await self._write_changelog(part, rows)
+        part.projection.after_checkpoint(part)
+        if part.mode != "live":
+            return  # the live generation's offsets are the group's
+        await self._commit(part.tp)
+
+    def _transaction(self, part: _Partition) -> PartitionProducer | None:
+        if self.transactions is None or part.mode != "live":
+            return None
+        return self.transactions.get(part.tp)
+
+    async def _checkpoint_in_transaction(
+        self, part: _Partition, producer: PartitionProducer
+    ) -> None:
+        """Checkpoint ``part`` and every other view folded from its source partition in one
+        transaction (what their handlers published is in it already); write the stores once
+        it is committed. ``Fenced`` if it is not: the stores keep the last committed state."""
+        tp = part.tp
+        parts = [part] + [
+            other
+            for projection in self.projections_of(tp.topic)
+            if (other := self._active.get(slot(projection, tp))) not in (None, part)
+        ]
+        done = []
+        with producing(producer):
+            try:
+                for each in parts:
+                    await each.projection.before_checkpoint(each)
+                    rows, offsets = each.txn.encoded(), each.offsets()
+                    sent: list[int] = []
+                    if rows:
+                        records = changelog_records(rows, offsets)
+                        sent = await send_all(producer, each.changelog, tp.partition, records)
+                    done.append((each, rows, offsets, sent))
+            except KafkaError as exc:  # refused: fenced (the sends' futures say so)
+                raise producer.failed(exc) from exc
+            await producer.commit({tp: min(each.next_offset for each in parts)})
+        for each, rows, offsets, sent in done:
+            store = each.store
+            index_changes, delta = store.plan(rows, each.projection.view.indexer())
+            store.write(rows, index_changes, delta, offsets, sent[-1] if sent else None)
+            each.txn.clear()
+            self._checkpointed(each, offsets)
+            each.projection.after_checkpoint(each)
+
+    def _checkpointed(self, part: _Partition, offsets: dict[tuple[str, int], int]) -> None:
         view = part.projection.view
         if part.mode == "live":
             self.events_processed[view.name] = self.events_processed.get(view.name, 0) + part.dirty
@@ -782,12 +886,31 @@ class ProjectionEngine(Service):
         part.dirty = 0
         part.hurry = False
         part.flushed_at = time.monotonic()
-        if rows:
-            await self._write_changelog(part, rows)
-        part.projection.after_checkpoint(part)
-        if part.mode != "live":
-            return  # the live generation's offsets are the group's
-        await self._commit(part.tp)
+
+    def _drop_fenced(self, part: _Partition, exc: Fenced) -> None:
+        """Forget ``part``'s source partition here, in memory, unwritten: another worker has
+        it (or will fold it again from the last commit)."""
+        tp = part.tp
+        dropped = [part] + [
+            other
+            for projection in self.projections_of(tp.topic)
+            if (other := self._active.pop(slot(projection, tp), None)) not in (None, part)
+        ]
+        self._active.pop(slot(part.projection, tp), None)
+        for each in dropped:
+            if each.fenced:
+                continue
+            each.fenced = True
+            each.dirty = 0
+            view = each.projection.view
+            if view.stores.get(tp.partition) is each.store:
+                view.stores.pop(tp.partition, None)
+                view.status.pop(tp.partition, None)
+            each.store.close()
+        logger.warning(
+            "%s[%d]: dropped, unwritten since the last checkpoint (%s); its next owner folds it",
+            tp.topic, tp.partition, exc,
+        )  # fmt: skip
 
     async def _commit(self, tp: TP) -> None:
         """Commit what every projection reading ``tp`` has done: for folds, only a hint of

@@ -128,11 +128,13 @@ class Standbys:
         await catch_up(self._reader, targets, budget)
         for ctp, target in targets.items():
             assert target.restorer is not None
-            target.restorer.finish()  # an unfinished checkpoint is read again next time
+            unfinished = target.restorer.finish()  # read again next time
             target.view.standby_stores[ctp.partition] = target.store  # a stale copy is replaced
             local = target.store.changelog_offset()
-            target.view.standby_lag[ctp.partition] = target.end - (
-                target.start if local is None else local + 1
+            # Read to the end, all applied: caught up, though a transaction's commit marker
+            # (or an aborted one) may follow the last record applied.
+            target.view.standby_lag[ctp.partition] = (
+                target.end - (target.start if local is None else local + 1) if unfinished else 0
             )
 
     async def close(self) -> None:

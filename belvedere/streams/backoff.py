@@ -66,6 +66,9 @@ class BackoffConsumerThread(AIOKafkaConsumerThread):
     def _create_consumer(self, loop: asyncio.AbstractEventLoop) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_consumer(loop)
         back_off_failed_metadata(consumer._client)
+        # Source topics are read committed, without faust's exactly-once mode (which sets
+        # this too, and more): a fenced worker's aborted output must not be folded.
+        consumer._isolation_level = "read_committed"
         return consumer
 
 

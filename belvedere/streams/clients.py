@@ -267,7 +267,10 @@ class KafkaClient:
             if n is None:
                 return []
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, **self._auth, enable_auto_commit=False
+                bootstrap_servers=self.bootstrap,
+                **self._auth,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
             )
             await consumer.start()
             try:

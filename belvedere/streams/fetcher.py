@@ -8,7 +8,10 @@ collector settings (``bench/reader_unpack.py``, docs/benchmarks.md run F).
 
 What aiokafka's consumer did for us is done here: leaders are looked up and refreshed,
 control batches skipped, CRCs checked, and records under the fetch offset (inside a
-compressed batch) dropped. Reads are uncommitted, as the consumer's default.
+compressed batch) dropped. Reads are committed (``read_committed``): the broker answers up to
+the last stable offset, and the records of aborted transactions (a fenced worker's
+checkpoint, see :mod:`belvedere.streams.transactions`) are dropped here, by the aborted
+transactions each fetch response lists.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka import errors as kafka_errors
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 from faust.types import TP
 
@@ -33,7 +37,7 @@ logger = logging.getLogger(__name__)
 FETCH_MAX_BYTES = 4 << 20
 PARTITION_MAX_BYTES = 4 << 20
 FETCH_MAX_WAIT_MS = 10
-READ_UNCOMMITTED = 0
+READ_COMMITTED = 1
 #: Seconds between two tries after an error, and between two warnings about it.
 RETRY_BACKOFF = 0.1
 WARN_EVERY = 10.0
@@ -158,7 +162,7 @@ class _Sent:
         for tp, offset in offsets.items():
             topics.setdefault(tp.topic, []).append((tp.partition, offset, PARTITION_MAX_BYTES))
         request = FetchRequest(
-            FETCH_MAX_WAIT_MS, 1, FETCH_MAX_BYTES, READ_UNCOMMITTED, list(topics.items())
+            FETCH_MAX_WAIT_MS, 1, FETCH_MAX_BYTES, READ_COMMITTED, list(topics.items())
         )
         self.response: asyncio.Future[Any] = asyncio.ensure_future(client.send(node, request))
 
@@ -185,28 +189,30 @@ async def _fetch_once(
             sent.response.cancel()
         sent = _Sent(client, node, offsets)
     response = await sent.response
-    fetched = []  # (tp, records' bytes, the offset after them, the log end)
+    fetched = []  # (tp, records' bytes, the offset after them, the stable end, aborted)
     for topic, partitions in response.topics:
-        for partition, error_code, highwater, *rest in partitions:
+        for partition, error_code, _highwater, *rest in partitions:
             tp = TP(topic, partition)
             error = kafka_errors.for_code(error_code)
             if error is not kafka_errors.NoError:
                 raise error(f"fetching {topic}[{partition}] at offset {offsets[tp]}")
-            fetched.append((tp, rest[-1], _next_offset(rest[-1], offsets[tp]), highwater))
-    reached = {tp: after for tp, _, after, _ in fetched}
+            # v4+: [last stable offset, (log start), aborted, (preferred replica), records]
+            stable, aborted = rest[0], rest[2 if len(rest) > 4 else -2]
+            fetched.append((tp, rest[-1], _next_offset(rest[-1], offsets[tp]), stable, aborted))
+    reached = {tp: after for tp, _, after, _, _ in fetched}
     following = {
         tp: reached.get(tp, o) for tp, o in offsets.items() if reached.get(tp, o) < ends[tp]
     }
     if following:
         ahead[node] = _Sent(client, node, following)
-    for tp, data, after, highwater in fetched:
-        records = _unpack(tp, data, position[tp], ends[tp])
+    for tp, data, after, stable, aborted in fetched:
+        records = _unpack(tp, data, position[tp], ends[tp], aborted)
         if records:
             await deliver(tp, records)
         position[tp] = after
-        if after >= highwater and highwater < ends[tp]:
+        if after >= stable and stable < ends[tp]:
             raise LogTruncated(
-                f"{tp.topic}[{tp.partition}] now ends at offset {highwater}, before the "
+                f"{tp.topic}[{tp.partition}] now ends at offset {stable}, before the "
                 f"{ends[tp]} being read to: the topic was deleted (and created again) "
                 "or truncated while it was read"
             )
@@ -224,10 +230,17 @@ def _next_offset(data: bytes, offset: int) -> int:
     return offset
 
 
-def _unpack(tp: TP, data: bytes, start: int, end: int) -> list[LogRecord]:
-    """The records of ``data`` with offsets in [start, end), CRCs checked."""
+def _unpack(tp: TP, data: bytes, start: int, end: int, aborted: Any = None) -> list[LogRecord]:
+    """The committed records of ``data`` with offsets in [start, end), CRCs checked.
+
+    ``aborted`` lists (producer id, first offset) of the transactions aborted in the range:
+    a producer's transactional batches from its first offset up to its abort marker are
+    dropped.
+    """
     topic, partition = tp.topic, tp.partition
     out: list[LogRecord] = []
+    pending = sorted(aborted or (), key=lambda found: found[1])
+    dropping: set[int] = set()
     batches = MemoryRecords(data)
     while batches.has_next():
         batch = batches.next_batch()
@@ -235,9 +248,20 @@ def _unpack(tp: TP, data: bytes, start: int, end: int) -> list[LogRecord]:
             break
         if not batch.validate_crc():
             raise kafka_errors.CorruptRecordException(f"invalid CRC in {topic}[{partition}]")
-        if not batch.is_control_batch:
+        while pending and pending[0][1] <= batch.base_offset:
+            dropping.add(pending.pop(0)[0])
+        if batch.is_control_batch:
+            if batch.producer_id in dropping and _is_abort(batch):
+                dropping.discard(batch.producer_id)
+        elif not (batch.is_transactional and batch.producer_id in dropping):
             out.extend(LogRecord(topic, partition, r) for r in batch if start <= r.offset < end)
     return out
+
+
+def _is_abort(batch: Any) -> bool:
+    for record in batch:
+        return ControlRecord.parse(record.key) == ABORT_MARKER
+    return False
 
 
 class _Trouble:

@@ -106,7 +106,8 @@ class KafkaReader(PartitionReader):
     own thread, the next batches are fetched while one is folded. Records are unpacked by
     :mod:`belvedere.streams.fetcher`, not the consumer's fetcher: the consumer's
     per-record Python shares the GIL with the fold (docs/benchmarks.md, run D). The
-    consumer serves the offset lookups, and its client the fetches.
+    consumer serves the offset lookups, and its client the fetches. Reads are committed
+    only: "log end" is the last stable offset, and aborted transactions are left out.
     """
 
     #: Batches read ahead of the one being folded.
@@ -155,8 +156,13 @@ class KafkaReader(PartitionReader):
     async def _start_consumer(self) -> Any:
         from aiokafka import AIOKafkaConsumer
 
+        # read_committed: a log's end is its last stable offset, past which a transaction
+        # may still be aborted (a fenced worker's checkpoint).
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, **self.auth, enable_auto_commit=False
+            bootstrap_servers=self.bootstrap,
+            **self.auth,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
         )
         await consumer.start()
         back_off_failed_metadata(consumer._client)

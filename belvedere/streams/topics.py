@@ -25,6 +25,7 @@ from belvedere.streams.envelope import (
 )
 from belvedere.streams.partitioner import PARTITIONERS, crc32_partition
 from belvedere.streams.records import Event
+from belvedere.streams.transactions import current_producer
 
 __all__ = ["DeadLetteringTopic", "EventTopic", "Published"]
 
@@ -168,7 +169,9 @@ class EventTopic(DeadLetteringTopic):
         correlation, and is caused by it. While a rebuild replays history into a new
         generation of a view, a projection's publishes are not sent (``suppressed``).
         ``event_id`` names it (a command's id, for deduplication); ``partition`` overrides
-        the key's.
+        the key's. Published while a live source partition is folded or checkpointed (on
+        Kafka), it is part of that partition's transaction: visible once the checkpoint
+        commits, never if the worker was fenced first.
         """
         known = self.codec.types.get(type(event).event_type)
         if known is not type(event):
@@ -186,11 +189,15 @@ class EventTopic(DeadLetteringTopic):
         if side_effects_suppressed():
             return Published(meta, self.get_topic_name(), -1, -1, suppressed=True)
         wire_key = self.key_for(event, key)
-        fut = await self.send(
-            key=wire_key,
-            value=self.codec.encode(event, meta),
-            headers=self.codec.headers(event),
-            partition=self.partition_for(wire_key) if partition is None else partition,
-        )
+        value, headers = self.codec.encode(event, meta), self.codec.headers(event)
+        if partition is None:
+            partition = self.partition_for(wire_key)
+        transaction = current_producer()
+        if transaction is not None:  # a live source partition's, on Kafka: fenced with it
+            fut = await transaction.send(
+                self.get_topic_name(), wire_key, value, partition, None, headers
+            )
+        else:
+            fut = await self.send(key=wire_key, value=value, headers=headers, partition=partition)
         sent = await fut
         return Published(meta, sent.topic, sent.partition, sent.offset)

@@ -97,4 +97,6 @@ async def catch_up(reader: PartitionReader, targets: dict[TP, Target], budget: S
             target.status.restore_done = batch[-1].offset + 1 - target.start
     for target in targets.values():
         if target.status is not None:
+            # What was read: the range's end may be past a commit marker and nothing more.
+            target.status.restore_total = target.status.restore_done
             target.status.restore_finished = time.monotonic()
