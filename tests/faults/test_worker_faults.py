@@ -291,6 +291,15 @@ def test_a_killed_workers_partitions_are_served_by_its_standby_within_10_s_and_m
         if p in serving[1]:
             keys.setdefault(p, record.key.decode())
     assert sorted(keys) == serving[1]
+    # the standbys hold the first half (settled says they exist, not that they caught up)
+    wait_for(
+        lambda: all(
+            call(f"{survivor.url}/views/balances/{key}?max_lag={ANY_LAG}", timeout=10).status == 200
+            for key in keys.values()
+        ),
+        timeout=60,
+        what=f"the survivor's standbys holding the first half's keys; {REPLAY}",
+    )
     second = Feeder(kafka.client, truth.feed(unique_name, slice(0.5, 1)), chunks=10, seconds=6.0)
     second.start()  # the changelogs grow while the standby follows them and the restore runs
 
