@@ -2,7 +2,7 @@
 
 faust declares only its internal topics before subscribing, so a source topic declared with
 ``partitions=4`` is auto-created by the broker with its default count instead, and a table
-on it then fails with PartitionsMismatch (trap P6). This declares every topic that names
+on it then fails with PartitionsMismatch. This declares every topic that names
 its partition count, on any broker, before the consumer subscribes.
 
 On Kafka it then waits until the broker's metadata shows every topic it declared. A topic

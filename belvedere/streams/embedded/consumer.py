@@ -2,7 +2,7 @@
 
 faust's partition assignor is written against aiokafka's group protocol. With one member
 there is no coordinator to talk to, so this consumer runs the group protocol's steps itself,
-in the order aiokafka's rebalance listener does (see embedded-transport-spike.md, section 3):
+in the order aiokafka's rebalance listener does:
 rebalance start, revoke, assign with faust's own assignor as the leader, bump the generation,
 then the assignment callbacks.
 """
@@ -78,7 +78,7 @@ class Consumer(FaustConsumer):
         """Start a rebalance in the background, as Kafka does on a subscription change.
 
         Running it here would deadlock: faust's assignment callback waits for the
-        conductor, which waits for this call to return (trap P1 in the spike notes).
+        conductor, which waits for this call to return.
         """
         topics = set(topics)
         default_partitions = self.app.conf.topic_partitions
