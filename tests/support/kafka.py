@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from belvedere.streams.security import BrokerSecurity
 
@@ -50,32 +51,29 @@ def private_kafka(
     ``work`` is its folder, made by the caller when files must be there first (``tls/``);
     ``settings`` go to ci/kafka/start.sh and wait.py (``KAFKA_PROPERTIES``, ``KAFKA_SSL_CAFILE``...).
     """
-    work = str(work or tempfile.mkdtemp(prefix="belvedere-kafka-"))
-    env = {**os.environ, **(settings or {}), "KAFKA_WORK": work, "PYTHON": sys.executable}
+    folder = Path(work or tempfile.mkdtemp(prefix="belvedere-kafka-"))
+    env = {**os.environ, **(settings or {}), "KAFKA_WORK": str(folder), "PYTHON": sys.executable}
     try:
-        try:
-            subprocess.run(
-                ["bash", str(REPO / "ci/kafka/start.sh")],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            subprocess.run(
-                [sys.executable, str(REPO / "ci/kafka/wait.py"), work, "120"],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=180,
-            )
-        except subprocess.CalledProcessError as exc:
-            said = (exc.stderr or exc.stdout or "")[-500:]
-            raise KafkaStartFailed(f"{said}\n{broker_log_tail(Path(work))}") from None
-        yield Path(work, "bootstrap").read_text().strip()
+        _start(env, folder, "start.sh", wait=120, tails=lambda: broker_log_tail(folder))
+        yield Path(folder, "bootstrap").read_text().strip()
     finally:
         subprocess.run(["bash", str(REPO / "ci/kafka/stop.sh")], env=env, timeout=90)
+
+
+def _start(env: Mapping[str, str], work: Path, script: str, *, wait: int, tails: Any) -> None:
+    """Run ci/kafka/``script``, then wait.py until it serves; KafkaStartFailed with what
+    it said and the end of its logs (``tails()``) if not."""
+    try:
+        for command, timeout in (
+            (["bash", str(REPO / "ci/kafka" / script)], 600),
+            ([sys.executable, str(REPO / "ci/kafka/wait.py"), str(work), str(wait)], wait + 60),
+        ):
+            subprocess.run(
+                command, env=env, check=True, capture_output=True, text=True, timeout=timeout
+            )
+    except subprocess.CalledProcessError as exc:
+        said = (exc.stderr or exc.stdout or "")[-500:]
+        raise KafkaStartFailed(f"{said}\n{tails()}") from None
 
 
 @dataclass(frozen=True)
@@ -142,27 +140,15 @@ def private_kafka_cluster(work: Path | None = None) -> Iterator[KafkaCluster]:
     work = Path(work or tempfile.mkdtemp(prefix="belvedere-kafka-cluster-"))
     env = {**os.environ, "KAFKA_WORK": str(work), "PYTHON": sys.executable}
     try:
-        try:
-            subprocess.run(
-                ["bash", str(REPO / "ci/kafka/start-cluster.sh")],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            subprocess.run(
-                [sys.executable, str(REPO / "ci/kafka/wait.py"), str(work), "180"],
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=240,
-            )
-        except subprocess.CalledProcessError as exc:
-            said = (exc.stderr or exc.stdout or "")[-500:]
-            tails = "\n".join(broker_log_tail(node, 15) for node in sorted(work.glob("node-*")))
-            raise KafkaStartFailed(f"{said}\n{tails}") from None
+        _start(
+            env,
+            work,
+            "start-cluster.sh",
+            wait=180,
+            tails=lambda: "\n".join(
+                broker_log_tail(node, 15) for node in sorted(work.glob("node-*"))
+            ),
+        )
         yield KafkaCluster(work)
     finally:
         subprocess.run(["bash", str(REPO / "ci/kafka/stop-cluster.sh")], env=env, timeout=120)
