@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import operator
 import os
 from collections.abc import Callable, Sequence
@@ -30,12 +31,16 @@ from belvedere.streams.security import BrokerSecurity
 from belvedere.streams.tap import tapped
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
+from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
+from belvedere.views_api.publishing import Publishing, declared
 from belvedere.views_api.routes import install as install_routes
 from belvedere.views_api.server import Web as BelvedereWeb
 from belvedere.views_api.tls import WebTLS
 from belvedere.worker import TableManager, Worker
 
 __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_BROKER = "embedded://"
 DEFAULT_WEB_HOST = "127.0.0.1"
@@ -85,6 +90,17 @@ def _seconds(name: str, value: Any) -> float:
     return seconds
 
 
+def _flag(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
 def _count(name: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -110,8 +126,12 @@ class App(faust.App):
     ``data_dir``               ``BELVEDERE_DATA_DIR``               ``belvedere-data/<id>``
     ``web_host``               ``BELVEDERE_WEB_HOST``               ``127.0.0.1`` (bind and advertise)
     ``web_port``               ``BELVEDERE_WEB_PORT``               ``6066``
+    ``read_token``             ``BELVEDERE_READ_TOKEN``             ``api_token``; none: reads are open
+    ``write_token``            ``BELVEDERE_WRITE_TOKEN``            ``api_token``; none: writes are open
     ``admin_token``            ``BELVEDERE_ADMIN_TOKEN``            none: admin requests from loopback only
-    ``api_token``              ``BELVEDERE_API_TOKEN``              none: reads and event posts are open
+    ``api_token``              ``BELVEDERE_API_TOKEN``              none; the read and the write token
+    ``forward_secret``         ``BELVEDERE_FORWARD_SECRET``         derived from the tokens, else the app id
+    ``insecure_open``          ``BELVEDERE_INSECURE_OPEN``          false: refuse an unguarded non-loopback bind
     ``broker_ssl_cafile``      ``BELVEDERE_BROKER_SSL_CAFILE``      none: plaintext; else TLS trusting this CA
     ``broker_ssl_certfile``    ``BELVEDERE_BROKER_SSL_CERTFILE``    none; a client certificate (mutual TLS)
     ``broker_ssl_keyfile``     ``BELVEDERE_BROKER_SSL_KEYFILE``     none: the key is in the certfile
@@ -145,6 +165,15 @@ class App(faust.App):
     reach faust's clients and Belvedere's own alike; give them instead of faust's
     ``broker_credentials``, which Belvedere's own clients would not see.
 
+    HTTP requests need the token of their route's scope (:mod:`belvedere.views_api.auth`):
+    ``read`` (views, aggregates, sagas, traces, metrics), ``write`` (``POST /events``,
+    ``POST /commands``), ``admin`` (rebuilds). The admin token opens every scope and the
+    write token also reads; ``api_token`` is the read and the write token where those are
+    not set. A worker binding an address other than loopback refuses to start unless every
+    scope has a token, or ``insecure_open`` is set (then it logs a warning). Workers sign
+    the requests they forward to each other with ``forward_secret``: give every worker the
+    same one (by default it is derived from the tokens, which they share anyway).
+
     On Kafka, a worker that stops heartbeating (killed, or paused) loses its partitions
     ``broker_session_timeout`` seconds later (``BELVEDERE_BROKER_SESSION_TIMEOUT``, 6 s:
     Kafka's lowest by default), and heartbeats every ``broker_heartbeat_interval`` seconds
@@ -167,6 +196,10 @@ class App(faust.App):
         checkpoint_events: int = 20_000,
         admin_token: str | None = None,
         api_token: str | None = None,
+        read_token: str | None = None,
+        write_token: str | None = None,
+        forward_secret: str | None = None,
+        insecure_open: bool | None = None,
         broker_ssl_cafile: str | None = None,
         broker_ssl_certfile: str | None = None,
         broker_ssl_keyfile: str | None = None,
@@ -189,10 +222,22 @@ class App(faust.App):
         )
         #: Set by ``belvedere worker``: forks the helpers that replay a rebuild.
         self.replay_helpers: ReplayHelpers | None = None
-        #: What admin HTTP requests (a rebuild) must carry as a bearer token.
+        #: The bearer token of the admin scope (rebuilds); it opens every scope.
         self.admin_token: str | None = _setting("BELVEDERE_ADMIN_TOKEN", admin_token, None)
-        #: What reads and ``POST /events`` must carry as a bearer token, if set.
+        #: The read and the write token, where those are not set.
         self.api_token: str | None = _setting("BELVEDERE_API_TOKEN", api_token, None)
+        #: The bearer token of the read scope.
+        self.read_token: str | None = _setting("BELVEDERE_READ_TOKEN", read_token, None)
+        #: The bearer token of the write scope (``POST /events``, ``POST /commands``).
+        self.write_token: str | None = _setting("BELVEDERE_WRITE_TOKEN", write_token, None)
+        #: What workers sign forwarded requests with (None: derived, see ``forward_key``).
+        self.forward_secret: str | None = _setting("BELVEDERE_FORWARD_SECRET", forward_secret, None)
+        #: Start on a non-loopback bind even with a scope no token guards.
+        self.insecure_open: bool = _flag(
+            "insecure_open", _setting("BELVEDERE_INSECURE_OPEN", insecure_open, False)
+        )
+        #: Per event topic name: what ``POST /events`` may publish to it.
+        self.http_publishing: dict[str, Publishing] = {}
         #: The event topics declared with :meth:`event_topic`, by name.
         self.event_topics: dict[str, EventTopic] = {}
         #: The views declared with :meth:`view`, by name.
@@ -292,6 +337,8 @@ class App(faust.App):
         key: str | None = None,
         partitions: int | None = None,
         partitioner: str = "murmur2",
+        http_publish: bool | Sequence[type[Event]] = False,
+        http_publish_owned: bool = False,
         **options: Any,
     ) -> EventTopic:
         """A topic carrying these event types in the envelope; agents get typed events.
@@ -299,8 +346,11 @@ class App(faust.App):
         ``key`` names the event field used as the Kafka key when an event class declares
         none. ``partitioner`` is how the topic's producers hash keys: ``murmur2`` (Kafka's
         default), ``crc32`` (librdkafka's default: kcat, confluent-kafka), or ``any`` (the
-        projections re-key its events by their key field). Other options are faust's
-        ``app.topic`` options.
+        projections re-key its events by their key field). ``http_publish`` lets
+        ``POST /events`` publish to it: ``True`` (every type it carries) or a list of its
+        types; an aggregate's topics and the event types aggregates own stay refused unless
+        ``http_publish_owned`` (:mod:`belvedere.views_api.publishing`). Other options are
+        faust's ``app.topic`` options.
         """
         if name in self.event_topics:
             raise ValueError(f"event topic {name!r} is already declared")
@@ -314,6 +364,9 @@ class App(faust.App):
             partitioner=partitioner,
             **options,
         )
+        publishing = declared(topic, http_publish, http_publish_owned)
+        if publishing is not None:
+            self.http_publishing[name] = publishing
         return topic
 
     @property
@@ -578,7 +631,10 @@ class App(faust.App):
         """Refuse what cannot work, before a worker starts: a faust agent on a topic a
         projection reads would never see an event (the projection takes every batch of
         its source off the consumer first); views without faust's assignor could not be
-        routed to."""
+        routed to; a web server other machines reach with a scope no token guards."""
+        exposed = exposure_problem(self)
+        if exposed is not None and not self.insecure_open:
+            raise ValueError(f"{exposed}: {EXPOSURE_REMEDY}")
         claimed = {
             topic.get_topic_name(): projection.view.name
             for projection in self.projections.projections.values()
@@ -606,6 +662,11 @@ class App(faust.App):
         return services
 
     def on_webserver_init(self, web: Any) -> None:
+        exposed = exposure_problem(self)
+        if exposed is not None:
+            if not self.insecure_open:  # a worker started without the CLI's check()
+                raise RuntimeError(f"{exposed}: {EXPOSURE_REMEDY}")
+            logger.warning("insecure_open: %s; anyone who can connect may use them", exposed)
         install_routes(self, web.web_app)
 
     def _new_web(self) -> Any:

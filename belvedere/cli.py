@@ -157,6 +157,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_env("BELVEDERE_WEB_PORT", args.web_port)
     _set_env("BELVEDERE_WEB_HOST", args.web_host)
     _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
+    _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
     _set_tls_env(args, "web")
     app = load_app(args.app)
     try:
@@ -544,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--data-dir", metavar="DIR", help="tables and the embedded broker's log")
     _web_tls_arguments(worker, serving=True)
+    worker.add_argument(
+        "--insecure-open",
+        action="store_true",
+        help="serve on a non-loopback --web-host even though some scope has no token "
+        "(BELVEDERE_READ_TOKEN, _WRITE_TOKEN, _ADMIN_TOKEN, or _API_TOKEN for read and write)",
+    )
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     worker.set_defaults(run=cmd_worker)
 

@@ -63,7 +63,9 @@ class Deposited(belvedere.Event, key="account"):
 def _app() -> Any:
     name = os.environ["BENCH_NAME"]
     app = belvedere.App(name)
-    deposits = app.event_topic(f"{name}-deposits", Deposited, partitions=PARTITIONS)
+    deposits = app.event_topic(
+        f"{name}-deposits", Deposited, partitions=PARTITIONS, http_publish=True
+    )
     balances = app.view("balances", value=dict, indexes=["owner"])
 
     @app.projection(deposits, view=balances)

@@ -183,7 +183,8 @@ OVERRIDES = {
 #: What belvedere.App adds per instance.
 INSTANCE_ATTRIBUTES = [
     "admin_token", "aggregates", "api_token", "batch_tap", "event_topics", "flow_trace",
-    "max_event_bytes", "projections", "sagas", "views",
+    "forward_secret", "http_publishing", "insecure_open", "max_event_bytes", "projections",
+    "read_token", "sagas", "views", "write_token",
 ]  # fmt: skip
 
 

@@ -3,8 +3,9 @@
 The body is one envelope or a JSON array of them. Each is validated as a consumer would
 decode it (a bad one fails the whole request with a 400 naming it, and nothing is
 written); ``eventId``, ``timestamp`` and ``producer`` are filled in when absent, and the
-rest is written as given (a string ``eventVersion`` stays a string). The
-answer carries a consistency token of the offsets written: pass it as ``?after=`` to a
+rest is written as given (a string ``eventVersion`` stays a string). Only topics and
+event types declared publishable are accepted (:mod:`belvedere.views_api.publishing`):
+others answer 403 ``not-publishable``, and nothing is written. The answer carries a consistency token of the offsets written: pass it as ``?after=`` to a
 read to see the view with these events applied.
 """
 
@@ -22,6 +23,7 @@ from belvedere.streams.envelope import BadEvent
 from belvedere.streams.types import format_timestamp
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.positions import HEADER_POSITION, encode_token
+from belvedere.views_api.publishing import event_check, refused_topic
 
 __all__ = ["publish_events"]
 
@@ -43,6 +45,9 @@ async def publish_events(app: Any, request: web.Request) -> web.StreamResponse:
     if topic is None:
         known = ", ".join(sorted(app.event_topics)) or "none"
         return error(404, "unknown-topic", f"no event topic {name!r} (event topics: {known})")
+    refused = refused_topic(app, name)
+    if refused is not None:
+        return error(403, "not-publishable", refused)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
@@ -51,15 +56,19 @@ async def publish_events(app: Any, request: web.Request) -> web.StreamResponse:
     if not docs or len(docs) > MAX_EVENTS:
         return error(400, "bad-body", f"send 1 to {MAX_EVENTS} envelopes, not {len(docs)}")
     prepared = []
+    refused_event = event_check(app, name)
     for i, doc in enumerate(docs):
+        where = f"event {i}: " if isinstance(body, list) else ""
         raw = orjson.dumps(_completed(doc, f"{app.conf.id}-http"))
         try:
             event = topic.codec.decode(raw)
             key = topic.key_for(event)
         except (BadEvent, ValueError, AttributeError) as exc:
-            where = f"event {i}: " if isinstance(body, list) else ""
             kind = exc.kind if isinstance(exc, BadEvent) else "no-key"
             return error(400, kind, f"{where}{exc}")
+        refused = refused_event(type(event))
+        if refused is not None:
+            return error(403, "not-publishable", f"{where}{refused}")
         prepared.append((key, raw, topic.codec.headers(event, event.meta), event.meta.event_id))
     futures = [
         await app.producer.send(name, key, raw, topic.partition_for(key), None, headers)

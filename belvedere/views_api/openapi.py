@@ -10,7 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
+from belvedere.views_api.auth import OPEN
 from belvedere.views_api.errors import json
+from belvedere.views_api.publishing import publishable_topics
 
 __all__ = ["openapi", "spec"]
 
@@ -27,31 +29,35 @@ def _param(name: str, where: str, description: str, schema: dict, required: bool
     }
 
 
-def _answers(
-    ok: str, *errors: int, ok_status: str = "200", body: dict | None = None, guarded: bool = True
-) -> dict:
+_REASONS = {
+    400: "a bad parameter or body",
+    401: "no token where the route's scope needs one",
+    403: "a token that does not open the route's scope",
+    404: "no such view, key, topic or path",
+    409: "a conflict: a rebuild already running, or not the expectedVersion",
+    410: "the position is gone (the view was rebuilt, or its changelog compacted)",
+    503: "the partition is not served right now (recovering, or moving): retry after",
+    422: "the command was rejected",
+    504: "not in time: the token's positions, or the command's outcome",
+}
+
+
+def _error_answer(status: int) -> dict:
+    return {
+        "description": _REASONS[status],
+        "content": {"application/json": {"schema": ERROR}},
+    }
+
+
+def _answers(ok: str, *errors: int, ok_status: str = "200", body: dict | None = None) -> dict:
     out: dict[str, Any] = {
         ok_status: {
             "description": ok,
             "content": {"application/json": {"schema": body or {}}},
         }
     }
-    reasons = {
-        400: "a bad parameter or body",
-        401: "no token where one is needed",
-        403: "a wrong token",
-        404: "no such view, key, topic or path",
-        409: "a conflict: a rebuild already running, or not the expectedVersion",
-        410: "the position is gone (the view was rebuilt, or its changelog compacted)",
-        503: "the partition is not served right now (recovering, or moving): retry after",
-        422: "the command was rejected",
-        504: "not in time: the token's positions, or the command's outcome",
-    }
-    for status in (*errors, *((401, 403) if guarded else ())):
-        out[str(status)] = {
-            "description": reasons[status],
-            "content": {"application/json": {"schema": ERROR}},
-        }
+    for status in errors:
+        out[str(status)] = _error_answer(status)
     return out
 
 
@@ -164,7 +170,7 @@ def _command_paths(app: Any) -> dict[str, Any]:
 
 def spec(app: Any) -> dict[str, Any]:
     views = sorted(app.views) or ["none"]
-    topics = sorted(app.event_topics) or ["none"]
+    topics = publishable_topics(app) or ["none"]
     view = _param("view", "path", "a view's name", {"type": "string", "enum": views})
     token = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4096}
     after = _param(
@@ -202,7 +208,7 @@ def spec(app: Any) -> dict[str, Any]:
         ],
         "responses": _answers("the row's value", 400, 404, 503, 504),
     }
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": f"{app.conf.id}: Belvedere",
@@ -215,13 +221,13 @@ def spec(app: Any) -> dict[str, Any]:
             "/health": {
                 "get": {
                     "summary": "Liveness",
-                    "responses": _answers("the process answers", guarded=False),
+                    "responses": _answers("the process answers"),
                 }
             },
             "/ready": {
                 "get": {
                     "summary": "Readiness: every assigned partition is recovered",
-                    "responses": _answers("ready", 503, guarded=False),
+                    "responses": _answers("ready", 503),
                 }
             },
             "/metrics": {
@@ -235,7 +241,7 @@ def spec(app: Any) -> dict[str, Any]:
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
-                    "responses": _answers("the spec", guarded=False),
+                    "responses": _answers("the spec"),
                 }
             },
             "/views": {
@@ -320,13 +326,12 @@ def spec(app: Any) -> dict[str, Any]:
             },
             "/views/{view}/rebuild": {
                 "get": {
-                    "summary": "A rebuild's progress (admin token)",
+                    "summary": "A rebuild's progress",
                     "parameters": [view],
                     "responses": _answers("the rebuild's state", 404),
-                    "security": [{"admin": []}],
                 },
                 "post": {
-                    "summary": "Rebuild the view into a new generation (admin token)",
+                    "summary": "Rebuild the view into a new generation",
                     "parameters": [view],
                     "requestBody": {
                         "required": False,
@@ -344,7 +349,6 @@ def spec(app: Any) -> dict[str, Any]:
                         },
                     },
                     "responses": _answers("started", 400, 404, 409, ok_status="202"),
-                    "security": [{"admin": []}],
                 },
             },
             "/events/{topic}": {
@@ -352,7 +356,10 @@ def spec(app: Any) -> dict[str, Any]:
                     "summary": "Publish events (one envelope or an array); answers a token",
                     "parameters": [
                         _param(
-                            "topic", "path", "an event topic", {"type": "string", "enum": topics}
+                            "topic",
+                            "path",
+                            "an event topic open to HTTP publishing",
+                            {"type": "string", "enum": topics},
                         )
                     ],
                     "requestBody": {
@@ -371,7 +378,14 @@ def spec(app: Any) -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": _answers("written", 400, 404, ok_status="201"),
+                    "responses": {
+                        **_answers("written", 400, 404, ok_status="201"),
+                        "403": {
+                            **_error_answer(403),
+                            "description": "a token that does not open the write scope, or a "
+                            "topic or event type not open to HTTP publishing",
+                        },
+                    },
                 }
             },
             **_command_paths(app),
@@ -423,11 +437,37 @@ def spec(app: Any) -> dict[str, Any]:
                 },
             },
             "securitySchemes": {
-                "admin": {"type": "http", "scheme": "bearer"},
-                "api": {"type": "http", "scheme": "bearer"},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token opening the operation's scope (read, write or "
+                    "admin). The admin token opens every scope and the write token also reads; "
+                    "a scope the worker sets no token for needs none (admin then answers "
+                    "loopback clients only).",
+                }
             },
         },
     }
+    _declare_scopes(document["paths"])
+    return document
+
+
+def _declare_scopes(paths: dict[str, Any]) -> None:
+    """Each operation's ``security``, from the scope ``ROUTES`` declares for it."""
+    from belvedere.views_api.routes import scope_of  # routes imports this module
+
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            scope = scope_of(method.upper(), path)
+            if scope is None:
+                raise LookupError(f"{method.upper()} {path} is in the spec but not in ROUTES")
+            operation["x-scope"] = scope
+            if scope == OPEN:
+                operation["security"] = []
+                continue
+            operation["security"] = [{"bearer": [scope]}]
+            for status in (401, 403):
+                operation["responses"].setdefault(str(status), _error_answer(status))
 
 
 async def openapi(app: Any, request: web.Request) -> web.StreamResponse:

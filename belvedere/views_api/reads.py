@@ -32,9 +32,9 @@ from belvedere.views_api.positions import (
     wait_until_applied,
 )
 from belvedere.views_api.routing import (
-    HEADER_FORWARDED,
     HEADER_WORKER,
     forward,
+    is_forwarded,
     owner_of,
     self_url,
 )
@@ -109,7 +109,7 @@ async def not_here(
     """Forward to the partition's owner; or 503 with Retry-After if that is this worker, or
     unknown, or the request was already forwarded once."""
     owner = owner_of(app, lineage(app, view).folded, partition)
-    if owner is not None and owner != self_url(app) and HEADER_FORWARDED not in request.headers:
+    if owner is not None and owner != self_url(app) and not is_forwarded(request):
         return await forward(request, owner, wait)
     detail = str(why) if owner is not None else f"{why}; no worker holds it now (a rebalance?)"
     return error(503, "not-serving", detail, {"Retry-After": "1"})

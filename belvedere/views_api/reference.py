@@ -43,6 +43,8 @@ def reference(spec: dict[str, Any]) -> str:
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             lines += [f"## `{method.upper()} {path}`", "", operation.get("summary", ""), ""]
+            if "x-scope" in operation:
+                lines += [f"Scope: `{operation['x-scope']}`.", ""]
             parameters = operation.get("parameters", [])
             if parameters:
                 lines += ["| parameter | in | | what |", "|---|---|---|---|"]

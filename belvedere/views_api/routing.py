@@ -6,14 +6,21 @@ member the last rebalance gave that partition to: faust's assignor shares that m
 On the embedded broker there is one worker and no map: everything is local.
 
 A forwarded request carries ``X-Belvedere-Forwarded`` and is never forwarded again, so two
-workers with different views of a rebalance cannot bounce a request between them.
+workers with different views of a rebalance cannot bounce a request between them. The
+header is signed (HMAC-SHA256 over the method, the path with its query, the request id
+and a timestamp, keyed by the secret the workers share: :func:`forward_key`), so a client
+cannot send it to keep its request from the partition's owner: a header that does not
+verify, or is older than ``FORWARD_WINDOW``, is ignored and the request forwarded as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import ssl
+import time
 import uuid
 import weakref
 from collections.abc import Mapping
@@ -22,7 +29,9 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from yarl import URL
 
+from belvedere.views_api.auth import Tokens
 from belvedere.views_api.errors import error
 
 __all__ = [
@@ -33,10 +42,13 @@ __all__ = [
     "ask_members",
     "close_session",
     "forward",
+    "forward_key",
+    "is_forwarded",
     "members_of",
     "owner_of",
     "request_ids",
     "self_url",
+    "sign_forwards",
     "trust_for_forwards",
 ]
 
@@ -46,6 +58,9 @@ HEADER_REQUEST_ID = "X-Request-Id"
 HEADER_WORKER = "X-Belvedere-Worker"
 #: Seconds a forwarded request may take, beyond any wait the request itself asks for.
 FORWARD_TIMEOUT = 10.0
+#: Seconds a forward's signature holds, either way: how far the workers' clocks may differ,
+#: and how long a captured forward could be replayed.
+FORWARD_WINDOW = 300.0
 _HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -62,6 +77,7 @@ _HOP_BY_HOP = {
 }
 _SESSION = web.AppKey("belvedere.http", aiohttp.ClientSession)
 _CLIENT_TLS = web.AppKey("belvedere.http.tls", ssl.SSLContext)
+_FORWARD_KEY = web.AppKey("belvedere.http.forward_key", bytes)
 
 Member = str
 
@@ -107,6 +123,36 @@ def trust_for_forwards(web_app: web.Application, context: ssl.SSLContext) -> Non
     web_app[_CLIENT_TLS] = context
 
 
+def forward_key(app: Any) -> bytes:
+    """What workers sign forwards with: ``forward_secret``; else derived from the tokens
+    (every worker of an app has the same); else from the app id, which anyone may know:
+    without tokens a worker is reachable from loopback only, unless ``insecure_open``."""
+    given = [app.forward_secret] if app.forward_secret else Tokens.of(app).given()
+    material = "\0".join(given or [f"app:{app.conf.id}"])
+    return hmac.new(b"belvedere-forward", material.encode(), hashlib.sha256).digest()
+
+
+def sign_forwards(web_app: web.Application, key: bytes) -> None:
+    web_app[_FORWARD_KEY] = key
+
+
+def _signature(key: bytes, method: str, path_qs: str, request_id: str, stamp: str) -> str:
+    message = "\n".join((method, path_qs, request_id, stamp)).encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def is_forwarded(request: web.Request) -> bool:
+    """True if another worker of this app forwarded ``request`` (its signature verifies)."""
+    stamp, _, signature = request.headers.get(HEADER_FORWARDED, "").partition(".")
+    key = request.app.get(_FORWARD_KEY)
+    if key is None or not stamp.isdigit() or len(stamp) > 12:
+        return False
+    if abs(time.time() - int(stamp)) > FORWARD_WINDOW:
+        return False
+    expected = _signature(key, request.method, request.raw_path, request["request_id"], stamp)
+    return hmac.compare_digest(signature.encode(), expected.encode())
+
+
 def _session(request: web.Request) -> aiohttp.ClientSession:
     session = request.app.get(_SESSION)
     if session is None or session.closed:
@@ -126,10 +172,13 @@ async def close_session(web_app: web.Application) -> None:
         await session.close()
 
 
-def _outgoing_headers(request: web.Request) -> dict[str, str]:
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-    headers[HEADER_FORWARDED] = "1"
-    headers[HEADER_REQUEST_ID] = request["request_id"]
+def _outgoing_headers(request: web.Request, method: str, path_qs: str) -> dict[str, str]:
+    ours = {HEADER_FORWARDED.lower(), HEADER_REQUEST_ID.lower()}
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP | ours}
+    request_id = headers[HEADER_REQUEST_ID] = request["request_id"]
+    stamp = str(int(time.time()))
+    key = request.app[_FORWARD_KEY]
+    headers[HEADER_FORWARDED] = f"{stamp}.{_signature(key, method, path_qs, request_id, stamp)}"
     return headers
 
 
@@ -137,13 +186,14 @@ async def forward(request: web.Request, member: Member, extra_timeout: float = 0
     """Ask ``member`` the same request, body included (even when the handler has read it
     already, as ``POST /commands`` does to find the aggregate); its answer is passed back as
     it is (status, body, headers). A worker that does not answer gives 503 with Retry-After."""
-    url = member + request.raw_path  # as sent: a key's %2F or %3F stays in the key
+    # as sent, not quoted again: a key's %2F or %3F stays in the key, and the signature holds
+    url = URL(member + request.raw_path, encoded=True)
     timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
     try:
         async with _session(request).request(
             request.method,
             url,
-            headers=_outgoing_headers(request),
+            headers=_outgoing_headers(request, request.method, request.raw_path),
             data=await request.read() if request.body_exists else None,
             timeout=timeout,
             allow_redirects=False,
@@ -170,7 +220,9 @@ async def ask_members(
         timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT + extra_timeout)
         try:
             async with _session(request).get(
-                member + path_qs, headers=_outgoing_headers(request), timeout=timeout
+                URL(member + path_qs, encoded=True),
+                headers=_outgoing_headers(request, "GET", path_qs),
+                timeout=timeout,
             ) as answer:
                 return answer.status, orjson.loads(await answer.read())
         except (TimeoutError, aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:

@@ -43,7 +43,7 @@ if os.environ.get("FOREIGN_FIXED"):
 
     order_events.append(OrderNoted)
 
-orders = app.event_topic(f"{NAME}-orders", *order_events, partitions=PARTITIONS)
+orders = app.event_topic(f"{NAME}-orders", *order_events, partitions=PARTITIONS, http_publish=True)
 crc_orders = app.event_topic(
     f"{NAME}-crc-orders", OrderCreated, partitions=PARTITIONS, partitioner="crc32"
 )

@@ -70,11 +70,13 @@ class Balance(belvedere.Record):
     ops: int
 
 
-movements = app.event_topic(f"{NAME}-movements", Deposited, Withdrawn, partitions=PARTITIONS)
+movements = app.event_topic(
+    f"{NAME}-movements", Deposited, Withdrawn, partitions=PARTITIONS, http_publish=True
+)
 balances = app.view("balances", value=Balance, key=str, indexes=["owner"])
-notes_topic = app.event_topic(f"{NAME}-notes", Noted, partitions=PARTITIONS)
+notes_topic = app.event_topic(f"{NAME}-notes", Noted, partitions=PARTITIONS, http_publish=True)
 notes = app.view("notes", value=str, key=str)
-orders = app.event_topic(f"{NAME}-orders", OrderPlaced, partitions=PARTITIONS)
+orders = app.event_topic(f"{NAME}-orders", OrderPlaced, partitions=PARTITIONS, http_publish=True)
 revenue = app.view("revenue", value=int, key=str)  # per user, from orders keyed by order id
 # Two more views of movements: several projections may read one topic.
 activity = app.view("activity", value=int, key=str)  # events per account

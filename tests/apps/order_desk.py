@@ -53,9 +53,14 @@ order_events = app.event_topic(
     OrderCreated, OrderPaid, OrderShipped, NoteAdded, OrderCancelled,
     partitions=4,
 )  # fmt: skip
+# A test writes commands to the command topic itself, as a retrying producer would.
 order_commands = app.event_topic(
-    f"{NAME}-order-commands", CreateOrder, PayOrder, ShipOrder, AddNote, CancelOrder, partitions=4
-)
+    f"{NAME}-order-commands",
+    CreateOrder, PayOrder, ShipOrder, AddNote, CancelOrder,
+    partitions=4,
+    http_publish=[AddNote],
+    http_publish_owned=True,
+)  # fmt: skip
 app.aggregate(Order, events=order_events, commands=order_commands)
 
 
