@@ -318,7 +318,9 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         except FieldError as exc:
             raise UsageError(f"--from-timestamp: {exc}") from None
     url = args.url or f"{app.web_tls.scheme}://{app.conf.web_host}:{app.conf.web_port}"
-    client = WorkerClient(url, app.admin_token, tls=app.web_tls.client_context)
+    # the admin token opens the read scope too; without one, starting needs loopback only
+    token = app.admin_token or app.read_token or app.api_token
+    client = WorkerClient(url, token, tls=app.web_tls.client_context)
     try:
         if args.status:
             print(_progress_line(client.rebuild_status(args.view)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
@@ -314,6 +315,20 @@ def test_two_workers_answer_any_key_merge_scans_and_read_your_writes_through_a_f
             assert read.status == 200 and read.body == row, (key, read.raw)
             answered_by.add(read.headers["X-Belvedere-Worker"])
         assert answered_by == {w.url for w in pair}  # some answered here, some forwarded
+        # a client's own X-Belvedere-Forwarded is not trusted: the read is still forwarded
+        elsewhere = next(
+            key
+            for key in fold
+            if call(f"{worker.url}/views/balances/{quote(key)}").headers["X-Belvedere-Worker"]
+            != worker.url
+        )
+        for forged in ("1", f"{int(time.time())}.{'0' * 64}", "0." + "a" * 64):
+            read = call(
+                f"{worker.url}/views/balances/{quote(elsewhere)}",
+                headers={"X-Belvedere-Forwarded": forged},
+            )
+            assert read.status == 200 and read.body == fold[elsewhere], (forged, read.raw)
+            assert read.headers["X-Belvedere-Worker"] != worker.url, forged
         for n, count in counts.items():
             assert call(f"{worker.url}/views/tallies/{n}").body == count, n
         rows, _ = scan_all(f"{worker.url}/views/balances", 23)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -91,8 +92,20 @@ def _is_loopback_address(host: str) -> bool:
 
 
 def is_loopback_host(host: str) -> bool:
-    """True if binding ``host`` only accepts connections from this machine."""
-    return host == "localhost" or _is_loopback_address(host)
+    """True if binding ``host`` only accepts connections from this machine (a name counts
+    if every address it resolves to is loopback; one that does not resolve does not)."""
+    if _is_loopback_address(host):
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return False
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(_is_loopback_address(str(info[4][0])) for info in found)
 
 
 def exposure_problem(app: Any) -> str | None:

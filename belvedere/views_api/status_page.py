@@ -1,7 +1,9 @@
 """``GET /``: a status page of the views, their partitions, lag and rebuilds.
 
 One HTML file with its script inline and no build step: it reads ``GET /views`` every
-second and redraws, so it stays current while the worker runs.
+second and redraws, so it stays current while the worker runs. The page itself is open;
+where a read token is set, ``GET /views`` answers 401 and the page asks for the token
+once, keeps it in the tab's sessionStorage and sends it as ``Authorization: Bearer``.
 """
 
 from __future__ import annotations
