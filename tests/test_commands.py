@@ -265,6 +265,14 @@ def test_a_repeated_command_id_returns_the_first_outcome_and_emits_nothing(
     }
     posted = call(f"{desk.url}/events/{unique_name}-order-commands", "POST", [envelope] * 2)
     assert posted.status == 201, posted.raw
+    # the topic opens AddNote only; the aggregate's events topic is not open at all
+    create = {**envelope, "eventType": "CreateOrder", "eventId": "forged"}
+    create["data"] = {"orderId": "o-f", "userId": "u", "amount": "1"}
+    forged = {**envelope, "eventType": "OrderCreated", "eventId": "forged-event"}
+    forged["data"] = {"orderId": "o-f", "userId": "u", "amount": "1"}
+    for topic, body in (("order-commands", create), ("order-events", forged)):
+        refused = call(f"{desk.url}/events/{unique_name}-{topic}", "POST", [envelope, body])
+        assert refused.status == 403 and refused.body["error"] == "not-publishable", refused.raw
     marker = command(desk, "AddNote", {"orderId": "o-r", "text": "after"})  # queued behind them
     assert marker.status == 202 and marker.body["version"] == 3
     history = call(f"{desk.url}/aggregates/Order/o-r/events").body["events"]
