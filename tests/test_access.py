@@ -4,6 +4,7 @@ to start an open door, faust's own routes, and the keys forwards are signed with
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -213,6 +214,25 @@ def test_a_worker_other_machines_reach_needs_a_token_for_every_scope(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "0.0.0.0" in lines[0] and "--insecure-open" in lines[0], lines
     assert "read/write/admin" in lines[0]
+    # --insecure-open lets it past that check, to the next one (the port, taken here: it
+    # never listens)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli(
+            "worker",
+            APP,
+            "--web-host",
+            "0.0.0.0",
+            "--web-port",
+            port,
+            "--insecure-open",
+            "--data-dir",
+            str(tmp_path / "cli"),
+            env={"LEDGER_NAME": "exposed"},
+        )
+    assert result.returncode == 2 and f"web port {port} on 0.0.0.0" in result.stderr, result.stderr
 
     def app(name: str, **settings: object) -> belvedere.App:
         return belvedere.App(name, data_dir=tmp_path / name, web_host="0.0.0.0", **settings)  # type: ignore[arg-type]
