@@ -35,6 +35,7 @@ from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
 from belvedere.views_api.publishing import Publishing, declared
 from belvedere.views_api.routes import install as install_routes
 from belvedere.views_api.server import Web as BelvedereWeb
+from belvedere.views_api.server import WebLimits, default_max_connections
 from belvedere.views_api.tls import WebTLS
 from belvedere.worker import TableManager, Worker
 
@@ -142,7 +143,17 @@ class App(faust.App):
     ``web_ssl_keyfile``        ``BELVEDERE_WEB_SSL_KEYFILE``        none: the key is in the certfile
     ``web_ssl_cafile``         ``BELVEDERE_WEB_SSL_CAFILE``         none: the system's CAs check other workers
     ``rebuild_processes``      ``BELVEDERE_REBUILD_PROCESSES``      the cores usable; 0: in the worker's process
+    ``web_max_connections``    ``BELVEDERE_WEB_MAX_CONNECTIONS``    half the soft file limit, at most 4096
+    ``web_keepalive_timeout``  ``BELVEDERE_WEB_KEEPALIVE_TIMEOUT``  30 s: an idle connection is then closed
+    ``web_header_timeout``     ``BELVEDERE_WEB_HEADER_TIMEOUT``     10 s for a request's headers to arrive
+    ``web_body_timeout``       ``BELVEDERE_WEB_BODY_TIMEOUT``       60 s for a request's body (else 408)
+    ``max_change_feeds``       ``BELVEDERE_MAX_CHANGE_FEEDS``       half of web_max_connections (then 503)
     =========================  ===================================  ==========================================
+
+    The ``web_*`` limits and ``max_change_feeds`` bound what HTTP clients may hold of a
+    worker (:mod:`belvedere.views_api.server`): beyond ``web_max_connections`` a new
+    connection closes the one idle the longest, and is refused (503) only when all are
+    busy. A change feed or a long poll is busy for as long as it lasts: no timeout ends it.
 
     ``topic_replication_factor`` (faust's setting; ``BELVEDERE_TOPIC_REPLICATION_FACTOR``
     wins over it, default 1) is the number of copies of every topic the app creates: its
@@ -212,6 +223,11 @@ class App(faust.App):
         rebuild_processes: int | None = None,
         broker_session_timeout: float | None = None,
         broker_heartbeat_interval: float | None = None,
+        web_max_connections: int | None = None,
+        web_keepalive_timeout: float | None = None,
+        web_header_timeout: float | None = None,
+        web_body_timeout: float | None = None,
+        max_change_feeds: int | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
@@ -288,6 +304,28 @@ class App(faust.App):
                 f"broker_session_timeout ({session:g} s): Kafka would drop the worker between "
                 "two heartbeats"
             )
+        #: What HTTP clients may hold of this worker (connections, time, change feeds).
+        self.web_limits = WebLimits(
+            max_connections=_count(
+                "web_max_connections",
+                _setting("BELVEDERE_WEB_MAX_CONNECTIONS", web_max_connections, None),
+            )
+            or default_max_connections(),
+            keepalive_timeout=_seconds(
+                "web_keepalive_timeout",
+                _setting("BELVEDERE_WEB_KEEPALIVE_TIMEOUT", web_keepalive_timeout, 30.0),
+            ),
+            header_timeout=_seconds(
+                "web_header_timeout",
+                _setting("BELVEDERE_WEB_HEADER_TIMEOUT", web_header_timeout, 10.0),
+            ),
+            body_timeout=_seconds(
+                "web_body_timeout", _setting("BELVEDERE_WEB_BODY_TIMEOUT", web_body_timeout, 60.0)
+            ),
+            max_change_feeds=_count(
+                "max_change_feeds", _setting("BELVEDERE_MAX_CHANGE_FEEDS", max_change_feeds, None)
+            ),
+        )
         host = _setting("BELVEDERE_WEB_HOST", web_host, DEFAULT_WEB_HOST)
         port = int(_setting("BELVEDERE_WEB_PORT", web_port, DEFAULT_WEB_PORT))
         #: HTTPS for the query layer (see :mod:`belvedere.views_api.tls`).

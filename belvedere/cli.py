@@ -139,6 +139,15 @@ def _set_broker_env(args: argparse.Namespace) -> None:
     _set_env("BELVEDERE_BROKER_SASL_MECHANISM", args.broker_sasl_mechanism)
 
 
+#: What HTTP clients may hold of a worker (belvedere.views_api.server): flag, type, help.
+WEB_LIMIT_FLAGS = [
+    ("web_max_connections", int, "N", "open connections at most (default: half the file limit)"),
+    ("web_keepalive_timeout", float, "SECONDS", "close idle connections after (default 30)"),
+    ("web_header_timeout", float, "SECONDS", "for a request's headers to arrive (default 10)"),
+    ("web_body_timeout", float, "SECONDS", "for a request's body to arrive (default 60)"),
+    ("max_change_feeds", int, "N", "change feeds at once (default: half the connections)"),
+]
+
 #: A young-generation collection after this many new objects instead of Python's 700.
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -159,6 +168,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
     _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
     _set_tls_env(args, "web")
+    for name, *_ in WEB_LIMIT_FLAGS:
+        _set_env(f"BELVEDERE_{name.upper()}", getattr(args, name))
     app = load_app(args.app)
     try:
         app.check()
@@ -553,6 +564,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve on a non-loopback --web-host even though some scope has no token "
         "(BELVEDERE_READ_TOKEN, _WRITE_TOKEN, _ADMIN_TOKEN, or _API_TOKEN for read and write)",
     )
+    for name, kind, metavar, help in WEB_LIMIT_FLAGS:
+        worker.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=metavar, help=help)
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     worker.set_defaults(run=cmd_worker)
 

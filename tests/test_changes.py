@@ -183,3 +183,34 @@ def test_a_feed_after_a_consistency_token_continues_a_scan_exactly(
     assert (bad.status, bad.body["error"]) == (400, "bad-token"), bad.raw
     foreign = call(f"{url}/views/notes/changes?after={token}")
     assert (foreign.status, foreign.body["error"]) == (400, "bad-token"), foreign.raw
+
+
+def _metric(worker: Worker, name: str) -> int:
+    text = call(worker.url + "/metrics").raw.decode()
+    return int(next(line for line in text.splitlines() if line.startswith(name + " ")).split()[1])
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_feeds_of_a_view_share_one_poller_and_beyond_the_cap_get_503(
+    broker: Broker, ledger: Worker
+) -> None:
+    ledger.env["BELVEDERE_MAX_CHANGE_FEEDS"] = "2"
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"], what="serving")
+    feeds = [EventStream(ledger.url + "/views/notes/changes") for _ in range(2)]
+    try:
+        wait_for(lambda: _metric(ledger, "belvedere_change_feeds") == 2, timeout=30, what="2 feeds")
+        assert _metric(ledger, "belvedere_change_feed_pollers") == 1  # one for both
+        refused = call(ledger.url + "/views/notes/changes")
+        assert (refused.status, refused.body["error"]) == (503, "too-many-feeds"), refused.raw
+        assert int(refused.headers["Retry-After"]) > 0
+    finally:
+        for feed in feeds:
+            feed.close()
+    wait_for(lambda: _metric(ledger, "belvedere_change_feeds") == 0, timeout=30, what="closed")
+    assert _metric(ledger, "belvedere_change_feed_pollers") == 0
+    again = EventStream(ledger.url + "/views/notes/changes")  # a slot freed is taken again
+    try:
+        wait_for(lambda: again.status == 200, timeout=30, what="a feed once others closed")
+    finally:
+        again.close()

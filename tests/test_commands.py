@@ -144,6 +144,14 @@ def test_commands_over_http_emit_events_and_answer_with_a_token(desk: Worker) ->
         (1, "OrderCreated"), (2, "OrderPaid"), (3, "OrderShipped"),
     ]  # fmt: skip
     envelopes = [h["event"] for h in history]
+    first = call(f"{desk.url}/aggregates/Order/o-1/events?limit=2").body
+    assert [h["version"] for h in first["events"]] == [1, 2] and first["next"]
+    rest = call(f"{desk.url}/aggregates/Order/o-1/events?limit=2&cursor={first['next']}").body
+    assert [h["event"] for h in first["events"] + rest["events"]] == envelopes
+    assert rest["next"] is None and rest["version"] == 3
+    for bad in ("limit=0", "limit=1001", "cursor=nonsense", "cursor=NA"):  # NA: 4, past the end
+        answer = call(f"{desk.url}/aggregates/Order/o-1/events?{bad}")
+        assert (answer.status, answer.body["error"]) == (400, "bad-parameter"), (bad, answer.raw)
     assert [e["causationId"] for e in envelopes[:2]] == ["cmd-create", "cmd-pay"]
     assert envelopes[0]["correlationId"] == envelopes[2]["correlationId"] == "flow-1"
     assert envelopes[0]["eventId"] == body["events"][0]["eventId"]

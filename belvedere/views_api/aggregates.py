@@ -3,8 +3,10 @@
 - ``GET /aggregates/{type}/{id}``: its state and version, from its snapshot.
 - ``?at=N`` (a version) or ``?at=2024-01-15T10:30:00Z`` (a time): the aggregate as it was
   then, folded again from its events (the first N, or those stamped up to that time).
-- ``GET /aggregates/{type}/{id}/events``: every event it has, oldest first, each with its
-  version and offset, as the envelopes were written.
+- ``GET /aggregates/{type}/{id}/events``: its events, oldest first, each with its version
+  and offset, as the envelopes were written; ``limit`` at a time (default 100, at most
+  1,000), the next page from the answer's ``next`` cursor (null on the last page), as
+  scans page, so no history is read whole into one answer.
 
 Answered by the worker holding the aggregate's partition (forwarded there otherwise).
 """
@@ -22,13 +24,17 @@ from faust.types import TP
 from belvedere.agents.commands import CommandProjection
 from belvedere.streams.types import FieldError, format_timestamp, parse_timestamp
 from belvedere.views_api.errors import error, json
-from belvedere.views_api.params import BadParam
+from belvedere.views_api.opaque import unpack
+from belvedere.views_api.params import BadParam, encode_cursor, int_param
 from belvedere.views_api.reads import stored_row
 
 __all__ = ["aggregate_events", "get_aggregate"]
 
 #: Read a history as one offset range when it is at least this dense in its partition.
 DENSE = 1 / 20
+#: Events per page of a history.
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1_000
 
 
 def _at_param(request: web.Request) -> int | dt.datetime | None:
@@ -58,9 +64,25 @@ async def _row(app: Any, request: web.Request) -> tuple[CommandProjection, dict]
     return projection, view.decode_value(data)
 
 
-async def _history(app: Any, projection: CommandProjection, row: dict) -> list[Any]:
-    """The aggregate's event records, in order, read back from its events topic."""
-    offsets: Sequence[int] = row["offsets"]
+def _version_cursor(request: web.Request, version: int) -> int:
+    """The version a page starts after (from the previous page's ``next``), 0 without one."""
+    text = request.query.get("cursor")
+    if not text:
+        return 0
+    try:
+        after = unpack(text)
+        if type(after) is not int or not 0 < after <= version:
+            raise ValueError
+        return after
+    except (ValueError, TypeError):
+        raise BadParam(f"cursor {text[:40]!r} is not a cursor of this history") from None
+
+
+async def _history(
+    app: Any, projection: CommandProjection, row: dict, offsets: Sequence[int]
+) -> list[Any]:
+    """The aggregate's event records at ``offsets`` (some of its own, in order), read
+    back from its events topic."""
     if not offsets:
         return []
     tp = TP(projection.events_topic, projection.view.partition_for(row["id"]))
@@ -93,7 +115,7 @@ async def get_aggregate(app: Any, request: web.Request) -> web.StreamResponse:
         )
     aggregate = projection.aggregate.new(row["id"])
     codec = projection.events.codec
-    for record in await _history(app, projection, row):
+    for record in await _history(app, projection, row, row["offsets"]):
         event = codec.decode(record.value, headers=record.headers)
         if isinstance(at, int) and aggregate.version >= at:
             break
@@ -106,14 +128,24 @@ async def get_aggregate(app: Any, request: web.Request) -> web.StreamResponse:
 
 
 async def aggregate_events(app: Any, request: web.Request) -> web.StreamResponse:
+    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     got = await _row(app, request)
     if isinstance(got, web.Response):
         return got
     projection, row = got
+    after = _version_cursor(request, len(row["offsets"]))
+    offsets = row["offsets"][after : after + limit]
     history = [
         {"version": i, "offset": r.offset, "event": orjson.Fragment(bytes(r.value))}
-        for i, r in enumerate(await _history(app, projection, row), start=1)
+        for i, r in enumerate(await _history(app, projection, row, offsets), start=after + 1)
     ]
+    last = after + len(offsets)
     return json(
-        {"type": row["type"], "id": row["id"], "version": row["version"], "events": history}
+        {
+            "type": row["type"],
+            "id": row["id"],
+            "version": row["version"],
+            "events": history,
+            "next": encode_cursor(last) if last < len(row["offsets"]) else None,
+        }
     )

@@ -15,13 +15,18 @@ the changelog no longer holds answers 410: start again without an id.
 ``?after=`` may instead be a consistency token (a scan's ``X-Belvedere-Position``): once
 every partition has applied it (else 504, as a scan), the feed starts with the changes of
 the events after it, so a snapshot and the feed after it miss nothing.
+
+A worker serves at most ``max_change_feeds`` feeds at once (503 with ``Retry-After``
+beyond). Waiting for changes costs one request for a changelog's offsets per
+``IDLE_POLL`` whatever the number of feeds reading it: one poller per changelog answers
+them all (each feed then reads its own new records from its own position).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -41,6 +46,8 @@ __all__ = ["changes"]
 #: Seconds between two reads of an idle changelog, and between two keep-alive comments.
 IDLE_POLL = 0.2
 KEEPALIVE = 15.0
+#: Seconds a client refused for want of a feed slot is told to wait.
+RETRY_AFTER = 5
 #: How many records are first read back from a changelog's end to find where a token falls.
 SEARCH_WINDOW = 1_000
 
@@ -97,6 +104,92 @@ def _token_or(text: str) -> Positions:
 
 
 Wanted = Mapping[tuple[str, int], int]
+Bounds = Mapping[TP, tuple[int, int]]
+
+
+class Poller:
+    """A changelog's partition bounds, read by one task for every feed of it. A feed asking
+    gets the bounds of a read started after it asked (so never older than what it saw),
+    at most one read per ``interval``; with no feed asking, the task ends."""
+
+    def __init__(self, reader: Any, interval: float) -> None:
+        self.reader = reader
+        self.interval = interval
+        self.tps: set[TP] = set()
+        self.feeds = 0
+        self.polls = 0
+        self._next: asyncio.Future[Bounds] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last = -interval
+
+    async def offsets(self, tps: Iterable[TP]) -> Bounds:
+        wanted = list(tps)
+        self.tps.update(wanted)
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        found = self._next
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        bounds = await asyncio.shield(found)
+        return {tp: bounds[tp] for tp in wanted}
+
+    async def _run(self) -> None:
+        try:
+            while self._next is not None:
+                delay = self._last + self.interval - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                found, self._next = self._next, None
+                self._last = time.monotonic()
+                self.polls += 1
+                try:
+                    found.set_result(await self.reader.offsets(sorted(self.tps)))
+                except Exception as exc:
+                    found.set_exception(exc)
+                    found.exception()  # each feed that waited gets it; none is left unread
+        finally:
+            self._task = None
+
+    def read(self, ranges: Mapping[TP, tuple[int, int]]) -> AsyncIterator[Any]:
+        return self.reader.read(ranges)
+
+
+class Feeds:
+    """This worker's change feeds: how many are open, and the poller of each changelog."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+        self.pollers: dict[str, Poller] = {}
+        #: Offset reads of pollers that have ended, for the total.
+        self.past_polls = 0
+
+    @property
+    def polls(self) -> int:
+        return self.past_polls + sum(p.polls for p in self.pollers.values())
+
+    def join(self, topic: str, reader: Any) -> Poller:
+        poller = self.pollers.get(topic)
+        if poller is None:
+            poller = self.pollers[topic] = Poller(reader, IDLE_POLL)
+        poller.feeds += 1
+        return poller
+
+    def leave(self, topic: str, poller: Poller) -> None:
+        poller.feeds -= 1
+        if poller.feeds == 0 and self.pollers.get(topic) is poller:
+            del self.pollers[topic]
+            self.past_polls += poller.polls
+
+
+_FEEDS = web.AppKey("belvedere.change_feeds", Feeds)
+
+
+def feeds_of(app: Any, web_app: web.Application) -> Feeds:
+    found = web_app.get(_FEEDS)
+    if found is None:
+        found = web_app[_FEEDS] = Feeds(app.web_limits.max_change_feeds)
+    return found
 
 
 async def _after_token(app: Any, view: View, reader: Any, topic: str, token: Positions) -> Resume:
@@ -137,6 +230,22 @@ async def _boundary(reader: Any, tp: TP, wanted: Wanted, low: int, high: int) ->
 
 
 async def changes(app: Any, request: web.Request) -> web.StreamResponse:
+    feeds = feeds_of(app, request.app)
+    if feeds.open >= feeds.limit:
+        return error(
+            503,
+            "too-many-feeds",
+            f"this worker serves {feeds.limit} change feeds at once: retry later, or another worker",
+            {"Retry-After": str(RETRY_AFTER)},
+        )
+    feeds.open += 1
+    try:
+        return await _changes(app, request, feeds)
+    finally:
+        feeds.open -= 1
+
+
+async def _changes(app: Any, request: web.Request, feeds: Feeds) -> web.StreamResponse:
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
@@ -172,7 +281,17 @@ async def changes(app: Any, request: web.Request) -> web.StreamResponse:
         resume = await _after_token(app, view, reader, topic, token)
     if resume is None:
         resume = await _start(view, reader, topic, origin == "start")
-    feed = checkpoints(reader, topic, {p: offset for p, (offset, _) in resume.items()})
+    poller = feeds.join(topic, reader)
+    try:
+        return await _serve(request, view, generation, topic, resume, poller)
+    finally:
+        feeds.leave(topic, poller)
+
+
+async def _serve(
+    request: web.Request, view: View, generation: int, topic: str, resume: Resume, poller: Poller
+) -> web.StreamResponse:
+    feed = checkpoints(poller, topic, {p: offset for p, (offset, _) in resume.items()})
     try:
         first = await anext(feed)  # a position the log no longer holds fails here, as a 410
     except Truncated as exc:
@@ -220,7 +339,6 @@ async def _stream(
             if time.monotonic() - last_write >= KEEPALIVE:
                 await response.write(b": keep-alive\n\n")
                 last_write = time.monotonic()
-            await asyncio.sleep(IDLE_POLL)
         else:
             p = found.partition
             offset, sent = resume[p]

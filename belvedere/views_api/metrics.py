@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from belvedere.views_api.changes import Feeds, feeds_of
 from belvedere.views_api.reads import lag_of, lineage
 
 __all__ = ["RequestTimes", "metrics", "timed"]
@@ -71,7 +72,47 @@ def _labels(**labels: Any) -> str:
     return "{" + ",".join(f'{k}="{_label(v)}"' for k, v in labels.items()) + "}"
 
 
-def _render(app: Any, times: RequestTimes) -> str:
+def _limits(app: Any, feeds: Feeds | None) -> list[str]:
+    """How much of the worker HTTP clients hold (see belvedere.views_api.server)."""
+    found = [
+        ("belvedere_change_feeds", "gauge", "Change feeds open", feeds and feeds.open),
+        (
+            "belvedere_change_feed_pollers",
+            "gauge",
+            "Changelogs polled for the feeds (one each, however many feeds read it)",
+            feeds and len(feeds.pollers),
+        ),
+        (
+            "belvedere_change_feed_polls_total",
+            "counter",
+            "Offset requests made for change feeds",
+            feeds and feeds.polls,
+        ),
+    ]
+    server = getattr(app.web, "server", None)
+    if server is not None:
+        found += [
+            ("belvedere_http_connections", "gauge", "Open HTTP connections", len(server.open)),
+            (
+                "belvedere_http_connections_closed_idle_total",
+                "counter",
+                "Idle connections closed to admit new ones (web_max_connections)",
+                server.evicted,
+            ),
+            (
+                "belvedere_http_connections_refused_total",
+                "counter",
+                "Connections refused (503) because every connection was busy",
+                server.refused,
+            ),
+        ]
+    lines = []
+    for name, kind, help_, value in found:
+        lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value or 0}"]
+    return lines
+
+
+def _render(app: Any, times: RequestTimes, feeds: Feeds | None = None) -> str:
     lines: list[str] = []
 
     def family(name: str, kind: str, help_: str) -> None:
@@ -146,12 +187,13 @@ def _render(app: Any, times: RequestTimes) -> str:
             )
         lines.append(f"belvedere_http_request_duration_seconds_count{_labels(**base)} {running:g}")
         lines.append(f"belvedere_http_request_duration_seconds_sum{_labels(**base)} {counts[-1]}")
+    lines.extend(_limits(app, feeds))
     return "\n".join(lines) + "\n"
 
 
 async def metrics(app: Any, request: web.Request) -> web.StreamResponse:
     return web.Response(
-        text=_render(app, _times(request.app)),
+        text=_render(app, _times(request.app), feeds_of(app, request.app)),
         content_type="text/plain",
         headers={"X-Content-Type-Options": "nosniff"},
         charset="utf-8",

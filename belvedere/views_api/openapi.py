@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from belvedere.views_api.aggregates import DEFAULT_LIMIT as HISTORY_DEFAULT_LIMIT
+from belvedere.views_api.aggregates import MAX_LIMIT as HISTORY_MAX_LIMIT
 from belvedere.views_api.auth import OPEN
 from belvedere.views_api.errors import json
 from belvedere.views_api.publishing import publishable_topics
@@ -160,9 +162,24 @@ def _command_paths(app: Any) -> dict[str, Any]:
         },
         "/aggregates/{type}/{id}/events": {
             "get": {
-                "summary": "An aggregate's events, oldest first",
-                "parameters": [kind, aggregate_id],
-                "responses": _answers("its history", 404, 503),
+                "summary": "An aggregate's events, oldest first, a page at a time",
+                "parameters": [
+                    kind,
+                    aggregate_id,
+                    _param(
+                        "limit",
+                        "query",
+                        f"events per page (default {HISTORY_DEFAULT_LIMIT})",
+                        {"type": "integer", "minimum": 1, "maximum": HISTORY_MAX_LIMIT},
+                    ),
+                    _param(
+                        "cursor",
+                        "query",
+                        "the `next` of the previous page",
+                        {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4096},
+                    ),
+                ],
+                "responses": _answers("a page of its history, and `next`", 400, 404, 503),
             }
         },
     }

@@ -65,12 +65,15 @@ class Worker:
         env: dict[str, str],
         args: Sequence[str] = (),
         https_cafile: Path | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.broker_url = broker_url
         self.data_dir = data_dir
         self.env = env
         self.args = list(args)
+        #: Run in the child before the worker starts (e.g. to lower its resource limits).
+        self.preexec = preexec
         #: Set for a worker serving HTTPS: the CA its certificate is checked against.
         self.tls = None if https_cafile is None else ssl.create_default_context(cafile=https_cafile)
         self.port = free_port()
@@ -109,6 +112,7 @@ class Worker:
             env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=self.preexec,
         )
         out.close()
         return self
