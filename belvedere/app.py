@@ -32,10 +32,10 @@ from belvedere.streams.tap import tapped
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
+from belvedere.views_api.connections import WebLimits, default_max_connections
 from belvedere.views_api.publishing import Publishing, declared
 from belvedere.views_api.routes import install as install_routes
 from belvedere.views_api.server import Web as BelvedereWeb
-from belvedere.views_api.server import WebLimits, default_max_connections
 from belvedere.views_api.tls import WebTLS
 from belvedere.worker import TableManager, Worker
 

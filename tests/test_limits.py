@@ -23,14 +23,14 @@ import pytest
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from belvedere.views_api.errors import errors_as_json
-from belvedere.views_api.server import (
+from belvedere.views_api.connections import (
     AcceptErrors,
     LimitedRunner,
     LimitedServer,
     WebLimits,
     default_max_connections,
 )
+from belvedere.views_api.errors import errors_as_json
 from tests.support.http import call
 from tests.support.worker import Worker, wait_for
 
