@@ -30,6 +30,7 @@ from belvedere.streams.security import BrokerSecurity
 from belvedere.streams.tap import tapped
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
+from belvedere.views_api.browsers import split_list
 from belvedere.views_api.routes import install as install_routes
 from belvedere.views_api.server import Web as BelvedereWeb
 from belvedere.views_api.tls import WebTLS
@@ -122,7 +123,14 @@ class App(faust.App):
     ``web_ssl_keyfile``        ``BELVEDERE_WEB_SSL_KEYFILE``        none: the key is in the certfile
     ``web_ssl_cafile``         ``BELVEDERE_WEB_SSL_CAFILE``         none: the system's CAs check other workers
     ``rebuild_processes``      ``BELVEDERE_REBUILD_PROCESSES``      the cores usable; 0: in the worker's process
+    ``web_allowed_hosts``      ``BELVEDERE_WEB_ALLOWED_HOSTS``      none: ``Host`` is web_host, localhost or an IP
+    ``web_allowed_origins``    ``BELVEDERE_WEB_ALLOWED_ORIGINS``    none: no CORS; writes from own origin only
     =========================  ===================================  ==========================================
+
+    ``web_allowed_hosts`` and ``web_allowed_origins`` are lists (comma-separated in the
+    environment): more names the worker answers to in ``Host`` (``*``: any), and origins
+    (``https://app.example``) whose pages may write and read across origins
+    (:mod:`belvedere.views_api.browsers`).
 
     ``topic_replication_factor`` (faust's setting; ``BELVEDERE_TOPIC_REPLICATION_FACTOR``
     wins over it, default 1) is the number of copies of every topic the app creates: its
@@ -179,6 +187,8 @@ class App(faust.App):
         rebuild_processes: int | None = None,
         broker_session_timeout: float | None = None,
         broker_heartbeat_interval: float | None = None,
+        web_allowed_hosts: str | Sequence[str] | None = None,
+        web_allowed_origins: str | Sequence[str] | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
@@ -193,6 +203,14 @@ class App(faust.App):
         self.admin_token: str | None = _setting("BELVEDERE_ADMIN_TOKEN", admin_token, None)
         #: What reads and ``POST /events`` must carry as a bearer token, if set.
         self.api_token: str | None = _setting("BELVEDERE_API_TOKEN", api_token, None)
+        #: More names than web_host and loopback that ``Host`` may give (``*``: any).
+        self.web_allowed_hosts = split_list(
+            _setting("BELVEDERE_WEB_ALLOWED_HOSTS", web_allowed_hosts, None)
+        )
+        #: Origins whose pages may call this worker (CORS), and write to it.
+        self.web_allowed_origins = split_list(
+            _setting("BELVEDERE_WEB_ALLOWED_ORIGINS", web_allowed_origins, None)
+        )
         #: The event topics declared with :meth:`event_topic`, by name.
         self.event_topics: dict[str, EventTopic] = {}
         #: The views declared with :meth:`view`, by name.

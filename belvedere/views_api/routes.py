@@ -13,6 +13,7 @@ from aiohttp import web
 
 from belvedere.views_api.aggregates import aggregate_events, get_aggregate
 from belvedere.views_api.auth import tokens_required
+from belvedere.views_api.browsers import browser_rules
 from belvedere.views_api.catalog import list_views
 from belvedere.views_api.changes import changes
 from belvedere.views_api.commands import send_command
@@ -55,7 +56,9 @@ ROUTES: list[tuple[str, str, Any]] = [
 
 
 def install(app: Any, web_app: web.Application) -> None:
-    web_app.middlewares.extend([request_ids, timed, errors_as_json, tokens_required(app)])
+    web_app.middlewares.extend([request_ids, timed, errors_as_json])
+    web_app.middlewares.append(browser_rules(app, web_app))  # before tokens: preflights
+    web_app.middlewares.append(tokens_required(app))
     for method, path, handler in ROUTES:
         web_app.router.add_route(
             method, path, functools.partial(handler, app), name=handler.__name__
