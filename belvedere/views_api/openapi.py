@@ -130,7 +130,7 @@ def _command_paths(app: Any) -> dict[str, Any]:
                     _param(
                         "at",
                         "query",
-                        "a version, or an ISO-8601 time",
+                        "a version number (digits), or an ISO-8601 time",
                         {"anyOf": [{"type": "string", "pattern": "^[0-9]{0,18}$"}, WHEN[1]]},
                     ),
                 ],
