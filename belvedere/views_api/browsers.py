@@ -6,7 +6,8 @@ rules close what a browser would otherwise allow:
 - **Host.** DNS rebinding points a name the attacker owns at 127.0.0.1, so the page's
   requests reach the worker as same-origin ones, and it reads the answers. They carry that
   name in ``Host``; so a worker answers only a ``Host`` that names it: its advertised host
-  (``web_host``, and the host of its canonical URL), ``localhost``, any IP address (a
+  (``web_host``, and the host of its canonical URL), the machine's host name,
+  ``localhost``, any IP address (a
   rebinding needs a name: an IP in ``Host`` means the page was served from that address
   itself, which is how orchestrators' probes and load balancers ask), or a name listed in
   ``web_allowed_hosts`` (``*``: any). Any port. Otherwise 421 ``misdirected``.
@@ -25,6 +26,7 @@ rules close what a browser would otherwise allow:
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -100,6 +102,7 @@ class BrowserRules:
             name
             for name in (
                 _host_name(str(app.conf.web_host)),
+                _host_name(socket.gethostname()),
                 _host_name(canonical.raw_host or ""),
                 *(_host_name(h) for h in configured if h != "*"),
             )
