@@ -169,6 +169,10 @@ def check_browser_rules(url: str, topic: str) -> None:
             assert (answer.status, answer.body["error"]) == (421, "misdirected"), answer.raw
     for host in ("localhost:1", "127.0.0.1", "[::1]:6066", "10.1.2.3:8080", "LOCALHOST"):
         assert call(url + "/health", headers={"Host": host}).status == 200, host
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # no Host at all
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        assert sock.makefile("rb").readline().split()[1] == b"200"
 
     write = f"{url}/events/{topic}"
     plain = call(write, "POST", deposit("acct-x", 1), headers={"Content-Type": "text/plain"})

@@ -10,7 +10,8 @@ rules close what a browser would otherwise allow:
   ``localhost``, any IP address (a
   rebinding needs a name: an IP in ``Host`` means the page was served from that address
   itself, which is how orchestrators' probes and load balancers ask), or a name listed in
-  ``web_allowed_hosts`` (``*``: any). Any port. Otherwise 421 ``misdirected``.
+  ``web_allowed_hosts`` (``*``: any). Any port. Otherwise 421 ``misdirected``. A
+  request without ``Host`` (HTTP/1.0) names nothing to rebind, and passes.
 - **Writes.** Every request that is not GET, HEAD or OPTIONS needs ``Content-Type:
   application/json`` (else 415 ``unsupported-media-type``): a page may send a form or
   text/plain anywhere, but JSON only after a CORS preflight the worker grants. Its
@@ -165,11 +166,12 @@ def browser_rules(app: Any, web_app: web.Application) -> Callable[..., Any]:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not rules.host_allowed(request.host):
+        host = request.headers.get(hdrs.HOST)  # none (HTTP/1.0): no name to rebind
+        if host is not None and not rules.host_allowed(host):
             return error(
                 421,
                 "misdirected",
-                f"this worker does not answer for Host {request.host[:80]!r}; add the name to "
+                f"this worker does not answer for Host {host[:80]!r}; add the name to "
                 "BELVEDERE_WEB_ALLOWED_HOSTS if it is this worker's",
             )
         refused = request.match_info.http_exception
