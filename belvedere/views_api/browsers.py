@@ -127,15 +127,15 @@ class BrowserRules:
         return found in self.origins or found == same or found == self.own_origin
 
     def cross_origin(self, request: web.Request) -> str | None:
-        """The request's Origin if CORS is on and it is one of the listed origins."""
+        """The request's origin if CORS is on and it is one of the listed ones."""
         origin = request.headers.get(hdrs.ORIGIN)
         if not self.origins or origin is None:
             return None
         found = origin_of(origin)
-        return origin if found in self.origins else None
+        return found if found in self.origins else None
 
 
-def _preflight(request: web.Request, origin: str, allowed: Iterable[str]) -> web.Response:
+def _preflight(origin: str, allowed: Iterable[str]) -> web.Response:
     return web.Response(
         status=204,
         headers={
@@ -178,7 +178,7 @@ def browser_rules(app: Any, web_app: web.Application) -> Callable[..., Any]:
         if request.method == "OPTIONS" and isinstance(refused, web.HTTPMethodNotAllowed):
             origin = rules.cross_origin(request)
             if origin is not None and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers:
-                return _preflight(request, origin, refused.allowed_methods)
+                return _preflight(origin, refused.allowed_methods)
         if request.method in SAFE_METHODS or refused is not None:
             return await handler(request)
         origin = request.headers.get(hdrs.ORIGIN)
