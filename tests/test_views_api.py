@@ -63,7 +63,8 @@ ALLOWED_ORIGIN = "https://app.example"
 def test_a_write_is_read_back_with_its_token_and_bad_requests_get_json_errors(
     broker: Broker, ledger: Worker, unique_name: str
 ) -> None:
-    ledger.env["BELVEDERE_WEB_ALLOWED_ORIGINS"] = ALLOWED_ORIGIN
+    ledger.args += ["--web-allowed-origins", f"{ALLOWED_ORIGIN}, https://other.example"]
+    ledger.args += ["--web-allowed-hosts", "views.internal"]
     ledger.start()
     serving_all(ledger)
     url, topic = ledger.url, f"{unique_name}-movements"
@@ -167,7 +168,8 @@ def check_browser_rules(url: str, topic: str) -> None:
         for path in ("/health", "/views/balances/acct-1"):
             answer = call(url + path, headers={"Host": host})
             assert (answer.status, answer.body["error"]) == (421, "misdirected"), answer.raw
-    for host in ("localhost:1", "127.0.0.1", "[::1]:6066", "10.1.2.3:8080", "LOCALHOST"):
+    named = ("localhost:1", "127.0.0.1", "[::1]:6066", "10.1.2.3:8080", "LOCALHOST")
+    for host in (*named, socket.gethostname(), "views.internal", "Views.Internal.:443"):
         assert call(url + "/health", headers={"Host": host}).status == 200, host
     port = int(url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # no Host at all
