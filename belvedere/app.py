@@ -32,6 +32,7 @@ from belvedere.streams.tap import tapped
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
+from belvedere.views_api.browsers import split_list
 from belvedere.views_api.connections import WebLimits, default_max_connections
 from belvedere.views_api.publishing import Publishing, declared
 from belvedere.views_api.routes import install as install_routes
@@ -148,12 +149,19 @@ class App(faust.App):
     ``web_header_timeout``     ``BELVEDERE_WEB_HEADER_TIMEOUT``     10 s for a request's headers to arrive
     ``web_body_timeout``       ``BELVEDERE_WEB_BODY_TIMEOUT``       60 s for a request's body (else 408)
     ``max_change_feeds``       ``BELVEDERE_MAX_CHANGE_FEEDS``       half of web_max_connections (then 503)
+    ``web_allowed_hosts``      ``BELVEDERE_WEB_ALLOWED_HOSTS``      none: ``Host`` is web_host, localhost or an IP
+    ``web_allowed_origins``    ``BELVEDERE_WEB_ALLOWED_ORIGINS``    none: no CORS; writes from own origin only
     =========================  ===================================  ==========================================
 
     The ``web_*`` limits and ``max_change_feeds`` bound what HTTP clients may hold of a
-    worker (:mod:`belvedere.views_api.server`): beyond ``web_max_connections`` a new
+    worker (:mod:`belvedere.views_api.connections`): beyond ``web_max_connections`` a new
     connection closes the one idle the longest, and is refused (503) only when all are
     busy. A change feed or a long poll is busy for as long as it lasts: no timeout ends it.
+
+    ``web_allowed_hosts`` and ``web_allowed_origins`` are lists (comma-separated in the
+    environment): more names the worker answers to in ``Host`` (``*``: any), and origins
+    (``https://app.example``) whose pages may write and read across origins
+    (:mod:`belvedere.views_api.browsers`).
 
     ``topic_replication_factor`` (faust's setting; ``BELVEDERE_TOPIC_REPLICATION_FACTOR``
     wins over it, default 1) is the number of copies of every topic the app creates: its
@@ -228,6 +236,8 @@ class App(faust.App):
         web_header_timeout: float | None = None,
         web_body_timeout: float | None = None,
         max_change_feeds: int | None = None,
+        web_allowed_hosts: str | Sequence[str] | None = None,
+        web_allowed_origins: str | Sequence[str] | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
@@ -254,6 +264,14 @@ class App(faust.App):
         )
         #: Per event topic name: what ``POST /events`` may publish to it.
         self.http_publishing: dict[str, Publishing] = {}
+        #: More names than web_host and loopback that ``Host`` may give (``*``: any).
+        self.web_allowed_hosts = split_list(
+            _setting("BELVEDERE_WEB_ALLOWED_HOSTS", web_allowed_hosts, None)
+        )
+        #: Origins whose pages may call this worker (CORS), and write to it.
+        self.web_allowed_origins = split_list(
+            _setting("BELVEDERE_WEB_ALLOWED_ORIGINS", web_allowed_origins, None)
+        )
         #: The event topics declared with :meth:`event_topic`, by name.
         self.event_topics: dict[str, EventTopic] = {}
         #: The views declared with :meth:`view`, by name.

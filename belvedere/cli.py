@@ -165,6 +165,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_broker_env(args)
     _set_env("BELVEDERE_WEB_PORT", args.web_port)
     _set_env("BELVEDERE_WEB_HOST", args.web_host)
+    _set_env("BELVEDERE_WEB_ALLOWED_HOSTS", args.web_allowed_hosts)
+    _set_env("BELVEDERE_WEB_ALLOWED_ORIGINS", args.web_allowed_origins)
     _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
     _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
     _set_tls_env(args, "web")
@@ -555,6 +557,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--web-port", type=_port, metavar="N", help="HTTP port (default 6066)")
     worker.add_argument(
         "--web-host", metavar="HOST", help="HTTP host to bind and advertise (default 127.0.0.1)"
+    )
+    worker.add_argument(
+        "--web-allowed-hosts",
+        metavar="NAMES",
+        help="more names (comma-separated; * for any) the Host header may give than the "
+        "advertised host, localhost and IP addresses",
+    )
+    worker.add_argument(
+        "--web-allowed-origins",
+        metavar="ORIGINS",
+        help="origins (https://app.example, comma-separated) whose pages may call the API "
+        "(CORS) and write to it",
     )
     worker.add_argument("--data-dir", metavar="DIR", help="tables and the embedded broker's log")
     _web_tls_arguments(worker, serving=True)

@@ -365,6 +365,8 @@ def http_request(
 ) -> tuple[int | None, dict[str, Any] | None]:
     """(status, JSON body) of a request with an empty body; (None, None) if no answer."""
     request = urllib.request.Request(url, method=method, data=b"" if method != "GET" else None)
+    if method != "GET":
+        request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())

@@ -118,7 +118,11 @@ async def _measure(
                 "data": {"account": f"a-{account}", "owner": owner_of(account), "amount": amount},
             }
             started = time.perf_counter()
-            async with session.post(f"{url}/events/{topic}", data=orjson.dumps(envelope)) as answer:
+            async with session.post(
+                f"{url}/events/{topic}",
+                data=orjson.dumps(envelope),
+                headers={"Content-Type": "application/json"},
+            ) as answer:
                 body = orjson.loads(await answer.read())
                 if answer.status != 201:
                     raise harness.Failed(f"POST /events answered {answer.status}: {body}")

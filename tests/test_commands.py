@@ -431,8 +431,11 @@ def test_a_command_sent_to_either_of_two_workers_reaches_the_owner_with_its_body
         sender, other = pair[i % 2], pair[1 - i % 2]
         order_id = f"o-{i}"
         forwarded += partition_for_key(order_id.encode(), 4) not in held[i % 2]
-        created = command(
-            sender, "CreateOrder", {"orderId": order_id, "userId": "u", "amount": i + 1}
+        created = command(  # as a page of the sender's own origin would: also when forwarded
+            sender,
+            "CreateOrder",
+            {"orderId": order_id, "userId": "u", "amount": i + 1},
+            Origin=sender.url,
         )
         assert created.status == 202, (order_id, created.raw)
         assert created.body["aggregateId"] == order_id and created.body["version"] == 1

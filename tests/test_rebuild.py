@@ -74,7 +74,11 @@ class Reads(threading.Thread):
 def produce_through(worker: Worker, topic: str, records: list[Record]) -> None:
     for i in range(0, len(records), 500):
         body = [[r.key.decode(), orjson.loads(r.value)] for r in records[i : i + 500]]
-        request = urllib.request.Request(f"{worker.url}/produce/{topic}", orjson.dumps(body))
+        request = urllib.request.Request(
+            f"{worker.url}/produce/{topic}",
+            orjson.dumps(body),
+            {"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 200
 
@@ -179,6 +183,7 @@ def test_rebuild_requests_are_checked(broker: Broker, ledger: Worker, unique_nam
 
     def post(path: str, token: str | None, body: bytes = b"") -> tuple[int, dict]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers["Content-Type"] = "application/json"
         request = urllib.request.Request(ledger.url + path, body, headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=10) as r:

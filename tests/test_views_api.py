@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -57,9 +58,14 @@ def serving_all(worker: Worker) -> dict:
     return worker.wait_until("/state", lambda s: s["ready"], what="every view serving")
 
 
+ALLOWED_ORIGIN = "https://app.example"
+
+
 def test_a_write_is_read_back_with_its_token_and_bad_requests_get_json_errors(
     broker: Broker, ledger: Worker, unique_name: str
 ) -> None:
+    ledger.args += ["--web-allowed-origins", f"{ALLOWED_ORIGIN}, https://other.example"]
+    ledger.args += ["--web-allowed-hosts", "views.internal"]
     ledger.start()
     serving_all(ledger)
     url, topic = ledger.url, f"{unique_name}-movements"
@@ -104,6 +110,7 @@ def test_a_write_is_read_back_with_its_token_and_bad_requests_get_json_errors(
         "/views/balances/acct-1?after=nonsense": (400, "bad-parameter"),
         "/views/balances/acct-1?max_lag=-1": (400, "bad-parameter"),
         "/views/balances/acct-1?after=" + token + "&timeout=nan": (400, "bad-parameter"),
+        "/views/balances?timeout=-1": (400, "bad-parameter"),  # even with no token to wait for
         "/views/tallies/abc": (400, "bad-parameter"),
         "/views/tallies?prefix=1": (400, "bad-request"),
         "/views/balances/by/nope/1": (400, "bad-request"),
@@ -131,6 +138,113 @@ def test_a_write_is_read_back_with_its_token_and_bad_requests_get_json_errors(
     assert call(f"{url}/views/balances/acct-0?after={sealed}&timeout=20").body["balance"] == 21
     after = call(f"{url}/views/balances?limit=1000").body["rows"]
     assert len(after) == len(before)  # nothing of the refused requests was written
+
+    check_out_of_range_keys(url)
+    check_browser_rules(url, topic)
+    check_hang_ups(ledger, topic)
+    # last, as it starts a rebuild: an empty body is fine, as JSON
+    assert call(f"{url}/views/notes/rebuild", "POST", b"").status == 202
+
+
+def check_out_of_range_keys(url: str) -> None:
+    """An int-keyed view's keys beyond 64 bits are a 400 naming the parameter."""
+    for big in ("9223372036854775808", "-9223372036854775809", "1" + "0" * 30):
+        for path, name in [
+            (f"/views/tallies/{big}", "key"),
+            (f"/views/tallies?key={quote(big)}", "key"),
+            (f"/views/tallies?start={quote(big)}", "start"),
+            (f"/views/tallies?end={quote(big)}", "end"),
+        ]:
+            answer = call(url + path)
+            assert (answer.status, answer.body["error"]) == (400, "bad-parameter"), answer.raw
+            assert answer.body["detail"].startswith(f"{name} "), answer.raw
+    assert call(f"{url}/views/tallies/9223372036854775807").status == 404  # in range: no row
+    assert call(f"{url}/views/tallies?start=-9223372036854775808").status == 200
+
+
+def check_browser_rules(url: str, topic: str) -> None:
+    """Host names the worker; writes are JSON from its own (or a listed) origin; CORS for
+    the listed origin only; 405 says what is allowed."""
+    for host in ("evil.example", "evil.example:80", "127.0.0.1.nip.io"):
+        for path in ("/health", "/views/balances/acct-1"):
+            answer = call(url + path, headers={"Host": host})
+            assert (answer.status, answer.body["error"]) == (421, "misdirected"), answer.raw
+    named = ("localhost:1", "127.0.0.1", "[::1]:6066", "10.1.2.3:8080", "LOCALHOST")
+    for host in (*named, socket.gethostname(), "views.internal", "Views.Internal.:443"):
+        assert call(url + "/health", headers={"Host": host}).status == 200, host
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:  # no Host at all
+        sock.sendall(b"GET /health HTTP/1.0\r\n\r\n")
+        assert sock.makefile("rb").readline().split()[1] == b"200"
+
+    write = f"{url}/events/{topic}"
+    plain = call(write, "POST", deposit("acct-x", 1), headers={"Content-Type": "text/plain"})
+    assert (plain.status, plain.body["error"]) == (415, "unsupported-media-type"), plain.raw
+    empty = call(f"{url}/views/notes/rebuild", "POST", b"", headers={"Content-Type": ""})
+    assert empty.status == 415, empty.raw  # a rebuild too, with no body
+    for origin in ("http://evil.example", "null", url.replace("127.0.0.1", "localhost")):
+        foreign = call(write, "POST", deposit("acct-x", 1), headers={"Origin": origin})
+        assert (foreign.status, foreign.body["error"]) == (403, "forbidden-origin"), origin
+    assert call(f"{url}/views/balances/acct-x").status == 404  # none of them was written
+    own = call(write, "POST", deposit("acct-x", 1), headers={"Origin": url})
+    assert own.status == 201 and "Access-Control-Allow-Origin" not in own.headers
+    listed = call(write, "POST", deposit("acct-x", 1), headers={"Origin": ALLOWED_ORIGIN})
+    assert listed.status == 201 and listed.headers["Access-Control-Allow-Origin"] == ALLOWED_ORIGIN
+    assert "Origin" in listed.headers["Vary"]
+    assert "X-Belvedere-Position" in listed.headers["Access-Control-Expose-Headers"]
+
+    asking = {"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST"}
+    preflight = call(write, "OPTIONS", headers=asking)
+    assert preflight.status == 204 and preflight.headers["Access-Control-Allow-Origin"] == (
+        ALLOWED_ORIGIN
+    )
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    stranger = call(write, "OPTIONS", headers={**asking, "Origin": "http://evil.example"})
+    assert stranger.status == 405 and "Access-Control-Allow-Origin" not in stranger.headers
+    read = call(f"{url}/views", headers={"Origin": "http://evil.example"})
+    assert read.status == 200 and "Access-Control-Allow-Origin" not in read.headers
+
+    for method, path in [("DELETE", "/views"), ("PUT", f"/events/{topic}"), ("GET", "/commands/x")]:
+        answer = call(url + path, method)
+        assert (answer.status, answer.body["error"]) == (405, "method-not-allowed"), answer.raw
+        assert answer.headers["Allow"], answer.headers
+
+
+def check_hang_ups(worker: Worker, topic: str) -> None:
+    """A client that sends half its body and hangs up: no 500 counted, no traceback."""
+    routes = ("/events/{topic}", "/views/{view}/rebuild")
+
+    def refused() -> list[float]:
+        found = _metrics(call(worker.url + "/metrics").raw.decode())
+        server_errors = [k for k in found if 'method="POST"' in k and 'status="5xx"' in k]
+        assert not server_errors, server_errors
+        return [
+            found.get(
+                "belvedere_http_request_duration_seconds_count"
+                f'{{method="POST",route="{route}",status="4xx"}}',
+                0,
+            )
+            for route in routes
+        ]
+
+    before = refused()
+    body = orjson.dumps(deposit("acct-half", 1))
+    for path in (f"/events/{topic}", "/views/notes/rebuild"):
+        with socket.create_connection(("127.0.0.1", worker.port), timeout=10) as sock:
+            head = (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{worker.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body) * 2}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + body)
+    wait_for(
+        lambda: [n - b for n, b in zip(refused(), before, strict=True)] == [1, 1],
+        timeout=30,
+        what="both hang-ups counted (as 499, not 500)",
+    )
+    log = worker.logfile.read_text()
+    assert "Connection lost" not in log and "Error handling request" not in log, log[-3000:]
+    assert f"POST /events/{topic} failed" not in log, log[-3000:]
 
 
 def test_scans_and_index_lookups_page_through_every_row_in_key_order(
@@ -455,10 +569,18 @@ def test_when_a_worker_dies_the_other_takes_over_and_reads_meanwhile_get_503_not
 def test_fuzzing_the_openapi_spec_finds_no_server_error(
     broker: Broker, ledger: Worker, unique_name: str, tmp_path: Path
 ) -> None:
+    """Every schemathesis check, with tokens set: no 500, no undocumented answer, no request
+    the spec allows refused (see tests/support/fuzz.toml), none it forbids accepted."""
     records, _ = movements(500, accounts=40, seed=51)
     broker.produce(f"{unique_name}-movements", records)
+    ledger.env["BELVEDERE_API_TOKEN"] = ledger.env["BELVEDERE_ADMIN_TOKEN"] = "fuzz-token"
     ledger.start()
-    serving_all(ledger)
+    wait_for(lambda: call(ledger.url + "/ready").status == 200, timeout=90, what="ready")
+    # no origins configured: no CORS, for any origin
+    asking = {"Origin": "http://evil.example", "Authorization": "Bearer fuzz-token"}
+    for method in ("GET", "OPTIONS"):
+        probe = call(ledger.url + "/views", method, headers=asking)
+        assert "Access-Control-Allow-Origin" not in probe.headers, probe.headers
     spec = call(ledger.url + "/openapi.json").body
     assert spec["openapi"].startswith("3.") and "/views/{view}/{key}" in spec["paths"]
     assert spec["paths"]["/views/{view}"]["get"]["parameters"][0]["schema"]["enum"] == [
@@ -471,5 +593,5 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(
     ]
     # an event stream never ends, so it cannot be fuzzed this way (test_changes.py)
     only = ["--exclude-path", "/views/{view}/changes"]
-    assert fuzz_spec(ledger.url, tmp_path, examples=40, seed=5, only=only) > 300
-    assert ledger.get("/state")["ready"]  # and the worker still serves
+    assert fuzz_spec(ledger.url, tmp_path, examples=40, seed=5, only=only, token="fuzz-token") > 300
+    assert call(ledger.url + "/ready").status == 200  # and the worker still serves

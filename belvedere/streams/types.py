@@ -181,7 +181,7 @@ def parse_timestamp(value: Any) -> dt.datetime:
 def timestamp_ms(text: str) -> int:
     """A point in time given by a person: milliseconds since the epoch, or ISO-8601."""
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
         when = parse_timestamp(text)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from belvedere.streams.partitioner import partitioner_named
-from belvedere.streams.types import converter_for
+from belvedere.streams.types import INT_MAX, INT_MIN, converter_for
 
 if TYPE_CHECKING:
     from belvedere.tables.store import PartitionStore
@@ -90,11 +90,19 @@ def _int_from_store(data: bytes) -> int:
     return _INT.unpack(data)[0] - (1 << 63)
 
 
+def _parse_int(text: str) -> int:
+    """An ``int`` key given as text; ValueError beyond what a store key holds (64 bits)."""
+    key = int(text)
+    if not INT_MIN <= key <= INT_MAX:
+        raise ValueError(f"{key} is not a signed 64-bit integer")
+    return key
+
+
 def key_codec(key_type: type) -> KeyCodec:
     if key_type is str:
         return KeyCodec(str, str.encode, bytes.decode, str)
     if key_type is int:
-        return KeyCodec(int, _int_to_store, _int_from_store, int)
+        return KeyCodec(int, _int_to_store, _int_from_store, _parse_int)
     raise TypeError(f"view keys must be str or int, not {key_type!r}")
 
 

@@ -41,7 +41,7 @@ def _at_param(request: web.Request) -> int | dt.datetime | None:
     text = request.query.get("at")
     if not text:
         return None
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
     try:
         return parse_timestamp(text)

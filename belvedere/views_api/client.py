@@ -37,9 +37,8 @@ class WorkerClient:
         headers = {"Accept": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        data = None
-        if body is not None:
-            data = orjson.dumps(body)
+        data = None if body is None else orjson.dumps(body)
+        if method not in ("GET", "HEAD"):  # workers refuse writes of any other type
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(self.url + path, data, headers, method=method)
         try:

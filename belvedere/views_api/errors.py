@@ -1,4 +1,9 @@
-"""Every error answer is JSON, ``{"error": ..., "detail": ...}``: never HTML or a traceback."""
+"""Every error answer is JSON, ``{"error": ..., "detail": ...}``: never HTML or a traceback.
+
+A client that hangs up before its request is read (or answered) is no failure of the
+worker: no traceback, one debug line, and 499 (nginx's "client closed request") in the
+metrics, for an answer nobody receives.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["BadRequest", "error", "errors_as_json", "json"]
+__all__ = ["CLIENT_GONE", "BadRequest", "error", "errors_as_json", "json"]
 
 logger = logging.getLogger(__name__)
+
+#: The status recorded for a request whose client went away.
+CLIENT_GONE = 499
+#: aiohttp's own error headers that a JSON answer replaces.
+_BODY_HEADERS = frozenset({"content-type", "content-length"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,7 +57,14 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.reason.lower().replace(" ", "-"), exc.text or exc.reason)
+        kept = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
+        detail = exc.text or exc.reason
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            detail = f"{request.method} is not one of {', '.join(sorted(exc.allowed_methods))}"
+        return error(exc.status, exc.reason.lower().replace(" ", "-"), detail, kept)
+    except ConnectionResetError:  # also aiohttp's ClientConnectionResetError
+        logger.debug("%s %s: the client hung up", request.method, request.path)
+        return error(CLIENT_GONE, "client-gone", "the client closed the connection")
     except Exception:
         logger.exception("%s %s failed", request.method, request.path)
         return error(500, "internal", "the worker failed to answer; see its log")

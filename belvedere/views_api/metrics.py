@@ -6,6 +6,7 @@ recorded as requests come (a middleware), in a fixed-bucket histogram per route.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from belvedere.views_api.changes import Feeds, feeds_of
+from belvedere.views_api.errors import CLIENT_GONE
 from belvedere.views_api.reads import lag_of, lineage
 
 __all__ = ["RequestTimes", "metrics", "timed"]
@@ -57,6 +59,9 @@ async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     except web.HTTPException as exc:
         status = exc.status
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = CLIENT_GONE  # cancelled when its client hung up
         raise
     finally:
         resource = request.match_info.route.resource

@@ -10,15 +10,22 @@ from typing import Any
 
 from aiohttp import web
 
+from belvedere.streams.types import INT_MAX
 from belvedere.views_api.aggregates import DEFAULT_LIMIT as HISTORY_DEFAULT_LIMIT
 from belvedere.views_api.aggregates import MAX_LIMIT as HISTORY_MAX_LIMIT
 from belvedere.views_api.auth import OPEN
 from belvedere.views_api.errors import json
+from belvedere.views_api.events import MAX_EVENTS
 from belvedere.views_api.publishing import publishable_topics
 
 __all__ = ["openapi", "spec"]
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+#: A point in time as the API takes it: milliseconds since the epoch, or ISO-8601.
+WHEN = [
+    {"type": "string", "pattern": "^[0-9]{1,18}$"},
+    {"type": "string", "format": "date-time"},
+]
 
 
 def _param(name: str, where: str, description: str, schema: dict, required: bool = False) -> dict:
@@ -37,6 +44,7 @@ _REASONS = {
     403: "a token that does not open the route's scope",
     404: "no such view, key, topic or path",
     409: "a conflict: a rebuild already running, or not the expectedVersion",
+    415: "the body is not sent as application/json",
     410: "the position is gone (the view was rebuilt, or its changelog compacted)",
     503: "the partition is not served right now (recovering, or moving): retry after",
     422: "the command was rejected",
@@ -113,6 +121,7 @@ def _command_paths(app: Any) -> dict[str, Any]:
                     400,
                     404,
                     409,
+                    415,
                     422,
                     503,
                     504,
@@ -126,7 +135,12 @@ def _command_paths(app: Any) -> dict[str, Any]:
                 "parameters": [
                     kind,
                     aggregate_id,
-                    _param("at", "query", "a version, or an ISO-8601 time", {"type": "string"}),
+                    _param(
+                        "at",
+                        "query",
+                        "a version number (digits), or an ISO-8601 time",
+                        {"anyOf": [{"type": "string", "pattern": "^[0-9]{0,18}$"}, WHEN[1]]},
+                    ),
                 ],
                 "responses": _answers("its state", 400, 404, 503),
             }
@@ -189,7 +203,8 @@ def spec(app: Any) -> dict[str, Any]:
     views = sorted(app.views) or ["none"]
     topics = publishable_topics(app) or ["none"]
     view = _param("view", "path", "a view's name", {"type": "string", "enum": views})
-    token = {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4096}
+    # empty: none given
+    token = {"type": "string", "pattern": "^[A-Za-z0-9_-]*$", "maxLength": 4096}
     after = _param(
         "after",
         "query",
@@ -351,13 +366,27 @@ def spec(app: Any) -> dict[str, Any]:
                     "summary": "Rebuild the view into a new generation",
                     "parameters": [view],
                     "requestBody": {
-                        "required": False,
+                        "description": "`{}` for a rebuild from the start; the body may be "
+                        "empty, but its Content-Type is application/json all the same",
+                        "required": True,
                         "content": {
                             "application/json": {
                                 "schema": {
                                     "type": "object",
                                     "properties": {
-                                        "fromTimestamp": {"type": ["string", "integer"]},
+                                        "fromTimestamp": {
+                                            "anyOf": [
+                                                {
+                                                    "type": "integer",
+                                                    "minimum": 0,
+                                                    "maximum": INT_MAX,
+                                                },
+                                                *WHEN,
+                                                {"type": "null"},
+                                            ],
+                                            "description": "where the replay starts (ms "
+                                            "since the epoch, or ISO-8601); none: the start",
+                                        },
                                         "acceptFailures": {"type": "boolean"},
                                     },
                                     "additionalProperties": False,
@@ -365,7 +394,7 @@ def spec(app: Any) -> dict[str, Any]:
                             }
                         },
                     },
-                    "responses": _answers("started", 400, 404, 409, ok_status="202"),
+                    "responses": _answers("started", 400, 404, 409, 415, ok_status="202"),
                 },
             },
             "/events/{topic}": {
@@ -389,6 +418,8 @@ def spec(app: Any) -> dict[str, Any]:
                                         {
                                             "type": "array",
                                             "items": {"$ref": "#/components/schemas/Envelope"},
+                                            "minItems": 1,
+                                            "maxItems": MAX_EVENTS,
                                         },
                                     ]
                                 }
@@ -396,7 +427,7 @@ def spec(app: Any) -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        **_answers("written", 400, 404, ok_status="201"),
+                        **_answers("written", 400, 404, 415, ok_status="201"),
                         "403": {
                             **_error_answer(403),
                             "description": "a token that does not open the write scope, or a "

@@ -74,9 +74,8 @@ def key_param(view: View, text: str, name: str = "key") -> Any:
     try:
         return view.parse_key(text)
     except ValueError:
-        raise BadParam(
-            f"{name} {text[:40]!r}: view {view.name!r} is keyed by {view.key_type.__name__}"
-        ) from None
+        kind = "signed 64-bit integers" if view.key_type is int else view.key_type.__name__
+        raise BadParam(f"{name} {text[:40]!r}: view {view.name!r} is keyed by {kind}") from None
 
 
 def encode_cursor(key: Any) -> str:

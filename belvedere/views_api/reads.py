@@ -144,7 +144,9 @@ async def get_row(app: Any, request: web.Request) -> web.StreamResponse:
     key = key_param(view, text)
     max_lag = int_param(request, "max_lag", None, 0, MAX_LAG)
     token = after_token(request)
-    timeout = timeout_param(request) if token is not None else 0.0
+    timeout = timeout_param(request)  # refused when bad, even if unused
+    if token is None:
+        timeout = 0.0
     try:
         partition = view.partition_for(key)
         local = view.local(partition, max_lag)

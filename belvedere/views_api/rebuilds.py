@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from belvedere.agents.rebuild import RebuildConflict
-from belvedere.streams.types import FieldError, timestamp_ms
+from belvedere.streams.types import INT_MAX, FieldError, timestamp_ms
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.reads import view_or_404
 
@@ -39,8 +39,12 @@ async def start_rebuild(app: Any, request: web.Request) -> web.StreamResponse:
             'expected {"fromTimestamp": <ms or ISO-8601>, "acceptFailures": <bool>} or nothing',
         )
     since = body.get("fromTimestamp")
+    if isinstance(since, float) and since.is_integer():  # JSON's 1.0 is an integer too
+        since = int(since)
     try:
         since_ms = None if since is None else timestamp_ms(str(since))
+        if since_ms is not None and abs(since_ms) > INT_MAX:
+            raise FieldError(f"fromTimestamp {since!r} is out of range")
     except FieldError as exc:
         return error(400, "bad-timestamp", str(exc))
     try:

@@ -16,7 +16,11 @@ def _schema(schema: dict[str, Any]) -> str:
         values = [f"`{v}`" for v in schema["enum"][:_LIMIT]]
         more = ", ..." if len(schema["enum"]) > _LIMIT else ""
         return "one of " + ", ".join(values) + more
+    if "anyOf" in schema:
+        return " or ".join(_schema(choice) for choice in schema["anyOf"])
     kind = schema.get("type", "any")
+    if "format" in schema:
+        kind = f"{kind} ({schema['format']})"
     bounds = [
         f"{name} {schema[key]}"
         for key, name in (("minimum", "min"), ("maximum", "max"), ("maxLength", "max length"))

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from belvedere.views_api.aggregates import aggregate_events, get_aggregate
 from belvedere.views_api.auth import ADMIN, OPEN, READ, WRITE, tokens_required
+from belvedere.views_api.browsers import browser_rules
 from belvedere.views_api.catalog import list_views
 from belvedere.views_api.changes import changes
 from belvedere.views_api.commands import send_command
@@ -71,7 +72,9 @@ def scope_of(method: str, path: str) -> str | None:
 
 def install(app: Any, web_app: web.Application) -> None:
     scopes = {handler.__name__: scope for _, _, handler, scope in ROUTES}
-    web_app.middlewares.extend([request_ids, timed, errors_as_json, tokens_required(app, scopes)])
+    web_app.middlewares.extend([request_ids, timed, errors_as_json])
+    web_app.middlewares.append(browser_rules(app, web_app))  # before tokens: preflights
+    web_app.middlewares.append(tokens_required(app, scopes))
     for method, path, handler, _ in ROUTES:
         web_app.router.add_route(
             method, path, functools.partial(handler, app), name=handler.__name__

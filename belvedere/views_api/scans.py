@@ -203,7 +203,9 @@ async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamRes
         return json(await _local_part(app, request, view, _partitions_param(request, view), local))
     limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     token = after_token(request)
-    wait = timeout_param(request) if token is not None else 0.0
+    wait = timeout_param(request)  # refused when bad, even if unused
+    if token is None:
+        wait = 0.0
     cursor_param(request, view)  # refuse a bad one here, not once per worker
     query = {k: v for k, v in request.query.items() if k not in ("scope", "partitions")}
     parts = await _parts(app, request, view, local, request.rel_url.with_query(query), wait)

@@ -40,7 +40,10 @@ def call(
 ) -> Answer:
     """``method url`` with ``body`` as JSON (bytes as they are); 0 if nothing answered."""
     data = body if isinstance(body, bytes) or body is None else orjson.dumps(body)
-    request = urllib.request.Request(url, data, dict(headers or {}), method=method)
+    sent = dict(headers or {})
+    if method not in ("GET", "HEAD"):  # what a worker takes writes as
+        sent.setdefault("Content-Type", "application/json")
+    request = urllib.request.Request(url, data, sent, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return Answer(response.status, dict(response.headers), response.read())
