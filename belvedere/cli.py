@@ -169,6 +169,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_env("BELVEDERE_WEB_ALLOWED_ORIGINS", args.web_allowed_origins)
     _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
     _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
+    _set_env("BELVEDERE_STRICT", "1" if args.strict else None)
+    _set_env("BELVEDERE_READY_MAX_DEAD_LETTER_RATE", args.ready_max_dead_letter_rate)
     _set_tls_env(args, "web")
     for name, *_ in WEB_LIMIT_FLAGS:
         _set_env(f"BELVEDERE_{name.upper()}", getattr(args, name))
@@ -580,6 +582,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, kind, metavar, help in WEB_LIMIT_FLAGS:
         worker.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=metavar, help=help)
+    worker.add_argument(
+        "--strict",
+        action="store_true",
+        help="for development: stop at the first projection handler error, with its "
+        "traceback, before its event (restarted, the worker folds that event again)",
+    )
+    worker.add_argument(
+        "--ready-max-dead-letter-rate",
+        type=int,
+        metavar="N",
+        help="/ready answers 503 while more than N dead letters a minute are sent",
+    )
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
     worker.set_defaults(run=cmd_worker)
 

@@ -361,7 +361,7 @@ def test_views_health_ready_and_metrics_describe_the_worker(
     assert found['belvedere_fold_events_total{view="balances",mode="live"}'] == 1_000
     assert found['belvedere_fold_seconds_total{view="balances",mode="live"}'] > 0
     assert not [k for k in found if k.startswith("belvedere_fold") and 'mode="rebuild"' in k]
-    assert found["belvedere_dead_letters_total"] == 0
+    assert not [k for k in found if k.startswith("belvedere_dead_letters_total")]
     rows = sum(v for k, v in found.items() if k.startswith('belvedere_view_rows{view="balances"'))
     assert rows == len(fold)
     reads = 'belvedere_http_request_duration_seconds_count{method="GET",route="/views/{view}/{key}",status="2xx"}'

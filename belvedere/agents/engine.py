@@ -48,6 +48,7 @@ from belvedere.agents.rebuild import Rebuilder
 from belvedere.agents.standby import Standbys
 from belvedere.streams.context import enter_cause, leave_cause
 from belvedere.streams.envelope import BadEvent
+from belvedere.streams.failure_log import user_traceback
 from belvedere.streams.readers import PartitionReader, reader_for
 from belvedere.streams.transactions import (
     Fenced,
@@ -62,7 +63,7 @@ from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.transaction import PartitionTransaction, UnencodableState, WrongPartition
 from belvedere.tables.view import PartitionStatus
 
-__all__ = ["HEADER_ORIGIN", "ProjectionEngine", "origin_of", "send_all"]
+__all__ = ["HEADER_ORIGIN", "ProjectionEngine", "StrictStop", "origin_of", "send_all"]
 
 #: On a repartitioned copy: the original record's topic, partition and offset.
 HEADER_ORIGIN = "bv-origin"
@@ -111,6 +112,18 @@ def _failure(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, UnencodableState):
         return "unencodable-state", str(exc)
     return "handler-error", repr(exc)
+
+
+class StrictStop(Exception):
+    """A handler failed on a worker run with ``strict``: the worker stops there, its
+    partition's offset before the event, so the fixed code folds it when restarted."""
+
+    def __init__(self, view: str, handler: str, record: Any) -> None:
+        super().__init__(
+            f"view {view}: handler {handler} failed on {record.topic}[{record.partition}]"
+            f"@{record.offset} (strict: the worker stops; fix it and restart, and that "
+            "event is folded again)"
+        )
 
 
 def _offset(record: Any) -> int:
@@ -715,12 +728,18 @@ class ProjectionEngine(Service):
                         kind, reason = _failure(exc)
                         reason = f"{handler.name}: {reason}"
                         txn.rollback(reason)
+                        if self.app.strict and live:
+                            stop = StrictStop(projection.view.name, handler.name, record)
+                            logger.critical("%s\n%s", stop, user_traceback(exc))
+                            raise stop from exc
                         await self.app.dead_letters.send(
                             record,
                             kind,
                             reason,
                             view=projection.view.name,
                             generation=part.generation,
+                            handler=handler.name,
+                            error=exc,
                         )
                     except BaseException:
                         # Cancelled while the handler awaited (the worker stopping): undo its

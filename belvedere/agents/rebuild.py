@@ -433,7 +433,8 @@ class Rebuilder:
             done = await asyncio.shield(delegation.run)
             engine.count_fold(view.name, "rebuild", done.fold_seconds, done.fold_events)
             self.app.dead_letters.suppressed.update(done.suppressed)
-            self.app.dead_letters.counts.update(done.sent)
+            for (topic, kind), n in done.sent.items():
+                self.app.dead_letters.count(view.name, topic, kind, n)
             logger.info(
                 "view %s g%d: the helper replayed partitions %s up to %s (peak RSS %.0f MB)",
                 view.name, generation, sorted(p.tp.partition for p in parts), done.reached,

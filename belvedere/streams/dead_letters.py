@@ -18,17 +18,27 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from faust.types import TP, Message
 
 from belvedere.streams.context import rebuild_target, side_effects_suppressed
+from belvedere.streams.failure_log import FailureLog
 from belvedere.streams.types import format_timestamp
 
-__all__ = ["DeadLetter", "DeadLetters", "ReplayReport", "dead_letter_topic", "replay"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetters",
+    "ReplayReport",
+    "dead_letter_topic",
+    "replay",
+    "select",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +101,62 @@ class DeadLetter:
             int(ours["generation"]) if "generation" in ours else None,
         )
 
+    def describe(self) -> dict[str, Any]:
+        """What ``GET /dead-letters`` shows of it (the original bytes stay in the topic)."""
+        headers = dict(self.headers)
+        event_id, event_type = None, headers.get("eventType")
+        try:  # the envelope carries them (a header may name the type)
+            body = orjson.loads(self.value) if self.value else None
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict):
+            event_id = body.get("eventId")
+            event_type = event_type or body.get("eventType")
+        return {
+            "kind": self.kind,
+            "reason": self.reason,
+            "time": self.time,
+            "view": self.view,
+            "generation": self.generation,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": self.key.decode(errors="replace") if self.key is not None else None,
+            "eventId": _text(event_id),
+            "eventType": _text(event_type),
+        }
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def select(
+    letters: Sequence[DeadLetter],
+    *,
+    view: str | None = None,
+    generation: int | None = None,
+    kind: str | None = None,
+) -> list[DeadLetter]:
+    """The dead letters of ``view``'s handlers, ``generation`` and ``kind`` (each when
+    given): ``belvedere dlq list`` and ``GET /dead-letters`` choose alike."""
+    return [
+        letter
+        for letter in letters
+        if (view is None or letter.view == view)
+        and (generation is None or letter.generation == generation)
+        and (kind is None or letter.kind == kind)
+    ]
+
 
 #: Who a dead letter says failed on a record: (view, generation, kind).
 _Failure = tuple[str | None, int | None, str]
+
+
+#: How far back ``DeadLetters.rate`` looks, in seconds.
+RATE_WINDOW = 60.0
 
 
 class DeadLetters:
@@ -102,6 +165,11 @@ class DeadLetters:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.counts: Counter[tuple[str, str]] = Counter()
+        #: By (view, topic, kind), view "" for none: ``/metrics``' labels.
+        self.labelled: Counter[tuple[str, str, str]] = Counter()
+        #: When the dead letters of the last ``RATE_WINDOW`` seconds were sent (monotonic).
+        self._recent: deque[float] = deque()
+        self.log = FailureLog(logger)
         #: Dead letters not sent because a rebuild replayed events already dead-lettered.
         self.suppressed: Counter[tuple[str, str]] = Counter()
         #: Where to send instead of the app's producer (a replay helper's aiokafka producer).
@@ -117,6 +185,17 @@ class DeadLetters:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def rate(self) -> int:
+        """Dead letters sent in the last ``RATE_WINDOW`` seconds (a degraded ``/ready``)."""
+        since = time.monotonic() - RATE_WINDOW
+        while self._recent and self._recent[0] < since:
+            self._recent.popleft()
+        return len(self._recent)
+
+    def count(self, view: str | None, topic: str, kind: str, n: int = 1) -> None:
+        self.counts[(topic, kind)] += n
+        self.labelled[(view or "", topic, kind)] += n
+
     async def send(
         self,
         message: Message,
@@ -125,9 +204,13 @@ class DeadLetters:
         *,
         view: str | None = None,
         generation: int | None = None,
+        handler: str | None = None,
+        error: BaseException | None = None,
     ) -> None:
         """Dead-letter ``message``; ``view``/``generation``: the projection whose handler
-        failed. While a rebuild replays, only what the old code did not dead-letter is sent."""
+        failed, ``handler`` its name and ``error`` what it raised (logged with its traceback
+        the first time). While a rebuild replays, only what the old code did not
+        dead-letter is sent."""
         if side_effects_suppressed():
             target = rebuild_target()
             if target is None:
@@ -163,15 +246,18 @@ class DeadLetters:
             await self.app.producer.send_and_wait(
                 name, letter.key, letter.value, None, None, letter.record_headers()
             )
-        self.counts[(message.topic, kind)] += 1
-        logger.warning(
-            "dead letter%s: %s[%d]@%d -> %s: %s",
-            "" if not side_effects_suppressed() else f" (new in {view} g{generation})",
-            message.topic,
-            message.partition,
-            message.offset,
-            name,
-            reason,
+        self.count(view, message.topic, kind)
+        self._recent.append(time.monotonic())
+        where = f"{message.topic}[{message.partition}]@{message.offset}"
+        who = f"view {view}: handler {handler}" if handler else (f"view {view}" if view else "")
+        replaying = f" (new in {view} g{generation})" if side_effects_suppressed() else ""
+        self.log.failed(
+            (handler or view or message.topic, kind),
+            f"dead letter{replaying}: {who + ' failed on ' if who else ''}{where} ({kind}): "
+            f"{reason}; set aside in {name}. Later failures like it are counted in /metrics "
+            f"and listed by GET /dead-letters{f'?view={view}' if view else ''}",
+            f"dead letters ({kind}) from {who or message.topic}, the last {where}: {reason}",
+            error,
         )
 
     def _suppress(self, message: Message, kind: str, reason: str) -> None:

@@ -139,8 +139,15 @@ def _render(app: Any, times: RequestTimes, feeds: Feeds | None = None) -> str:
     family("belvedere_fold_events_total", "counter", "Source events those seconds folded")
     for (view, mode), count in sorted(engine.fold_events.items()):
         lines.append(f"belvedere_fold_events_total{_labels(view=view, mode=mode)} {count}")
-    family("belvedere_dead_letters_total", "counter", "Messages sent to the dead letters")
-    lines.append(f"belvedere_dead_letters_total {app.dead_letters.total}")
+    family(
+        "belvedere_dead_letters_total",
+        "counter",
+        "Messages sent to the dead letters, by the view whose handler failed (empty: none), "
+        "source topic and kind",
+    )
+    for (view, topic, kind), count in sorted(app.dead_letters.labelled.items()):
+        labels = _labels(view=view, topic=topic, kind=kind)
+        lines.append(f"belvedere_dead_letters_total{labels} {count}")
 
     family("belvedere_view_lag_events", "gauge", "Source events not yet applied, per partition")
     family_rows: list[str] = []
