@@ -275,6 +275,34 @@ class DeadLetters:
                 await self.app.topic(name, partitions=1, internal=True).maybe_declare()
             self._declared.add(name)
 
+    def sources(self) -> list[str]:
+        """Every topic of the app that may have dead letters: its event topics, the
+        re-keyed copies its projections fold, and plain ``app.topic`` ones."""
+        app = self.app
+        names = set(app.event_topics)
+        names.update(p.fold_topic.get_topic_name() for p in app.projections.projections.values())
+        channels = [*app.topics, *(agent.channel for agent in app.agents.values())]
+        names.update(name for channel in channels for name in getattr(channel, "topics", ()))
+        return sorted(names)
+
+    async def by_view(self) -> dict[str, Counter[str]]:
+        """Records each view's handlers failed on, by kind, read from the dead-letter
+        topics (so every worker's and every earlier run's count): of the generation each
+        view serves, or naming none."""
+        counts: dict[str, Counter[str]] = {name: Counter() for name in self.app.views}
+        for topic in self.sources():
+            await self.declare(topic)
+            name = dead_letter_topic(self.app.conf.id, topic)
+            await self._catch_up(name)
+            for found in self._failures.get(name, {}).values():
+                for view, kind in {
+                    (v, k)
+                    for v, g, k in found
+                    if v in counts and (g is None or g == self.app.views[v].generation)
+                }:
+                    counts[view][kind] += 1
+        return counts
+
     async def _prior(self, message: Message, view: str, generation: int, active: int) -> str | None:
         """Whether a dead letter for this record and view exists: "old" (from a generation
         up to the ``active`` one, or naming no view), "this" (this generation's) or None

@@ -3,6 +3,10 @@
 Each worker knows its own partitions; the worker asked gathers the others' (``scope=local``)
 and answers for the whole group. A worker that does not answer is listed under
 ``unreachable``, and its partitions are missing rather than guessed.
+
+A view's ``deadLetters`` are the events its handlers failed on (in the generation it
+serves), counted from the dead-letter topics, so they are the whole group's and survive
+restarts: ``GET /dead-letters?view=`` lists them.
 """
 
 from __future__ import annotations
@@ -81,6 +85,7 @@ async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
                 parts[member] = body["views"]
             else:
                 unreachable.append(member)
+    dead_letters = await app.dead_letters.by_view()
     views = []
     for name, view in sorted(app.views.items()):
         partitions: dict[str, Any] = {}
@@ -94,6 +99,7 @@ async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
             for p, info in found.get("standbys", {}).items():
                 standbys.setdefault(str(p), []).append(info)
         rebuild = app.projections.rebuilds.report(name)
+        letters = dead_letters.get(name, {})
         rows = [p["rows"] for p in partitions.values() if p["rows"] is not None]
         views.append(
             {
@@ -107,6 +113,7 @@ async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
                 "partitions": dict(sorted(partitions.items(), key=lambda kv: int(kv[0]))),
                 "standbys": standbys,
                 "rebuild": rebuild,
+                "deadLetters": {"total": sum(letters.values()), "kinds": dict(letters)},
             }
         )
     return json({"views": views, "workers": sorted(parts), "unreachable": unreachable})

@@ -14,6 +14,8 @@ from belvedere.streams.types import INT_MAX
 from belvedere.views_api.aggregates import DEFAULT_LIMIT as HISTORY_DEFAULT_LIMIT
 from belvedere.views_api.aggregates import MAX_LIMIT as HISTORY_MAX_LIMIT
 from belvedere.views_api.auth import OPEN
+from belvedere.views_api.dead_letters import DEFAULT_LIMIT as DEAD_LETTERS_DEFAULT_LIMIT
+from belvedere.views_api.dead_letters import MAX_LIMIT as DEAD_LETTERS_MAX_LIMIT
 from belvedere.views_api.errors import json
 from belvedere.views_api.events import MAX_EVENTS
 from belvedere.views_api.publishing import publishable_topics
@@ -174,6 +176,49 @@ def _command_paths(app: Any) -> dict[str, Any]:
                 "responses": _answers("its events", 404, 503),
             }
         },
+        "/dead-letters": {
+            "get": {
+                "summary": "The most recent dead letters, newest first, with their reasons",
+                "parameters": [
+                    _param(
+                        "view",
+                        "query",
+                        "only those of this view's handlers",
+                        {"type": "string", "enum": sorted(app.views) or ["none"]},
+                    ),
+                    _param(
+                        "topic",
+                        "query",
+                        "only those from this source topic",
+                        {"type": "string", "enum": app.dead_letters.sources() or ["none"]},
+                    ),
+                    _param(
+                        "kind",
+                        "query",
+                        "only this kind (handler-error, invalid-data, bad-value...)",
+                        {"type": "string"},
+                    ),
+                    _param(
+                        "limit",
+                        "query",
+                        f"dead letters per page (default {DEAD_LETTERS_DEFAULT_LIMIT})",
+                        {"type": "integer", "minimum": 1, "maximum": DEAD_LETTERS_MAX_LIMIT},
+                    ),
+                    _param(
+                        "cursor",
+                        "query",
+                        "the `next` of the previous page",
+                        {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4096},
+                    ),
+                ],
+                "responses": _answers(
+                    "a page of dead letters, and `next`",
+                    400,
+                    404,
+                    body={"$ref": "#/components/schemas/DeadLetters"},
+                ),
+            }
+        },
         "/aggregates/{type}/{id}/events": {
             "get": {
                 "summary": "An aggregate's events, oldest first, a page at a time",
@@ -258,7 +303,8 @@ def spec(app: Any) -> dict[str, Any]:
             },
             "/ready": {
                 "get": {
-                    "summary": "Readiness: every assigned partition is recovered",
+                    "summary": "Readiness: every assigned partition is recovered (and, with "
+                    "ready_max_dead_letter_rate, dead letters under that rate)",
                     "responses": _answers("ready", 503),
                 }
             },
@@ -454,6 +500,35 @@ def spec(app: Any) -> dict[str, Any]:
                             "items": {
                                 "type": "object",
                                 "properties": {"key": {}, "value": {}},
+                            },
+                        },
+                        "next": {"type": ["string", "null"]},
+                    },
+                },
+                "DeadLetters": {
+                    "type": "object",
+                    "required": ["deadLetters", "next"],
+                    "properties": {
+                        "deadLetters": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["kind", "reason", "topic", "partition", "offset"],
+                                "properties": {
+                                    "kind": {"type": "string"},
+                                    "reason": {"type": "string"},
+                                    "time": {"type": "string"},
+                                    "view": {"type": ["string", "null"]},
+                                    "generation": {"type": ["integer", "null"]},
+                                    "topic": {"type": "string"},
+                                    "partition": {"type": "integer"},
+                                    "offset": {"type": "integer"},
+                                    "key": {"type": ["string", "null"]},
+                                    "eventId": {"type": ["string", "null"]},
+                                    "eventType": {"type": ["string", "null"]},
+                                    "deadLetterTopic": {"type": "string"},
+                                    "deadLetterOffset": {"type": "integer"},
+                                },
                             },
                         },
                         "next": {"type": ["string", "null"]},

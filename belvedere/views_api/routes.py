@@ -17,6 +17,7 @@ from belvedere.views_api.browsers import browser_rules
 from belvedere.views_api.catalog import list_views
 from belvedere.views_api.changes import changes
 from belvedere.views_api.commands import send_command
+from belvedere.views_api.dead_letters import list_dead_letters
 from belvedere.views_api.errors import errors_as_json
 from belvedere.views_api.events import publish_events
 from belvedere.views_api.health import health, ready
@@ -59,6 +60,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/aggregates/{type}/{id}/events", aggregate_events, READ),
     ("GET", "/sagas/{name}/{id}", get_saga, READ),
     ("GET", "/trace/{id}", get_trace, READ),
+    ("GET", "/dead-letters", list_dead_letters, READ),
 ]
 
 
