@@ -23,6 +23,7 @@ from typing import Any
 from yarl import URL
 
 import belvedere
+from belvedere.agents.engine import StrictStop
 from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.app import App
 from belvedere.streams.errors import BrokerError
@@ -189,7 +190,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.execute_from_commandline()
     except SystemExit:
         # mode exits with status 1 on a crash; surface a broker error as its one line
-        if isinstance(worker.crash_reason, BrokerError):
+        if isinstance(worker.crash_reason, (BrokerError, StrictStop)):
             raise worker.crash_reason from None
         raise
     finally:
@@ -718,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"belvedere: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokerError as exc:  # raised inside the worker, after faust logged its traceback
+    except (BrokerError, StrictStop) as exc:  # raised in the worker, its traceback logged
         print(f"belvedere: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -5,15 +5,18 @@ worker stays ready, and a restart is clean (nothing applied or dead-lettered twi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import orjson
+import pytest
 
 from belvedere.streams.clients import Record
 from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
+from belvedere.streams.failure_log import FailureLog
 from tests.support.brokers import Broker
 from tests.support.http import Answer, call
-from tests.support.worker import Worker, wait_for
+from tests.support.worker import REPO, Worker, wait_for
 
 BIG = 2**63 - 1  # the largest a field takes; three of them overflow orjson's 64 bits
 TOPICS = ("tank-events", "tank-commands", "readings", "log-commands", "log-events")
@@ -159,3 +162,166 @@ def test_one_event_never_stops_a_worker_and_a_restart_is_clean(
             kind, word = kinds.get(orjson.loads(letter.value)["eventId"]) or kinds[None]
             assert (letter.kind, letter.topic) == (kind, f"{name}-{topic}"), letter
             assert word in letter.reason, letter
+
+
+TOKEN = {"Authorization": "Bearer r3ad"}
+BOOM_LINE = "no tank may be tagged"
+
+
+def _json(url: str, headers: dict[str, str] | None = None) -> dict:
+    """The JSON at ``url``, or {} while it does not answer 200 (the worker starting)."""
+    answer = call(url, headers=headers)
+    return answer.body if answer.status == 200 else {}
+
+
+def _boom_line() -> int:
+    """The line of tests/apps/tanks.py that raises for a ``boom`` tag."""
+    lines = (REPO / "tests" / "apps" / "tanks.py").read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if BOOM_LINE in line)
+
+
+def test_a_failing_handler_is_logged_once_with_its_traceback_counted_listed_and_unready(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    name = unique_name
+    for topic in TOPICS:
+        broker.create_topic(f"{name}-{topic}", 2)
+    broker.produce(
+        f"{name}-readings",
+        [
+            tagged("t4", "boom", "b-1"),
+            reading("t4", 5, "r-1"),
+            tagged("t4", "boom", "b-2"),
+            tagged("t4", "boom", "b-3"),
+            reading("t4", 6, "r-2"),
+        ],
+    )
+    env = {
+        "TANKS_NAME": name,
+        "BELVEDERE_READ_TOKEN": "r3ad",
+        "BELVEDERE_READY_MAX_DEAD_LETTER_RATE": "2",
+    }
+    worker = workers("tests.apps.tanks:app", env).start()
+    totals = f"{worker.url}/views/totals/t4"
+    wait_for(
+        lambda: _json(totals, TOKEN).get("fills") == 2,
+        timeout=90,
+        what="t4's two good readings",
+    )
+    readings = f"{name}-readings"
+    series = (
+        f'belvedere_dead_letters_total{{view="totals",topic="{readings}",kind="handler-error"}}'
+    )
+
+    def metric() -> str | None:
+        text = call(f"{worker.url}/metrics", headers=TOKEN).raw.decode()
+        return next((line for line in text.splitlines() if line.startswith(series)), None)
+
+    assert wait_for(metric, timeout=60, what=series) == f"{series} 3"
+
+    # the first failure: one ERROR with the traceback into the user's handler; not again
+    log = worker.logfile.read_text()
+    assert log.count("Traceback (most recent call last)") == 1, worker.log_tail()
+    assert f'tests/apps/tanks.py", line {_boom_line()}, in tagged' in log, worker.log_tail()
+    assert "view totals: handler Totals.tagged failed on" in log
+    assert log.count(f"ValueError: {BOOM_LINE} 'boom'") == 1
+
+    # listed over HTTP, with the read token, newest first, a page at a time
+    assert call(f"{worker.url}/dead-letters").status == 401
+    listed = call(f"{worker.url}/dead-letters?view=totals&kind=handler-error", headers=TOKEN)
+    assert listed.status == 200, listed.raw
+    letters = listed.body["deadLetters"]
+    assert [d["eventId"] for d in letters] == ["b-3", "b-2", "b-1"], letters
+    first = letters[-1]
+    assert first["kind"] == "handler-error" and first["view"] == "totals"
+    assert "Totals.tagged" in first["reason"] and BOOM_LINE in first["reason"]
+    assert (first["topic"], first["offset"], first["eventType"]) == (readings, 0, "Tagged")
+    assert first["time"] and first["deadLetterTopic"] == dead_letter_topic(name, readings)
+    assert listed.body["next"] is None
+    page = call(f"{worker.url}/dead-letters?limit=2", headers=TOKEN).body
+    rest = call(f"{worker.url}/dead-letters?limit=2&cursor={page['next']}", headers=TOKEN).body
+    assert [d["eventId"] for d in page["deadLetters"] + rest["deadLetters"]] == [
+        "b-3",
+        "b-2",
+        "b-1",
+    ]
+    assert rest["next"] is None
+    assert call(f"{worker.url}/dead-letters?view=nope", headers=TOKEN).status == 404
+    assert call(f"{worker.url}/dead-letters?cursor=x", headers=TOKEN).status == 400
+    assert call(f"{worker.url}/dead-letters?kind=bad-value", headers=TOKEN).body == {
+        "deadLetters": [],
+        "next": None,
+    }
+
+    views = {v["name"]: v for v in call(f"{worker.url}/views", headers=TOKEN).body["views"]}
+    assert views["totals"]["deadLetters"] == {"total": 3, "kinds": {"handler-error": 3}}
+
+    # three dead letters in the last minute, over the limit of 2: not ready, and why
+    unready = call(f"{worker.url}/ready")
+    assert unready.status == 503 and unready.body["error"] == "dead-letters", unready.raw
+    assert "ready_max_dead_letter_rate (2)" in unready.body["detail"]
+
+
+def test_strict_stops_at_the_first_handler_error_and_a_restart_folds_that_event(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    name = unique_name
+    for topic in TOPICS:
+        broker.create_topic(f"{name}-{topic}", 2)
+    before, after = reading("t7", 1, "s-1"), reading("t7", 2, "s-2")
+    broker.produce(f"{name}-readings", [before, tagged("t7", "boom", "s-boom"), after])
+    worker = workers("tests.apps.tanks:app", {"TANKS_NAME": name})
+    worker.args = ["--strict"]
+    worker.start()
+    assert worker.proc is not None
+    code = worker.proc.wait(timeout=120)  # generous: a worker's start and first fetch
+    worker.proc = None
+    log = worker.logfile.read_text()
+    assert code == 1, log[-3000:]
+    last = log.rstrip().splitlines()[-1]
+    assert last.startswith("belvedere: view totals: handler Totals.tagged failed on"), last
+    assert "handler Totals.tagged failed on" in log and "strict" in log, log[-3000:]
+    assert f'tests/apps/tanks.py", line {_boom_line()}, in tagged' in log, log[-3000:]
+    assert letters(broker, name, "readings") == []  # nothing dead-lettered
+
+    # restarted without --strict: the event is folded again (dead-lettered), nothing lost
+    worker.args = []
+    worker.start()
+    wait_for(
+        lambda: _json(f"{worker.url}/views/totals/t7").get("fills") == 2,
+        timeout=90,
+        what="t7's readings on both sides of the failing one",
+    )
+    wait_for(
+        lambda: worker.get("/state")["deadLetters"] == {f"{name}-readings:handler-error": 1},
+        timeout=60,
+        what="the failing event dead-lettered",
+    )
+    assert worker.stop() == 0
+    (found,) = letters(broker, name, "readings")
+    assert orjson.loads(found.value)["eventId"] == "s-boom" and found.kind == "handler-error"
+
+
+def test_later_failures_are_counted_and_logged_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    log = FailureLog(logging.getLogger("tests.failures"), interval=30, clock=lambda: now[0])
+    try:
+        raise ValueError("first")
+    except ValueError as exc:
+        error = exc
+    with caplog.at_level(logging.ERROR, "tests.failures"):
+        log.failed(("h", "handler-error"), "h failed", "h again", error)
+        for at in (1.0, 10.0, 29.0):
+            now[0] = at
+            log.failed(("h", "handler-error"), "h failed", "h again (x)", error)
+        log.failed(("other", "bad-value"), "other failed", "other again")
+        now[0] = 31.0
+        log.failed(("h", "handler-error"), "h failed", "h again (y)", error)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("h failed\nTraceback (most recent call last)")
+    assert 'test_containment.py", line' in lines[0] and "ValueError: first" in lines[0]
+    assert lines[1] == "other failed"
+    assert lines[2] == "4 more in the last 31 s: h again (y)"

@@ -731,7 +731,7 @@ class ProjectionEngine(Service):
                         if self.app.strict and live:
                             stop = StrictStop(projection.view.name, handler.name, record)
                             logger.critical("%s\n%s", stop, user_traceback(exc))
-                            raise stop from exc
+                            raise stop from None  # its traceback is logged above
                         await self.app.dead_letters.send(
                             record,
                             kind,

@@ -55,7 +55,7 @@ async def _scan(
 
 def _newest_first(per_topic: dict[str, list[Found]]) -> Iterator[tuple[str, Found]]:
     """Every topic's letters, merged newest first (each topic's in its own order)."""
-    streams = [((name, item) for item in items) for name, items in per_topic.items()]
+    streams = [[(name, item) for item in items] for name, items in per_topic.items()]
     return heapq.merge(*streams, key=lambda pair: (pair[1][0].time, pair[1][1]), reverse=True)
 
 

@@ -2,8 +2,8 @@
 
 A tank's level (an aggregate) and each tank's total (a projection of ``readings``) are sums
 of 64-bit quantities, so three of the largest overflow what orjson can encode; a projection into an
-untyped view stores a set (no JSON form) for a tag named ``set``; a saga starts on each
-fill. Every such event must be dead-lettered alone, the rest folded, and the worker stay up.
+untyped view stores a set (no JSON form) for a tag named ``set``, and its handler raises
+for a tag named ``boom``; a saga starts on each fill. Every such event must be dead-lettered alone, the rest folded, and the worker stay up.
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ class Totals:
         view[event.tank] = {**row, "total": row["total"] + event.qty, "fills": row["fills"] + 1}
 
     def tagged(self, view, event: Tagged) -> None:
+        if event.tag == "boom":
+            raise ValueError(f"no tank may be tagged {event.tag!r}")  # the user's own error
         row = view.get(event.tank) or {"total": 0, "fills": 0, "tags": []}
         tag = {event.tag} if event.tag == "set" else event.tag  # a set has no JSON form
         view[event.tank] = {**row, "tags": [*row["tags"], tag]}
