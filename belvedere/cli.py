@@ -263,10 +263,11 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         (record, DeadLetter.from_record(record.key, record.value, record.headers))
         for record in records
     ]
-    if args.view is not None:
-        letters = [(r, letter) for r, letter in letters if letter.view == args.view]
-    if args.generation is not None:
-        letters = [(r, letter) for r, letter in letters if letter.generation == args.generation]
+    letters = [
+        (r, letter)
+        for r, letter in letters
+        if letter.matches(view=args.view, generation=args.generation)
+    ]
     chosen = "" if len(letters) == len(records) else f" (of {len(records)})"
     if not letters:
         print(f"no dead letters for {args.topic} (topic {name}){chosen}")

@@ -22,6 +22,11 @@ BIG = 2**63 - 1  # the largest a field takes; three of them overflow orjson's 64
 TOPICS = ("tank-events", "tank-commands", "readings", "log-commands", "log-events")
 
 
+def create_topics(broker: Broker, name: str) -> None:
+    for topic in TOPICS:
+        broker.create_topic(f"{name}-{topic}", 2)
+
+
 def envelope(event_type: str, data_json: bytes, event_id: str) -> bytes:
     """A foreign producer's bytes, with ``data`` as given (orjson would refuse 2**64)."""
     head = {"eventId": event_id, "eventType": event_type, "eventVersion": 1}
@@ -58,8 +63,7 @@ def test_one_event_never_stops_a_worker_and_a_restart_is_clean(
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:
     name = unique_name
-    for topic in TOPICS:
-        broker.create_topic(f"{name}-{topic}", 2)
+    create_topics(broker, name)
     # topics, written first (the embedded log opens in one process at a time): foreign bytes with 2**64, an overflowing sum, a value with no JSON form
     broker.produce(
         f"{name}-readings",
@@ -184,8 +188,7 @@ def test_a_failing_handler_is_logged_once_with_its_traceback_counted_listed_and_
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:
     name = unique_name
-    for topic in TOPICS:
-        broker.create_topic(f"{name}-{topic}", 2)
+    create_topics(broker, name)
     broker.produce(
         f"{name}-readings",
         [
@@ -266,8 +269,7 @@ def test_strict_stops_at_the_first_handler_error_and_a_restart_folds_that_event(
     broker: Broker, workers: Callable[..., Worker], unique_name: str
 ) -> None:
     name = unique_name
-    for topic in TOPICS:
-        broker.create_topic(f"{name}-{topic}", 2)
+    create_topics(broker, name)
     before, after = reading("t7", 1, "s-1"), reading("t7", 2, "s-2")
     broker.produce(f"{name}-readings", [before, tagged("t7", "boom", "s-boom"), after])
     worker = workers("tests.apps.tanks:app", {"TANKS_NAME": name})

@@ -37,7 +37,6 @@ __all__ = [
     "ReplayReport",
     "dead_letter_topic",
     "replay",
-    "select",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,6 +100,17 @@ class DeadLetter:
             int(ours["generation"]) if "generation" in ours else None,
         )
 
+    def matches(
+        self, *, view: str | None = None, generation: int | None = None, kind: str | None = None
+    ) -> bool:
+        """Whether it is of ``view``'s handlers, ``generation`` and ``kind`` (each when
+        given): ``belvedere dlq list`` and ``GET /dead-letters`` choose alike."""
+        return (
+            (view is None or self.view == view)
+            and (generation is None or self.generation == generation)
+            and (kind is None or self.kind == kind)
+        )
+
     def describe(self) -> dict[str, Any]:
         """What ``GET /dead-letters`` shows of it (the original bytes stay in the topic)."""
         headers = dict(self.headers)
@@ -131,24 +141,6 @@ def _text(value: Any) -> str | None:
     if value is None:
         return None
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def select(
-    letters: Sequence[DeadLetter],
-    *,
-    view: str | None = None,
-    generation: int | None = None,
-    kind: str | None = None,
-) -> list[DeadLetter]:
-    """The dead letters of ``view``'s handlers, ``generation`` and ``kind`` (each when
-    given): ``belvedere dlq list`` and ``GET /dead-letters`` choose alike."""
-    return [
-        letter
-        for letter in letters
-        if (view is None or letter.view == view)
-        and (generation is None or letter.generation == generation)
-        and (kind is None or letter.kind == kind)
-    ]
 
 
 #: Who a dead letter says failed on a record: (view, generation, kind).

@@ -2,7 +2,7 @@
 
 What ``belvedere dlq list`` prints, for a worker that is running (the CLI cannot open the
 embedded broker's log while a worker holds it): read from the dead-letter topics with the
-worker's shared reader, decoded and chosen as the CLI does (:func:`select`). Each page
+worker's shared reader, decoded and chosen as the CLI does (``DeadLetter.matches``). Each page
 scans back from where the last one stopped (``cursor``: per dead-letter topic, the offset
 below which nothing was shown yet), at most ``SCAN_LIMIT`` records a topic, so a filter
 that matches nothing answers quickly, with a cursor to go on from.
@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from faust.types import TP
 
-from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic, select
+from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.opaque import pack, unpack
 from belvedere.views_api.params import BadParam, int_param
@@ -88,7 +88,7 @@ async def list_dead_letters(app: Any, request: web.Request) -> web.StreamRespons
     bounds = _cursor(request)
 
     def chosen(letter: DeadLetter) -> bool:
-        return bool(select([letter], view=view, kind=kind))
+        return letter.matches(view=view, kind=kind)
 
     reader = app.projections.requests_reader()
     per_topic: dict[str, list[Found]] = {}

@@ -73,6 +73,24 @@ def _answers(ok: str, *errors: int, ok_status: str = "200", body: dict | None = 
     return out
 
 
+def _page_params(what: str, default: int, maximum: int) -> list[dict]:
+    """``limit`` and ``cursor``, for a listing read a page at a time."""
+    return [
+        _param(
+            "limit",
+            "query",
+            f"{what} per page (default {default})",
+            {"type": "integer", "minimum": 1, "maximum": maximum},
+        ),
+        _param(
+            "cursor",
+            "query",
+            "the `next` of the previous page",
+            {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4096},
+        ),
+    ]
+
+
 def _command_paths(app: Any) -> dict[str, Any]:
     """The write side: commands, and aggregates with their history."""
     timeout = _param(
@@ -198,17 +216,8 @@ def _command_paths(app: Any) -> dict[str, Any]:
                         "only this kind (handler-error, invalid-data, bad-value...)",
                         {"type": "string"},
                     ),
-                    _param(
-                        "limit",
-                        "query",
-                        f"dead letters per page (default {DEAD_LETTERS_DEFAULT_LIMIT})",
-                        {"type": "integer", "minimum": 1, "maximum": DEAD_LETTERS_MAX_LIMIT},
-                    ),
-                    _param(
-                        "cursor",
-                        "query",
-                        "the `next` of the previous page",
-                        {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4096},
+                    *_page_params(
+                        "dead letters", DEAD_LETTERS_DEFAULT_LIMIT, DEAD_LETTERS_MAX_LIMIT
                     ),
                 ],
                 "responses": _answers(
@@ -225,18 +234,7 @@ def _command_paths(app: Any) -> dict[str, Any]:
                 "parameters": [
                     kind,
                     aggregate_id,
-                    _param(
-                        "limit",
-                        "query",
-                        f"events per page (default {HISTORY_DEFAULT_LIMIT})",
-                        {"type": "integer", "minimum": 1, "maximum": HISTORY_MAX_LIMIT},
-                    ),
-                    _param(
-                        "cursor",
-                        "query",
-                        "the `next` of the previous page",
-                        {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4096},
-                    ),
+                    *_page_params("events", HISTORY_DEFAULT_LIMIT, HISTORY_MAX_LIMIT),
                 ],
                 "responses": _answers("a page of its history, and `next`", 400, 404, 503),
             }
