@@ -274,7 +274,12 @@ class DeadLetters:
         names = set(app.event_topics)
         names.update(p.fold_topic.get_topic_name() for p in app.projections.projections.values())
         channels = [*app.topics, *(agent.channel for agent in app.agents.values())]
-        names.update(name for channel in channels for name in getattr(channel, "topics", ()))
+        names.update(
+            name
+            for channel in channels
+            if not getattr(channel, "internal", False)  # faust's own (the leader topic)
+            for name in getattr(channel, "topics", ())
+        )
         return sorted(names)
 
     async def by_view(self) -> dict[str, Counter[str]]:

@@ -84,6 +84,8 @@ async def list_dead_letters(app: Any, request: web.Request) -> web.StreamRespons
         known = ", ".join(sorted(app.views)) or "none"
         return error(404, "unknown-view", f"no view {view!r} (views: {known})")
     kind = request.query.get("kind") or None
+    if request.query.get("limit") == "":
+        raise BadParam("limit must be an integer, not ''")
     limit = int_param(request, "limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
     bounds = _cursor(request)
 

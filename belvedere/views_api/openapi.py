@@ -85,8 +85,8 @@ def _page_params(what: str, default: int, maximum: int) -> list[dict]:
         _param(
             "cursor",
             "query",
-            "the `next` of the previous page",
-            {"type": "string", "pattern": "^[A-Za-z0-9_-]+$", "maxLength": 4096},
+            "the `next` of the previous page (empty: the first)",
+            {"type": "string", "pattern": "^[A-Za-z0-9_-]*$", "maxLength": 4096},
         ),
     ]
 
