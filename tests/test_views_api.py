@@ -351,6 +351,7 @@ def test_views_health_ready_and_metrics_describe_the_worker(
     assert all(p["lag"] == 0 for p in balances["partitions"].values())
     assert sum(sum(p["position"].values()) for p in balances["partitions"].values()) == 1_000
     assert listed["workers"] == [ledger.url] and listed["unreachable"] == []
+    assert balances["deadLetters"] == {"total": 0, "kinds": {}}
 
     for _ in range(5):
         call(ledger.url + "/views/balances/acct-1")

@@ -149,6 +149,8 @@ _Failure = tuple[str | None, int | None, str]
 
 #: How far back ``DeadLetters.rate`` looks, in seconds.
 RATE_WINDOW = 60.0
+#: How long ``DeadLetters.by_view`` answers from what it read last, in seconds.
+BY_VIEW_TTL = 2.0
 
 
 class DeadLetters:
@@ -162,6 +164,7 @@ class DeadLetters:
         #: When the dead letters of the last ``RATE_WINDOW`` seconds were sent (monotonic).
         self._recent: deque[float] = deque()
         self.log = FailureLog(logger)
+        self._by_view: tuple[float, dict[str, Counter[str]]] | None = None
         #: Dead letters not sent because a rebuild replayed events already dead-lettered.
         self.suppressed: Counter[tuple[str, str]] = Counter()
         #: Where to send instead of the app's producer (a replay helper's aiokafka producer).
@@ -285,7 +288,11 @@ class DeadLetters:
     async def by_view(self) -> dict[str, Counter[str]]:
         """Records each view's handlers failed on, by kind, read from the dead-letter
         topics (so every worker's and every earlier run's count): of the generation each
-        view serves, or naming none."""
+        view serves, or naming none. Read again at most every ``BY_VIEW_TTL`` seconds (the
+        status page asks every second)."""
+        now = time.monotonic()
+        if self._by_view is not None and now - self._by_view[0] < BY_VIEW_TTL:
+            return self._by_view[1]
         counts: dict[str, Counter[str]] = {name: Counter() for name in self.app.views}
         for topic in self.sources():
             await self.declare(topic)
@@ -298,6 +305,7 @@ class DeadLetters:
                     if v in counts and (g is None or g == self.app.views[v].generation)
                 }:
                     counts[view][kind] += 1
+        self._by_view = (now, counts)
         return counts
 
     async def _prior(self, message: Message, view: str, generation: int, active: int) -> str | None:

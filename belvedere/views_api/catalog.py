@@ -11,6 +11,7 @@ restarts: ``GET /dead-letters?view=`` lists them.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from belvedere.views_api.reads import lag_of, lineage
 from belvedere.views_api.routing import ask_members, members_of, self_url
 
 __all__ = ["list_views", "local_views"]
+
+logger = logging.getLogger(__name__)
 
 
 def _partition(app: Any, view: View, partition: int, now: float) -> dict[str, Any]:
@@ -85,7 +88,11 @@ async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
                 parts[member] = body["views"]
             else:
                 unreachable.append(member)
-    dead_letters = await app.dead_letters.by_view()
+    try:
+        dead_letters = await app.dead_letters.by_view()
+    except Exception as exc:  # the broker out of reach: the rest still answers
+        logger.warning("GET /views: dead letters not counted: %r", exc)
+        dead_letters = None
     views = []
     for name, view in sorted(app.views.items()):
         partitions: dict[str, Any] = {}
@@ -99,7 +106,10 @@ async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
             for p, info in found.get("standbys", {}).items():
                 standbys.setdefault(str(p), []).append(info)
         rebuild = app.projections.rebuilds.report(name)
-        letters = dead_letters.get(name, {})
+        letters = None
+        if dead_letters is not None:
+            found = dead_letters.get(name, {})
+            letters = {"total": sum(found.values()), "kinds": dict(found)}
         rows = [p["rows"] for p in partitions.values() if p["rows"] is not None]
         views.append(
             {
@@ -113,7 +123,7 @@ async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
                 "partitions": dict(sorted(partitions.items(), key=lambda kv: int(kv[0]))),
                 "standbys": standbys,
                 "rebuild": rebuild,
-                "deadLetters": {"total": sum(letters.values()), "kinds": dict(letters)},
+                "deadLetters": letters,
             }
         )
     return json({"views": views, "workers": sorted(parts), "unreachable": unreachable})
