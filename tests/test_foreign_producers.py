@@ -236,9 +236,10 @@ def test_kcat_events_are_folded_where_the_topic_declares_the_producers_partition
             assert letter.kind == "wrong-partition"
             assert f"partitioner {producer_hash}" in letter.reason
             assert f"partitioner={producer_hash!r}" in letter.reason
+        if letters:  # the first is logged with its reason (the others are counted)
             log = foreign.logfile.read_text()
-            line = next(
+            logged = [
                 line for line in log.splitlines()
-                if "dead letter:" in line and f"@{letter.offset} " in line and f"{name}-{topic}[" in line
-            )  # fmt: skip
-            assert f"partitioner {producer_hash}" in line, line
+                if "dead letter:" in line and f"{name}-{topic}[" in line
+            ]  # fmt: skip
+            assert len(logged) == 1 and f"partitioner {producer_hash}" in logged[0], logged

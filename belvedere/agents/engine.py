@@ -794,7 +794,10 @@ class ProjectionEngine(Service):
                 continue
             except Exception as exc:  # the key function failed on this event
                 await self.app.dead_letters.send(
-                    record, "bad-view-key", f"by(event) for view {view.name!r}: {exc!r}"
+                    record,
+                    "bad-view-key",
+                    f"by(event) for view {view.name!r}: {exc!r}",
+                    error=exc,  # the user's key function: its traceback, the first time
                 )
                 continue
             headers = [

@@ -247,7 +247,7 @@ class DeadLetters:
         who = f"view {view}: handler {handler}" if handler else (f"view {view}" if view else "")
         replaying = f" (new in {view} g{generation})" if side_effects_suppressed() else ""
         self.log.failed(
-            (handler or view or message.topic, kind),
+            (who or message.topic, kind),
             f"dead letter{replaying}: {who + ' failed on ' if who else ''}{where} ({kind}): "
             f"{reason}; set aside in {name}. Later failures like it are counted in /metrics "
             f"and listed by GET /dead-letters{f'?view={view}' if view else ''}",
