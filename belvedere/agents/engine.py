@@ -4,7 +4,8 @@ For each fetched batch of a source partition (taken off faust's consumer by the 
 
 1. decode each event (bad input -> dead letters), skip offsets already applied, and
    apply its handler inside a savepoint of the partition's transaction (a handler that
-   raises is rolled back and its event dead-lettered);
+   raises is rolled back and its event dead-lettered; with ``App(strict=True)`` the worker
+   stops there instead, before that event);
 2. write the changed rows, their index entries, the count and the next source offset in
    one RocksDB batch, marking the rows pending;
 3. produce one changelog record per changed row, the last closing the checkpoint with the

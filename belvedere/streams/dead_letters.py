@@ -242,7 +242,8 @@ class DeadLetters:
                 name, letter.key, letter.value, None, None, letter.record_headers()
             )
         self.count(view, message.topic, kind)
-        self._recent.append(time.monotonic())
+        if not side_effects_suppressed():  # a rebuild's failures do not touch what is served
+            self._recent.append(time.monotonic())
         where = f"{message.topic}[{message.partition}]@{message.offset}"
         who = f"view {view}: handler {handler}" if handler else (f"view {view}" if view else "")
         replaying = f" (new in {view} g{generation})" if side_effects_suppressed() else ""
