@@ -221,6 +221,11 @@ def test_a_failing_handler_is_logged_once_with_its_traceback_counted_listed_and_
         return next((line for line in text.splitlines() if line.startswith(series)), None)
 
     assert wait_for(metric, timeout=60, what=series) == f"{series} 3"
+    # three dead letters in the last minute (one batch, seconds ago), over the limit of 2:
+    # not ready, and why
+    unready = call(f"{worker.url}/ready")
+    assert unready.status == 503 and unready.body["error"] == "dead-letters", unready.raw
+    assert "ready_max_dead_letter_rate (2)" in unready.body["detail"]
 
     # the first failure: one ERROR with the traceback into the user's handler; not again
     log = worker.logfile.read_text()
@@ -258,11 +263,6 @@ def test_a_failing_handler_is_logged_once_with_its_traceback_counted_listed_and_
 
     views = {v["name"]: v for v in call(f"{worker.url}/views", headers=TOKEN).body["views"]}
     assert views["totals"]["deadLetters"] == {"total": 3, "kinds": {"handler-error": 3}}
-
-    # three dead letters in the last minute, over the limit of 2: not ready, and why
-    unready = call(f"{worker.url}/ready")
-    assert unready.status == 503 and unready.body["error"] == "dead-letters", unready.raw
-    assert "ready_max_dead_letter_rate (2)" in unready.body["detail"]
 
 
 def test_strict_stops_at_the_first_handler_error_and_a_restart_folds_that_event(
