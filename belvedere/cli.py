@@ -476,14 +476,8 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        from examples.shop.demo import main as demo
-    except ModuleNotFoundError:
-        raise UsageError(
-            "the demo runs examples/shop from a Belvedere checkout: run it from the repository's root"
-        ) from None
+    from belvedere.examples.shop.demo import main as demo
+
     broker = args.broker or os.environ.get("BELVEDERE_BROKER") or "embedded://"
     return demo(broker, args.data_dir, args.web_port, args.orders, args.rate, args.seed)
 
@@ -670,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the shop example, driven by generated orders",
-        description="Run examples/shop on one worker and place generated orders; Ctrl-C stops "
+        description="Run the shop (belvedere.examples.shop) on one worker and place generated orders; Ctrl-C stops "
         "it, and a second run goes on from the same data.",
     )
     demo.add_argument(

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from examples.shop.demo import RESTOCK_EVERY, RESTOCK_UNITS, SKUS, generated
-from examples.shop.inventory import INITIAL_STOCK
-from examples.shop.payments import CARD_LIMIT
+from belvedere.examples.shop.demo import RESTOCK_EVERY, RESTOCK_UNITS, SKUS, generated
+from belvedere.examples.shop.inventory import INITIAL_STOCK
+from belvedere.examples.shop.payments import CARD_LIMIT
 from tests.support.brokers import Broker
 from tests.support.http import call
 from tests.support.worker import REPO, Worker, free_port, wait_for
@@ -39,9 +39,15 @@ def demo_argv(broker: Broker, data: Path, *more: str) -> list[str]:
 
 
 def demo(broker: Broker, data: Path, name: str, orders: int) -> subprocess.CompletedProcess:
-    argv = demo_argv(broker, data, "--orders", str(orders))
+    """The installed ``belvedere`` command, run where a user would: in a directory of their
+    own, not the repository (the shop ships in the package)."""
+    assert REPO not in data.parents
+    script = Path(sys.executable).parent / "belvedere"
+    argv = [str(script), *demo_argv(broker, data, "--orders", str(orders))[3:]]
     env = {**os.environ, "SHOP_NAME": name}
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        argv, cwd=data.parent, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def interrupted_demo(broker: Broker, data: Path, name: str, after: int) -> str:
@@ -83,7 +89,7 @@ def test_the_demo_runs_headless_and_its_views_add_up(
     assert "orders from order-000050 on" in again and "stopped after order" in again
     total = next_order(tmp_path / "shop")
 
-    shop = workers("examples.shop:app", {"SHOP_NAME": shop_name}, "shop").start()
+    shop = workers("belvedere.examples.shop:app", {"SHOP_NAME": shop_name}, "shop").start()
     shop.wait_until("/ready", lambda r: r.get("ready") is True, what="the shop serving")
 
     def statuses() -> dict[str, int]:

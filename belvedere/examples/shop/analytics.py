@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from examples.shop.app import app, order_events
-from examples.shop.contracts import OrderCancelled, OrderConfirmed, OrderPlaced
+from belvedere.examples.shop.app import app, order_events
+from belvedere.examples.shop.contracts import OrderCancelled, OrderConfirmed, OrderPlaced
 
 #: user id -> the amounts of their confirmed orders
 revenue = app.view("revenue-per-user", value=Decimal)

@@ -1,6 +1,6 @@
 """``belvedere demo``: the shop on one worker, driven by a stream of generated orders.
 
-It starts ``belvedere worker examples.shop:app`` (the embedded broker unless ``--broker``
+It starts ``belvedere worker belvedere.examples.shop:app`` (the embedded broker unless ``--broker``
 says otherwise), places orders through ``POST /commands/PlaceOrder`` at ``--rate`` per
 second, and shows how many are in flight, confirmed and cancelled, with the URLs to look
 at. Ctrl-C stops it (the worker too, cleanly); run again, it goes on from the next order
@@ -102,7 +102,7 @@ class Worker:
     def __init__(self, options: Options) -> None:
         options.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = options.data_dir / "demo-worker.log"
-        argv = [sys.executable, "-m", "belvedere.cli", "worker", "examples.shop:app"]
+        argv = [sys.executable, "-m", "belvedere.cli", "worker", "belvedere.examples.shop:app"]
         argv += ["--broker", options.broker, "--web-port", str(options.web_port)]
         argv += ["--data-dir", str(options.data_dir)]
         with open(self.log, "w") as out:
