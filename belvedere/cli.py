@@ -169,6 +169,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_env("BELVEDERE_WEB_ALLOWED_ORIGINS", args.web_allowed_origins)
     _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
     _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
+    _set_env("BELVEDERE_VERBOSE", "1" if args.verbose else None)
     _set_tls_env(args, "web")
     for name, *_ in WEB_LIMIT_FLAGS:
         _set_env(f"BELVEDERE_{name.upper()}", getattr(args, name))
@@ -575,6 +576,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind, metavar, help in WEB_LIMIT_FLAGS:
         worker.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=metavar, help=help)
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log faust's start-up and rebalance lines too, at --loglevel (by default one line "
+        "says when the worker serves)",
+    )
     worker.set_defaults(run=cmd_worker)
 
     schema = commands.add_parser(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from belvedere.cli import _progress_line
 from belvedere.streams.embedded import Log
-from tests.support.worker import REPO, Worker, free_port, run_cli
+from tests.support.worker import REPO, Worker, free_port, run_cli, wait_for
 
 
 def one_line_error(result) -> str:
@@ -199,23 +199,39 @@ def test_bad_flag_value_is_one_line() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_readme_example_serves_its_table(tmp_path: Path) -> None:
-    """The quick start's app: its own timer feeds the topic, the table fills, HTTP serves it."""
-    worker = Worker(
-        "examples.hello.app:app", broker_url="embedded://", data_dir=tmp_path / "data", env={}
+def test_readme_example_serves_its_table_and_says_so_in_one_line(tmp_path: Path) -> None:
+    """The quick start's app: its own timer feeds the topic, the table fills, HTTP serves it;
+    the worker says where in one line, without faust's start-up lines or spinner."""
+    data = tmp_path / "data"
+    worker = Worker("examples.hello.app:app", broker_url="embedded://", data_dir=data, env={})
+    where = data.resolve()
+    ready = (
+        f"hello ready at http://127.0.0.1:{worker.port}/ — views: none; "
+        f"broker: embedded ({where / 'broker'}); data: {where}"
     )
     worker.start()
     try:
         first = worker.wait_until("/visits/", lambda v: sum(v.values()) >= 3, what="visits counted")
         assert set(first) <= {"/", "/pricing", "/docs", "/blog", "/about"}
+        wait_for(lambda: ready in worker.logfile.read_text(), timeout=30, what="the ready line")
         assert worker.stop() == 0
-        # Started again, it continues from its table rather than from zero.
+        said = worker.logfile.read_text()
+        assert said.count(ready) == 1, said
+        for banner in ("Starting...", "[^Worker]", "Highwater", "restored", "-INT-"):
+            assert banner not in said, said
+        # Started again, it continues from its table rather than from zero; at --loglevel
+        # warning, no spinner's escape codes either.
+        worker.args = ["--loglevel", "warning"]
         worker.start()
         worker.wait_until(
             "/visits/",
             lambda v: sum(v.values()) > sum(first.values()),
             what="counts to grow past the first run",
         )
+        wait_for(lambda: ready in worker.logfile.read_text(), timeout=30, what="the ready line")
+        assert worker.stop() == 0
+        said = worker.logfile.read_text()
+        assert "\x1b" not in said and "OK ^" not in said and "[INFO]" not in said, repr(said)
     finally:
         worker.kill()
 

@@ -178,7 +178,7 @@ def test_a_demo_that_dies_stops_its_worker(broker: Broker, shop_name: str, tmp_p
     pid = None
     try:
         wait_for(lambda: next_order(data) > 5, timeout=120, what="orders placed")
-        pid = worker_pid(data / "demo-worker.log")
+        pid = worker_pid(proc)
         assert pid is not None and Path(f"/proc/{pid}").exists()
         assert proc.stdout is not None
         proc.stdout.close()  # the demo's next line of progress breaks its pipe
@@ -191,10 +191,13 @@ def test_a_demo_that_dies_stops_its_worker(broker: Broker, shop_name: str, tmp_p
             os.kill(pid, signal.SIGKILL)
 
 
-def worker_pid(log: Path) -> int | None:
-    """The PID in the worker log's lines (``[time] [pid] [LEVEL] ...``)."""
-    for line in log.read_text().splitlines():
-        parts = line.split("] [", 2)
-        if len(parts) == 3 and parts[1].isdigit():
-            return int(parts[1])
+def worker_pid(demo: subprocess.Popen) -> int | None:
+    """The demo's worker: its child process (it says nothing of its PID by default)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == demo.pid:
+            return int(stat.parent.name)
     return None
