@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from belvedere.examples.shop.demo import RESTOCK_EVERY, RESTOCK_UNITS, SKUS, generated
+from belvedere.examples.shop.analytics import cause
+from belvedere.examples.shop.demo import CAUSES, RESTOCK_EVERY, RESTOCK_UNITS, SKUS, generated
 from belvedere.examples.shop.inventory import INITIAL_STOCK
 from belvedere.examples.shop.payments import CARD_LIMIT
 from tests.support.brokers import Broker
@@ -87,6 +89,9 @@ def test_the_demo_runs_headless_and_its_views_add_up(
     # Again, with no end: it goes on from the same data, and Ctrl-C stops it cleanly.
     again = interrupted_demo(broker, tmp_path / "shop", shop_name, after=60)
     assert "orders from order-000050 on" in again and "stopped after order" in again
+    # its progress counts this run's orders apart from every run's (as the views lag)
+    runs = re.findall(r"this run: sent (\d+) .* \| all time: (\d+) orders", again)
+    assert runs and int(runs[0][1]) >= 50 and int(runs[-1][0]) > 0, runs
     total = next_order(tmp_path / "shop")
 
     shop = workers("belvedere.examples.shop:app", {"SHOP_NAME": shop_name}, "shop").start()
@@ -115,6 +120,7 @@ def test_the_demo_runs_headless_and_its_views_add_up(
     sold = dict.fromkeys((f"sku-{i}" for i in range(SKUS)), 0)
     emails: dict[str, int] = {}
     reasons = []
+    outcomes: list[str] = []  # confirmed, or the cause of the cancellation, per order
     for order in orders:
         got = call(f"{shop.url}/aggregates/Order/{order['orderId']}").body["state"]
         assert (got["userId"], got["sku"], got["qty"], Decimal(got["amount"])) == (
@@ -130,6 +136,18 @@ def test_the_demo_runs_headless_and_its_views_add_up(
         else:
             assert got["status"] == "cancelled"
             reasons.append((order["orderId"], got["reason"]))
+        outcomes.append(got["status"] if got["status"] == "confirmed" else cause(got["reason"]))
+
+    # The first run's last line: its 50 orders by outcome, cancellations by cause.
+    confirmed = outcomes[:50].count("confirmed")
+    causes = {c: outcomes[:50].count(c) for c in sorted(set(outcomes[:50]) - {"confirmed"})}
+    why = ", ".join(f"{n} {CAUSES.get(c, c)}" for c, n in causes.items())
+    last = [line for line in first.stdout.splitlines() if line.startswith("this run:")][-1]
+    assert last.startswith("this run: sent 50 ("), last
+    assert last.endswith(
+        f"in flight 0, confirmed {confirmed}, cancelled {50 - confirmed} ({why}) | all time: "
+        f"50 orders, {confirmed} confirmed, {50 - confirmed} cancelled"
+    ), last
 
     def earned() -> dict[str, Decimal]:
         rows = call(f"{shop.url}/views/revenue-per-user?limit=1000").body["rows"]
