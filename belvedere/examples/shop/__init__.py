@@ -1,4 +1,4 @@
-"""The shop: the source material's order flow, built with Belvedere.
+"""The shop: an order flow (orders, stock, payments, shipping, email), built with Belvedere.
 
     belvedere worker belvedere.examples.shop:app      # every service in one worker
     belvedere demo                          # the same, driven by generated orders
