@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from pathlib import Path
 
@@ -214,7 +215,7 @@ def test_readme_example_serves_its_table_and_says_so_in_one_line(tmp_path: Path)
         first = worker.wait_until("/visits/", lambda v: sum(v.values()) >= 3, what="visits counted")
         assert set(first) <= {"/", "/pricing", "/docs", "/blog", "/about"}
         wait_for(lambda: ready in worker.logfile.read_text(), timeout=30, what="the ready line")
-        assert worker.stop() == 0
+        assert worker.stop(sig=signal.SIGINT) == 0  # Ctrl-C
         said = worker.logfile.read_text()
         assert said.count(ready) == 1, said
         for banner in ("Starting...", "[^Worker]", "Highwater", "restored", "-INT-"):

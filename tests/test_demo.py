@@ -86,6 +86,11 @@ def test_the_demo_runs_headless_and_its_views_add_up(
     first = demo(broker, tmp_path / "shop", shop_name, 50)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "its trace" in first.stdout and "order-000000" in first.stdout
+    # its worker said it served, with the shop's own views (not aggregate-*, saga-*...)
+    said = (tmp_path / "shop" / "demo-worker.log").read_text()
+    views = "cancelled-per-cause, emails-per-user, orders-per-status, revenue-per-user"
+    assert f"{shop_name} ready at http://127.0.0.1:" in said and f"— views: {views}; " in said
+    assert "Starting..." not in said, said
     # Again, with no end: it goes on from the same data, and Ctrl-C stops it cleanly.
     again = interrupted_demo(broker, tmp_path / "shop", shop_name, after=60)
     assert "orders from order-000050 on" in again and "stopped after order" in again
