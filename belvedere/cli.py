@@ -671,8 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the shop example, driven by generated orders",
-        description="Run the shop (belvedere.examples.shop) on one worker and place generated orders; Ctrl-C stops "
-        "it, and a second run goes on from the same data.",
+        description="Run the shop (belvedere.examples.shop) on one worker and place generated "
+        "orders; Ctrl-C stops it, and a second run goes on from the same data.",
     )
     demo.add_argument(
         "--broker", metavar="URL", help="kafka://host:port, or embedded:// (the default)"
