@@ -121,47 +121,7 @@ class App(faust.App):
     Each setting comes from, in order: its ``BELVEDERE_*`` environment variable (which the
     ``belvedere worker`` flags set), the argument given here, then the default:
 
-    ==============================  ========================================  ==========================================
-    argument                        environment                               default
-    ==============================  ========================================  ==========================================
-    ``broker``                      ``BELVEDERE_BROKER``                      ``embedded://`` (in the data dir)
-    ``data_dir``                    ``BELVEDERE_DATA_DIR``                    ``belvedere-data/<id>``
-    ``web_host``                    ``BELVEDERE_WEB_HOST``                    ``127.0.0.1`` (bind and advertise)
-    ``web_port``                    ``BELVEDERE_WEB_PORT``                    ``6066``
-    ``read_token``                  ``BELVEDERE_READ_TOKEN``                  ``api_token``; none: reads are open
-    ``write_token``                 ``BELVEDERE_WRITE_TOKEN``                 ``api_token``; none: writes are open
-    ``admin_token``                 ``BELVEDERE_ADMIN_TOKEN``                 none: admin requests from loopback only
-    ``api_token``                   ``BELVEDERE_API_TOKEN``                   none; the read and the write token
-    ``forward_secret``              ``BELVEDERE_FORWARD_SECRET``              derived from the tokens, else the app id
-    ``insecure_open``               ``BELVEDERE_INSECURE_OPEN``               false: refuse an unguarded non-loopback bind
-    ``broker_ssl_cafile``           ``BELVEDERE_BROKER_SSL_CAFILE``           none: plaintext; else TLS trusting this CA
-    ``broker_ssl_certfile``         ``BELVEDERE_BROKER_SSL_CERTFILE``         none; a client certificate (mutual TLS)
-    ``broker_ssl_keyfile``          ``BELVEDERE_BROKER_SSL_KEYFILE``          none: the key is in the certfile
-    ``broker_sasl_mechanism``       ``BELVEDERE_BROKER_SASL_MECHANISM``       none; PLAIN (over TLS), SCRAM-SHA-256/512
-    ``broker_username``             ``BELVEDERE_BROKER_USERNAME``             none; the SASL user
-    ``broker_password``             ``BELVEDERE_BROKER_PASSWORD``             none; the SASL password, never shown
-    ``web_ssl_certfile``            ``BELVEDERE_WEB_SSL_CERTFILE``            none: HTTP; else HTTPS with this certificate
-    ``web_ssl_keyfile``             ``BELVEDERE_WEB_SSL_KEYFILE``             none: the key is in the certfile
-    ``web_ssl_cafile``              ``BELVEDERE_WEB_SSL_CAFILE``              none: the system's CAs check other workers
-    ``rebuild_processes``           ``BELVEDERE_REBUILD_PROCESSES``           the cores usable; 0: in the worker's process
-    ``web_max_connections``         ``BELVEDERE_WEB_MAX_CONNECTIONS``         half the soft file limit, at most 4096
-    ``web_keepalive_timeout``       ``BELVEDERE_WEB_KEEPALIVE_TIMEOUT``       30 s: an idle connection is then closed
-    ``web_header_timeout``          ``BELVEDERE_WEB_HEADER_TIMEOUT``          10 s for a request's headers to arrive
-    ``web_body_timeout``            ``BELVEDERE_WEB_BODY_TIMEOUT``            60 s for a request's body (else 408)
-    ``max_change_feeds``            ``BELVEDERE_MAX_CHANGE_FEEDS``            half of web_max_connections (then 503)
-    ``web_allowed_hosts``           ``BELVEDERE_WEB_ALLOWED_HOSTS``           none: ``Host`` is web_host, localhost or an IP
-    ``web_allowed_origins``         ``BELVEDERE_WEB_ALLOWED_ORIGINS``         none: no CORS; writes from own origin only
-    ``strict``                      ``BELVEDERE_STRICT``                      false: a handler error is dead-lettered
-    ``ready_max_dead_letter_rate``  ``BELVEDERE_READY_MAX_DEAD_LETTER_RATE``  none: dead letters never fail ``/ready``
-    ==============================  ========================================  ==========================================
-
-    ``strict`` is for development: the first projection handler that raises stops the
-    worker (exit status 1) with its traceback, its source offset left before the failing
-    event, so the fixed code folds that event when the worker is started again. Without
-    it the event is dead-lettered and the worker goes on. ``ready_max_dead_letter_rate``
-    (dead letters a minute): past it, ``GET /ready`` answers 503 and says so, for a
-    deployment that should not go on serving while its handlers fail.
-
+    ==============================  ========================================  ===================================
     The ``web_*`` limits and ``max_change_feeds`` bound what HTTP clients may hold of a
     worker (:mod:`belvedere.views_api.connections`): beyond ``web_max_connections`` a new
     connection closes the one idle the longest, and is refused (503) only when all are
@@ -247,6 +207,7 @@ class App(faust.App):
         max_change_feeds: int | None = None,
         web_allowed_hosts: str | Sequence[str] | None = None,
         web_allowed_origins: str | Sequence[str] | None = None,
+        verbose: bool | None = None,
         strict: bool | None = None,
         ready_max_dead_letter_rate: int | None = None,
         **options: Any,
@@ -280,6 +241,9 @@ class App(faust.App):
         self.insecure_open: bool = _flag(
             "insecure_open", _setting("BELVEDERE_INSECURE_OPEN", insecure_open, False)
         )
+        #: Log faust's and Belvedere's start-up lines too, not only one when serving
+        #: (:mod:`belvedere.console`).
+        self.verbose: bool = _flag("verbose", _setting("BELVEDERE_VERBOSE", verbose, False))
         #: Per event topic name: what ``POST /events`` may publish to it.
         self.http_publishing: dict[str, Publishing] = {}
         #: More names than web_host and loopback that ``Host`` may give (``*``: any).
@@ -756,6 +720,18 @@ class App(faust.App):
     def dead_letters(self) -> DeadLetters:
         """Where bad input goes, and how much of it there was."""
         return DeadLetters(self)
+
+    def on_rebalance_return(self) -> None:
+        # A worker's first assignment on Kafka revokes nothing, so faust's sensors never
+        # heard the rebalance start, and faust warned "Missing sensor state" on every start.
+        if not self._rebalancing_sensor_state:
+            self._rebalancing_sensor_state = self.sensors.on_rebalance_start(self)
+        super().on_rebalance_return()
+
+    def on_rebalance_end(self) -> None:
+        if not self._rebalancing_sensor_state:
+            self._rebalancing_sensor_state = self.sensors.on_rebalance_start(self)
+        super().on_rebalance_end()
 
     @property
     def ready(self) -> bool:

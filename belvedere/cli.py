@@ -172,6 +172,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
     _set_env("BELVEDERE_STRICT", "1" if args.strict else None)
     _set_env("BELVEDERE_READY_MAX_DEAD_LETTER_RATE", args.ready_max_dead_letter_rate)
+    _set_env("BELVEDERE_VERBOSE", "1" if args.verbose else None)
     _set_tls_env(args, "web")
     for name, *_ in WEB_LIMIT_FLAGS:
         _set_env(f"BELVEDERE_{name.upper()}", getattr(args, name))
@@ -480,14 +481,8 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        from examples.shop.demo import main as demo
-    except ModuleNotFoundError:
-        raise UsageError(
-            "the demo runs examples/shop from a Belvedere checkout: run it from the repository's root"
-        ) from None
+    from belvedere.examples.shop.demo import main as demo
+
     broker = args.broker or os.environ.get("BELVEDERE_BROKER") or "embedded://"
     return demo(broker, args.data_dir, args.web_port, args.orders, args.rate, args.seed)
 
@@ -597,6 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="/ready answers 503 while more than N dead letters a minute are sent",
     )
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log faust's start-up and rebalance lines too, at --loglevel (by default one line "
+        "says when the worker serves)",
+    )
     worker.set_defaults(run=cmd_worker)
 
     schema = commands.add_parser(
@@ -686,8 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the shop example, driven by generated orders",
-        description="Run examples/shop on one worker and place generated orders; Ctrl-C stops "
-        "it, and a second run goes on from the same data.",
+        description="Run the shop (belvedere.examples.shop) on one worker and place generated "
+        "orders; Ctrl-C stops it, and a second run goes on from the same data.",
     )
     demo.add_argument(
         "--broker", metavar="URL", help="kafka://host:port, or embedded:// (the default)"
