@@ -284,6 +284,7 @@ def test_strict_stops_at_the_first_handler_error_and_a_restart_folds_that_event(
     assert last.startswith("belvedere: view totals: handler Totals.tagged failed on"), last
     assert "handler Totals.tagged failed on" in log and "strict" in log, log[-3000:]
     assert f'tests/apps/tanks.py", line {_boom_line()}, in tagged' in log, log[-3000:]
+    assert log.count("Traceback (most recent call last)") == 1, log[-3000:]  # not faust's
     assert letters(broker, name, "readings") == []  # nothing dead-lettered
 
     # restarted without --strict: the event is folded again (dead-lettered), nothing lost

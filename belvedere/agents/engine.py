@@ -120,6 +120,13 @@ class StrictStop(Exception):
     """A handler failed on a worker run with ``strict``: the worker stops there, its
     partition's offset before the event, so the fixed code folds it when restarted."""
 
+    class Logged(logging.Filter):
+        """Leaves out faust's tracebacks of a ``StrictStop`` on its way out of the consumer
+        (the handler's own was logged, and the CLI's last line says it again)."""
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not (record.exc_info and isinstance(record.exc_info[1], StrictStop))
+
     def __init__(self, view: str, handler: str, record: Any) -> None:
         super().__init__(
             f"view {view}: handler {handler} failed on {record.topic}[{record.partition}]"
@@ -346,6 +353,9 @@ class ProjectionEngine(Service):
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_partitions_assigned.connect(self._on_assigned)
         self.app.batch_tap = self
+        if self.app.strict:  # the fetcher's logger, and the (tapped) consumer's
+            for log in (logging.getLogger("faust.transport.consumer"), self.app.consumer.logger):
+                log.addFilter(StrictStop.Logged())
 
     async def declare_changelog(self, view: Any, generation: int) -> None:
         name = view.changelog_topic_for(generation)
