@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 #: Seconds between two reads of the control topic, and between two progress reports.
 POLL = 0.2
 REPORT_EVERY = 1.0
+#: Events the replay folds between two turns of the event loop (a few milliseconds' work).
+SLICE = 256
 
 
 def _delete(store: Any, directory: Any) -> None:
@@ -623,21 +625,27 @@ class Rebuilder:
             assert self._replay_reader is not None
             read_to = {tp: low for tp, (low, _) in ranges.items()}
             async for tp, batch in self._replay_reader.read(ranges):
-                previous, read_to[tp] = read_to[tp], batch[-1].offset + 1
-                async with engine._lock:
-                    part = parts[tp]
-                    key = slot(part.projection, tp)
-                    if engine._building.get(key) is not part or part.mode != "replaying":
-                        continue  # revoked (or replaced) while it was read
-                    if part.next_offset < previous:
-                        continue  # it missed an earlier batch: read again from it later
-                    view = part.projection.view
-                    with replaying(view.name, part.generation, view.generation):
-                        await engine.fold(part, batch)
-                    now = time.monotonic()
-                    if now - self._last_report.get(tp, 0.0) >= REPORT_EVERY:
-                        self._last_report[tp] = now
-                        await self._progress(part, "replaying", force=True)
+                for start in range(0, len(batch), SLICE):
+                    piece = batch[start : start + SLICE]
+                    previous, read_to[tp] = read_to[tp], piece[-1].offset + 1
+                    async with engine._lock:
+                        part = parts[tp]
+                        key = slot(part.projection, tp)
+                        if engine._building.get(key) is not part or part.mode != "replaying":
+                            continue  # revoked (or replaced) while it was read
+                        if part.next_offset < previous:
+                            continue  # it missed an earlier batch: read again from it later
+                        view = part.projection.view
+                        with replaying(view.name, part.generation, view.generation):
+                            await engine.fold(part, piece)
+                        now = time.monotonic()
+                        ended = read_to[tp] >= ranges[tp][1]  # the next partition's turn
+                        if ended or now - self._last_report.get(tp, 0.0) >= REPORT_EVERY:
+                            self._last_report[tp] = now
+                            await self._progress(part, "replaying", force=True)
+                    # Folding never waits on the embedded broker: let reads, live batches,
+                    # progress polls and a stop have their turn between two slices.
+                    await asyncio.sleep(0)
             async with engine._lock:
                 for tp, (low, high) in ranges.items():
                     part = parts[tp]
