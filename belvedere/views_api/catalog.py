@@ -45,7 +45,7 @@ def local_views(app: Any) -> dict[str, Any]:
     """What this worker holds of each view."""
     now = time.monotonic()
     me = self_url(app)
-    folded = app.projections.fold_events
+    processed = app.projections.events_processed  # as belvedere_events_processed_total
     out = {}
     for name, view in app.views.items():
         out[name] = {
@@ -53,7 +53,7 @@ def local_views(app: Any) -> dict[str, Any]:
                 p: {**_partition(app, view, p, now), "worker": me} for p in sorted(view.status)
             },
             "standbys": {p: {"lag": lag, "worker": me} for p, lag in view.standby_lag.items()},
-            "eventsProcessed": folded.get((name, "live"), 0),
+            "eventsProcessed": processed.get(name, 0),
         }
     return out
 
