@@ -640,10 +640,10 @@ class Rebuilder:
                         if part.next_offset < previous:
                             continue  # it missed an earlier batch: read again from it later
                         view = part.projection.view
-                        began = time.perf_counter()
+                        began = time.thread_time()  # not the time other processes ran
                         with replaying(view.name, part.generation, view.generation):
                             await engine.fold(part, piece)
-                        self._resize(len(piece), time.perf_counter() - began)
+                        self._resize(len(piece), time.thread_time() - began)
                         now = time.monotonic()
                         ended = read_to[tp] >= ranges[tp][1]  # the next partition's turn
                         if ended or now - self._last_report.get(tp, 0.0) >= REPORT_EVERY:
@@ -668,7 +668,8 @@ class Rebuilder:
 
     def _resize(self, events: int, seconds: float) -> None:
         """Fold about SLICE_SECONDS' worth of events next time: handlers differ a thousandfold
-        in cost, and a slow one must not hold the loop for a fixed count's time."""
+        in cost, and a slow one must not hold the loop for a fixed count's time. Measured in
+        CPU time: on a busy machine wall time would shrink the slices to single events."""
         if events < self._slice:
             return  # a batch's tail says little
         low, high = SLICE_EVENTS
