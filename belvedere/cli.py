@@ -25,7 +25,7 @@ from yarl import URL
 import belvedere
 from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.app import App
-from belvedere.streams.errors import BrokerError
+from belvedere.streams.errors import BrokerError, BrokerLocked
 from belvedere.streams.security import SecuritySettingsError
 
 __all__ = ["UsageError", "load_app", "main"]
@@ -104,6 +104,11 @@ def check_broker(app: App) -> None:
 
         try:
             Log.acquire(log_path(urls[0], app.conf.datadir)).release()
+        except BrokerLocked as exc:
+            raise UsageError(
+                f"{exc}: another worker runs on this data dir; stop it, or give this one "
+                "another --data-dir"
+            ) from None
         except BrokerError as exc:
             raise UsageError(str(exc)) from None
 
@@ -161,15 +166,21 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def _set_reach_env(args: argparse.Namespace) -> None:
+    """The flags every command reaching a worker or its broker shares with ``worker``, as
+    the environment variables the App reads: one command line reaches the same worker."""
     _set_broker_env(args)
     _set_env("BELVEDERE_WEB_PORT", args.web_port)
     _set_env("BELVEDERE_WEB_HOST", args.web_host)
+    _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
+    _set_tls_env(args, "web")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _set_reach_env(args)
     _set_env("BELVEDERE_WEB_ALLOWED_HOSTS", args.web_allowed_hosts)
     _set_env("BELVEDERE_WEB_ALLOWED_ORIGINS", args.web_allowed_origins)
-    _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
     _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
-    _set_tls_env(args, "web")
     for name, *_ in WEB_LIMIT_FLAGS:
         _set_env(f"BELVEDERE_{name.upper()}", getattr(args, name))
     app = load_app(args.app)
@@ -197,8 +208,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _load_with_broker(args: argparse.Namespace) -> App:
-    _set_broker_env(args)
-    _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
+    _set_reach_env(args)
     app = load_app(args.app)
     if app.conf.broker[0].scheme in KAFKA_SCHEMES:
         check_broker(app)
@@ -254,7 +264,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     _dead_letter_source(app, args.topic)
     name = dead_letter_topic(app.conf.id, args.topic)
     records = _broker_call(
-        lambda: client_for(app.conf.broker, app.conf.datadir, app.broker_security).read(name)
+        lambda: client_for(app.conf.broker, app.conf.datadir, app.broker_security).read(name),
+        "dlq",
     )
     letters = [
         (record, DeadLetter.from_record(record.key, record.value, record.headers))
@@ -288,7 +299,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     app = _load_with_broker(args)
     topic = _dead_letter_source(app, args.topic)
     client = client_for(app.conf.broker, app.conf.datadir, app.broker_security)
-    report = _broker_call(lambda: replay(app, topic, client, from_start=args.from_start))
+    report = _broker_call(lambda: replay(app, topic, client, from_start=args.from_start), "dlq")
     for line in report.still_bad:
         print(f"still bad: {line}")
     print(
@@ -302,9 +313,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
     from belvedere.streams.clients import client_for
 
     app = _load_with_broker(args)
+    _refuse_running_worker(app, "reset")
     client = client_for(app.conf.broker, app.conf.datadir, app.broker_security)
     try:
-        report = _broker_call(lambda: reset_view(app, args.view, client))
+        report = _broker_call(lambda: reset_view(app, args.view, client), "reset")
     except LookupError as exc:
         raise UsageError(str(exc.args[0])) from None
     print(
@@ -318,9 +330,9 @@ def cmd_reset(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from belvedere.agents.rebuild import code_fingerprint
     from belvedere.streams.types import FieldError, timestamp_ms
-    from belvedere.views_api.client import ApiError, WorkerClient
+    from belvedere.views_api.client import ApiError
 
-    _set_tls_env(args, "web")
+    _set_reach_env(args)
     app = load_app(args.app)
     if args.view not in app.views:
         known = ", ".join(sorted(app.views)) or "none"
@@ -330,10 +342,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             timestamp_ms(args.from_timestamp)
         except FieldError as exc:
             raise UsageError(f"--from-timestamp: {exc}") from None
-    url = args.url or f"{app.web_tls.scheme}://{app.conf.web_host}:{app.conf.web_port}"
-    # the admin token opens the read scope too; without one, starting needs loopback only
-    token = app.admin_token or app.read_token or app.api_token
-    client = WorkerClient(url, token, tls=app.web_tls.client_context)
+    client = _worker_client(app, args.url)
     try:
         if args.status:
             print(_progress_line(client.rebuild_status(args.view)))
@@ -380,6 +389,44 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         f"(rebuilt in {time.monotonic() - began:.1f} s){accepted}"
     )
     return 0
+
+
+def _worker_url(app: App) -> str:
+    return f"{app.web_tls.scheme}://{app.conf.web_host}:{app.conf.web_port}"
+
+
+def _worker_client(app: App, url: str | None = None, timeout: float = 10.0) -> Any:
+    """A client of the worker at ``url`` (default: the app's web host and port), which
+    refuses a worker of another app."""
+    from belvedere.views_api.client import WorkerClient
+
+    elsewhere = (
+        f"pass the URL of a worker of {app.conf.id!r}"
+        if url
+        else "pass the --web-port (and --web-host) its workers were started with, "
+        "or set BELVEDERE_WEB_PORT"
+    )
+    # the admin token opens the read scope too; without one, starting needs loopback only
+    token = app.admin_token or app.read_token or app.api_token
+    return WorkerClient(
+        url or _worker_url(app),
+        token,
+        timeout,
+        tls=app.web_tls.client_context,
+        app=app.conf.id,
+        elsewhere=elsewhere,
+    )
+
+
+def _refuse_running_worker(app: App, command: str) -> None:
+    """``reset`` and ``dlq`` on the embedded broker need the log to themselves; ``reset``
+    on Kafka needs the workers stopped too. A worker answering at the app's address
+    says they are not."""
+    if _worker_client(app, timeout=2.0).app_id() == app.conf.id:
+        raise UsageError(
+            f"a worker of {app.conf.id!r} runs at {_worker_url(app)}: stop the workers "
+            f"first, then run belvedere {command} again"
+        )
 
 
 def _kinds(failures: dict[str, int]) -> str:
@@ -445,9 +492,14 @@ def _progress_line(report: dict[str, Any]) -> str:
     )
 
 
-def _broker_call(call: Any) -> Any:
+def _broker_call(call: Any, command: str) -> Any:
     try:
         return call()
+    except BrokerLocked as exc:
+        raise UsageError(
+            f"{exc}: stop the workers on this data dir first (belvedere {command} reads and "
+            "writes the embedded broker's log itself), then run it again"
+        ) from None
     except BrokerError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -539,6 +591,27 @@ def _web_tls_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> Non
     )
 
 
+def _reach_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> None:
+    """Where a worker serves and what it reads: the same flags (and BELVEDERE_* variables)
+    for ``worker`` and for every command that reaches one, so one set reaches the same."""
+    _broker_arguments(parser)
+    parser.add_argument(
+        "--web-port",
+        type=_port,
+        metavar="N",
+        help="HTTP port (default 6066)" if serving else "the worker's HTTP port (default 6066)",
+    )
+    parser.add_argument(
+        "--web-host",
+        metavar="HOST",
+        help="HTTP host to bind and advertise (default 127.0.0.1)"
+        if serving
+        else "the worker's HTTP host (default 127.0.0.1)",
+    )
+    parser.add_argument("--data-dir", metavar="DIR", help="tables and the embedded broker's log")
+    _web_tls_arguments(parser, serving=serving)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="belvedere",
@@ -553,11 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "app", metavar="MODULE:APP", help="where the belvedere.App is, e.g. shop.app:app"
     )
-    _broker_arguments(worker)
-    worker.add_argument("--web-port", type=_port, metavar="N", help="HTTP port (default 6066)")
-    worker.add_argument(
-        "--web-host", metavar="HOST", help="HTTP host to bind and advertise (default 127.0.0.1)"
-    )
+    _reach_arguments(worker, serving=True)
     worker.add_argument(
         "--web-allowed-hosts",
         metavar="NAMES",
@@ -570,8 +639,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="origins (https://app.example, comma-separated) whose pages may call the API "
         "(CORS) and write to it",
     )
-    worker.add_argument("--data-dir", metavar="DIR", help="tables and the embedded broker's log")
-    _web_tls_arguments(worker, serving=True)
     worker.add_argument(
         "--insecure-open",
         action="store_true",
@@ -617,8 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub, run in ((listing, cmd_dlq_list), (replaying, cmd_dlq_replay)):
         sub.add_argument("app", metavar="MODULE:APP")
         sub.add_argument("topic", metavar="TOPIC")
-        _broker_arguments(sub)
-        sub.add_argument("--data-dir", metavar="DIR")
+        _reach_arguments(sub, serving=False)
         sub.set_defaults(run=run)
 
     reset = commands.add_parser(
@@ -627,8 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("app", metavar="MODULE:APP")
     reset.add_argument("view", metavar="VIEW")
-    _broker_arguments(reset)
-    reset.add_argument("--data-dir", metavar="DIR")
+    _reach_arguments(reset, serving=False)
     reset.set_defaults(run=cmd_reset)
 
     rebuild = commands.add_parser(
@@ -642,10 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="replay source events from T (ms since the epoch, or ISO-8601) instead of the start",
     )
+    _reach_arguments(rebuild, serving=False)
     rebuild.add_argument(
-        "--url", metavar="URL", help="a running worker (default: the app's web host and port)"
+        "--url",
+        metavar="URL",
+        help="a running worker, overriding --web-host and --web-port (default: those)",
     )
-    _web_tls_arguments(rebuild, serving=False)
     rebuild.add_argument("--status", action="store_true", help="show progress; start nothing")
     rebuild.add_argument(
         "--no-wait", action="store_true", help="start it and return without watching"
