@@ -31,6 +31,7 @@ from belvedere.streams.security import SecuritySettingsError
 __all__ = ["UsageError", "load_app", "main"]
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # a shell's status for a command killed by SIGPIPE
 KAFKA_SCHEMES = {"kafka", "aiokafka"}
 CONNECT_TIMEOUT = 5.0
 
@@ -45,6 +46,8 @@ def load_app(spec: str) -> App:
     attribute = attribute or "app"
     if not module_name:
         raise UsageError(f"expected MODULE:APP, got {spec!r}")
+    if module_name.endswith(".py"):
+        module_name = _module_of_file(module_name, attribute)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -54,7 +57,9 @@ def load_app(spec: str) -> App:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise UsageError(
-                f"cannot import {module_name!r}: no module named {exc.name!r}"
+                f"cannot import {module_name!r}: no module named {exc.name!r} in the working "
+                f"directory ({os.getcwd()}) nor on sys.path; run belvedere from the folder "
+                "that holds it, or add that folder to PYTHONPATH"
             ) from None
         raise UsageError(f"importing {module_name!r} failed: {_where(exc)}") from None
     except Exception as exc:
@@ -68,6 +73,19 @@ def load_app(spec: str) -> App:
             f"{module_name}:{attribute} is a {type(app).__name__}, not a belvedere.App"
         )
     return app
+
+
+def _module_of_file(path: str, attribute: str) -> str:
+    """``bank.py`` (or ``shop/app.py``) as a module name, for a user who gave a file: the
+    file under the working directory is what they meant."""
+    file = Path(path)
+    dotted = ".".join(file.with_suffix("").parts)
+    if file.is_absolute() or ".." in file.parts or not file.is_file():
+        raise UsageError(
+            f"{path!r} is a file name, but MODULE:APP wants a module: run belvedere from the "
+            f"folder that holds the file and pass {file.stem}:{attribute}"
+        )
+    return dotted
 
 
 def _where(exc: BaseException) -> str:
@@ -88,6 +106,21 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def check_data_dir(app: App) -> None:
+    """A data dir this user cannot write would fail deep in RocksDB or pathlib."""
+    folder = Path(app.conf.datadir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".belvedere-write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"the data dir {folder.resolve()} is not writable ({exc.strerror or exc}): pass "
+            "a --data-dir (or BELVEDERE_DATA_DIR) this user can create and write"
+        ) from None
+
+
 def check_broker(app: App) -> None:
     """Fail fast, in one line, when the broker cannot be used at all."""
     urls: list[URL] = list(app.conf.broker)
@@ -103,7 +136,11 @@ def check_broker(app: App) -> None:
         from belvedere.streams.embedded import Log, log_path
 
         try:
-            Log.acquire(log_path(urls[0], app.conf.datadir)).release()
+            log = Log.acquire(log_path(urls[0], app.conf.datadir))
+            try:
+                _check_partition_counts(app, {n: m.partitions for n, m in log.topics.items()})
+            finally:
+                log.release()
         except BrokerLocked as exc:
             raise UsageError(
                 f"{exc}: another worker runs on this data dir; stop it, or give this one "
@@ -111,6 +148,41 @@ def check_broker(app: App) -> None:
             ) from None
         except BrokerError as exc:
             raise UsageError(str(exc)) from None
+
+
+def _declared_partitions(app: App) -> dict[str, tuple[int, str, str]]:
+    """Each topic the app reads or keeps a table in, with its declared partition count and
+    what declares it; the topics read come first, since a changed source is the cause of
+    its views' and tables' changelogs differing too."""
+    default = app.conf.topic_partitions
+    found: dict[str, tuple[int, str, str]] = {}
+    channels = [
+        *app.event_topics.values(),
+        *getattr(app.topics, "_topics", ()),
+        *(agent.channel for agent in app.agents.values()),
+    ]
+    for channel in channels:
+        for name in getattr(channel, "topics", ()):
+            found.setdefault(name, (channel.partitions or default, f"topic {name!r}", ""))
+    for table in app.tables.values():
+        name = table.changelog_topic.get_topic_name()
+        found.setdefault(
+            name, (table.partitions or default, f"table {table.name!r}", f" its changelog {name!r}")
+        )
+    return found
+
+
+def _check_partition_counts(app: App, existing: dict[str, int]) -> None:
+    """A topic's partition count cannot change in place: say which declaration changed
+    before the worker starts, rather than exiting later after faust's log of the crash."""
+    for name, (declared, what, which) in _declared_partitions(app).items():
+        has = existing.get(name)
+        if has is not None and has != declared:
+            raise UsageError(
+                f"{what} is declared with {declared} partition(s), but{which} has {has} in "
+                f"the embedded broker at {Path(app.conf.datadir).resolve()}: a topic's partition "
+                f"count cannot change; declare {has} again, or start with an empty --data-dir"
+            )
 
 
 def _check_kafka_reachable(urls: list[URL]) -> None:
@@ -189,6 +261,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"{args.app}: {exc}") from None
     check_port_free(app.conf.web_bind, app.conf.web_port)
+    check_data_dir(app)
     check_broker(app)
     tune_gc()
     # Before the worker starts a thread: the helpers' zygote is a copy of this process.
@@ -210,6 +283,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _load_with_broker(args: argparse.Namespace) -> App:
     _set_reach_env(args)
     app = load_app(args.app)
+    if app.conf.broker[0].scheme == "embedded":
+        check_data_dir(app)
     if app.conf.broker[0].scheme in KAFKA_SCHEMES:
         check_broker(app)
     return app
@@ -497,8 +572,8 @@ def _broker_call(call: Any, command: str) -> Any:
         return call()
     except BrokerLocked as exc:
         raise UsageError(
-            f"{exc}: stop the workers on this data dir first (belvedere {command} reads and "
-            "writes the embedded broker's log itself), then run it again"
+            f"{exc}: stop the workers on this data dir first (belvedere {command} opens "
+            "the embedded broker's log itself), then run it again"
         ) from None
     except BrokerError as exc:
         raise UsageError(str(exc)) from None
@@ -767,7 +842,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return status
+    except BrokenPipeError:
+        # the reader stopped (``belvedere dlq list ... | head``): end quietly, as a
+        # command killed by SIGPIPE would, and keep Python from flushing into it again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except UsageError as exc:
         print(f"belvedere: {exc}", file=sys.stderr)
         return EXIT_USAGE
