@@ -151,16 +151,13 @@ def check_broker(app: App) -> None:
 
 
 def _declared_partitions(app: App) -> dict[str, tuple[int, str, str]]:
-    """Each topic the app reads or keeps a table in, with its declared partition count and
-    what declares it; the topics read come first, since a changed source is the cause of
-    its views' and tables' changelogs differing too."""
+    """Each topic the app reads or keeps a table in (those a worker declares; a topic only
+    published to may have been created on first use, with the default count), with its
+    declared partition count and what declares it. The topics read come first: a changed
+    source is the cause of its views' and tables' changelogs differing too."""
     default = app.conf.topic_partitions
     found: dict[str, tuple[int, str, str]] = {}
-    channels = [
-        *app.event_topics.values(),
-        *getattr(app.topics, "_topics", ()),
-        *(agent.channel for agent in app.agents.values()),
-    ]
+    channels = [*app.topics, *(agent.channel for agent in app.agents.values())]
     for channel in channels:
         for name in getattr(channel, "topics", ()):
             found.setdefault(name, (channel.partitions or default, f"topic {name!r}", ""))
