@@ -151,6 +151,7 @@ class App(faust.App):
     ``max_change_feeds``       ``BELVEDERE_MAX_CHANGE_FEEDS``       half of web_max_connections (then 503)
     ``web_allowed_hosts``      ``BELVEDERE_WEB_ALLOWED_HOSTS``      none: ``Host`` is web_host, localhost or an IP
     ``web_allowed_origins``    ``BELVEDERE_WEB_ALLOWED_ORIGINS``    none: no CORS; writes from own origin only
+    ``verbose``                ``BELVEDERE_VERBOSE``                false: faust's start-up lines left out
     =========================  ===================================  ==========================================
 
     The ``web_*`` limits and ``max_change_feeds`` bound what HTTP clients may hold of a
@@ -238,6 +239,7 @@ class App(faust.App):
         max_change_feeds: int | None = None,
         web_allowed_hosts: str | Sequence[str] | None = None,
         web_allowed_origins: str | Sequence[str] | None = None,
+        verbose: bool | None = None,
         **options: Any,
     ) -> None:
         self.max_event_bytes = max_event_bytes
@@ -262,6 +264,9 @@ class App(faust.App):
         self.insecure_open: bool = _flag(
             "insecure_open", _setting("BELVEDERE_INSECURE_OPEN", insecure_open, False)
         )
+        #: Log faust's and Belvedere's start-up lines too, not only one when serving
+        #: (:mod:`belvedere.console`).
+        self.verbose: bool = _flag("verbose", _setting("BELVEDERE_VERBOSE", verbose, False))
         #: Per event topic name: what ``POST /events`` may publish to it.
         self.http_publishing: dict[str, Publishing] = {}
         #: More names than web_host and loopback that ``Host`` may give (``*``: any).
@@ -747,6 +752,18 @@ class App(faust.App):
     def dead_letters(self) -> DeadLetters:
         """Where bad input goes, and how much of it there was."""
         return DeadLetters(self)
+
+    def on_rebalance_return(self) -> None:
+        # A worker's first assignment on Kafka revokes nothing, so faust's sensors never
+        # heard the rebalance start, and faust warned "Missing sensor state" on every start.
+        if not self._rebalancing_sensor_state:
+            self._rebalancing_sensor_state = self.sensors.on_rebalance_start(self)
+        super().on_rebalance_return()
+
+    def on_rebalance_end(self) -> None:
+        if not self._rebalancing_sensor_state:
+            self._rebalancing_sensor_state = self.sensors.on_rebalance_start(self)
+        super().on_rebalance_end()
 
     @property
     def ready(self) -> bool:

@@ -250,6 +250,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_env("BELVEDERE_WEB_ALLOWED_HOSTS", args.web_allowed_hosts)
     _set_env("BELVEDERE_WEB_ALLOWED_ORIGINS", args.web_allowed_origins)
     _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
+    _set_env("BELVEDERE_VERBOSE", "1" if args.verbose else None)
     for name, *_ in WEB_LIMIT_FLAGS:
         _set_env(f"BELVEDERE_{name.upper()}", getattr(args, name))
     app = load_app(args.app)
@@ -600,14 +601,8 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        from examples.shop.demo import main as demo
-    except ModuleNotFoundError:
-        raise UsageError(
-            "the demo runs examples/shop from a Belvedere checkout: run it from the repository's root"
-        ) from None
+    from belvedere.examples.shop.demo import main as demo
+
     broker = args.broker or os.environ.get("BELVEDERE_BROKER") or "embedded://"
     return demo(broker, args.data_dir, args.web_port, args.orders, args.rate, args.seed)
 
@@ -720,6 +715,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind, metavar, help in WEB_LIMIT_FLAGS:
         worker.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=metavar, help=help)
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument(
+        "--verbose",
+        action="store_true",
+        help="log faust's start-up and rebalance lines too, at --loglevel (by default one line "
+        "says when the worker serves)",
+    )
     worker.set_defaults(run=cmd_worker)
 
     schema = commands.add_parser(
@@ -809,8 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the shop example, driven by generated orders",
-        description="Run examples/shop on one worker and place generated orders; Ctrl-C stops "
-        "it, and a second run goes on from the same data.",
+        description="Run the shop (belvedere.examples.shop) on one worker and place generated "
+        "orders; Ctrl-C stops it, and a second run goes on from the same data.",
     )
     demo.add_argument(
         "--broker", metavar="URL", help="kafka://host:port, or embedded:// (the default)"

@@ -187,6 +187,7 @@ def worker_command(
     """
     belvedere = [sys.executable, "-m", "belvedere.cli", "worker", f"{module}:app"]
     belvedere += ["--web-port", str(port), "--data-dir", str(data_dir)]
+    belvedere += ["--verbose"]  # the engine's per-partition lines ("restored N rows") are read
     if variant == "belvedere-embedded":
         return [*belvedere, "--broker", "embedded://"], {}
     if variant == "belvedere-kafka":

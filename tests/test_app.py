@@ -67,6 +67,16 @@ def test_environment_overrides_arguments(monkeypatch: pytest.MonkeyPatch) -> Non
     assert app.conf.web_port == 7123
 
 
+def test_verbose_is_off_by_default_and_set_by_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BELVEDERE_VERBOSE", raising=False)
+    assert belvedere.App("shop").verbose is False
+    assert belvedere.App("shop", verbose=True).verbose is True
+    monkeypatch.setenv("BELVEDERE_VERBOSE", "1")  # what belvedere worker --verbose sets
+    assert belvedere.App("shop").verbose is True
+
+
 def test_rebuild_processes_default_to_the_cores_and_take_a_whole_number(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -178,13 +188,13 @@ def test_faust_decorators_still_work() -> None:
 #: faust.App methods belvedere.App overrides on purpose.
 OVERRIDES = {
     "_new_conductor", "_new_transport", "_new_web", "on_init_dependencies", "on_webserver_init",
-    "logger", "_abc_impl",
+    "logger", "_abc_impl", "on_rebalance_return", "on_rebalance_end",
 }  # fmt: skip
 #: What belvedere.App adds per instance.
 INSTANCE_ATTRIBUTES = [
     "admin_token", "aggregates", "api_token", "batch_tap", "event_topics", "flow_trace",
     "forward_secret", "http_publishing", "insecure_open", "max_event_bytes", "projections",
-    "read_token", "sagas", "views", "write_token",
+    "read_token", "sagas", "verbose", "views", "write_token",
 ]  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from examples.shop.demo import RESTOCK_EVERY, RESTOCK_UNITS, SKUS, generated
-from examples.shop.inventory import INITIAL_STOCK
-from examples.shop.payments import CARD_LIMIT
+from belvedere.examples.shop.analytics import cause
+from belvedere.examples.shop.demo import CAUSES, RESTOCK_EVERY, RESTOCK_UNITS, SKUS, generated
+from belvedere.examples.shop.inventory import INITIAL_STOCK
+from belvedere.examples.shop.payments import CARD_LIMIT
 from tests.support.brokers import Broker
 from tests.support.http import call
 from tests.support.worker import REPO, Worker, free_port, wait_for
@@ -39,9 +41,15 @@ def demo_argv(broker: Broker, data: Path, *more: str) -> list[str]:
 
 
 def demo(broker: Broker, data: Path, name: str, orders: int) -> subprocess.CompletedProcess:
-    argv = demo_argv(broker, data, "--orders", str(orders))
+    """The installed ``belvedere`` command, run where a user would: in a directory of their
+    own, not the repository (the shop ships in the package)."""
+    assert REPO not in data.parents
+    script = Path(sys.executable).parent / "belvedere"
+    argv = [str(script), *demo_argv(broker, data, "--orders", str(orders))[3:]]
     env = {**os.environ, "SHOP_NAME": name}
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        argv, cwd=data.parent, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def interrupted_demo(broker: Broker, data: Path, name: str, after: int) -> str:
@@ -78,12 +86,20 @@ def test_the_demo_runs_headless_and_its_views_add_up(
     first = demo(broker, tmp_path / "shop", shop_name, 50)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "its trace" in first.stdout and "order-000000" in first.stdout
+    # its worker said it served, with the shop's own views (not aggregate-*, saga-*...)
+    said = (tmp_path / "shop" / "demo-worker.log").read_text()
+    views = "cancelled-per-cause, emails-per-user, orders-per-status, revenue-per-user"
+    assert f"{shop_name} ready at http://127.0.0.1:" in said and f"— views: {views}; " in said
+    assert "Starting..." not in said, said
     # Again, with no end: it goes on from the same data, and Ctrl-C stops it cleanly.
     again = interrupted_demo(broker, tmp_path / "shop", shop_name, after=60)
     assert "orders from order-000050 on" in again and "stopped after order" in again
+    # its progress counts this run's orders apart from every run's (as the views lag)
+    runs = re.findall(r"this run: sent (\d+) .* \| all time: (\d+) orders", again)
+    assert runs and int(runs[0][1]) >= 50 and int(runs[-1][0]) > 0, runs
     total = next_order(tmp_path / "shop")
 
-    shop = workers("examples.shop:app", {"SHOP_NAME": shop_name}, "shop").start()
+    shop = workers("belvedere.examples.shop:app", {"SHOP_NAME": shop_name}, "shop").start()
     shop.wait_until("/ready", lambda r: r.get("ready") is True, what="the shop serving")
 
     def statuses() -> dict[str, int]:
@@ -109,6 +125,7 @@ def test_the_demo_runs_headless_and_its_views_add_up(
     sold = dict.fromkeys((f"sku-{i}" for i in range(SKUS)), 0)
     emails: dict[str, int] = {}
     reasons = []
+    outcomes: list[str] = []  # confirmed, or the cause of the cancellation, per order
     for order in orders:
         got = call(f"{shop.url}/aggregates/Order/{order['orderId']}").body["state"]
         assert (got["userId"], got["sku"], got["qty"], Decimal(got["amount"])) == (
@@ -124,6 +141,18 @@ def test_the_demo_runs_headless_and_its_views_add_up(
         else:
             assert got["status"] == "cancelled"
             reasons.append((order["orderId"], got["reason"]))
+        outcomes.append(got["status"] if got["status"] == "confirmed" else cause(got["reason"]))
+
+    # The first run's last line: its 50 orders by outcome, cancellations by cause.
+    confirmed = outcomes[:50].count("confirmed")
+    causes = {c: outcomes[:50].count(c) for c in sorted(set(outcomes[:50]) - {"confirmed"})}
+    why = ", ".join(f"{n} {CAUSES.get(c, c)}" for c, n in causes.items())
+    last = [line for line in first.stdout.splitlines() if line.startswith("this run:")][-1]
+    assert last.startswith("this run: sent 50 ("), last
+    assert last.endswith(
+        f"in flight 0, confirmed {confirmed}, cancelled {50 - confirmed} ({why}) | all time: "
+        f"50 orders, {confirmed} confirmed, {50 - confirmed} cancelled"
+    ), last
 
     def earned() -> dict[str, Decimal]:
         rows = call(f"{shop.url}/views/revenue-per-user?limit=1000").body["rows"]
@@ -172,7 +201,7 @@ def test_a_demo_that_dies_stops_its_worker(broker: Broker, shop_name: str, tmp_p
     pid = None
     try:
         wait_for(lambda: next_order(data) > 5, timeout=120, what="orders placed")
-        pid = worker_pid(data / "demo-worker.log")
+        pid = worker_pid(proc)
         assert pid is not None and Path(f"/proc/{pid}").exists()
         assert proc.stdout is not None
         proc.stdout.close()  # the demo's next line of progress breaks its pipe
@@ -185,10 +214,13 @@ def test_a_demo_that_dies_stops_its_worker(broker: Broker, shop_name: str, tmp_p
             os.kill(pid, signal.SIGKILL)
 
 
-def worker_pid(log: Path) -> int | None:
-    """The PID in the worker log's lines (``[time] [pid] [LEVEL] ...``)."""
-    for line in log.read_text().splitlines():
-        parts = line.split("] [", 2)
-        if len(parts) == 3 and parts[1].isdigit():
-            return int(parts[1])
+def worker_pid(demo: subprocess.Popen) -> int | None:
+    """The demo's worker: its child process (it says nothing of its PID by default)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == demo.pid:
+            return int(stat.parent.name)
     return None

@@ -281,8 +281,8 @@ def test_upcasters_chain_from_any_older_version() -> None:
     assert v1.meta.event_version == 1
 
 
-#: The envelope as the source material writes it: eventVersion "1.0", a string.
-SOURCE_MATERIAL_V1 = b"""{
+#: The envelope as other frameworks write it: eventVersion "1.0", a string.
+FOREIGN_V1 = b"""{
 "eventId": "uuid",
 "eventType": "Shipment",
 "eventVersion": "1.0",
@@ -296,7 +296,7 @@ SOURCE_MATERIAL_V1 = b"""{
 
 def test_a_version_string_selects_the_class_and_upcasters_by_its_major_number() -> None:
     codec = EnvelopeCodec([Shipment])
-    old = codec.decode(SOURCE_MATERIAL_V1)
+    old = codec.decode(FOREIGN_V1)
     assert old == Shipment(shipment_id="s1", weight_grams=1500, carrier="unknown")
     assert (old.meta.event_version, old.meta.version_string) == (1, "1.0")
     assert (old.meta.event_id, old.meta.correlation_id) == ("uuid", "order-123")
@@ -319,7 +319,7 @@ def test_a_version_string_selects_the_class_and_upcasters_by_its_major_number() 
 
 def test_an_event_written_back_keeps_its_producers_form_of_the_version() -> None:
     codec = EnvelopeCodec([Shipment])
-    event = codec.decode(SOURCE_MATERIAL_V1)
+    event = codec.decode(FOREIGN_V1)
     same = event.meta.at_version(1)
     assert same.written_version == "1.0"
     upcast_meta = event.meta.at_version(Shipment.event_version)

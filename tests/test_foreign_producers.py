@@ -1,5 +1,5 @@
-"""Events from producers that are not Belvedere: the envelope exactly as the source material
-writes it (``"eventVersion": "1.0"``), and keys hashed by librdkafka's partitioners (kcat).
+"""Events from producers that are not Belvedere: the envelope exactly as other
+frameworks write it (``"eventVersion": "1.0"``), and keys hashed by librdkafka's partitioners (kcat).
 
 The envelope test runs on both brokers, with the foreign bytes written by the repo's
 clients; kcat only talks to Kafka, so the partitioner tests run there only.
@@ -28,7 +28,7 @@ PARTITIONS = 4  # tests/apps/foreign.py
 def source_material(
     order_id: str, version: str, data: bytes, event_type: str = "OrderCreated"
 ) -> bytes:
-    """The envelope laid out as the source material shows it, a string eventVersion."""
+    """The envelope laid out as other frameworks write it, a string eventVersion."""
     return b"""{
 "eventId": "%s",
 "eventType": "%s",

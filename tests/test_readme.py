@@ -27,4 +27,6 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_readme_main_command_runs_the_demo_of_an_example_that_exists() -> None:
     main = readme_commands()[0]
     assert main.endswith("belvedere demo")
-    assert (REPO / "examples" / "shop" / "demo.py").is_file()  # run by tests/test_demo.py
+    assert (
+        REPO / "belvedere" / "examples" / "shop" / "demo.py"
+    ).is_file()  # run by tests/test_demo.py

@@ -46,6 +46,7 @@ from mode import Service
 from belvedere.agents.projection import Projection, Slot, slot
 from belvedere.agents.rebuild import Rebuilder
 from belvedere.agents.standby import Standbys
+from belvedere.console import DETAIL
 from belvedere.streams.context import enter_cause, leave_cause
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.readers import PartitionReader, reader_for
@@ -577,6 +578,7 @@ class ProjectionEngine(Service):
             logger.info(
                 "view %s[%d] g%d: restored %d rows from the changelog (%d dropped, %d repaired), at source offset %d",
                 view.name, tp.partition, generation, restorer.applied, restorer.dropped, len(repair), part.next_offset,
+                extra=DETAIL,
             )  # fmt: skip
         return parts
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from faust.types import TP
 
 from belvedere.agents.projection import slot
+from belvedere.console import DETAIL
 from belvedere.streams.readers import PartitionReader, reader_for
 from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore
@@ -76,7 +77,7 @@ class Standbys:
                 store = PartitionStore(directory / f"{ctp.partition}.db", budget)
                 self.targets[ctp] = Target(view, store)
                 view.standby_stores[ctp.partition] = store
-                logger.info("view %s[%d]: standby here", view.name, ctp.partition)
+                logger.info("view %s[%d]: standby here", view.name, ctp.partition, extra=DETAIL)
 
     @staticmethod
     def _forget(target: Target, partition: int) -> None:

@@ -2,12 +2,14 @@
 
 ``export`` writes ``<eventType>.json`` per event type: the JSON Schema of its ``data``,
 with its version and kind. ``check`` compares the code's event types against such a
-folder the way Confluent's BACKWARD mode does: code at the new version must be able to
-read events written at the old one. A version bump with a chain of upcasters from the
-old version is compatible by construction (the upcasters adapt the old data); otherwise
-these are refused: a removed required field, a changed type, a field that may no longer
-be null, an enum that lost values, a new required field without a default, a removed
-event type, and a version that went down.
+folder: code at the new version must be able to read events written at the old one
+(Confluent's BACKWARD mode), and, stricter than BACKWARD, no required field may be
+removed, since during a rolling deploy the workers still on the old code read what the
+new code writes. A version bump with a chain of upcasters from the old version is
+compatible by construction (the upcasters adapt the old data); otherwise these are
+refused: a removed required field, a changed type, a field that may no longer be null,
+an enum that lost values, a new required field without a default, a removed event type,
+and a version that went down.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def reference(spec: dict[str, Any]) -> str:
         f"# HTTP reference: {info['title']}",
         "",
         "Generated from the OpenAPI spec (`GET /openapi.json`) by",
-        "`belvedere openapi examples.shop:app --markdown`; do not edit by hand.",
+        "`belvedere openapi belvedere.examples.shop:app --markdown`; do not edit by hand.",
         "",
         info.get("description", ""),
         "",

@@ -1,5 +1,5 @@
 """The app the foreign-producer tests run as a worker: events written by clients that are
-not Belvedere (kcat, librdkafka's producers, a copy of the source material's envelope).
+not Belvedere (kcat, librdkafka's producers, an envelope as other frameworks write it).
 
 Three topics carry one order event, each declaring how its producers hash keys:
 ``orders`` murmur2 (Kafka's default), ``crc-orders`` crc32 (librdkafka's default) and

@@ -1,4 +1,4 @@
-"""The command-side tests' app: the source material's Order aggregate, its command
+"""The command-side tests' app: an Order aggregate, its command
 handlers, a view folded from its events, and reactors to its payments (one of which
 fails on orders whose id ends in ``-bad``).
 

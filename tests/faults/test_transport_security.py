@@ -116,7 +116,9 @@ def test_a_worker_over_scram_sha_512_and_tls_projects_events_and_serves_them(
 ) -> None:
     records, fold = movements(EVENTS)
     ledger(secured, unique_name, "SCRAM-SHA-512", records)
-    worker = spawn(unique_name).start()
+    worker = spawn(unique_name)
+    worker.args.append("--verbose")  # aiokafka says who logged in at INFO
+    worker.start()
     state = worker.wait_until(
         "/state", lambda s: s["ready"] and total_ops(s) == EVENTS, what="the events folded"
     )

@@ -152,10 +152,11 @@ class Worker:
         except OSError:
             return "(no log)"
 
-    def stop(self, timeout: float = 60) -> int:
-        """Graceful stop (SIGTERM): the worker commits what it processed, then exits."""
+    def stop(self, timeout: float = 60, sig: int = signal.SIGTERM) -> int:
+        """Graceful stop (SIGTERM, or SIGINT as Ctrl-C): the worker commits what it
+        processed, then exits."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -104,7 +104,7 @@ class Consumer(FaustConsumer):
         app.on_rebalance_start()
         if previous:
             # faust forgets acked-but-uncommitted offsets of revoked partitions before it
-            # commits (trap P3); drain and commit them first so nothing is processed twice.
+            # commits; drain and commit them first so nothing is processed twice.
             self.stop_flow()
             await self.wait_empty()
         await self.on_partitions_revoked(previous)
@@ -149,7 +149,7 @@ class Consumer(FaustConsumer):
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         for tp, offset in partitions.items():
             self._positions[tp] = max(offset, 0)
-            # as faust's aiokafka driver does, or a backward seek drops records (trap P5)
+            # as faust's aiokafka driver does, or a backward seek drops records
             if offset > 0:
                 self._read_offset[tp] = offset
             else:
@@ -181,7 +181,7 @@ class Consumer(FaustConsumer):
     async def _getmany(
         self, active_partitions: set[TP] | None, timeout: float
     ) -> Mapping[TP, list[StoredRecord]]:
-        # While flow is stopped faust would drop the rest of a batch (trap P4).
+        # While flow is stopped faust would drop the rest of a batch.
         if not self.flow_active:
             return {}
         tps = self._assignment if active_partitions is None else active_partitions

@@ -1,11 +1,12 @@
 """``belvedere demo``: the shop on one worker, driven by a stream of generated orders.
 
-It starts ``belvedere worker examples.shop:app`` (the embedded broker unless ``--broker``
-says otherwise), places orders through ``POST /commands/PlaceOrder`` at ``--rate`` per
-second, and shows how many are in flight, confirmed and cancelled, with the URLs to look
-at. Ctrl-C stops it (the worker too, cleanly); run again, it goes on from the next order
-with the same data. ``--orders N`` places N orders, waits until each is confirmed or
-cancelled, and stops: what the tests run.
+It starts ``belvedere worker belvedere.examples.shop:app`` (the embedded broker unless
+``--broker`` says otherwise), places orders through ``POST /commands/PlaceOrder`` at
+``--rate`` per second, and shows how many of this run's orders are in flight, confirmed
+and cancelled (and why: the card limit, the stock), beside the totals of every run, with
+the URLs to look at. Ctrl-C stops it (the worker too, cleanly); run again, it goes on from
+the next order with the same data. ``--orders N`` places N orders, waits until each is
+confirmed or cancelled, and stops: what the tests run.
 
 The orders are generated from ``--seed`` and their number alone, so anyone can compute
 them again (``generated``): some want more than the stock holds (ReserveFailed), some
@@ -76,11 +77,18 @@ def _call(url: str, body: Any = None, headers: dict[str, str] | None = None) -> 
         return 0, None
 
 
-def statuses(url: str) -> dict[str, int]:
-    status, body = _call(f"{url}/views/orders-per-status")
+def _rows(url: str, view: str) -> dict[str, int]:
+    status, body = _call(f"{url}/views/{view}")
     if status != 200:
         return {}
     return {row["key"]: row["value"] for row in body["rows"]}
+
+
+def counts(url: str) -> dict[str, int]:
+    """The shop's order counts: by status (placed, confirmed, cancelled), and its
+    cancellations by cause (``cause:card limit``, ``cause:out of stock``...)."""
+    causes = _rows(url, "cancelled-per-cause")
+    return {**_rows(url, "orders-per-status"), **{f"cause:{c}": n for c, n in causes.items()}}
 
 
 class Stop:
@@ -98,11 +106,42 @@ def settled(counts: dict[str, int]) -> int:
     return counts.get("confirmed", 0) + counts.get("cancelled", 0)
 
 
+def consistent(counts: dict[str, int]) -> bool:
+    """Both views have folded the same cancellations (each checkpoints on its own)."""
+    causes = sum(n for key, n in counts.items() if key.startswith("cause:"))
+    return causes == counts.get("cancelled", 0)
+
+
+#: How the progress line names each cause of a cancellation.
+CAUSES = {"card limit": "over the card limit", "out of stock": "out of stock"}
+
+
+def progress(sent: int, rate: float, now: dict[str, int], before: dict[str, int]) -> str:
+    """``this run: sent 10 (20/s), in flight 0, confirmed 6, cancelled 4 (3 over the card
+    limit, 1 out of stock) | all time: 676 orders, 662 confirmed, 14 cancelled``: this
+    run's orders are the counts since it began."""
+    run = {key: n - before.get(key, 0) for key, n in now.items()}
+    causes = ", ".join(
+        f"{n:,} {CAUSES.get(key[6:], key[6:])}"
+        for key, n in sorted(run.items())
+        if key.startswith("cause:") and n
+    )
+    cancelled = run.get("cancelled", 0)
+    total = settled(now) + now.get("placed", 0)
+    return (
+        f"this run: sent {sent:,} ({rate:,.0f}/s), in flight {max(sent - settled(run), 0):,}, "
+        f"confirmed {run.get('confirmed', 0):,}, cancelled {cancelled:,}"
+        + (f" ({causes})" if causes else "")
+        + f" | all time: {total:,} orders, {now.get('confirmed', 0):,} confirmed, "
+        f"{now.get('cancelled', 0):,} cancelled"
+    )
+
+
 class Worker:
     def __init__(self, options: Options) -> None:
         options.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = options.data_dir / "demo-worker.log"
-        argv = [sys.executable, "-m", "belvedere.cli", "worker", "examples.shop:app"]
+        argv = [sys.executable, "-m", "belvedere.cli", "worker", "belvedere.examples.shop:app"]
         argv += ["--broker", options.broker, "--web-port", str(options.web_port)]
         argv += ["--data-dir", str(options.data_dir)]
         with open(self.log, "w") as out:
@@ -138,25 +177,45 @@ class Worker:
 class Display:
     """One line rewritten in place on a terminal; a line every few seconds otherwise."""
 
-    def __init__(self) -> None:
+    def __init__(self, before: dict[str, int]) -> None:
         self.tty = sys.stdout.isatty()
         self.shown = 0.0
+        #: The counts when this run began: what the run adds is measured from them.
+        self.before = before
 
     def show(self, sent: int, started: float, read: Callable[[], dict[str, int]], final: bool = False) -> None:  # fmt: skip
         now = time.monotonic()
         if not final and now - self.shown < (0.5 if self.tty else 5.0):
             return
         self.shown = now
-        counts = read()
-        rate = sent / max(now - started, 1e-6)
-        line = (
-            f"orders sent {sent:,} ({rate:,.0f}/s) | in flight {counts.get('placed', 0):,} | "
-            f"confirmed {counts.get('confirmed', 0):,} | cancelled {counts.get('cancelled', 0):,}"
-        )
+        line = progress(sent, sent / max(now - started, 1e-6), read(), self.before)
         if self.tty and not final:
             print(f"\r{line}\033[K", end="", flush=True)
         else:
             print(("\r" if self.tty else "") + line, flush=True)
+
+
+def settle(url: str, orders: int, timeout: float) -> dict[str, int] | None:
+    """The counts once ``orders`` orders are settled and both views agree; None past the
+    timeout, or on Ctrl-C."""
+    deadline = time.monotonic() + timeout
+    while not Stop.asked and time.monotonic() < deadline:
+        now = counts(url)
+        if settled(now) >= orders and consistent(now):
+            return now
+        time.sleep(0.2)
+    return None
+
+
+def why_cancelled() -> str:
+    from belvedere.examples.shop.inventory import INITIAL_STOCK
+    from belvedere.examples.shop.payments import CARD_LIMIT
+
+    return (
+        f"Orders are cancelled when they cost more than the card limit ({CARD_LIMIT}), or want "
+        f"more units than are left ({INITIAL_STOCK} of each of {SKUS} SKUs at first, "
+        f"{RESTOCK_UNITS} more of each every {RESTOCK_EVERY} orders)."
+    )
 
 
 def run(options: Options) -> int:
@@ -168,11 +227,12 @@ def run(options: Options) -> int:
     if state_path.exists():
         first = json.loads(state_path.read_text())["next"]
     number = first
-    display = Display()
     try:
         print(f"starting the shop on {options.broker} (worker log: {worker.log}) ...", flush=True)
         worker.wait_ready(url)
         if not Stop.asked:  # Ctrl-C while it started
+            # the orders an earlier run left in flight settle first, so as not to count here
+            display = Display(settle(url, first, timeout=60) or counts(url))
             example = generated(options.seed, first)["orderId"]
             print(
                 f"the shop is serving; orders from {example} on\n"
@@ -181,6 +241,7 @@ def run(options: Options) -> int:
                 f"  one order     {url}/aggregates/Order/{example}\n"
                 f"  its saga      {url}/sagas/fulfilment/{example}\n"
                 f"  its trace     {url}/trace/{example}\n"
+                f"{why_cancelled()}\n"
                 "Ctrl-C stops the demo; run it again to go on.",
                 flush=True,
             )
@@ -201,15 +262,18 @@ def run(options: Options) -> int:
                         if status != 202:
                             raise RuntimeError(f"Restock answered {status}: {answer}")
                 state_path.write_text(json.dumps({"next": number}))
-                display.show(number - first, started, lambda: statuses(url))
+                display.show(number - first, started, lambda: counts(url))
                 time.sleep(max(0.0, started + (number - first) * interval - time.monotonic()))
             deadline = time.monotonic() + 120
-            while settled(statuses(url)) < number and not Stop.asked:  # each order so far settled
+            while not Stop.asked:  # each order so far settled, and counted by cause
+                now = counts(url)
+                if settled(now) >= number and consistent(now):
+                    break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"orders still in flight after 120s\n{worker.tail()}")
-                display.show(number - first, started, lambda: statuses(url))
+                display.show(number - first, started, lambda: counts(url))
                 time.sleep(0.2)
-            display.show(number - first, started, lambda: statuses(url), final=True)
+            display.show(number - first, started, lambda: counts(url), final=True)
     except RuntimeError as exc:
         print(f"\nbelvedere demo: {exc}", file=sys.stderr)
         return 1

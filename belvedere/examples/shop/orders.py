@@ -8,8 +8,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import belvedere
-from examples.shop.app import app, order_commands, order_events
-from examples.shop.contracts import (
+from belvedere.examples.shop.app import app, order_commands, order_events
+from belvedere.examples.shop.contracts import (
     CancelOrder,
     ConfirmOrder,
     OrderCancelled,

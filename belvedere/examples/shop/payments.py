@@ -5,8 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 import belvedere
-from examples.shop.app import app, payment_commands, payment_events
-from examples.shop.contracts import (
+from belvedere.examples.shop.app import app, payment_commands, payment_events
+from belvedere.examples.shop.contracts import (
     ChargePayment,
     PaymentCharged,
     PaymentDeclined,

@@ -1,6 +1,6 @@
-"""The shop: the source material's order flow, built with Belvedere.
+"""The shop: an order flow (orders, stock, payments, shipping, email), built with Belvedere.
 
-    belvedere worker examples.shop:app      # every service in one worker
+    belvedere worker belvedere.examples.shop:app      # every service in one worker
     belvedere demo                          # the same, driven by generated orders
 
 Services, one module each: ``orders`` (the Order aggregate, commanded over HTTP),
@@ -10,8 +10,16 @@ subscriber), ``analytics`` (revenue per user, orders per status). ``contracts`` 
 their events and commands, ``app`` the app and its topics.
 """
 
-from examples.shop import analytics, email, fulfilment, inventory, orders, payments, shipping
-from examples.shop.app import app
+from belvedere.examples.shop import (
+    analytics,
+    email,
+    fulfilment,
+    inventory,
+    orders,
+    payments,
+    shipping,
+)
+from belvedere.examples.shop.app import app
 
 __all__ = ["analytics", "app", "email", "fulfilment", "inventory", "orders", "payments", "shipping"]
 

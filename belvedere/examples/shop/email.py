@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from examples.shop.app import app, emails
-from examples.shop.contracts import EmailSent, OrderCancelled, OrderConfirmed
+from belvedere.examples.shop.app import app, emails
+from belvedere.examples.shop.contracts import EmailSent, OrderCancelled, OrderConfirmed
 
 emails_per_user = app.view("emails-per-user", value=int)
 

@@ -4,8 +4,8 @@ event (a fact the fulfilment saga compensates for), not a rejected command."""
 from __future__ import annotations
 
 import belvedere
-from examples.shop.app import app, stock_commands, stock_events
-from examples.shop.contracts import (
+from belvedere.examples.shop.app import app, stock_commands, stock_events
+from belvedere.examples.shop.contracts import (
     ReleaseStock,
     ReserveFailed,
     ReserveStock,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import belvedere
-from examples.shop.contracts import (
+from belvedere.examples.shop.contracts import (
     CancelOrder,
     ChargePayment,
     ConfirmOrder,

@@ -8,8 +8,8 @@ the order. ``GET /sagas/fulfilment/<order id>`` shows where an order's saga is.
 from __future__ import annotations
 
 import belvedere
-from examples.shop.app import app
-from examples.shop.contracts import (
+from belvedere.examples.shop.app import app
+from belvedere.examples.shop.contracts import (
     CancelOrder,
     ChargePayment,
     ConfirmOrder,

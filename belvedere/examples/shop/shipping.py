@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import belvedere
-from examples.shop.app import app, shipping_commands, shipping_events
-from examples.shop.contracts import OrderShipped, ShipOrder
+from belvedere.examples.shop.app import app, shipping_commands, shipping_events
+from belvedere.examples.shop.contracts import OrderShipped, ShipOrder
 
 
 class Shipment(belvedere.Aggregate):
