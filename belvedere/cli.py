@@ -23,6 +23,7 @@ from typing import Any
 from yarl import URL
 
 import belvedere
+from belvedere import datadir
 from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.app import App
 from belvedere.streams.errors import BrokerError, BrokerLocked
@@ -119,6 +120,27 @@ def check_data_dir(app: App) -> None:
             f"the data dir {folder.resolve()} is not writable ({exc.strerror or exc}): pass "
             "a --data-dir (or BELVEDERE_DATA_DIR) this user can create and write"
         ) from None
+
+
+#: The worker's lock on its data dir, held (open) until the process exits.
+_data_dir_lock: int | None = None
+
+
+def _hold_data_dir(app: App) -> int:
+    try:
+        return datadir.hold(Path(app.conf.datadir))
+    except datadir.DataDirInUse as exc:
+        raise UsageError(
+            f"{exc}: another worker runs on this data dir; stop it, or give this one "
+            "another --data-dir"
+        ) from None
+
+
+def _stop_first(what: str, command: str) -> UsageError:
+    return UsageError(
+        f"{what}: stop the workers on this data dir first (belvedere {command} opens "
+        "what they hold), then run it again"
+    )
 
 
 def check_broker(app: App) -> None:
@@ -260,6 +282,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.app}: {exc}") from None
     check_port_free(app.conf.web_bind, app.conf.web_port)
     check_data_dir(app)
+    global _data_dir_lock
+    _data_dir_lock = _hold_data_dir(app)
     check_broker(app)
     tune_gc()
     # Before the worker starts a thread: the helpers' zygote is a copy of this process.
@@ -492,14 +516,17 @@ def _worker_client(app: App, url: str | None = None, timeout: float = 10.0) -> A
 
 
 def _refuse_running_worker(app: App, command: str) -> None:
-    """``reset`` and ``dlq`` on the embedded broker need the log to themselves; ``reset``
-    on Kafka needs the workers stopped too. A worker answering at the app's address
-    says they are not."""
+    """``reset`` needs the workers stopped: a worker of the app answering at its address,
+    or holding its data dir here, says they are not."""
     if _worker_client(app, timeout=2.0).app_id() == app.conf.id:
         raise UsageError(
             f"a worker of {app.conf.id!r} runs at {_worker_url(app)}: stop the workers "
             f"first, then run belvedere {command} again"
         )
+    folder = Path(app.conf.datadir).resolve()
+    pid = datadir.holder(folder)
+    if pid is not None:
+        raise _stop_first(f"the data dir {folder} is in use by process {pid}", command)
 
 
 def _kinds(failures: dict[str, int]) -> str:
@@ -569,10 +596,7 @@ def _broker_call(call: Any, command: str) -> Any:
     try:
         return call()
     except BrokerLocked as exc:
-        raise UsageError(
-            f"{exc}: stop the workers on this data dir first (belvedere {command} opens "
-            "the embedded broker's log itself), then run it again"
-        ) from None
+        raise _stop_first(str(exc), command) from None
     except BrokerError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:

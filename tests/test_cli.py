@@ -228,15 +228,20 @@ def test_every_command_reaches_the_worker_its_flags_name(tmp_path: Path) -> None
                 "workers first, then run belvedere reset again"
             )
 
+        assert one_line_error(run_cli(*reset, env=env)) == (  # its port not given: its data dir
+            f"belvedere: the data dir {data} is in use by process {pid}: stop the workers on "
+            "this data dir first (belvedere reset opens what they hold), then run it again"
+        )
+
         dlq = ("dlq", "list", "tests.apps.ledger:app", f"{name}-movements", "--data-dir", str(data))
         line = one_line_error(run_cli(*dlq, env=env))
         assert f"is in use by process {pid}: stop the workers on this data dir first" in line
 
         second = ("worker", "tests.apps.ledger:app", "--web-port", str(free_port()))
         line = one_line_error(run_cli(*second, "--data-dir", str(data), env=env))
-        assert line.endswith(
-            f"is in use by process {pid}: another worker runs on this data dir; stop it, "
-            "or give this one another --data-dir"
+        assert line == (
+            f"belvedere: the data dir {data} is in use by process {pid}: another worker runs "
+            "on this data dir; stop it, or give this one another --data-dir"
         )
     finally:
         worker.stop()

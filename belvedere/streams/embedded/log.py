@@ -20,8 +20,6 @@ Key layout (``tp`` = topic name, NUL, partition as 4 bytes big-endian):
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +29,7 @@ from typing import ClassVar
 import orjson
 import rocksdict
 
+from belvedere.datadir import lock_holder
 from belvedere.streams.errors import BrokerError, BrokerLocked, TopicMismatch
 from belvedere.streams.rocksdb_scan import scan_prefix
 
@@ -129,27 +128,6 @@ def _decode(topic: str, partition: int, offset: int, data: bytes) -> StoredRecor
     return StoredRecord(topic, partition, offset, ts, key, value, tuple(headers))
 
 
-#: Linux's ``struct flock`` (type, whence, start, len, pid) as ``fcntl(F_GETLK)`` fills it.
-_FLOCK = struct.Struct("hhqqi4x")
-
-
-def lock_holder(path: Path) -> int | None:
-    """The process holding RocksDB's lock on the database at ``path``, so that the user
-    is told which process to stop; None where the system does not say."""
-    try:
-        fd = os.open(path / "LOCK", os.O_RDWR)
-    except OSError:
-        return None
-    try:
-        query = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
-        kind, _, _, _, pid = _FLOCK.unpack(fcntl.fcntl(fd, fcntl.F_GETLK, query))
-    except (OSError, struct.error):
-        return None
-    finally:
-        os.close(fd)
-    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
-
-
 class Log:
     """One durable, partitioned log; one instance per database path in a process.
 
@@ -168,7 +146,7 @@ class Log:
             self._db = rocksdict.Rdict(str(path), options=options)
         except Exception as exc:
             if "lock" in str(exc).lower():
-                pid = lock_holder(path)
+                pid = lock_holder(path / "LOCK")
                 holder = "another process" if pid is None else f"process {pid}"
                 raise BrokerLocked(
                     f"the embedded broker log at {path} is in use by {holder}", pid
