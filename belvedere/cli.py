@@ -122,13 +122,9 @@ def check_data_dir(app: App) -> None:
         ) from None
 
 
-#: The worker's lock on its data dir, held (open) until the process exits.
-_data_dir_lock: int | None = None
-
-
-def _hold_data_dir(app: App) -> int:
+def _hold_data_dir(app: App) -> None:
     try:
-        return datadir.hold(Path(app.conf.datadir))
+        datadir.hold(Path(app.conf.datadir))
     except datadir.DataDirInUse as exc:
         raise UsageError(
             f"{exc}: another worker runs on this data dir; stop it, or give this one "
@@ -282,8 +278,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.app}: {exc}") from None
     check_port_free(app.conf.web_bind, app.conf.web_port)
     check_data_dir(app)
-    global _data_dir_lock
-    _data_dir_lock = _hold_data_dir(app)
+    _hold_data_dir(app)  # until the process exits
     check_broker(app)
     tune_gc()
     # Before the worker starts a thread: the helpers' zygote is a copy of this process.

@@ -51,7 +51,7 @@ def lock_holder(lock_file: Path) -> int | None:
 
 def hold(folder: Path) -> int:
     """Lock ``folder`` for this process until it exits (a POSIX lock: a forked child does
-    not inherit it); returns the open file, which must stay open."""
+    not inherit it); returns the lock file's descriptor, left open: closing it unlocks."""
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
