@@ -547,6 +547,7 @@ class App(faust.App):
                 f"{events.get_topic_name()!r} already holds {taken[events.get_topic_name()]} events"
             )
         view = self.view(f"aggregate-{name}", value=dict, partitions=commands.partitions)
+        view.internal = True
         view.hash_keys_with(commands.partitioner)
         projection = CommandProjection(
             self,
@@ -620,6 +621,7 @@ class App(faust.App):
             partitions,
         )
         view = self.view(f"saga-{name}", value=dict, partitions=partitions)
+        view.internal = True
         projection = self.sagas[name] = SagaProjection(self, saga, sources, view, inbox)
         self.projections.add(projection)
         return projection
@@ -640,6 +642,7 @@ class App(faust.App):
             partitions,
         )
         view = self.view("trace", value=dict, partitions=partitions)
+        view.internal = True
         self.flow_trace = TraceProjection(sources, view, inbox, max_events)
         self.projections.add(self.flow_trace)
         for source in sources:
@@ -665,6 +668,7 @@ class App(faust.App):
                     f"{fn.__qualname__}: {topic.get_topic_name()!r} does not carry {missing}"
                 )
             view = self.view(f"reactor-{name or fn.__name__}", value=dict, key=int)
+            view.internal = True
             self.projections.add(ReactorProjection(topic, view, fn, types))
             self.topics.add(topic)
             return fn

@@ -21,7 +21,7 @@ import aiokafka
 import faust
 import mode
 
-__all__ = ["DETAIL", "StartupFilter", "is_internal_view", "startup_line"]
+__all__ = ["DETAIL", "StartupFilter", "startup_line"]
 
 #: Log records from code in these packages are library chatter below WARNING.
 LIBRARIES = tuple(
@@ -30,14 +30,6 @@ LIBRARIES = tuple(
 
 #: ``extra=`` of Belvedere's own routine per-partition lines, left out like faust's.
 DETAIL = {"detail": True}
-
-#: Views the framework keeps for aggregates, reactors, sagas and traces, not the app's own.
-INTERNAL_PREFIXES = ("aggregate-", "reactor-", "saga-")
-
-
-def is_internal_view(name: str) -> bool:
-    return name.startswith(INTERNAL_PREFIXES) or name == "trace"
-
 
 class StartupFilter(logging.Filter):
     """Drops the libraries' INFO and DEBUG records, and Belvedere's routine ones."""
@@ -51,7 +43,7 @@ class StartupFilter(logging.Filter):
 def startup_line(app: Any) -> str:
     """``shop ready at http://127.0.0.1:6066/ — views: ...; broker: ...; data: ...``"""
     url = str(app.conf.canonical_url).rstrip("/") + "/"
-    views = sorted(name for name in app.views if not is_internal_view(name))
+    views = sorted(name for name, view in app.views.items() if not view.internal)
     return (
         f"{app.conf.id} ready at {url} — views: {', '.join(views) or 'none'}; "
         f"broker: {_broker(app)}; data: {app.conf.datadir}"

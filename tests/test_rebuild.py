@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -174,6 +175,56 @@ def test_rebuild_from_a_timestamp_folds_only_later_events(
     assert cli.returncode == 0, err
     state = ledger.wait_until("/state", lambda s: s["ready"], what="serving")
     assert state["rows"] == new_fold and total_ops(state) == 3_000
+
+
+#: A deadline for each read during a rebuild: generous (the 2 cores are shared), and far
+#: below the whole replay, which every read waited for while the replay never yielded.
+READ_DEADLINE = 2.0
+#: How long a worker told to stop (SIGINT) mid-replay may take to exit.
+STOP_DEADLINE = 15.0
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_an_embedded_rebuild_keeps_reads_the_status_page_and_ctrl_c_responsive(
+    broker: Broker, ledger: Worker, unique_name: str
+) -> None:
+    records, fold = movements(20_000, seed=14)
+    broker.produce(f"{unique_name}-movements", records)
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"] and total_ops(s) == 20_000, what="the fold")
+    assert ledger.stop() == 0
+    ledger.env["LEDGER_BALANCES_BUSY"] = "0.0003"  # a replay of several seconds
+    ledger.start()
+    ledger.wait_until("/state", lambda s: s["ready"], what="serving")
+    assert call(f"{ledger.url}/views/balances/rebuild", "POST", {}).status == 202
+
+    def timed(path: str) -> float:
+        began = time.monotonic()
+        answer = call(ledger.url + path, timeout=60)
+        assert answer.status == 200, (path, answer.status)
+        return time.monotonic() - began
+
+    slowest, done, status = 0.0, [], {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        slowest = max(slowest, timed(f"/views/balances/{sorted(fold)[len(done) % 50]}"), timed("/"))
+        status = ledger.get("/views/balances/rebuild")
+        if status["state"] != "rebuilding" or status["done"] >= status["total"] > 0:
+            break
+        done.append(status["done"])
+        if len({d for d in done if d > 0}) >= 3:  # the progress moved twice
+            break
+    moving = sorted({d for d in done if d > 0})
+    assert len(moving) >= 3 and moving == [d for d in dict.fromkeys(done) if d > 0], done
+    assert status["state"] == "rebuilding", status  # still replaying: stop it now
+    assert slowest < READ_DEADLINE, f"a read took {slowest:.2f}s during the rebuild"
+
+    assert ledger.proc is not None
+    ledger.proc.send_signal(signal.SIGINT)
+    began = time.monotonic()
+    code = ledger.proc.wait(STOP_DEADLINE)  # raises TimeoutExpired past the deadline
+    ledger.proc = None
+    assert code == 0, f"exit {code} after {time.monotonic() - began:.1f}s"
 
 
 def test_rebuild_requests_are_checked(broker: Broker, ledger: Worker, unique_name: str) -> None:

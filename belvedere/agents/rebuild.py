@@ -38,6 +38,7 @@ import inspect
 import logging
 import shutil
 import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from faust.types import TP
@@ -72,6 +73,10 @@ logger = logging.getLogger(__name__)
 #: Seconds between two reads of the control topic, and between two progress reports.
 POLL = 0.2
 REPORT_EVERY = 1.0
+#: Seconds of folding the replay aims at between two turns of the event loop, and the
+#: fewest and most events it folds in one go to get there (it starts at 256).
+SLICE_SECONDS = 0.01
+SLICE_EVENTS = (1, 8192)
 
 
 def _delete(store: Any, directory: Any) -> None:
@@ -143,6 +148,8 @@ class Rebuilder:
         #: Partitions a helper process replays (each one's delegation).
         self._delegated: dict[Slot, _Delegation] = {}
         self._fingerprints: dict[str, str] = {}
+        #: Events the replay folds between two turns of the event loop (see ``_sliced``).
+        self._slice = 256
 
     @property
     def topic(self) -> str:
@@ -623,27 +630,53 @@ class Rebuilder:
             assert self._replay_reader is not None
             read_to = {tp: low for tp, (low, _) in ranges.items()}
             async for tp, batch in self._replay_reader.read(ranges):
-                previous, read_to[tp] = read_to[tp], batch[-1].offset + 1
-                async with engine._lock:
-                    part = parts[tp]
-                    key = slot(part.projection, tp)
-                    if engine._building.get(key) is not part or part.mode != "replaying":
-                        continue  # revoked (or replaced) while it was read
-                    if part.next_offset < previous:
-                        continue  # it missed an earlier batch: read again from it later
-                    view = part.projection.view
-                    with replaying(view.name, part.generation, view.generation):
-                        await engine.fold(part, batch)
-                    now = time.monotonic()
-                    if now - self._last_report.get(tp, 0.0) >= REPORT_EVERY:
-                        self._last_report[tp] = now
-                        await self._progress(part, "replaying", force=True)
+                for piece in self._sliced(batch):
+                    previous, read_to[tp] = read_to[tp], piece[-1].offset + 1
+                    async with engine._lock:
+                        part = parts[tp]
+                        key = slot(part.projection, tp)
+                        if engine._building.get(key) is not part or part.mode != "replaying":
+                            continue  # revoked (or replaced) while it was read
+                        if part.next_offset < previous:
+                            continue  # it missed an earlier batch: read again from it later
+                        view = part.projection.view
+                        began = time.thread_time()  # not the time other processes ran
+                        with replaying(view.name, part.generation, view.generation):
+                            await engine.fold(part, piece)
+                        self._resize(len(piece), time.thread_time() - began)
+                        now = time.monotonic()
+                        ended = read_to[tp] >= ranges[tp][1]  # the next partition's turn
+                        if ended or now - self._last_report.get(tp, 0.0) >= REPORT_EVERY:
+                            self._last_report[tp] = now
+                            await self._progress(part, "replaying", force=True)
+                    # Folding never waits on the embedded broker: let reads, live batches,
+                    # progress polls and a stop have their turn between two slices.
+                    await asyncio.sleep(0)
             async with engine._lock:
                 for tp, (low, high) in ranges.items():
                     part = parts[tp]
                     key = slot(part.projection, tp)
                     if engine._building.get(key) is part and part.next_offset >= low:
                         part.next_offset = max(part.next_offset, high)  # gaps left by compaction
+
+    def _sliced(self, batch: Sequence[Any]) -> Iterator[Sequence[Any]]:
+        start = 0
+        while start < len(batch):
+            end = start + self._slice
+            yield batch[start:end]
+            start = end
+
+    def _resize(self, events: int, seconds: float) -> None:
+        """Fold about SLICE_SECONDS' worth of events next time: handlers differ a thousandfold
+        in cost, and a slow one must not hold the loop for a fixed count's time. Measured in
+        CPU time: on a busy machine wall time would shrink the slices to single events."""
+        if events < self._slice:
+            return  # a batch's tail says little
+        low, high = SLICE_EVENTS
+        if seconds > 2 * SLICE_SECONDS:
+            self._slice = max(low, self._slice // 2)
+        elif seconds < SLICE_SECONDS / 2:
+            self._slice = min(high, self._slice * 2)
 
     async def _next_ranges(self) -> tuple[dict[TP, tuple[int, int]], dict[TP, _Partition]]:
         """What each replaying partition still has to read: up to the live position now.

@@ -131,6 +131,9 @@ class View:
     #: How its keys are hashed to partitions: its source topic's (``crc32`` for a topic
     #: librdkafka producers write), else Kafka's murmur2.
     partitioner: str = "murmur2"
+    #: Made by the framework for an aggregate, a saga, a reactor or the trace, not declared
+    #: by the app: the status page folds these away below the app's own.
+    internal: bool = False
     _codec: KeyCodec = field(init=False, repr=False)
     #: The partitions of this view this worker holds, and where each stands.
     stores: dict[int, PartitionStore] = field(default_factory=dict, init=False, repr=False)

@@ -45,6 +45,7 @@ def local_views(app: Any) -> dict[str, Any]:
     """What this worker holds of each view."""
     now = time.monotonic()
     me = self_url(app)
+    processed = app.projections.events_processed  # as belvedere_events_processed_total
     out = {}
     for name, view in app.views.items():
         out[name] = {
@@ -52,8 +53,21 @@ def local_views(app: Any) -> dict[str, Any]:
                 p: {**_partition(app, view, p, now), "worker": me} for p in sorted(view.status)
             },
             "standbys": {p: {"lag": lag, "worker": me} for p, lag in view.standby_lag.items()},
+            "eventsProcessed": processed.get(name, 0),
         }
     return out
+
+
+def _sources(app: Any, view: View) -> list[str]:
+    projection = app.projections.projections.get(view.name)
+    if projection is None:
+        return []
+    return list(dict.fromkeys(t.get_topic_name() for t in projection.sources))
+
+
+def _summed(values: list[Any]) -> int | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def _state(view: View, partitions: dict[Any, Any], rebuild: dict[str, Any]) -> str:
@@ -85,8 +99,10 @@ async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
     for name, view in sorted(app.views.items()):
         partitions: dict[str, Any] = {}
         standbys: dict[str, list[Any]] = {}
+        processed = 0
         for part in parts.values():
             found = part.get(name, {})
+            processed += found.get("eventsProcessed", 0)
             for p, info in found.get("partitions", {}).items():
                 # during a rebalance two workers may list one partition: keep the serving one
                 if str(p) not in partitions or info["state"] == "serving":
@@ -95,9 +111,15 @@ async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
                 standbys.setdefault(str(p), []).append(info)
         rebuild = app.projections.rebuilds.report(name)
         rows = [p["rows"] for p in partitions.values() if p["rows"] is not None]
+        last = [p["lastEvent"] for p in partitions.values() if p["lastEvent"] is not None]
         views.append(
             {
                 "name": name,
+                "internal": view.internal,
+                "sourceTopics": _sources(app, view),
+                "eventsProcessed": processed,
+                "lastEvent": max(last, default=None),
+                "lag": _summed([p["lag"] for p in partitions.values()]),
                 "generation": view.generation,
                 "state": _state(view, partitions, rebuild),
                 "keyType": view.key_type.__name__,

@@ -1,7 +1,10 @@
 """``GET /``: a status page of the views, their partitions, lag and rebuilds.
 
 One HTML file with its script inline and no build step: it reads ``GET /views`` every
-second and redraws, so it stays current while the worker runs. The page itself is open;
+second and redraws, so it stays current while the worker runs. The app's own views come
+first; those the framework made (``internal``) are folded away, so they do not bury them.
+Event rates are computed in the page from successive polls' ``eventsProcessed``: the
+server keeps no window of its own. The page itself is open;
 where a read token is set, ``GET /views`` answers 401 and the page asks for the token
 once, keeps it in the tab's sessionStorage and sends it as ``Authorization: Bearer``.
 """

@@ -13,6 +13,7 @@ amount fail (a release that fails on events the old one handled), and
 
 import asyncio
 import os
+import time
 
 import faust.web
 import orjson
@@ -91,6 +92,9 @@ calls = {"balances": 0, "notes": 0}
 #: Slow the balances projection down (seconds per event), so a test can kill a rebuild's
 #: replay mid-way.
 BALANCES_DELAY = float(os.environ.get("LEDGER_BALANCES_DELAY", "0"))
+#: Seconds of CPU per deposit, never giving the event loop a turn: a costly fold, so a
+#: test can watch a replay that only yields where the framework makes it.
+BALANCES_BUSY = float(os.environ.get("LEDGER_BALANCES_BUSY", "0"))
 
 
 @app.projection(movements, view=balances)
@@ -99,6 +103,10 @@ class Balances:
         calls["balances"] += 1
         if BALANCES_DELAY:
             await asyncio.sleep(BALANCES_DELAY)
+        if BALANCES_BUSY:
+            until = time.perf_counter() + BALANCES_BUSY
+            while time.perf_counter() < until:
+                pass
         if event.amount == 13:
             raise ValueError("unlucky amount")
         row = view.get(event.account) or Balance(owner=event.owner, balance=0, ops=0)
