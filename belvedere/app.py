@@ -636,7 +636,9 @@ class App(faust.App):
 
         def register(fn: Any) -> Any:
             types = list(event_types) or ReactorProjection.event_types(fn)
-            topic = source or self._topic_carrying(types, fn.__qualname__)
+            topic = source or self._topic_carrying(
+                types, fn.__qualname__, choosing="pass source= to choose one"
+            )
             missing = [t.__name__ for t in types if t not in topic.codec.types.values()]
             if missing:
                 raise TypeError(
@@ -650,16 +652,23 @@ class App(faust.App):
 
         return register
 
-    def _topic_carrying(self, types: Sequence[type[Event]], what: str) -> EventTopic:
+    def _topic_carrying(
+        self, types: Sequence[type[Event]], what: str, *, choosing: str = ""
+    ) -> EventTopic:
+        """The one event topic carrying ``types``; ``choosing`` says how the caller can
+        name one where several do (empty: it cannot, the types must be on one topic)."""
         found = [
             t for t in self.event_topics.values() if all(c in t.codec.types.values() for c in types)
         ]
         if len(found) != 1:
             named = [t.__name__ for t in types]
             where = ", ".join(sorted(t.get_topic_name() for t in found)) or "no event topic"
-            raise LookupError(
-                f"{what}: {named} are carried by {where}; declare the topic first, or pass source="
+            remedy = (
+                "declare the topic carrying them first"
+                if not found
+                else choosing or "each must be carried by one event topic only"
             )
+            raise LookupError(f"{what}: {named} are carried by {where}; {remedy}")
         return found[0]
 
     def command_route(self, name: str) -> CommandProjection | None:

@@ -23,15 +23,17 @@ from typing import Any
 from yarl import URL
 
 import belvedere
+from belvedere import datadir
 from belvedere.agents.engine import StrictStop
 from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.app import App
-from belvedere.streams.errors import BrokerError
+from belvedere.streams.errors import BrokerError, BrokerLocked
 from belvedere.streams.security import SecuritySettingsError
 
 __all__ = ["UsageError", "load_app", "main"]
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # a shell's status for a command killed by SIGPIPE
 KAFKA_SCHEMES = {"kafka", "aiokafka"}
 CONNECT_TIMEOUT = 5.0
 
@@ -46,6 +48,8 @@ def load_app(spec: str) -> App:
     attribute = attribute or "app"
     if not module_name:
         raise UsageError(f"expected MODULE:APP, got {spec!r}")
+    if module_name.endswith(".py"):
+        module_name = _module_of_file(module_name, attribute)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -55,7 +59,9 @@ def load_app(spec: str) -> App:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise UsageError(
-                f"cannot import {module_name!r}: no module named {exc.name!r}"
+                f"cannot import {module_name!r}: no module named {exc.name!r} in the working "
+                f"directory ({os.getcwd()}) nor on sys.path; run belvedere from the folder "
+                "that holds it, or add that folder to PYTHONPATH"
             ) from None
         raise UsageError(f"importing {module_name!r} failed: {_where(exc)}") from None
     except Exception as exc:
@@ -69,6 +75,19 @@ def load_app(spec: str) -> App:
             f"{module_name}:{attribute} is a {type(app).__name__}, not a belvedere.App"
         )
     return app
+
+
+def _module_of_file(path: str, attribute: str) -> str:
+    """``bank.py`` (or ``shop/app.py``) as a module name, for a user who gave a file: the
+    file under the working directory is what they meant."""
+    file = Path(path)
+    dotted = ".".join(file.with_suffix("").parts)
+    if file.is_absolute() or ".." in file.parts or not file.is_file():
+        raise UsageError(
+            f"{path!r} is a file name, but MODULE:APP wants a module: run belvedere from the "
+            f"folder that holds the file and pass {file.stem}:{attribute}"
+        )
+    return dotted
 
 
 def _where(exc: BaseException) -> str:
@@ -89,6 +108,38 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
+def check_data_dir(app: App) -> None:
+    """A data dir this user cannot write would fail deep in RocksDB or pathlib."""
+    folder = Path(app.conf.datadir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".belvedere-write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"the data dir {folder.resolve()} is not writable ({exc.strerror or exc}): pass "
+            "a --data-dir (or BELVEDERE_DATA_DIR) this user can create and write"
+        ) from None
+
+
+def _hold_data_dir(app: App) -> None:
+    try:
+        datadir.hold(Path(app.conf.datadir))
+    except datadir.DataDirInUse as exc:
+        raise UsageError(
+            f"{exc}: another worker runs on this data dir; stop it, or give this one "
+            "another --data-dir"
+        ) from None
+
+
+def _stop_first(what: str, command: str) -> UsageError:
+    return UsageError(
+        f"{what}: stop the workers on this data dir first (belvedere {command} opens "
+        "what they hold), then run it again"
+    )
+
+
 def check_broker(app: App) -> None:
     """Fail fast, in one line, when the broker cannot be used at all."""
     urls: list[URL] = list(app.conf.broker)
@@ -104,9 +155,50 @@ def check_broker(app: App) -> None:
         from belvedere.streams.embedded import Log, log_path
 
         try:
-            Log.acquire(log_path(urls[0], app.conf.datadir)).release()
+            log = Log.acquire(log_path(urls[0], app.conf.datadir))
+            try:
+                _check_partition_counts(app, {n: m.partitions for n, m in log.topics.items()})
+            finally:
+                log.release()
+        except BrokerLocked as exc:
+            raise UsageError(
+                f"{exc}: another worker runs on this data dir; stop it, or give this one "
+                "another --data-dir"
+            ) from None
         except BrokerError as exc:
             raise UsageError(str(exc)) from None
+
+
+def _declared_partitions(app: App) -> dict[str, tuple[int, str, str]]:
+    """Each topic the app reads or keeps a table in (those a worker declares; a topic only
+    published to may have been created on first use, with the default count), with its
+    declared partition count and what declares it. The topics read come first: a changed
+    source is the cause of its views' and tables' changelogs differing too."""
+    default = app.conf.topic_partitions
+    found: dict[str, tuple[int, str, str]] = {}
+    channels = [*app.topics, *(agent.channel for agent in app.agents.values())]
+    for channel in channels:
+        for name in getattr(channel, "topics", ()):
+            found.setdefault(name, (channel.partitions or default, f"topic {name!r}", ""))
+    for table in app.tables.values():
+        name = table.changelog_topic.get_topic_name()
+        found.setdefault(
+            name, (table.partitions or default, f"table {table.name!r}", f" its changelog {name!r}")
+        )
+    return found
+
+
+def _check_partition_counts(app: App, existing: dict[str, int]) -> None:
+    """A topic's partition count cannot change in place: say which declaration changed
+    before the worker starts, rather than exiting later after faust's log of the crash."""
+    for name, (declared, what, which) in _declared_partitions(app).items():
+        has = existing.get(name)
+        if has is not None and has != declared:
+            raise UsageError(
+                f"{what} is declared with {declared} partition(s), but{which} has {has} in "
+                f"the embedded broker at {Path(app.conf.datadir).resolve()}: a topic's partition "
+                f"count cannot change; declare {has} again, or start with an empty --data-dir"
+            )
 
 
 def _check_kafka_reachable(urls: list[URL]) -> None:
@@ -162,18 +254,24 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def _set_reach_env(args: argparse.Namespace) -> None:
+    """The flags every command reaching a worker or its broker shares with ``worker``, as
+    the environment variables the App reads: one command line reaches the same worker."""
     _set_broker_env(args)
     _set_env("BELVEDERE_WEB_PORT", args.web_port)
     _set_env("BELVEDERE_WEB_HOST", args.web_host)
+    _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
+    _set_tls_env(args, "web")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _set_reach_env(args)
     _set_env("BELVEDERE_WEB_ALLOWED_HOSTS", args.web_allowed_hosts)
     _set_env("BELVEDERE_WEB_ALLOWED_ORIGINS", args.web_allowed_origins)
-    _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
     _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
     _set_env("BELVEDERE_STRICT", "1" if args.strict else None)
     _set_env("BELVEDERE_READY_MAX_DEAD_LETTER_RATE", args.ready_max_dead_letter_rate)
     _set_env("BELVEDERE_VERBOSE", "1" if args.verbose else None)
-    _set_tls_env(args, "web")
     for name, *_ in WEB_LIMIT_FLAGS:
         _set_env(f"BELVEDERE_{name.upper()}", getattr(args, name))
     app = load_app(args.app)
@@ -182,6 +280,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"{args.app}: {exc}") from None
     check_port_free(app.conf.web_bind, app.conf.web_port)
+    check_data_dir(app)
+    _hold_data_dir(app)  # until the process exits
     check_broker(app)
     tune_gc()
     # Before the worker starts a thread: the helpers' zygote is a copy of this process.
@@ -201,9 +301,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _load_with_broker(args: argparse.Namespace) -> App:
-    _set_broker_env(args)
-    _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
+    _set_reach_env(args)
     app = load_app(args.app)
+    if app.conf.broker[0].scheme == "embedded":
+        check_data_dir(app)
     if app.conf.broker[0].scheme in KAFKA_SCHEMES:
         check_broker(app)
     return app
@@ -258,7 +359,8 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     _dead_letter_source(app, args.topic)
     name = dead_letter_topic(app.conf.id, args.topic)
     records = _broker_call(
-        lambda: client_for(app.conf.broker, app.conf.datadir, app.broker_security).read(name)
+        lambda: client_for(app.conf.broker, app.conf.datadir, app.broker_security).read(name),
+        "dlq",
     )
     letters = [
         (record, DeadLetter.from_record(record.key, record.value, record.headers))
@@ -293,7 +395,7 @@ def cmd_dlq_replay(args: argparse.Namespace) -> int:
     app = _load_with_broker(args)
     topic = _dead_letter_source(app, args.topic)
     client = client_for(app.conf.broker, app.conf.datadir, app.broker_security)
-    report = _broker_call(lambda: replay(app, topic, client, from_start=args.from_start))
+    report = _broker_call(lambda: replay(app, topic, client, from_start=args.from_start), "dlq")
     for line in report.still_bad:
         print(f"still bad: {line}")
     print(
@@ -307,9 +409,10 @@ def cmd_reset(args: argparse.Namespace) -> int:
     from belvedere.streams.clients import client_for
 
     app = _load_with_broker(args)
+    _refuse_running_worker(app, "reset")
     client = client_for(app.conf.broker, app.conf.datadir, app.broker_security)
     try:
-        report = _broker_call(lambda: reset_view(app, args.view, client))
+        report = _broker_call(lambda: reset_view(app, args.view, client), "reset")
     except LookupError as exc:
         raise UsageError(str(exc.args[0])) from None
     print(
@@ -323,9 +426,9 @@ def cmd_reset(args: argparse.Namespace) -> int:
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from belvedere.agents.rebuild import code_fingerprint
     from belvedere.streams.types import FieldError, timestamp_ms
-    from belvedere.views_api.client import ApiError, WorkerClient
+    from belvedere.views_api.client import ApiError
 
-    _set_tls_env(args, "web")
+    _set_reach_env(args)
     app = load_app(args.app)
     if args.view not in app.views:
         known = ", ".join(sorted(app.views)) or "none"
@@ -335,10 +438,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             timestamp_ms(args.from_timestamp)
         except FieldError as exc:
             raise UsageError(f"--from-timestamp: {exc}") from None
-    url = args.url or f"{app.web_tls.scheme}://{app.conf.web_host}:{app.conf.web_port}"
-    # the admin token opens the read scope too; without one, starting needs loopback only
-    token = app.admin_token or app.read_token or app.api_token
-    client = WorkerClient(url, token, tls=app.web_tls.client_context)
+    client = _worker_client(app, args.url)
     try:
         if args.status:
             print(_progress_line(client.rebuild_status(args.view)))
@@ -385,6 +485,47 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         f"(rebuilt in {time.monotonic() - began:.1f} s){accepted}"
     )
     return 0
+
+
+def _worker_url(app: App) -> str:
+    return f"{app.web_tls.scheme}://{app.conf.web_host}:{app.conf.web_port}"
+
+
+def _worker_client(app: App, url: str | None = None, timeout: float = 10.0) -> Any:
+    """A client of the worker at ``url`` (default: the app's web host and port), which
+    refuses a worker of another app."""
+    from belvedere.views_api.client import WorkerClient
+
+    elsewhere = (
+        f"pass the URL of a worker of {app.conf.id!r}"
+        if url
+        else "pass the --web-port (and --web-host) its workers were started with, "
+        "or set BELVEDERE_WEB_PORT"
+    )
+    # the admin token opens the read scope too; without one, starting needs loopback only
+    token = app.admin_token or app.read_token or app.api_token
+    return WorkerClient(
+        url or _worker_url(app),
+        token,
+        timeout,
+        tls=app.web_tls.client_context,
+        app=app.conf.id,
+        elsewhere=elsewhere,
+    )
+
+
+def _refuse_running_worker(app: App, command: str) -> None:
+    """``reset`` needs the workers stopped: a worker of the app answering at its address,
+    or holding its data dir here, says they are not."""
+    if _worker_client(app, timeout=2.0).app_id() == app.conf.id:
+        raise UsageError(
+            f"a worker of {app.conf.id!r} runs at {_worker_url(app)}: stop the workers "
+            f"first, then run belvedere {command} again"
+        )
+    folder = Path(app.conf.datadir).resolve()
+    pid = datadir.holder(folder)
+    if pid is not None:
+        raise _stop_first(f"the data dir {folder} is in use by process {pid}", command)
 
 
 def _kinds(failures: dict[str, int]) -> str:
@@ -450,9 +591,11 @@ def _progress_line(report: dict[str, Any]) -> str:
     )
 
 
-def _broker_call(call: Any) -> Any:
+def _broker_call(call: Any, command: str) -> Any:
     try:
         return call()
+    except BrokerLocked as exc:
+        raise _stop_first(str(exc), command) from None
     except BrokerError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
@@ -538,6 +681,27 @@ def _web_tls_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> Non
     )
 
 
+def _reach_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> None:
+    """Where a worker serves and what it reads: the same flags (and BELVEDERE_* variables)
+    for ``worker`` and for every command that reaches one, so one set reaches the same."""
+    _broker_arguments(parser)
+    parser.add_argument(
+        "--web-port",
+        type=_port,
+        metavar="N",
+        help="HTTP port (default 6066)" if serving else "the worker's HTTP port (default 6066)",
+    )
+    parser.add_argument(
+        "--web-host",
+        metavar="HOST",
+        help="HTTP host to bind and advertise (default 127.0.0.1)"
+        if serving
+        else "the worker's HTTP host (default 127.0.0.1)",
+    )
+    parser.add_argument("--data-dir", metavar="DIR", help="tables and the embedded broker's log")
+    _web_tls_arguments(parser, serving=serving)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="belvedere",
@@ -552,11 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "app", metavar="MODULE:APP", help="where the belvedere.App is, e.g. shop.app:app"
     )
-    _broker_arguments(worker)
-    worker.add_argument("--web-port", type=_port, metavar="N", help="HTTP port (default 6066)")
-    worker.add_argument(
-        "--web-host", metavar="HOST", help="HTTP host to bind and advertise (default 127.0.0.1)"
-    )
+    _reach_arguments(worker, serving=True)
     worker.add_argument(
         "--web-allowed-hosts",
         metavar="NAMES",
@@ -569,8 +729,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="origins (https://app.example, comma-separated) whose pages may call the API "
         "(CORS) and write to it",
     )
-    worker.add_argument("--data-dir", metavar="DIR", help="tables and the embedded broker's log")
-    _web_tls_arguments(worker, serving=True)
     worker.add_argument(
         "--insecure-open",
         action="store_true",
@@ -634,8 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub, run in ((listing, cmd_dlq_list), (replaying, cmd_dlq_replay)):
         sub.add_argument("app", metavar="MODULE:APP")
         sub.add_argument("topic", metavar="TOPIC")
-        _broker_arguments(sub)
-        sub.add_argument("--data-dir", metavar="DIR")
+        _reach_arguments(sub, serving=False)
         sub.set_defaults(run=run)
 
     reset = commands.add_parser(
@@ -644,8 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("app", metavar="MODULE:APP")
     reset.add_argument("view", metavar="VIEW")
-    _broker_arguments(reset)
-    reset.add_argument("--data-dir", metavar="DIR")
+    _reach_arguments(reset, serving=False)
     reset.set_defaults(run=cmd_reset)
 
     rebuild = commands.add_parser(
@@ -659,10 +815,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="replay source events from T (ms since the epoch, or ISO-8601) instead of the start",
     )
+    _reach_arguments(rebuild, serving=False)
     rebuild.add_argument(
-        "--url", metavar="URL", help="a running worker (default: the app's web host and port)"
+        "--url",
+        metavar="URL",
+        help="a running worker, overriding --web-host and --web-port (default: those)",
     )
-    _web_tls_arguments(rebuild, serving=False)
     rebuild.add_argument("--status", action="store_true", help="show progress; start nothing")
     rebuild.add_argument(
         "--no-wait", action="store_true", help="start it and return without watching"
@@ -717,7 +875,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be caught
+        return status
+    except BrokenPipeError:
+        # the reader stopped (``belvedere dlq list ... | head``): end quietly, as a
+        # command killed by SIGPIPE would, and keep Python from flushing into it again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except UsageError as exc:
         print(f"belvedere: {exc}", file=sys.stderr)
         return EXIT_USAGE

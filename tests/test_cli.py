@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 from belvedere.cli import _progress_line
 from belvedere.streams.embedded import Log
+from belvedere.views_api.identity import APP_HEADER
 from tests.support.worker import REPO, Worker, free_port, run_cli, wait_for
 
 
@@ -31,9 +39,31 @@ def test_help_lists_the_commands() -> None:
     assert "--broker-password" not in worker_help.stdout  # the environment's, never a flag's
 
 
-def test_missing_module(tmp_path: Path) -> None:
+def test_missing_module_names_the_working_directory(tmp_path: Path) -> None:
     line = one_line_error(run_cli("worker", "no_such_module:app", "--data-dir", str(tmp_path)))
     assert "cannot import 'no_such_module'" in line
+    assert f"in the working directory ({REPO})" in line and "PYTHONPATH" in line
+
+
+def test_a_file_name_is_taken_as_its_module(tmp_path: Path) -> None:
+    """``examples/hello/app.py:app`` means ``examples.hello.app:app``; a file that is not
+    there gets the module spelling to use."""
+    result = run_cli("openapi", "examples/hello/app.py:app")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["paths"]
+    line = one_line_error(run_cli("worker", "bank.py:app", "--data-dir", str(tmp_path)))
+    assert "'bank.py' is a file name" in line and "pass bank:app" in line
+
+
+def test_a_data_dir_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"  # a file where a folder is wanted: refused even for root
+    blocker.write_text("")
+    for command in (["worker", "examples.hello.app:app"], ["reset", "tests.apps.ledger:app", "b"]):
+        line = one_line_error(
+            run_cli(*command, "--data-dir", str(blocker / "data"), env={"LEDGER_NAME": "x"})
+        )
+        assert f"the data dir {blocker / 'data'} is not writable" in line
+        assert "pass a --data-dir (or BELVEDERE_DATA_DIR)" in line
 
 
 def test_module_that_fails_to_import_names_the_error(tmp_path: Path) -> None:
@@ -149,29 +179,107 @@ def test_broker_security_mistakes(tmp_path: Path) -> None:
         assert "pw-not-shown" not in line
 
 
-def test_embedded_log_held_by_another_process(tmp_path: Path) -> None:
-    holder = Worker(
-        "examples.hello.app:app", broker_url="embedded://", data_dir=tmp_path / "data", env={}
-    )
-    holder.start()
+def test_every_command_reaches_the_worker_its_flags_name(tmp_path: Path) -> None:
+    """A worker on a port other than the default: ``rebuild``, ``reset`` and ``dlq`` reach it
+    (or its broker) with the flags and variables ``worker`` took, refuse a worker of another
+    app, and say to stop the workers where they need them stopped; a second worker on its
+    data dir is told which process holds it."""
+    name, data = "reach", tmp_path / "data"
+    env = {"LEDGER_NAME": name}
+    worker = Worker("tests.apps.ledger:app", broker_url="embedded://", data_dir=data, env=env)
+    worker.start()
+    port = str(worker.port)
     try:
-        holder.wait_until("/visits/", lambda v: True, what="first worker serving")
-        line = one_line_error(
-            run_cli(
-                "worker",
-                "examples.hello.app:app",
-                "--web-port",
-                str(free_port()),
-                "--data-dir",
-                str(tmp_path / "data"),
+        worker.wait_until("/ready", lambda r: r.get("ready"), what="the worker ready")
+        pid = worker.proc.pid
+        with urllib.request.urlopen(f"{worker.url}/health", timeout=10) as answer:
+            assert answer.headers[APP_HEADER] == name
+            assert json.loads(answer.read())["app"] == name
+        # an index lookup without its value: a JSON 404 saying what is missing
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"{worker.url}/views/balances/by/owner", timeout=10)
+        assert raised.value.code == 404 and raised.value.headers[APP_HEADER] == name
+        assert json.loads(raised.value.read()) == {
+            "error": "not-found",
+            "detail": "an index lookup needs a value: GET /views/balances/by/owner/{value}",
+        }
+
+        status = ("rebuild", "tests.apps.ledger:app", "balances", "--status")
+        by_flag = run_cli(*status, "--web-port", port, env=env)
+        by_env = run_cli(*status, env={**env, "BELVEDERE_WEB_PORT": port})
+        for result in (by_flag, by_env):
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == "view balances: generation 1, no rebuild running\n"
+
+        other = one_line_error(run_cli(*status, "--web-port", port, env={"LEDGER_NAME": "other"}))
+        assert other == (
+            f"belvedere: the worker at http://127.0.0.1:{port} runs app {name!r}, not 'other': "
+            "pass the --web-port (and --web-host) its workers were started with, "
+            "or set BELVEDERE_WEB_PORT"
+        )
+
+        reset = ("reset", "tests.apps.ledger:app", "balances", "--data-dir", str(data))
+        for result in (
+            run_cli(*reset, "--web-port", port, env=env),
+            run_cli(*reset, env={**env, "BELVEDERE_WEB_PORT": port}),
+        ):
+            assert one_line_error(result) == (
+                f"belvedere: a worker of {name!r} runs at http://127.0.0.1:{port}: stop the "
+                "workers first, then run belvedere reset again"
             )
+
+        assert one_line_error(run_cli(*reset, env=env)) == (  # its port not given: its data dir
+            f"belvedere: the data dir {data} is in use by process {pid}: stop the workers on "
+            "this data dir first (belvedere reset opens what they hold), then run it again"
+        )
+
+        dlq = ("dlq", "list", "tests.apps.ledger:app", f"{name}-movements", "--data-dir", str(data))
+        line = one_line_error(run_cli(*dlq, env=env))
+        assert f"is in use by process {pid}: stop the workers on this data dir first" in line
+
+        second = ("worker", "tests.apps.ledger:app", "--web-port", str(free_port()))
+        line = one_line_error(run_cli(*second, "--data-dir", str(data), env=env))
+        assert line == (
+            f"belvedere: the data dir {data} is in use by process {pid}: another worker runs "
+            "on this data dir; stop it, or give this one another --data-dir"
         )
     finally:
-        holder.stop()
-    assert "is in use by another process" in line
+        worker.stop()
+    listed = run_cli(*dlq, env={**env, "BELVEDERE_WEB_PORT": port})
+    assert listed.returncode == 0 and "no dead letters" in listed.stdout, listed.stderr
+    reset_now = run_cli(*reset, "--web-port", port, env=env)
+    assert reset_now.returncode == 0 and "reset view balances" in reset_now.stdout
 
 
-def test_topic_with_another_partition_count_stops_the_worker_with_the_reason(
+def test_a_listing_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    """``belvedere dlq list ... | head``: the reader has gone; no BrokenPipeError."""
+    listing = [
+        "dlq",
+        "list",
+        "tests.apps.ledger:app",
+        "pipe-movements",
+        "--data-dir",
+        str(tmp_path),
+    ]
+    read, write = os.pipe()
+    os.close(read)  # gone before the command writes
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "belvedere.cli", *listing],
+            cwd=REPO,
+            env={**os.environ, "LEDGER_NAME": "pipe"},
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert result.returncode == 141  # as for a command killed by SIGPIPE
+    assert result.stderr == ""
+
+
+def test_topic_with_another_partition_count_is_refused_naming_the_topic(
     tmp_path: Path,
 ) -> None:
     log = Log.acquire(tmp_path / "data" / "broker")
@@ -186,10 +294,10 @@ def test_topic_with_another_partition_count_stops_the_worker_with_the_reason(
         str(tmp_path / "data"),
         env={"COUNTER_NAME": "mismatch"},
     )
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert (
-        last == "belvedere: topic 'mismatch-events' exists with 2 partition(s), but 4 were declared"
+    assert one_line_error(result) == (
+        "belvedere: topic 'mismatch-events' is declared with 4 partition(s), but has 2 in the "
+        f"embedded broker at {tmp_path / 'data'}: a topic's partition count cannot change; "
+        "declare 2 again, or start with an empty --data-dir"
     )
 
 

@@ -84,13 +84,31 @@ def test_fixture_a_payment_timeout_compensates_in_reverse_order() -> None:
 def test_sagas_are_checked_when_declared() -> None:
     with pytest.raises(ValueError, match="distinct names"):
         checkout_app.app.saga("again", start=OrderCreated, steps=[])
-    with pytest.raises(LookupError, match="declare the topic first"):
+    with pytest.raises(LookupError, match="declare the topic carrying them first"):
 
         class Unrouted(belvedere.Event):
             order_id: str
 
         step = belvedere.Step("x", command=lambda s: PayOrder(order_id="o"), done=Unrouted)
         checkout_app.app.saga("unrouted", start=OrderCreated, steps=[step])
+
+
+def test_a_saga_on_an_event_type_two_topics_carry_says_what_to_do() -> None:
+    """A saga has no ``source=`` (its event types come from several topics): the message
+    must not offer one."""
+
+    class Twice(belvedere.Event):
+        order_id: str
+
+    app = belvedere.App("saga-twice")
+    app.event_topic("twice-a", Twice)
+    app.event_topic("twice-b", Twice)
+    step = belvedere.Step("pay", command=lambda s: PayOrder(order_id="o"), done=OrderCreated)
+    with pytest.raises(LookupError) as raised:
+        app.saga("twice", start=Twice, steps=[step])
+    message = str(raised.value)
+    assert "carried by twice-a, twice-b; each must be carried by one event topic only" in message
+    assert "source=" not in message
 
 
 # -- on each broker, a worker killed mid-saga ---------------------------------------------------

@@ -116,6 +116,7 @@ def test_a_write_is_read_back_with_its_token_and_bad_requests_get_json_errors(
         "/views/balances/by/nope/1": (400, "bad-request"),
         f"/views/notes/x?after={token}": (400, "bad-token"),  # names another view's topic
         "/no/such/path": (404, "not-found"),
+        "/views/balances/by/owner": (404, "not-found"),  # the value left out
     }
     for path, (status, kind) in bad.items():
         answer = call(url + path)

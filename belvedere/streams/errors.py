@@ -10,6 +10,10 @@ class BrokerError(Exception):
 class BrokerLocked(BrokerError):
     """Another process holds the embedded broker's log."""
 
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
 
 class BrokerUnreachable(BrokerError):
     """No broker answered at the configured address."""

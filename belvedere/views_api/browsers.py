@@ -48,7 +48,7 @@ ALLOWED_HEADERS = (
 #: Answer headers a page on an allowed origin may read.
 EXPOSED_HEADERS = (
     "X-Request-Id, X-Belvedere-Position, X-Belvedere-Lag, X-Belvedere-Last-Event, "
-    "X-Belvedere-Served-From, X-Belvedere-Generation, X-Belvedere-Worker, Retry-After, "
+    "X-Belvedere-Served-From, X-Belvedere-Generation, X-Belvedere-Worker, X-Belvedere-App, Retry-After, "
     "WWW-Authenticate, Allow"
 )
 PREFLIGHT_MAX_AGE = "600"

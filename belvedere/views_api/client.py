@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from belvedere.views_api.identity import APP_HEADER, wrong_app
+
 __all__ = ["ApiError", "WorkerClient"]
 
 
@@ -27,11 +29,23 @@ class WorkerClient:
         token: str | None = None,
         timeout: float = 10.0,
         tls: ssl.SSLContext | None = None,
+        app: str | None = None,
+        elsewhere: str = "",
     ) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self.tls = tls  # what an https:// worker's certificate is checked against
+        #: The app the worker must run (None: any), and how to reach another worker.
+        self.app = app
+        self.elsewhere = elsewhere
+
+    def _check_app(self, headers: Any) -> None:
+        if self.app is None:
+            return
+        refusal = wrong_app(self.url, self.app, headers.get(APP_HEADER), self.elsewhere)
+        if refusal is not None:
+            raise ApiError(refusal)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         headers = {"Accept": "application/json"}
@@ -45,8 +59,10 @@ class WorkerClient:
             with urllib.request.urlopen(
                 request, timeout=self.timeout, context=self.tls
             ) as response:
+                self._check_app(response.headers)
                 return orjson.loads(response.read())
         except urllib.error.HTTPError as exc:
+            self._check_app(exc.headers)
             try:
                 detail = orjson.loads(exc.read()).get("detail", exc.reason)
             except (orjson.JSONDecodeError, AttributeError):
@@ -57,6 +73,18 @@ class WorkerClient:
             raise ApiError(
                 f"no worker answers at {self.url} ({reason}); is `belvedere worker` running?"
             ) from None
+
+    def app_id(self) -> str | None:
+        """The app the worker runs, by its ``/health``; None if no worker answers."""
+        try:
+            with urllib.request.urlopen(
+                self.url + "/health", timeout=self.timeout, context=self.tls
+            ) as response:
+                return response.headers.get(APP_HEADER)
+        except urllib.error.HTTPError as exc:
+            return exc.headers.get(APP_HEADER)
+        except (urllib.error.URLError, OSError):
+            return None
 
     def start_rebuild(
         self, view: str, from_timestamp: str | None = None, *, accept_failures: bool = False

@@ -47,6 +47,14 @@ def error(
     return json({"error": error, "detail": detail}, status, headers)
 
 
+def _no_route(request: web.Request) -> str:
+    """What a path no route takes is missing, where it can be guessed."""
+    parts = request.path.strip("/").split("/")
+    if len(parts) == 4 and parts[0] == "views" and parts[2] == "by":
+        return f"an index lookup needs a value: GET /views/{parts[1]}/by/{parts[3]}/{{value}}"
+    return f"no route for {request.method} {request.path[:200]}; GET /openapi.json lists them"
+
+
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own errors (an unknown path, a wrong method) and crashes, as JSON."""
@@ -61,6 +69,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         detail = exc.text or exc.reason
         if isinstance(exc, web.HTTPMethodNotAllowed):
             detail = f"{request.method} is not one of {', '.join(sorted(exc.allowed_methods))}"
+        elif isinstance(exc, web.HTTPNotFound) and request.match_info.route.resource is None:
+            detail = _no_route(request)
         return error(exc.status, exc.reason.lower().replace(" ", "-"), detail, kept)
     except ConnectionResetError:  # also aiohttp's ClientConnectionResetError
         logger.debug("%s %s: the client hung up", request.method, request.path)

@@ -17,7 +17,7 @@ __all__ = ["health", "ready"]
 
 
 async def health(app: Any, request: web.Request) -> web.StreamResponse:
-    return json({"status": "ok", "worker": str(app.conf.canonical_url)})
+    return json({"status": "ok", "app": app.conf.id, "worker": str(app.conf.canonical_url)})
 
 
 async def ready(app: Any, request: web.Request) -> web.StreamResponse:

@@ -21,6 +21,7 @@ from belvedere.views_api.dead_letters import list_dead_letters
 from belvedere.views_api.errors import errors_as_json
 from belvedere.views_api.events import publish_events
 from belvedere.views_api.health import health, ready
+from belvedere.views_api.identity import announce_app
 from belvedere.views_api.metrics import metrics, timed
 from belvedere.views_api.openapi import openapi
 from belvedere.views_api.reads import get_row
@@ -74,6 +75,7 @@ def scope_of(method: str, path: str) -> str | None:
 
 def install(app: Any, web_app: web.Application) -> None:
     scopes = {handler.__name__: scope for _, _, handler, scope in ROUTES}
+    announce_app(app, web_app)
     web_app.middlewares.extend([request_ids, timed, errors_as_json])
     web_app.middlewares.append(browser_rules(app, web_app))  # before tokens: preflights
     web_app.middlewares.append(tokens_required(app, scopes))

@@ -29,6 +29,7 @@ from typing import ClassVar
 import orjson
 import rocksdict
 
+from belvedere.datadir import lock_holder
 from belvedere.streams.errors import BrokerError, BrokerLocked, TopicMismatch
 from belvedere.streams.rocksdb_scan import scan_prefix
 
@@ -145,8 +146,10 @@ class Log:
             self._db = rocksdict.Rdict(str(path), options=options)
         except Exception as exc:
             if "lock" in str(exc).lower():
+                pid = lock_holder(path / "LOCK")
+                holder = "another process" if pid is None else f"process {pid}"
                 raise BrokerLocked(
-                    f"the embedded broker log at {path} is in use by another process"
+                    f"the embedded broker log at {path} is in use by {holder}", pid
                 ) from None
             raise BrokerError(f"cannot open the embedded broker log at {path}: {exc}") from exc
         self._write_options = rocksdict.WriteOptions()
