@@ -17,6 +17,7 @@ from belvedere.tables.changes import Checkpoint, Truncated, checkpoints
 from belvedere.views_api.positions import decode_token, encode_token
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import EventStream, call
+from tests.support.metrics import scrape
 from tests.support.worker import Worker, wait_for
 from tests.test_projections import note
 from tests.test_views_api import deposit
@@ -186,8 +187,7 @@ def test_a_feed_after_a_consistency_token_continues_a_scan_exactly(
 
 
 def _metric(worker: Worker, name: str) -> int:
-    text = call(worker.url + "/metrics").raw.decode()
-    return int(next(line for line in text.splitlines() if line.startswith(name + " ")).split()[1])
+    return int(scrape(worker.url)[name])
 
 
 @pytest.mark.parametrize("broker", ["embedded"], indirect=True)

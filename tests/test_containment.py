@@ -16,6 +16,7 @@ from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
 from belvedere.streams.failure_log import FailureLog
 from tests.support.brokers import Broker
 from tests.support.http import Answer, call
+from tests.support.metrics import labelled, scrape
 from tests.support.worker import REPO, Worker, wait_for
 
 BIG = 2**63 - 1  # the largest a field takes; three of them overflow orjson's 64 bits
@@ -212,15 +213,14 @@ def test_a_failing_handler_is_logged_once_with_its_traceback_counted_listed_and_
         what="t4's two good readings",
     )
     readings = f"{name}-readings"
-    series = (
-        f'belvedere_dead_letters_total{{view="totals",topic="{readings}",kind="handler-error"}}'
+    series = labelled(
+        "belvedere_dead_letters_total", view="totals", topic=readings, kind="handler-error"
     )
 
-    def metric() -> str | None:
-        text = call(f"{worker.url}/metrics", headers=TOKEN).raw.decode()
-        return next((line for line in text.splitlines() if line.startswith(series)), None)
+    def metric() -> float | None:
+        return scrape(worker.url, headers=TOKEN).get(series)
 
-    assert wait_for(metric, timeout=60, what=series) == f"{series} 3"
+    assert wait_for(metric, timeout=60, what=series) == 3
     # three dead letters in the last minute (one batch, seconds ago), over the limit of 2:
     # not ready, and why
     unready = call(f"{worker.url}/ready")

@@ -32,6 +32,7 @@ from belvedere.views_api.connections import (
 )
 from belvedere.views_api.errors import errors_as_json
 from tests.support.http import call
+from tests.support.metrics import scrape
 from tests.support.worker import Worker, wait_for
 
 EMBEDDED_ONLY = pytest.mark.parametrize("broker", ["embedded"], indirect=True)
@@ -251,9 +252,7 @@ def test_the_default_connection_cap_leaves_half_the_file_limit() -> None:
 
 def _metric(worker: Worker, name: str) -> int:
     """``belvedere_http_<name>`` from the worker's /metrics."""
-    text = call(worker.url + "/metrics", timeout=5).raw.decode()
-    wanted = f"belvedere_http_{name} "
-    return int(next(line for line in text.splitlines() if line.startswith(wanted)).split()[1])
+    return int(scrape(worker.url, timeout=5)[f"belvedere_http_{name}"])
 
 
 def _file_limit(count: int) -> Callable[[], None]:

@@ -12,12 +12,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from belvedere.streams.clients import Record
 from belvedere.views_api.positions import decode_token, encode_token
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.fuzz import fuzz_spec
 from tests.support.http import Answer, call
+from tests.support.metrics import labelled, samples
 from tests.support.worker import Worker, wait_for
 from tests.test_projections import movements, total_ops
 
@@ -217,7 +219,7 @@ def check_hang_ups(worker: Worker, topic: str) -> None:
     routes = ("/events/{topic}", "/views/{view}/rebuild")
 
     def refused() -> list[float]:
-        found = _metrics(call(worker.url + "/metrics").raw.decode())
+        found = samples(call(worker.url + "/metrics").raw.decode())
         server_errors = [k for k in found if 'method="POST"' in k and 'status="5xx"' in k]
         assert not server_errors, server_errors
         return [
@@ -316,20 +318,34 @@ def test_scans_and_index_lookups_wait_for_a_token_or_answer_504(
         )
 
 
-def _metrics(text: str) -> dict[str, float]:
-    label = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
-    sample = re.compile(
-        rf"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{{{label}(?:,{label})*\}})? "
-        r"(-?[0-9.]+(?:e[+-]?[0-9]+)?|\+Inf|NaN)$"
-    )
+DOCS = Path(__file__).parent.parent / "docs" / "http.md"
+
+
+def documented_metrics() -> dict[str, tuple[str, set[str]]]:
+    """docs/http.md's Metrics table: each family's name, type and labels."""
+    table = DOCS.read_text().split("## Metrics", 1)[1].split("\n\n", 2)[1]
     found = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line:
-            continue
-        match = sample.match(line)
-        assert match, f"not a Prometheus sample line: {line!r}"
-        found[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    for row in table.splitlines()[2:]:
+        names, kind, labels = (cell.strip() for cell in row.strip("|").split("|"))
+        labels = re.sub(r"\([^)]*\)", "", labels)  # what follows a label explains it
+        for name in re.findall(r"`([a-z_]+)`", names):
+            found[name] = (kind.split()[0], set(re.findall(r"`([a-z_]+)`", labels)))
     return found
+
+
+def check_documented_metrics(text: str) -> None:
+    """Each family docs/http.md lists is exposed with its type, its samples with its labels."""
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    documented = documented_metrics()
+    assert len(documented) == 18, documented
+    for name, (kind, labels) in documented.items():
+        family = families[name.removesuffix("_total") if kind == "counter" else name]
+        assert family.type == kind, (name, family.type)
+        assert family.samples or name == "belvedere_dead_letters_total", name  # none here
+        for sample in family.samples:
+            extra = {"le"} if sample.name.endswith("_bucket") else set()
+            assert set(sample.labels) == labels | extra, (name, sample)
+    assert len(families) == len(documented), sorted(set(families) - set(documented))
 
 
 def test_views_health_ready_and_metrics_describe_the_worker(
@@ -358,13 +374,18 @@ def test_views_health_ready_and_metrics_describe_the_worker(
         call(ledger.url + "/views/balances/acct-1")
     metrics = call(ledger.url + "/metrics")
     assert metrics.status == 200 and metrics.headers["Content-Type"].startswith("text/plain")
-    found = _metrics(metrics.raw.decode())
+    check_documented_metrics(metrics.raw.decode())
+    found = samples(metrics.raw.decode())
     assert found['belvedere_events_processed_total{view="balances"}'] == 1_000
-    assert found['belvedere_fold_events_total{view="balances",mode="live"}'] == 1_000
-    assert found['belvedere_fold_seconds_total{view="balances",mode="live"}'] > 0
+    assert found[labelled("belvedere_fold_events_total", view="balances", mode="live")] == 1_000
+    assert found[labelled("belvedere_fold_seconds_total", view="balances", mode="live")] > 0
     assert not [k for k in found if k.startswith("belvedere_fold") and 'mode="rebuild"' in k]
     assert not [k for k in found if k.startswith("belvedere_dead_letters_total")]
-    rows = sum(v for k, v in found.items() if k.startswith('belvedere_view_rows{view="balances"'))
+    rows = sum(
+        v
+        for k, v in found.items()
+        if k.startswith("belvedere_view_rows{") and 'view="balances"' in k
+    )
     assert rows == len(fold)
     reads = 'belvedere_http_request_duration_seconds_count{method="GET",route="/views/{view}/{key}",status="2xx"}'
     assert found[reads] >= 5

@@ -6,7 +6,6 @@ nothing is wrong (the latency targets are bench/http_lookups.py's)."""
 from __future__ import annotations
 
 import os
-import re
 import statistics
 import threading
 import time
@@ -17,9 +16,9 @@ import orjson
 import pytest
 
 from tests.support.brokers import Broker
-from tests.support.http import call
 from tests.support.load import ReadLoad
 from tests.support.long import long_variant
+from tests.support.metrics import scrape
 from tests.support.worker import Worker, wait_for
 from tests.test_projections import movements
 from tests.test_views_api import scan_all
@@ -41,10 +40,9 @@ ROCKSDB_BUDGET_MB = 64
 
 def rocksdb_mb(worker: Worker) -> float:
     """The worker's RocksDB memory (block cache and memtables), from its metrics."""
-    text = call(f"{worker.url}/metrics").raw.decode()
-    found = re.search(r"^belvedere_rocksdb_memory_bytes (\d+)$", text, re.MULTILINE)
-    assert found, text[-500:]
-    return int(found.group(1)) / (1 << 20)
+    found = scrape(worker.url).get("belvedere_rocksdb_memory_bytes")
+    assert found is not None, "no belvedere_rocksdb_memory_bytes"
+    return found / (1 << 20)
 
 
 def rss_mb(pid: int) -> float:
