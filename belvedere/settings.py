@@ -11,8 +11,8 @@ The flags reach the App through :func:`overriding`: ``belvedere`` imports the us
 which builds its App at import time, inside that block, instead of writing the flags into
 ``os.environ`` (where they would outlive the command and reach every child process).
 
-A plain dataclass rather than pydantic-settings: importing this module costs well under a
-millisecond, and ``import belvedere`` stays as fast as it was.
+A plain dataclass rather than pydantic-settings: this module costs about a millisecond to
+import, and ``import belvedere`` (faust, mostly) stays as slow as it was.
 """
 
 from __future__ import annotations
@@ -420,8 +420,7 @@ def resolve(app_id: str, keywords: dict[str, Any], keep: Iterable[str] = ()) -> 
 
 
 def _flag_text(setting: Setting) -> str:
-    if setting.flag is None:
-        return "none"
+    assert setting.flag is not None
     option = setting.flag.option(setting.name)
     return f"{option} {setting.flag.metavar}" if setting.flag.metavar else option
 
@@ -446,12 +445,13 @@ def rst_table() -> str:
 def markdown_table() -> str:
     """The settings table of docs/operations.md."""
     lines = [
-        "| argument | environment | `belvedere worker` flag | default | what |",
+        "| argument | environment | `belvedere worker` flag | default | what it is |",
         "|---|---|---|---|---|",
     ]
     for s in SETTINGS:
-        shown = _flag_text(s)
-        flag_cell = f"`{shown}`" if s.flag else shown
+        flag_cell = f"`{_flag_text(s)}`" if s.flag else "none"
+        if s.flag and s.flag.reach:
+            flag_cell += " (also `rebuild`, `reset`, `dlq`)"
         default = s.default_text.replace("``", "`")
         lines.append(f"| `{s.name}=` | `{s.env}` | {flag_cell} | {default} | {s.help} |")
     return "\n".join(lines) + "\n"
