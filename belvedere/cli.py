@@ -624,7 +624,10 @@ def _setting_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> Non
             continue
         if flag.metavar is None:
             parser.add_argument(
-                flag.option(setting.name), action="store_true", default=None, help=setting.help
+                flag.option(setting.name),
+                action="store_true",
+                default=None,
+                help=f"{setting.help} ({setting.env}=1)",
             )
             continue
         default = setting.default_text.replace("``", "")
@@ -632,7 +635,7 @@ def _setting_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> Non
             flag.option(setting.name),
             metavar=flag.metavar,
             type=_argument_type(flag.type) if flag.type else None,
-            help=f"{setting.help} (default: {default})",
+            help=f"{setting.help} (default: {default}; {setting.env})",
         )
 
 
