@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import operator
-import os
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,6 +13,7 @@ from faust.transport import by_url
 from faust.types.transports import ConductorT, TransportT
 from mode.utils.objects import cached_property
 
+from belvedere import settings
 from belvedere.agents.aggregates import Aggregate
 from belvedere.agents.commands import CommandProjection
 from belvedere.agents.engine import ProjectionEngine
@@ -32,7 +33,6 @@ from belvedere.streams.tap import tapped
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
-from belvedere.views_api.browsers import split_list
 from belvedere.views_api.connections import WebLimits, default_max_connections
 from belvedere.views_api.publishing import Publishing, declared
 from belvedere.views_api.routes import install as install_routes
@@ -44,13 +44,9 @@ __all__ = ["DEFAULT_BROKER", "DEFAULT_WEB_HOST", "DEFAULT_WEB_PORT", "App"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BROKER = "embedded://"
-DEFAULT_WEB_HOST = "127.0.0.1"
-DEFAULT_WEB_PORT = 6066
-#: Seconds without a heartbeat before Kafka gives a worker's partitions to the others
-#: (Kafka's lowest by default, group.min.session.timeout.ms), and between two heartbeats.
-DEFAULT_SESSION_TIMEOUT = 6.0
-DEFAULT_HEARTBEAT_INTERVAL = 0.5
+DEFAULT_BROKER: str = settings.BY_NAME["broker"].default
+DEFAULT_WEB_HOST: str = settings.BY_NAME["web_host"].default
+DEFAULT_WEB_PORT: int = settings.BY_NAME["web_port"].default
 
 
 def _key_function(by: str | Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
@@ -75,53 +71,14 @@ def _event_key(topic: EventTopic) -> Callable[[Any], Any]:
     return key_of
 
 
-def _setting(env: str, argument: Any, default: Any) -> Any:
-    value = os.environ.get(env)
-    if value:
-        return value
-    return default if argument is None else argument
-
-
-def _seconds(name: str, value: Any) -> float:
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = -1.0
-    if not seconds > 0:
-        raise ValueError(f"{name} must be a number of seconds above 0, not {value!r}")
-    return seconds
-
-
-def _flag(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"{name} must be true or false, not {value!r}")
-
-
-def _count(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        count = -1
-    if count < 0:
-        raise ValueError(f"{name} must be a whole number, 0 or more, not {value!r}")
-    return count
-
-
 class App(faust.App):
     """A faust App whose defaults suit a single laptop and scale out to Kafka unchanged.
 
-    Each setting comes from, in order: its ``BELVEDERE_*`` environment variable (which the
-    ``belvedere worker`` flags set), the argument given here, then the default:
+    Each setting (:mod:`belvedere.settings`) comes from, in order: its ``belvedere worker``
+    flag, its ``BELVEDERE_*`` environment variable, the keyword given here, then the default:
 
-    ==============================  ========================================  ===================================
+    {settings}
+
     The ``web_*`` limits and ``max_change_feeds`` bound what HTTP clients may hold of a
     worker (:mod:`belvedere.views_api.connections`): beyond ``web_max_connections`` a new
     connection closes the one idle the longest, and is refused (503) only when all are
@@ -175,85 +132,43 @@ class App(faust.App):
         self,
         id: str,
         *,
-        broker: str | None = None,
-        data_dir: str | os.PathLike[str] | None = None,
-        web_host: str | None = None,
-        web_port: int | None = None,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         checkpoint_interval: float = 0.5,
         checkpoint_events: int = 20_000,
-        admin_token: str | None = None,
-        api_token: str | None = None,
-        read_token: str | None = None,
-        write_token: str | None = None,
-        forward_secret: str | None = None,
-        insecure_open: bool | None = None,
-        broker_ssl_cafile: str | None = None,
-        broker_ssl_certfile: str | None = None,
-        broker_ssl_keyfile: str | None = None,
-        broker_sasl_mechanism: str | None = None,
-        broker_username: str | None = None,
-        broker_password: str | None = None,
-        web_ssl_certfile: str | None = None,
-        web_ssl_keyfile: str | None = None,
-        web_ssl_cafile: str | None = None,
-        rebuild_processes: int | None = None,
-        broker_session_timeout: float | None = None,
-        broker_heartbeat_interval: float | None = None,
-        web_max_connections: int | None = None,
-        web_keepalive_timeout: float | None = None,
-        web_header_timeout: float | None = None,
-        web_body_timeout: float | None = None,
-        max_change_feeds: int | None = None,
-        web_allowed_hosts: str | Sequence[str] | None = None,
-        web_allowed_origins: str | Sequence[str] | None = None,
-        verbose: bool | None = None,
-        strict: bool | None = None,
-        ready_max_dead_letter_rate: int | None = None,
         **options: Any,
     ) -> None:
+        # faust's own settings, kept for faust; Belvedere's are taken out of options
+        given = settings.resolve(id, options, keep=("topic_replication_factor",))
         self.max_event_bytes = max_event_bytes
         #: Stop the worker at the first projection handler error instead of dead-lettering.
-        self.strict: bool = _flag("strict", _setting("BELVEDERE_STRICT", strict, False))
+        self.strict: bool = given["strict"]
         #: Dead letters a minute past which ``/ready`` answers 503 (None: no limit).
-        self.ready_max_dead_letter_rate = _count(
-            "ready_max_dead_letter_rate",
-            _setting("BELVEDERE_READY_MAX_DEAD_LETTER_RATE", ready_max_dead_letter_rate, None),
-        )
+        self.ready_max_dead_letter_rate: int | None = given["ready_max_dead_letter_rate"]
         #: Helper processes a rebuild's replay may use (None: as many as usable cores).
-        self.rebuild_processes = _count(
-            "rebuild_processes",
-            _setting("BELVEDERE_REBUILD_PROCESSES", rebuild_processes, None),
-        )
+        self.rebuild_processes: int | None = given["rebuild_processes"]
         #: Set by ``belvedere worker``: forks the helpers that replay a rebuild.
         self.replay_helpers: ReplayHelpers | None = None
         #: The bearer token of the admin scope (rebuilds); it opens every scope.
-        self.admin_token: str | None = _setting("BELVEDERE_ADMIN_TOKEN", admin_token, None)
+        self.admin_token: str | None = given["admin_token"]
         #: The read and the write token, where those are not set.
-        self.api_token: str | None = _setting("BELVEDERE_API_TOKEN", api_token, None)
+        self.api_token: str | None = given["api_token"]
         #: The bearer token of the read scope.
-        self.read_token: str | None = _setting("BELVEDERE_READ_TOKEN", read_token, None)
+        self.read_token: str | None = given["read_token"]
         #: The bearer token of the write scope (``POST /events``, ``POST /commands``).
-        self.write_token: str | None = _setting("BELVEDERE_WRITE_TOKEN", write_token, None)
+        self.write_token: str | None = given["write_token"]
         #: What workers sign forwarded requests with (None: derived, see ``forward_key``).
-        self.forward_secret: str | None = _setting("BELVEDERE_FORWARD_SECRET", forward_secret, None)
+        self.forward_secret: str | None = given["forward_secret"]
         #: Start on a non-loopback bind even with a scope no token guards.
-        self.insecure_open: bool = _flag(
-            "insecure_open", _setting("BELVEDERE_INSECURE_OPEN", insecure_open, False)
-        )
+        self.insecure_open: bool = given["insecure_open"]
         #: Log faust's and Belvedere's start-up lines too, not only one when serving
         #: (:mod:`belvedere.console`).
-        self.verbose: bool = _flag("verbose", _setting("BELVEDERE_VERBOSE", verbose, False))
+        self.verbose: bool = given["verbose"]
         #: Per event topic name: what ``POST /events`` may publish to it.
         self.http_publishing: dict[str, Publishing] = {}
         #: More names than web_host and loopback that ``Host`` may give (``*``: any).
-        self.web_allowed_hosts = split_list(
-            _setting("BELVEDERE_WEB_ALLOWED_HOSTS", web_allowed_hosts, None)
-        )
+        self.web_allowed_hosts: tuple[str, ...] = given["web_allowed_hosts"]
         #: Origins whose pages may call this worker (CORS), and write to it.
-        self.web_allowed_origins = split_list(
-            _setting("BELVEDERE_WEB_ALLOWED_ORIGINS", web_allowed_origins, None)
-        )
+        self.web_allowed_origins: tuple[str, ...] = given["web_allowed_origins"]
         #: The event topics declared with :meth:`event_topic`, by name.
         self.event_topics: dict[str, EventTopic] = {}
         #: The views declared with :meth:`view`, by name.
@@ -271,12 +186,12 @@ class App(faust.App):
         self.batch_tap: Any = None
         #: TLS and SASL for every Kafka client of this app (faust's and Belvedere's).
         self.broker_security = BrokerSecurity(
-            cafile=_setting("BELVEDERE_BROKER_SSL_CAFILE", broker_ssl_cafile, None),
-            certfile=_setting("BELVEDERE_BROKER_SSL_CERTFILE", broker_ssl_certfile, None),
-            keyfile=_setting("BELVEDERE_BROKER_SSL_KEYFILE", broker_ssl_keyfile, None),
-            mechanism=_setting("BELVEDERE_BROKER_SASL_MECHANISM", broker_sasl_mechanism, None),
-            username=_setting("BELVEDERE_BROKER_USERNAME", broker_username, None),
-            password=_setting("BELVEDERE_BROKER_PASSWORD", broker_password, None),
+            cafile=given["broker_ssl_cafile"],
+            certfile=given["broker_ssl_certfile"],
+            keyfile=given["broker_ssl_keyfile"],
+            mechanism=given["broker_sasl_mechanism"],
+            username=given["broker_username"],
+            password=given["broker_password"],
         )
         if "broker_credentials" in options or "ssl_context" in options:
             raise ValueError(
@@ -284,20 +199,8 @@ class App(faust.App):
                 "broker_credentials or ssl_context: Belvedere's own Kafka clients use them too"
             )
         options["broker_credentials"] = self.broker_security.faust_credentials()
-        session = options["broker_session_timeout"] = _seconds(
-            "broker_session_timeout",
-            _setting(
-                "BELVEDERE_BROKER_SESSION_TIMEOUT", broker_session_timeout, DEFAULT_SESSION_TIMEOUT
-            ),
-        )
-        heartbeat = options["broker_heartbeat_interval"] = _seconds(
-            "broker_heartbeat_interval",
-            _setting(
-                "BELVEDERE_BROKER_HEARTBEAT_INTERVAL",
-                broker_heartbeat_interval,
-                DEFAULT_HEARTBEAT_INTERVAL,
-            ),
-        )
+        session = options["broker_session_timeout"] = given["broker_session_timeout"]
+        heartbeat = options["broker_heartbeat_interval"] = given["broker_heartbeat_interval"]
         if heartbeat >= session:
             raise ValueError(
                 f"broker_heartbeat_interval ({heartbeat:g} s) must be shorter than "
@@ -306,45 +209,25 @@ class App(faust.App):
             )
         #: What HTTP clients may hold of this worker (connections, time, change feeds).
         self.web_limits = WebLimits(
-            max_connections=_count(
-                "web_max_connections",
-                _setting("BELVEDERE_WEB_MAX_CONNECTIONS", web_max_connections, None),
-            )
-            or default_max_connections(),
-            keepalive_timeout=_seconds(
-                "web_keepalive_timeout",
-                _setting("BELVEDERE_WEB_KEEPALIVE_TIMEOUT", web_keepalive_timeout, 30.0),
-            ),
-            header_timeout=_seconds(
-                "web_header_timeout",
-                _setting("BELVEDERE_WEB_HEADER_TIMEOUT", web_header_timeout, 10.0),
-            ),
-            body_timeout=_seconds(
-                "web_body_timeout", _setting("BELVEDERE_WEB_BODY_TIMEOUT", web_body_timeout, 60.0)
-            ),
-            max_change_feeds=_count(
-                "max_change_feeds", _setting("BELVEDERE_MAX_CHANGE_FEEDS", max_change_feeds, None)
-            ),
+            max_connections=given["web_max_connections"] or default_max_connections(),
+            keepalive_timeout=given["web_keepalive_timeout"],
+            header_timeout=given["web_header_timeout"],
+            body_timeout=given["web_body_timeout"],
+            max_change_feeds=given["max_change_feeds"],
         )
-        host = _setting("BELVEDERE_WEB_HOST", web_host, DEFAULT_WEB_HOST)
-        port = int(_setting("BELVEDERE_WEB_PORT", web_port, DEFAULT_WEB_PORT))
+        host, port = given["web_host"], given["web_port"]
         #: HTTPS for the query layer (see :mod:`belvedere.views_api.tls`).
         self.web_tls = WebTLS(
-            certfile=_setting("BELVEDERE_WEB_SSL_CERTFILE", web_ssl_certfile, None),
-            keyfile=_setting("BELVEDERE_WEB_SSL_KEYFILE", web_ssl_keyfile, None),
-            cafile=_setting("BELVEDERE_WEB_SSL_CAFILE", web_ssl_cafile, None),
+            certfile=given["web_ssl_certfile"],
+            keyfile=given["web_ssl_keyfile"],
+            cafile=given["web_ssl_cafile"],
         )
         if self.web_tls.enabled:
             options["web_ssl_context"] = self.web_tls.server_context
             options.setdefault("canonical_url", f"https://{host}:{port}")
         # faust's own setting, for every topic the app creates (changelogs, control topic,
         # dead letters, repartition topics): a replicated cluster wants its copies there too
-        replicas = _count(
-            "topic_replication_factor",
-            _setting(
-                "BELVEDERE_TOPIC_REPLICATION_FACTOR", options.get("topic_replication_factor"), None
-            ),
-        )
+        replicas = given["topic_replication_factor"]
         if replicas:
             options["topic_replication_factor"] = replicas
         options.setdefault("store", "rocksdb://")
@@ -361,8 +244,8 @@ class App(faust.App):
         options.setdefault("Topic", DeadLetteringTopic)
         super().__init__(
             id,
-            broker=_setting("BELVEDERE_BROKER", broker, DEFAULT_BROKER),
-            datadir=str(_setting("BELVEDERE_DATA_DIR", data_dir, f"belvedere-data/{id}")),
+            broker=given["broker"],
+            datadir=given["data_dir"],
             web_host=host,
             web_port=port,
             **options,
@@ -762,3 +645,9 @@ class App(faust.App):
 
     def _new_conductor(self) -> ConductorT:
         return Conductor(app=self, beacon=None)
+
+
+if App.__doc__:  # None under python -OO
+    App.__doc__ = App.__doc__.replace(
+        "{settings}", textwrap.indent(settings.rst_table(), "    ").lstrip()
+    )

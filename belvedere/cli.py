@@ -16,14 +16,14 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from yarl import URL
 
 import belvedere
-from belvedere import datadir
+from belvedere import datadir, settings
 from belvedere.agents.engine import StrictStop
 from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.app import App
@@ -42,8 +42,9 @@ class UsageError(Exception):
     """A mistake in how the command was called; its message is the one line shown."""
 
 
-def load_app(spec: str) -> App:
-    """Import ``MODULE:ATTRIBUTE`` (attribute defaults to ``app``) from the current directory."""
+def load_app(spec: str, flags: Mapping[str, Any] | None = None) -> App:
+    """Import ``MODULE:ATTRIBUTE`` (attribute defaults to ``app``) from the current directory,
+    with the setting ``flags`` given (by setting name) winning while it builds its App."""
     module_name, _, attribute = spec.partition(":")
     attribute = attribute or "app"
     if not module_name:
@@ -53,7 +54,8 @@ def load_app(spec: str) -> App:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        with settings.overriding(flags or {}):
+            module = importlib.import_module(module_name)
     except SecuritySettingsError as exc:
         raise UsageError(str(exc)) from None
     except ModuleNotFoundError as exc:
@@ -213,33 +215,20 @@ def _check_kafka_reachable(urls: list[URL]) -> None:
     raise UsageError(f"cannot reach the Kafka broker at {', '.join(errors)}")
 
 
-def _set_env(name: str, value: object | None) -> None:
-    if value is not None:
-        os.environ[name] = str(value)
+def _given(args: argparse.Namespace, *, reach_only: bool = False) -> dict[str, Any]:
+    """The setting flags given, by setting name: what :func:`load_app` makes win over the
+    environment and the code while the app's module builds its App."""
+    given: dict[str, Any] = {}
+    for setting in settings.SETTINGS:
+        flag = setting.flag
+        if flag is None or (reach_only and not flag.reach):
+            continue
+        value = getattr(args, setting.name, None)
+        if value is not None and flag.path:
+            value = str(Path(value).resolve())
+        given[setting.name] = value
+    return given
 
-
-def _set_tls_env(args: argparse.Namespace, side: str) -> None:
-    """The ``--<side>-ssl-*`` file flags given, as absolute paths in the environment."""
-    for name in ("cafile", "certfile", "keyfile"):
-        path = getattr(args, f"{side}_ssl_{name}", None)
-        _set_env(f"BELVEDERE_{side.upper()}_SSL_{name.upper()}", path and Path(path).resolve())
-
-
-def _set_broker_env(args: argparse.Namespace) -> None:
-    """The broker flags, as the environment variables the App reads (they win over code)."""
-    _set_env("BELVEDERE_BROKER", args.broker)
-    _set_tls_env(args, "broker")
-    _set_env("BELVEDERE_BROKER_SASL_MECHANISM", args.broker_sasl_mechanism)
-
-
-#: What HTTP clients may hold of a worker (belvedere.views_api.server): flag, type, help.
-WEB_LIMIT_FLAGS = [
-    ("web_max_connections", int, "N", "open connections at most (default: half the file limit)"),
-    ("web_keepalive_timeout", float, "SECONDS", "close idle connections after (default 30)"),
-    ("web_header_timeout", float, "SECONDS", "for a request's headers to arrive (default 10)"),
-    ("web_body_timeout", float, "SECONDS", "for a request's body to arrive (default 60)"),
-    ("max_change_feeds", int, "N", "change feeds at once (default: half the connections)"),
-]
 
 #: A young-generation collection after this many new objects instead of Python's 700.
 GC_YOUNG_THRESHOLD = 50_000
@@ -254,27 +243,8 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
 
 
-def _set_reach_env(args: argparse.Namespace) -> None:
-    """The flags every command reaching a worker or its broker shares with ``worker``, as
-    the environment variables the App reads: one command line reaches the same worker."""
-    _set_broker_env(args)
-    _set_env("BELVEDERE_WEB_PORT", args.web_port)
-    _set_env("BELVEDERE_WEB_HOST", args.web_host)
-    _set_env("BELVEDERE_DATA_DIR", args.data_dir and Path(args.data_dir).resolve())
-    _set_tls_env(args, "web")
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
-    _set_reach_env(args)
-    _set_env("BELVEDERE_WEB_ALLOWED_HOSTS", args.web_allowed_hosts)
-    _set_env("BELVEDERE_WEB_ALLOWED_ORIGINS", args.web_allowed_origins)
-    _set_env("BELVEDERE_INSECURE_OPEN", "1" if args.insecure_open else None)
-    _set_env("BELVEDERE_STRICT", "1" if args.strict else None)
-    _set_env("BELVEDERE_READY_MAX_DEAD_LETTER_RATE", args.ready_max_dead_letter_rate)
-    _set_env("BELVEDERE_VERBOSE", "1" if args.verbose else None)
-    for name, *_ in WEB_LIMIT_FLAGS:
-        _set_env(f"BELVEDERE_{name.upper()}", getattr(args, name))
-    app = load_app(args.app)
+    app = load_app(args.app, _given(args))
     try:
         app.check()
     except ValueError as exc:
@@ -301,8 +271,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _load_with_broker(args: argparse.Namespace) -> App:
-    _set_reach_env(args)
-    app = load_app(args.app)
+    app = load_app(args.app, _given(args, reach_only=True))
     if app.conf.broker[0].scheme == "embedded":
         check_data_dir(app)
     if app.conf.broker[0].scheme in KAFKA_SCHEMES:
@@ -428,8 +397,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     from belvedere.streams.types import FieldError, timestamp_ms
     from belvedere.views_api.client import ApiError
 
-    _set_reach_env(args)
-    app = load_app(args.app)
+    app = load_app(args.app, _given(args, reach_only=True))
     if args.view not in app.views:
         known = ", ".join(sorted(app.views)) or "none"
         raise UsageError(f"{app.conf.id} has no view {args.view!r} (its views: {known})")
@@ -602,16 +570,6 @@ def _broker_call(call: Any, command: str) -> Any:
         raise UsageError(f"cannot reach the broker: {exc}") from None
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range: {port}")
-    return port
-
-
 def cmd_openapi(args: argparse.Namespace) -> int:
     import json
 
@@ -643,63 +601,42 @@ def _positive(kind: type) -> Any:
     return parse
 
 
-def _broker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--broker", metavar="URL", help="kafka://host:port, or embedded:// (the default)"
-    )
-    parser.add_argument(
-        "--broker-ssl-cafile",
-        metavar="FILE",
-        help="talk TLS to Kafka, trusting the CA certificates in FILE (PEM)",
-    )
-    parser.add_argument(
-        "--broker-ssl-certfile", metavar="FILE", help="a client certificate, for mutual TLS"
-    )
-    parser.add_argument(
-        "--broker-ssl-keyfile", metavar="FILE", help="its key, if not in the certificate's file"
-    )
-    parser.add_argument(
-        "--broker-sasl-mechanism",
-        metavar="NAME",
-        help="log in to Kafka with PLAIN (over TLS only), SCRAM-SHA-256 or SCRAM-SHA-512, "
-        "as BELVEDERE_BROKER_USERNAME with BELVEDERE_BROKER_PASSWORD",
-    )
+def _argument_type(parse: Any) -> Any:
+    """A setting's flag parser, its ValueError shown as argparse's one line."""
+
+    def argument(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    argument.__name__ = getattr(parse, "__name__", "value")
+    return argument
 
 
-def _web_tls_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> None:
-    if serving:
+def _setting_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> None:
+    """The settings' flags (:mod:`belvedere.settings`): on ``worker`` (``serving``) all of
+    them; on the commands that reach a worker, those that say where it is and its broker,
+    so one set of flags reaches the same worker."""
+    for setting in settings.SETTINGS:
+        flag = setting.flag
+        if flag is None or not (serving or flag.reach):
+            continue
+        if flag.metavar is None:
+            parser.add_argument(
+                flag.option(setting.name),
+                action="store_true",
+                default=None,
+                help=f"{setting.help} ({setting.env}=1)",
+            )
+            continue
+        default = setting.default_text.replace("``", "")
         parser.add_argument(
-            "--web-ssl-certfile",
-            metavar="FILE",
-            help="serve HTTPS with this certificate (PEM; its key too, unless --web-ssl-keyfile)",
+            flag.option(setting.name),
+            metavar=flag.metavar,
+            type=_argument_type(flag.type) if flag.type else None,
+            help=f"{setting.help} (default: {default}; {setting.env})",
         )
-        parser.add_argument("--web-ssl-keyfile", metavar="FILE", help="the certificate's key")
-    parser.add_argument(
-        "--web-ssl-cafile",
-        metavar="FILE",
-        help="the CA certificates (PEM) that workers' HTTPS certificates are checked against",
-    )
-
-
-def _reach_arguments(parser: argparse.ArgumentParser, *, serving: bool) -> None:
-    """Where a worker serves and what it reads: the same flags (and BELVEDERE_* variables)
-    for ``worker`` and for every command that reaches one, so one set reaches the same."""
-    _broker_arguments(parser)
-    parser.add_argument(
-        "--web-port",
-        type=_port,
-        metavar="N",
-        help="HTTP port (default 6066)" if serving else "the worker's HTTP port (default 6066)",
-    )
-    parser.add_argument(
-        "--web-host",
-        metavar="HOST",
-        help="HTTP host to bind and advertise (default 127.0.0.1)"
-        if serving
-        else "the worker's HTTP host (default 127.0.0.1)",
-    )
-    parser.add_argument("--data-dir", metavar="DIR", help="tables and the embedded broker's log")
-    _web_tls_arguments(parser, serving=serving)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -716,46 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "app", metavar="MODULE:APP", help="where the belvedere.App is, e.g. shop.app:app"
     )
-    _reach_arguments(worker, serving=True)
-    worker.add_argument(
-        "--web-allowed-hosts",
-        metavar="NAMES",
-        help="more names (comma-separated; * for any) the Host header may give than the "
-        "advertised host, localhost and IP addresses",
-    )
-    worker.add_argument(
-        "--web-allowed-origins",
-        metavar="ORIGINS",
-        help="origins (https://app.example, comma-separated) whose pages may call the API "
-        "(CORS) and write to it",
-    )
-    worker.add_argument(
-        "--insecure-open",
-        action="store_true",
-        help="serve on a non-loopback --web-host even though some scope has no token "
-        "(BELVEDERE_READ_TOKEN, _WRITE_TOKEN, _ADMIN_TOKEN, or _API_TOKEN for read and write)",
-    )
-    for name, kind, metavar, help in WEB_LIMIT_FLAGS:
-        worker.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=metavar, help=help)
-    worker.add_argument(
-        "--strict",
-        action="store_true",
-        help="for development: stop at the first projection handler error, with its "
-        "traceback, before its event (restarted, the worker folds that event again)",
-    )
-    worker.add_argument(
-        "--ready-max-dead-letter-rate",
-        type=int,
-        metavar="N",
-        help="/ready answers 503 while more than N dead letters a minute are sent",
-    )
+    _setting_arguments(worker, serving=True)
     worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
-    worker.add_argument(
-        "--verbose",
-        action="store_true",
-        help="log faust's start-up and rebalance lines too, at --loglevel (by default one line "
-        "says when the worker serves)",
-    )
     worker.set_defaults(run=cmd_worker)
 
     schema = commands.add_parser(
@@ -792,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub, run in ((listing, cmd_dlq_list), (replaying, cmd_dlq_replay)):
         sub.add_argument("app", metavar="MODULE:APP")
         sub.add_argument("topic", metavar="TOPIC")
-        _reach_arguments(sub, serving=False)
+        _setting_arguments(sub, serving=False)
         sub.set_defaults(run=run)
 
     reset = commands.add_parser(
@@ -801,7 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reset.add_argument("app", metavar="MODULE:APP")
     reset.add_argument("view", metavar="VIEW")
-    _reach_arguments(reset, serving=False)
+    _setting_arguments(reset, serving=False)
     reset.set_defaults(run=cmd_reset)
 
     rebuild = commands.add_parser(
@@ -815,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="replay source events from T (ms since the epoch, or ISO-8601) instead of the start",
     )
-    _reach_arguments(rebuild, serving=False)
+    _setting_arguments(rebuild, serving=False)
     rebuild.add_argument(
         "--url",
         metavar="URL",
@@ -852,7 +751,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker", metavar="URL", help="kafka://host:port, or embedded:// (the default)"
     )
     demo.add_argument("--data-dir", metavar="DIR", default="belvedere-data/shop")
-    demo.add_argument("--web-port", type=_port, metavar="N", default=6066)
+    demo.add_argument(
+        "--web-port", type=_argument_type(settings.port_flag), metavar="N", default=6066
+    )
     demo.add_argument(
         "--orders",
         type=_positive(int),

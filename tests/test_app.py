@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import textwrap
 from pathlib import Path
 
 import faust
@@ -11,6 +13,8 @@ from faust.serializers.codecs import get_codec
 from faust.transport import by_url
 
 import belvedere
+from belvedere import settings
+from belvedere.cli import load_app
 from belvedere.streams.embedded import Transport
 
 
@@ -238,3 +242,34 @@ def test_a_topic_declares_its_producers_partitioner_and_its_views_follow_it() ->
     commands = app.event_topic("commands", Place, partitions=4)
     with pytest.raises(ValueError, match="must hash keys alike"):
         app.aggregate(Order, events=crc, commands=commands)
+
+
+def test_the_settings_table_in_docs_is_the_one_the_declarations_give() -> None:
+    """docs/operations.md's settings table is generated: if this fails, regenerate it with
+    python -c 'from belvedere.settings import markdown_table; print(markdown_table())'."""
+    text = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    section = text.split("\n## Settings\n", 1)[1]
+    table = "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
+    assert table == settings.markdown_table()
+    assert textwrap.indent(settings.rst_table(), "    ").strip() in (belvedere.App.__doc__ or "")
+
+
+def test_a_flag_wins_over_the_environment_which_wins_over_the_keyword(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI hands its flags to the App being imported without writing os.environ."""
+    (tmp_path / "flagged_app.py").write_text(
+        "import belvedere\napp = belvedere.App('flagged', web_port=7000, strict=False)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("BELVEDERE_WEB_PORT", "7001")
+    monkeypatch.delenv("BELVEDERE_STRICT", raising=False)
+    before = dict(os.environ)
+    app = load_app("flagged_app:app", {"web_port": 7002, "strict": True, "web_host": None})
+    assert (app.conf.web_port, app.strict, app.conf.web_host) == (7002, True, "127.0.0.1")
+    assert dict(os.environ) == before
+    assert belvedere.App("flagged").conf.web_port == 7001  # the flags were for that import only
+    monkeypatch.delenv("BELVEDERE_WEB_PORT")
+    assert belvedere.App("flagged", web_port=7000).conf.web_port == 7000
+    with pytest.raises(ValueError, match=r"web_port must be a port number .*'http'"):
+        belvedere.App("flagged", web_port="http")

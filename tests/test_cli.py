@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from belvedere.cli import _progress_line
+from belvedere import settings
+from belvedere.cli import _progress_line, build_parser
 from belvedere.streams.embedded import Log
 from belvedere.views_api.identity import APP_HEADER
 from tests.support.worker import REPO, Worker, free_port, run_cli, wait_for
@@ -37,6 +38,22 @@ def test_help_lists_the_commands() -> None:
     for flag in ("--broker", "--web-port", "--data-dir", "MODULE:APP", "--broker-ssl-cafile"):
         assert flag in worker_help.stdout
     assert "--broker-password" not in worker_help.stdout  # the environment's, never a flag's
+
+
+def test_the_flags_are_the_declared_settings_and_a_bad_one_is_one_line() -> None:
+    parser = build_parser()
+    for setting in settings.SETTINGS:
+        if setting.flag is None:
+            continue
+        option = setting.flag.option(setting.name)
+        worker = parser.parse_args(
+            ["worker", "m:app", option, *(["1"] * bool(setting.flag.metavar))]
+        )
+        assert getattr(worker, setting.name) is not None, option
+        rebuild = parser.parse_known_args(["rebuild", "m:app", "v", option, "1"])[0]
+        assert (getattr(rebuild, setting.name, None) is not None) == setting.flag.reach, option
+    line = one_line_error(run_cli("worker", "examples.hello.app:app", "--web-body-timeout", "0"))
+    assert "web_body_timeout must be a number of seconds above 0, not 0.0" in line
 
 
 def test_missing_module_names_the_working_directory(tmp_path: Path) -> None:
