@@ -42,6 +42,9 @@ class UsageError(Exception):
     """A mistake in how the command was called; its message is the one line shown."""
 
 
+_MISSING = object()
+
+
 def load_app(spec: str, flags: Mapping[str, Any] | None = None) -> App:
     """Import ``MODULE:ATTRIBUTE`` (attribute defaults to ``app``) from the current directory,
     with the setting ``flags`` given (by setting name) winning while it builds its App."""
@@ -56,6 +59,8 @@ def load_app(spec: str, flags: Mapping[str, Any] | None = None) -> App:
     try:
         with settings.overriding(flags or {}):
             module = importlib.import_module(module_name)
+            # in the block too: a module may build its App when the attribute is first read
+            app = getattr(module, attribute, _MISSING)
     except SecuritySettingsError as exc:
         raise UsageError(str(exc)) from None
     except ModuleNotFoundError as exc:
@@ -68,10 +73,8 @@ def load_app(spec: str, flags: Mapping[str, Any] | None = None) -> App:
         raise UsageError(f"importing {module_name!r} failed: {_where(exc)}") from None
     except Exception as exc:
         raise UsageError(f"importing {module_name!r} failed: {_where(exc)}") from None
-    try:
-        app = getattr(module, attribute)
-    except AttributeError:
-        raise UsageError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if app is _MISSING:
+        raise UsageError(f"module {module_name!r} has no attribute {attribute!r}")
     if not isinstance(app, App):
         raise UsageError(
             f"{module_name}:{attribute} is a {type(app).__name__}, not a belvedere.App"

@@ -14,7 +14,7 @@ from faust.transport import by_url
 
 import belvedere
 from belvedere import settings
-from belvedere.cli import load_app
+from belvedere.cli import UsageError, load_app
 from belvedere.streams.embedded import Transport
 
 
@@ -273,3 +273,22 @@ def test_a_flag_wins_over_the_environment_which_wins_over_the_keyword(
     assert belvedere.App("flagged", web_port=7000).conf.web_port == 7000
     with pytest.raises(ValueError, match=r"web_port must be a port number .*'http'"):
         belvedere.App("flagged", web_port="http")
+
+
+def test_flags_reach_an_app_the_module_builds_when_it_is_first_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module may build its App lazily (a module ``__getattr__``, as bench/ does): the
+    flags must reach it too, not only an App built while the module is imported."""
+    (tmp_path / "lazy_app.py").write_text(
+        "import belvedere\n\n"
+        "def __getattr__(name):\n"
+        "    if name != 'app':\n"
+        "        raise AttributeError(name)\n"
+        "    return belvedere.App('lazy')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("BELVEDERE_WEB_PORT", raising=False)
+    assert load_app("lazy_app:app", {"web_port": 7003}).conf.web_port == 7003
+    with pytest.raises(UsageError, match="has no attribute 'other'"):
+        load_app("lazy_app:other")
