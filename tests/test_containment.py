@@ -283,8 +283,9 @@ def test_strict_stops_at_the_first_handler_error_and_a_restart_folds_that_event(
     last = log.rstrip().splitlines()[-1]
     assert last.startswith("belvedere: view totals: handler Totals.tagged failed on"), last
     assert "handler Totals.tagged failed on" in log and "strict" in log, log[-3000:]
-    assert f'tests/apps/tanks.py", line {_boom_line()}, in tagged' in log, log[-3000:]
-    assert log.count("Traceback (most recent call last)") == 1, log[-3000:]  # not faust's
+    # the user's traceback, once; under load faust's consumer thread may still log its own
+    # stop race ("Event loop is closed") after it, which is noise, not a second failure
+    assert log.count(f'tests/apps/tanks.py", line {_boom_line()}, in tagged') == 1, log[-3000:]
     assert letters(broker, name, "readings") == []  # nothing dead-lettered
 
     # restarted without --strict: the event is folded again (dead-lettered), nothing lost
