@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import operator
 import textwrap
@@ -97,7 +98,7 @@ class App(faust.App):
 
     Tables default to RocksDB (``store="rocksdb://"``) under the data dir. JSON goes
     through orjson (faust's codec picks it up when installed, and Belvedere requires it).
-    Any other faust setting is passed through. ``max_event_bytes`` bounds an event's size
+    Any other faust setting is passed through; a keyword neither knows raises TypeError. ``max_event_bytes`` bounds an event's size
     on event topics (larger ones go to the dead letters). Projections write a checkpoint
     (state, changelog, offsets) every ``checkpoint_interval`` seconds or
     ``checkpoint_events`` events per partition, whichever comes first: views lag their
@@ -242,6 +243,9 @@ class App(faust.App):
         options.setdefault("Worker", Worker)
         # faust drops what it cannot deserialize on an app.topic and stops its agent
         options.setdefault("Topic", DeadLetteringTopic)
+        problem = settings.unknown(options, _FAUST_KEYWORDS)
+        if problem:
+            raise TypeError(problem)
         super().__init__(
             id,
             broker=given["broker"],
@@ -646,6 +650,24 @@ class App(faust.App):
     def _new_conductor(self) -> ConductorT:
         return Conductor(app=self, beacon=None)
 
+
+#: What faust.App takes besides Belvedere's settings: its own settings and constructor keywords.
+_FAUST_KEYWORDS = frozenset(faust.types.settings.Settings.SETTINGS) | {
+    name
+    for name, parameter in inspect.signature(faust.App.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+}
+
+
+def _signature() -> inspect.Signature:
+    own = inspect.signature(App.__init__)
+    parameters = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    return own.replace(
+        parameters=[*parameters, *settings.keyword_parameters(), own.parameters["options"]]
+    )
+
+
+App.__init__.__signature__ = _signature()  # type: ignore[attr-defined]
 
 if App.__doc__:  # None under python -OO
     App.__doc__ = App.__doc__.replace(

@@ -17,8 +17,10 @@ import, and ``import belvedere`` (faust, mostly) stays as slow as it was.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +30,13 @@ __all__ = ["SETTINGS", "Flag", "Setting", "markdown_table", "overriding", "resol
 ENV_PREFIX = "BELVEDERE_"
 
 
-def text(name: str, value: Any) -> Any:
+def text(name: str, value: Any) -> str | None:
     """Any value, as given (file paths, tokens, URLs)."""
     return value
+
+
+def path(name: str, value: Any) -> str:
+    return str(value)
 
 
 def seconds(name: str, value: Any) -> float:
@@ -76,7 +82,7 @@ def port(name: str, value: Any) -> int:
     return number
 
 
-def names(name: str, value: Any) -> tuple[str, ...]:
+def names(name: str, value: Any) -> Sequence[str]:
     """Comma-separated text, or a list, without blanks."""
     if value is None:
         return ()
@@ -131,6 +137,11 @@ class Setting:
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
 
+    @property
+    def annotation(self) -> str:
+        """The type a keyword takes, as the parser's return annotation writes it."""
+        return str(inspect.signature(self.parse).return_annotation)
+
     def value(self, keyword: Any, app_id: str) -> Any:
         given = _overrides.get(self.name)
         if given is None:
@@ -156,7 +167,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "data_dir",
-        lambda name, value: str(value),
+        path,
         lambda app_id: f"belvedere-data/{app_id}",
         "``belvedere-data/<id>``",
         "tables and the embedded broker's log",
@@ -417,6 +428,30 @@ def resolve(app_id: str, keywords: dict[str, Any], keep: Iterable[str] = ()) -> 
         )
         for s in SETTINGS
     }
+
+
+def keyword_parameters() -> list[inspect.Parameter]:
+    """Every setting as a keyword-only parameter (None: the environment or the default),
+    for the signature help() and editors' completion show of ``App``."""
+    return [
+        inspect.Parameter(
+            s.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=s.annotation if s.annotation.endswith("None") else f"{s.annotation} | None",
+        )
+        for s in SETTINGS
+    ]
+
+
+def unknown(keywords: Iterable[str], known: Iterable[str]) -> str | None:
+    """The line a misspelt keyword gets (faust passes unknown ones over in silence)."""
+    names = sorted(set(keywords) - set(known))
+    if not names:
+        return None
+    close = difflib.get_close_matches(names[0], [*known, *BY_NAME], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"App() got an unexpected keyword argument {names[0]!r}{hint}"
 
 
 def _flag_text(setting: Setting) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import textwrap
 from pathlib import Path
@@ -292,3 +293,15 @@ def test_flags_reach_an_app_the_module_builds_when_it_is_first_read(
     assert load_app("lazy_app:app", {"web_port": 7003}).conf.web_port == 7003
     with pytest.raises(UsageError, match="has no attribute 'other'"):
         load_app("lazy_app:other")
+
+
+def test_a_misspelt_keyword_is_refused_with_the_name_it_was_close_to() -> None:
+    """faust takes unknown keywords and ignores them: a typo would silently keep a default."""
+    with pytest.raises(TypeError, match=r"'web_prot' \(did you mean 'web_port'\?\)"):
+        belvedere.App("shop", web_prot=7000)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'colour'$"):
+        belvedere.App("shop", colour="blue")
+    parameters = inspect.signature(belvedere.App).parameters
+    assert {s.name for s in settings.SETTINGS} <= set(parameters)
+    assert parameters["web_port"].annotation == "int | None"
+    assert parameters["rebuild_processes"].annotation == "int | None"
