@@ -162,7 +162,6 @@ class Aggregate:
         return aggregate
 
 
-@dataclass(frozen=True)
 def codec_of(cls: type[Aggregate]) -> Codec:
     """The codec of an aggregate class's state, made on first use (a module function: a
     method would share the namespace of the user's fields)."""
@@ -172,6 +171,7 @@ def codec_of(cls: type[Aggregate]) -> Codec:
     return codec
 
 
+@dataclass(frozen=True)
 class CommandHandler:
     fn: Callable[[Any, Any], Any]
     is_async: bool
