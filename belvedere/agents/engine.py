@@ -22,10 +22,11 @@ A crash anywhere repeats at most the unfinished batch, whose offsets the store s
 view is the fold of every event exactly once. On assignment each partition is restored
 from its changelog first (see :mod:`belvedere.tables.changelog`).
 
-Which partitions are folded here, in which generation, is :mod:`belvedere.agents.partitions`'.
-A view being rebuilt has a second partition there per source partition, for its new
-generation: :mod:`belvedere.agents.rebuild` replays history into it, and once it has caught
-up, the live batches here are folded into both generations until the switch.
+The partitions folded here, and in which generation, are kept by
+:mod:`belvedere.agents.partitions`. A view being rebuilt has a second partition there per
+source partition, for its new generation: :mod:`belvedere.agents.rebuild` replays history
+into it, and once it has caught up, the live batches here are folded into both generations
+until the switch.
 """
 
 from __future__ import annotations
