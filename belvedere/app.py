@@ -475,7 +475,7 @@ class App(faust.App):
         saga = Saga(name, start, steps, on_failure, on_success)
         sources: list[EventTopic] = []
         for cls in saga.event_types:
-            topic = self._topic_carrying([cls], f"saga {name!r}")
+            topic = self.topic_carrying([cls], f"saga {name!r}")
             if topic not in sources:
                 sources.append(topic)
                 self.topics.add(topic)
@@ -523,7 +523,7 @@ class App(faust.App):
 
         def register(fn: Any) -> Any:
             types = list(event_types) or ReactorProjection.event_types(fn)
-            topic = source or self._topic_carrying(
+            topic = source or self.topic_carrying(
                 types, fn.__qualname__, choosing="pass source= to choose one"
             )
             missing = [t.__name__ for t in types if t not in topic.codec.types.values()]
@@ -539,7 +539,7 @@ class App(faust.App):
 
         return register
 
-    def _topic_carrying(
+    def topic_carrying(
         self, types: Sequence[type[Event]], what: str, *, choosing: str = ""
     ) -> EventTopic:
         """The one event topic carrying ``types``; ``choosing`` says how the caller can

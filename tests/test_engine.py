@@ -11,8 +11,7 @@ import pytest
 from faust.types import TP
 
 import belvedere
-from belvedere.agents.engine import _Partition
-from belvedere.agents.projection import Projection
+from belvedere.agents.projection import PartitionState, Projection
 from belvedere.agents.replay_processes import can_replay_elsewhere
 from belvedere.streams.context import replaying
 from belvedere.tables.store import PartitionStore, StoreBudget
@@ -54,7 +53,7 @@ def test_a_fold_cancelled_inside_an_async_handler_keeps_none_of_that_events_writ
     projection = app.projections.projections["totals"]
     tp = TP("payments", 0)
     store = PartitionStore(tmp_path / "0.db", StoreBudget(8 << 20, 8 << 20))
-    part = _Partition(projection, tp, store, 1, 1, PartitionStatus())
+    part = PartitionState(projection, tp, store, 1, 1, PartitionStatus())
 
     async def main() -> None:
         fold = asyncio.ensure_future(app.projections.fold(part, [record(0, 5), record(1, 50)]))
@@ -92,7 +91,7 @@ def test_a_replay_helper_stops_at_a_handler_reading_a_view_it_does_not_serve(
     limits.partitions = 1
     tp = TP("payments", 0)
     store = PartitionStore(tmp_path / "0.db", StoreBudget(8 << 20, 8 << 20))
-    part = _Partition(projection, tp, store, 1, 1, PartitionStatus())
+    part = PartitionState(projection, tp, store, 1, 1, PartitionStatus())
     part.mode = "replaying"
 
     records = [record(offset, amount) for offset, amount in enumerate([5, 50, 7])]

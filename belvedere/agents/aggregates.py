@@ -36,6 +36,7 @@ __all__ = [
     "Rejected",
     "Reply",
     "annotated_types",
+    "codec_of",
     "decide",
 ]
 
@@ -124,13 +125,6 @@ class Aggregate:
         aggregate.version = 0
         return aggregate
 
-    @classmethod
-    def _codec(cls) -> Codec:
-        codec = cls.__dict__.get("__belvedere_codec__")
-        if codec is None:
-            codec = cls.__belvedere_codec__ = Codec(cls)  # type: ignore[arg-type]
-        return codec
-
     def apply(self, event: Event) -> None:
         """Fold one more event into the state; the version counts every event."""
         cls = type(self)
@@ -145,13 +139,13 @@ class Aggregate:
         """The state as JSON-ready data (camelCase keys), as stored in its snapshot; its
         fields checked first (TypeError), so that what is stored can be loaded again (a
         level summed past 64 bits would otherwise make every later command fail)."""
-        codec = type(self)._codec()
+        codec = codec_of(type(self))
         codec.check(self)  # type: ignore[arg-type]
         return codec.encode(self)  # type: ignore[arg-type]
 
     @classmethod
     def from_data(cls, aggregate_id: str, version: int, data: Any) -> Aggregate:
-        aggregate = cls._codec().decode(data)
+        aggregate = codec_of(cls).decode(data)
         aggregate.id = aggregate_id  # type: ignore[attr-defined]
         aggregate.version = version  # type: ignore[attr-defined]
         return aggregate  # type: ignore[return-value]
@@ -166,6 +160,15 @@ class Aggregate:
         for event in events:
             aggregate.apply(event)
         return aggregate
+
+
+def codec_of(cls: type[Aggregate]) -> Codec:
+    """The codec of an aggregate class's state, made on first use (a module function: a
+    method would share the namespace of the user's fields)."""
+    codec = cls.__dict__.get("__belvedere_codec__")
+    if codec is None:
+        codec = cls.__belvedere_codec__ = Codec(cls)  # type: ignore[arg-type]
+    return codec
 
 
 @dataclass(frozen=True)

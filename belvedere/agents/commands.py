@@ -41,7 +41,7 @@ from faust.types import TP
 
 from belvedere.agents.aggregates import Aggregate, CommandHandler, annotated_types, decide
 from belvedere.agents.engine import send_all
-from belvedere.agents.projection import Handler, Projection
+from belvedere.agents.projection import Handler, PartitionState, Projection
 from belvedere.streams.envelope import BadEvent, new_meta
 from belvedere.streams.readers import PartitionReader
 from belvedere.streams.records import Command
@@ -240,7 +240,7 @@ class CommandProjection(Projection):
             "commands": commands,
         }
 
-    async def before_checkpoint(self, part: Any) -> None:
+    async def before_checkpoint(self, part: PartitionState) -> None:
         """Append the decided events; their offsets go into the rows and outcomes."""
         unsent = self._unsent.pop(part.tp.partition, None)
         if not unsent:
@@ -260,13 +260,13 @@ class CommandProjection(Projection):
             txn[item.aggregate_id] = row
         part.origins[(topic, partition)] = sent[-1] + 1
 
-    def after_checkpoint(self, part: Any) -> None:
+    def after_checkpoint(self, part: PartitionState) -> None:
         for command_id, outcome in self._untold.pop(part.tp.partition, ()):
             for waiter in self._waiters.pop(command_id, ()):
                 if not waiter.done():
                     waiter.set_result(outcome)
 
-    async def after_restore(self, part: Any, reader: PartitionReader) -> bool:
+    async def after_restore(self, part: PartitionState, reader: PartitionReader) -> bool:
         """Fold events the last checkpoint did not record (a crash after appending them)."""
         self._unsent.pop(part.tp.partition, None)
         self._untold.pop(part.tp.partition, None)
@@ -288,7 +288,7 @@ class CommandProjection(Projection):
         )  # fmt: skip
         return True
 
-    def _refold(self, part: Any, txn: Any, record: Any) -> None:
+    def _refold(self, part: PartitionState, txn: Any, record: Any) -> None:
         try:
             event = self.events.codec.decode(record.value, headers=record.headers)
         except BadEvent as exc:

@@ -22,9 +22,11 @@ A crash anywhere repeats at most the unfinished batch, whose offsets the store s
 view is the fold of every event exactly once. On assignment each partition is restored
 from its changelog first (see :mod:`belvedere.tables.changelog`).
 
-A view being rebuilt has a second partition object per source partition, for its new
-generation: :mod:`belvedere.agents.rebuild` replays history into it, and once it has caught
-up, the live batches here are folded into both generations until the switch.
+The partitions folded here, and in which generation, are kept by
+:mod:`belvedere.agents.partitions`. A view being rebuilt has a second partition there per
+source partition, for its new generation: :mod:`belvedere.agents.rebuild` replays history
+into it, and once it has caught up, the live batches here are folded into both generations
+until the switch.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,9 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.types import TP
 from mode import Service
 
-from belvedere.agents.projection import Projection, Slot, slot
+from belvedere.agents.engine_surface import Decode
+from belvedere.agents.partitions import Partitions
+from belvedere.agents.projection import PartitionState, Projection, slot
 from belvedere.agents.rebuild import Rebuilder
 from belvedere.agents.standby import Standbys
 from belvedere.console import DETAIL
@@ -62,7 +66,7 @@ from belvedere.streams.transactions import (
 from belvedere.tables.changelog import CHANGELOG_CONFIG, changelog_records
 from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore, StoreBudget
-from belvedere.tables.transaction import PartitionTransaction, UnencodableState, WrongPartition
+from belvedere.tables.transaction import UnencodableState, WrongPartition
 from belvedere.tables.view import PartitionStatus
 
 __all__ = ["HEADER_ORIGIN", "ProjectionEngine", "StrictStop", "origin_of", "send_all"]
@@ -80,9 +84,6 @@ def _decode(codec: Any, record: Any) -> Any:
         timestamp=record.timestamp / 1000.0,
         source=f"{record.topic}-{record.partition}-{record.offset}",
     )
-
-
-Decode = Callable[[Any], Any]
 
 
 def _decoder(codec: Any, shared: bool) -> Decode:
@@ -206,51 +207,6 @@ async def _send_in_batches(
     return offsets
 
 
-class _Partition:
-    """One source partition's projection into one generation of its view."""
-
-    def __init__(
-        self,
-        projection: Projection,
-        tp: TP,
-        store: PartitionStore,
-        partitions: int,
-        generation: int,
-        status: PartitionStatus,
-    ) -> None:
-        self.projection = projection
-        self.tp = tp
-        self.store = store
-        self.generation = generation
-        self.changelog = projection.view.changelog_topic_for(generation)
-        self.status = status
-        #: live (the served generation) | replaying | following (a generation being built)
-        self.mode = "live"
-        #: A replay's first offset (log start or timestamp), where it resumed, and when.
-        self.positioned = False
-        self.replay_start = self.replay_from = 0
-        self.replay_began = 0.0
-        self.txn = PartitionTransaction(projection.view, store, tp.partition, partitions)
-        offsets = store.source_offsets()
-        self.next_offset = offsets.pop((tp.topic, tp.partition), 0)
-        #: For a repartitioned view: next offset to apply per original source partition.
-        self.origins: dict[tuple[str, int], int] = offsets
-        self.sought = False
-        #: Set when its transaction failed (fenced): dropped, nothing more is written.
-        self.fenced = False
-        #: Events applied since the last checkpoint, and when that was.
-        self.dirty = 0
-        #: A read waits for this partition's position: checkpoint at once (checkpoint_soon).
-        self.hurry = False
-        self.flushed_at = time.monotonic()
-        #: The timestamp (ms) of the last event applied.
-        self.last_event_ms: int | None = None
-        status.positions = self.offsets()
-
-    def offsets(self) -> dict[tuple[str, int], int]:
-        return {**self.origins, (self.tp.topic, self.tp.partition): self.next_offset}
-
-
 class ProjectionEngine(Service):
     """Runs every projection of an app on the partitions this worker is assigned."""
 
@@ -263,17 +219,14 @@ class ProjectionEngine(Service):
         self._rekeys: dict[str, list[Projection]] = {}
         #: Every topic a projection reads, by name (for its codec).
         self._topics: dict[str, Any] = {}
-        #: Each (view, source partition) served here.
-        self._active: dict[Slot, _Partition] = {}
-        #: Partitions of a generation being rebuilt, next to their live ones in ``_active``.
-        self._building: dict[Slot, _Partition] = {}
+        #: Each (view, source partition) folded here, in its generations.
+        self.partitions = Partitions(self.checkpoint)
         #: How far re-keying got in source partitions that no projection folds directly.
         self._rekeyed: dict[TP, int] = {}
         self.rebuilds = Rebuilder(self)
         #: Changelog topics already declared by this worker.
         self._declared: set[str] = set()
         self.standbys = Standbys(self)
-        self._lock = asyncio.Lock()
         self._reader: PartitionReader | None = None
         self._requests_reader: PartitionReader | None = None
         #: Source events applied (or dead-lettered) per view, since the worker started.
@@ -288,12 +241,15 @@ class ProjectionEngine(Service):
         self._hurry = asyncio.Event()
         #: Where changelogs are written: the app's producer, or a replay helper's own.
         self.changelog_producer: Any = None
-        #: Live source partitions' transactional producers (Kafka only).
-        self.transactions: Transactions | None = None
         #: Handler errors that stop the fold instead of dead-lettering the event (a replay
         #: helper's: what it cannot do, the worker can).
         self.fatal_handler_errors: tuple[type[BaseException], ...] = ()
         super().__init__(**kwargs)
+
+    @property
+    def transactions(self) -> Transactions | None:
+        """Live source partitions' transactional producers (Kafka only)."""
+        return self.partitions.transactions
 
     def add(self, projection: Projection) -> None:
         """Several projections may read one topic: each folds it into its own view."""
@@ -343,7 +299,7 @@ class ProjectionEngine(Service):
         self._reader = reader_for(self.app)
         await self._reader.connect()  # ahead of the first restore, which a rebalance waits on
         if self.app.conf.broker[0].scheme != "embedded":
-            self.transactions = Transactions(self.app)
+            self.partitions.transactions = Transactions(self.app)
         helpers = self.app.replay_helpers
         if helpers is not None:
             logger.info(
@@ -371,11 +327,8 @@ class ProjectionEngine(Service):
         self._declared.add(name)
 
     async def on_stop(self) -> None:
-        async with self._lock:
-            for part in [*self._active.values(), *self._building.values()]:
-                part.store.close()
-            self._active.clear()
-            self._building.clear()
+        async with self.partitions.lock:
+            self.partitions.close()
             for reader in (self._reader, self._requests_reader):
                 if reader is not None:
                     await reader.close()
@@ -400,20 +353,17 @@ class ProjectionEngine(Service):
         except Exception:  # no consumer yet
             return False
         return all(
-            slot(projection, tp) in self._active
+            slot(projection, tp) in self.partitions.active
             for tp in assigned
             for projection in self.projections_of(tp.topic)
         )
 
-    def _parts(self) -> list[_Partition]:
-        return [*self._active.values(), *self._building.values()]
-
     async def flush(self) -> None:
         """Checkpoint every partition with applied events (the consumer is stopping)."""
-        async with self._lock:
-            for part in self._parts():
+        async with self.partitions.lock:
+            for part in self.partitions.all():
                 if part.dirty:
-                    await self._checkpoint(part)
+                    await self.checkpoint(part)
 
     @Service.task
     async def _control(self) -> None:
@@ -437,21 +387,21 @@ class ProjectionEngine(Service):
                 await asyncio.wait_for(self._hurry.wait(), interval / 2)
             hurried = self._hurry.is_set()
             self._hurry.clear()
-            if self._lock.locked() and not hurried:
+            if self.partitions.lock.locked() and not hurried:
                 continue
-            async with self._lock:
+            async with self.partitions.lock:
                 now = time.monotonic()
                 if now - ticked >= interval / 2:
                     ticked = now
-                    for part in list(self._active.values()):
+                    for part in list(self.partitions.active.values()):
                         await self._tick(part)
-                for part in self._parts():
+                for part in self.partitions.all():
                     if part.dirty and (
                         part.projection.eager or part.hurry or now - part.flushed_at >= interval
                     ):
-                        await self._checkpoint(part)
+                        await self.checkpoint(part)
 
-    async def _tick(self, part: _Partition) -> None:
+    async def _tick(self, part: PartitionState) -> None:
         """A timer's writes, in a savepoint like an event's: one that cannot be stored is
         undone and logged, and the partition goes on."""
         txn = part.txn
@@ -471,7 +421,7 @@ class ProjectionEngine(Service):
         checkpoint it as soon as it has applied anything new, instead of at the end of
         ``checkpoint_interval``, so read-after-write takes a fetch and a checkpoint, not
         half a second."""
-        for part in self._active.values():
+        for part in self.partitions.active.values():
             if part.tp.partition == partition and part.projection.view.name == view:
                 part.hurry = True
                 self._hurry.set()
@@ -482,20 +432,21 @@ class ProjectionEngine(Service):
     # -- rebalancing --------------------------------------------------------------------------
 
     async def _on_revoked(self, sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-        async with self._lock:
+        partitions = self.partitions
+        async with partitions.lock:
             await self.rebuilds.revoked(revoked)
             for tp in revoked:
                 self._rekeyed.pop(tp, None)
-                for parts, projection in (
-                    (parts, projection)
-                    for parts in (self._building, self._active)
+                for take, projection in (
+                    (take, projection)
+                    for take in (partitions.abandon, partitions.withdraw)
                     for projection in self.projections_of(tp.topic)
                 ):
-                    part = parts.pop(slot(projection, tp), None)
+                    part = take(slot(projection, tp))
                     if part is None:
                         continue
                     if part.dirty:
-                        await self._checkpoint(part)
+                        await self.checkpoint(part)
                     if part.fenced:
                         continue  # dropped already
                     if part.mode == "live":
@@ -507,12 +458,12 @@ class ProjectionEngine(Service):
                 await self.transactions.close(revoked)
 
     async def _on_assigned(self, sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-        async with self._lock:
+        async with self.partitions.lock:
             new = [
                 (projection, tp)
                 for tp in sorted(assigned)
                 for projection in self.projections_of(tp.topic)
-                if slot(projection, tp) not in self._active
+                if slot(projection, tp) not in self.partitions.active
             ]
             if self.transactions is not None:  # fences their last owners, before the restore
                 await self.transactions.open({tp for _, tp in new})
@@ -533,26 +484,14 @@ class ProjectionEngine(Service):
                 building = []
                 for part in await self.restore(entries):
                     if part.generation == part.projection.view.generation:
-                        self._serve(part)
+                        self.partitions.serve(part)
                     else:
                         building.append(part)
                 await self.rebuilds.replay_parts(building)
 
-    def _serve(self, part: _Partition) -> None:
-        view, partition = part.projection.view, part.tp.partition
-        view.stores[partition] = part.store
-        view.status[partition] = part.status
-        part.status.state = "serving"
-        old = self._active.get(slot(part.projection, part.tp))
-        self._active[slot(part.projection, part.tp)] = part
-        if old is not None and old.changelog != part.changelog and self.transactions:
-            producer = self.transactions.get(part.tp)  # a rebuild's switch: the old retires
-            if producer is not None:
-                producer.forget(old.changelog)
-
     async def restore(
         self, entries: Sequence[tuple[Projection, TP, int, PartitionStatus]]
-    ) -> list[_Partition]:
+    ) -> list[PartitionState]:
         """Bring each (source partition, generation)'s view partition up to its changelog,
         all of them in one pass."""
         assert self.budget is not None
@@ -588,14 +527,14 @@ class ProjectionEngine(Service):
             pending = set(store.pending_keys())
             undone = restorer.finish() - pending
             repair = undone | pending
-            part = _Partition(projection, tp, store, view.partitions or 1, generation, status)
+            part = PartitionState(projection, tp, store, view.partitions or 1, generation, status)
             if undone:  # values readers of the changelog already had
                 rows = {key: store.get(key) for key in undone}
                 await self._write_changelog(part, rows, repair=True)
             if pending:  # values the changelog never completed
                 await self._write_changelog(part, {key: store.get(key) for key in pending})
             if await projection.after_restore(part, reader):
-                await self._checkpoint(part)
+                await self.checkpoint(part)
                 if part.fenced:
                     continue
             parts.append(part)
@@ -612,16 +551,18 @@ class ProjectionEngine(Service):
         return tp.topic in self._by_topic or tp.topic in self._rekeys
 
     async def on_batch(self, batches: Mapping[TP, Sequence[Any]]) -> None:
-        async with self._lock:
+        partitions = self.partitions
+        async with partitions.lock:
+            served, built = partitions.active, partitions.building
             for tp, records in batches.items():
                 rekeys = self._rekeys.get(tp.topic, [])
                 folds = self.projections_of(tp.topic)
                 readers = [*folds, *rekeys]
-                rebuilding = any(slot(p, tp) in self._building for p in folds)
+                rebuilding = any(slot(p, tp) in built for p in folds)
                 decode = _decoder(self._topics[tp.topic].codec, len(readers) > 1 or rebuilding)
                 for projection in rekeys:
                     await self._rekey(projection, tp, records, decode)
-                parts = [self._active.get(slot(projection, tp)) for projection in folds]
+                parts = [served.get(slot(projection, tp)) for projection in folds]
                 if not all(parts):
                     # Fetched before its restore started (or after a revoke): read it again later.
                     if tp in self.app.consumer.assignment():
@@ -635,11 +576,11 @@ class ProjectionEngine(Service):
                 for projection, part in zip(folds, parts, strict=True):
                     assert part is not None
                     await self._process(part, records, decode)
-                    building = self._building.get(slot(projection, tp))
+                    building = built.get(slot(projection, tp))
                     if building is not None and building.mode == "following":
                         await self.rebuilds.follow(building, records, part.next_offset, decode)
 
-    async def _process(self, part: _Partition, records: Sequence[Any], decode: Decode) -> None:
+    async def _process(self, part: PartitionState, records: Sequence[Any], decode: Decode) -> None:
         first = records[0].offset
         if first > part.next_offset and not part.sought:
             # The broker's committed offset ran ahead of the store's (e.g. a restore from an
@@ -651,7 +592,7 @@ class ProjectionEngine(Service):
         await self.fold(part, records, decode)
 
     async def fold(
-        self, part: _Partition, records: Sequence[Any], decode: Decode | None = None
+        self, part: PartitionState, records: Sequence[Any], decode: Decode | None = None
     ) -> None:
         """Apply ``records`` (in offset order) to ``part``, checkpointing as they go, and
         count the time it took (``/metrics``: what a rebuild's replay costs per event
@@ -678,7 +619,9 @@ class ProjectionEngine(Service):
         self.fold_seconds[key] = self.fold_seconds.get(key, 0.0) + seconds
         self.fold_events[key] = self.fold_events.get(key, 0) + events
 
-    async def _fold(self, part: _Partition, records: Sequence[Any], decode: Decode | None) -> None:
+    async def _fold(
+        self, part: PartitionState, records: Sequence[Any], decode: Decode | None
+    ) -> None:
         if part.fenced:
             return
         live = part.mode == "live"
@@ -693,11 +636,11 @@ class ProjectionEngine(Service):
             if i & 255 == 255 and part.dirty:
                 if live and self.app.rebalancing:
                     # Let the rebalance have the partition: keep what is done, fetch the rest again.
-                    await self._checkpoint(part)
+                    await self.checkpoint(part)
                     await self.app.consumer.seek(part.tp, part.next_offset)
                     return
                 if self._due(part):
-                    await self._checkpoint(part)
+                    await self.checkpoint(part)
                     if part.fenced:
                         return
             offset = record.offset
@@ -769,9 +712,9 @@ class ProjectionEngine(Service):
         if records:
             part.last_event_ms = records[-1].timestamp
         if part.dirty and self._due(part):
-            await self._checkpoint(part)
+            await self.checkpoint(part)
 
-    def _due(self, part: _Partition) -> bool:
+    def _due(self, part: PartitionState) -> bool:
         return (
             part.projection.eager
             or part.hurry
@@ -846,7 +789,10 @@ class ProjectionEngine(Service):
         ]
         await asyncio.gather(*futures)
 
-    async def _checkpoint(self, part: _Partition) -> None:
+    async def checkpoint(self, part: PartitionState) -> None:
+        """Make what ``part`` applied durable: its store, its changelog and, for a live
+        partition, the group's offset (on Kafka, one transaction with its source's other
+        views)."""
         if part.fenced:
             return
         producer = self._transaction(part)
@@ -871,13 +817,13 @@ class ProjectionEngine(Service):
             return  # the live generation's offsets are the group's
         await self._commit(part.tp)
 
-    def _transaction(self, part: _Partition) -> PartitionProducer | None:
+    def _transaction(self, part: PartitionState) -> PartitionProducer | None:
         if self.transactions is None or part.mode != "live":
             return None
         return self.transactions.get(part.tp)
 
     async def _checkpoint_in_transaction(
-        self, part: _Partition, producer: PartitionProducer
+        self, part: PartitionState, producer: PartitionProducer
     ) -> None:
         """Checkpoint ``part`` and every other view folded from its source partition in one
         transaction (what their handlers published is in it already); write the stores once
@@ -886,7 +832,7 @@ class ProjectionEngine(Service):
         parts = [part] + [
             other
             for projection in self.projections_of(tp.topic)
-            if (other := self._active.get(slot(projection, tp))) not in (None, part)
+            if (other := self.partitions.active.get(slot(projection, tp))) not in (None, part)
         ]
         done = []
         with producing(producer):
@@ -910,7 +856,7 @@ class ProjectionEngine(Service):
             self._checkpointed(each, offsets)
             each.projection.after_checkpoint(each)
 
-    def _checkpointed(self, part: _Partition, offsets: dict[tuple[str, int], int]) -> None:
+    def _checkpointed(self, part: PartitionState, offsets: dict[tuple[str, int], int]) -> None:
         view = part.projection.view
         if part.mode == "live":
             self.events_processed[view.name] = self.events_processed.get(view.name, 0) + part.dirty
@@ -922,16 +868,16 @@ class ProjectionEngine(Service):
         part.hurry = False
         part.flushed_at = time.monotonic()
 
-    def _drop_fenced(self, part: _Partition, exc: Fenced) -> None:
+    def _drop_fenced(self, part: PartitionState, exc: Fenced) -> None:
         """Forget ``part``'s source partition here, in memory, unwritten: another worker has
         it (or will fold it again from the last commit)."""
         tp = part.tp
         dropped = [part] + [
             other
             for projection in self.projections_of(tp.topic)
-            if (other := self._active.pop(slot(projection, tp), None)) not in (None, part)
+            if (other := self.partitions.withdraw(slot(projection, tp))) not in (None, part)
         ]
-        self._active.pop(slot(part.projection, tp), None)
+        self.partitions.withdraw(part.slot)
         for each in dropped:
             if each.fenced:
                 continue
@@ -953,7 +899,7 @@ class ProjectionEngine(Service):
         done = [
             part.next_offset
             for projection in self.projections_of(tp.topic)
-            if (part := self._active.get(slot(projection, tp))) is not None
+            if (part := self.partitions.active.get(slot(projection, tp))) is not None
         ]
         if tp in self._rekeyed:
             done.append(self._rekeyed[tp])
@@ -965,7 +911,7 @@ class ProjectionEngine(Service):
             logger.warning("committing %s failed: %r", tp, exc)
 
     async def _write_changelog(
-        self, part: _Partition, rows: Mapping[bytes, bytes | None], *, repair: bool = False
+        self, part: PartitionState, rows: Mapping[bytes, bytes | None], *, repair: bool = False
     ) -> None:
         records = changelog_records(rows, part.offsets(), repair=repair)
         producer = self.app.producer if self.changelog_producer is None else self.changelog_producer

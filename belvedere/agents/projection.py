@@ -12,27 +12,32 @@ events it handles is read from its ``event`` parameter's annotation (or given wi
     class OrderStatus:
         def created(self, view, event: OrderCreated): ...
         async def paid(self, view, event: OrderPaid): ...
+
+A projection folds each source partition assigned to the worker into one partition of its
+view, once per generation of the view (two while it is rebuilt): a ``PartitionState``,
+which the projection's hooks receive.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from faust.types import TP
 
+from belvedere.streams.readers import PartitionReader
 from belvedere.streams.records import Event
 from belvedere.streams.topics import EventTopic
-from belvedere.tables.view import View
+from belvedere.tables.store import PartitionStore
+from belvedere.tables.transaction import PartitionTransaction
+from belvedere.tables.view import PartitionStatus, View
 
-if TYPE_CHECKING:
-    from belvedere.streams.readers import PartitionReader
-
-__all__ = ["Handler", "Projection", "by_correlation"]
+__all__ = ["Handler", "PartitionState", "Projection", "Slot", "by_correlation", "slot"]
 
 
 @dataclass(frozen=True)
@@ -81,22 +86,22 @@ class Projection:
     async def on_start(self) -> None:
         """Called when the worker starts, before any partition is assigned."""
 
-    async def after_restore(self, part: Any, reader: PartitionReader) -> bool:
+    async def after_restore(self, part: PartitionState, reader: PartitionReader) -> bool:
         """Called once a partition is restored, before its first batch; True if it
         changed the partition's state (the engine then checkpoints it)."""
         return False
 
-    async def before_checkpoint(self, part: Any) -> None:
+    async def before_checkpoint(self, part: PartitionState) -> None:
         """Called before a checkpoint of ``part`` is written."""
 
-    def after_checkpoint(self, part: Any) -> None:
+    def after_checkpoint(self, part: PartitionState) -> None:
         """Called once a checkpoint of ``part`` is durable (local and changelog)."""
 
     @property
     def sources(self) -> tuple[EventTopic, ...]:
         return (self.source, *self.more_sources)
 
-    async def on_tick(self, part: Any) -> None:
+    async def on_tick(self, part: PartitionState) -> None:
         """Called every quarter of the checkpoint interval for each served partition, under
         the engine's lock (a timer may change the partition's state here)."""
 
@@ -154,3 +159,54 @@ Slot = tuple[str, TP]
 
 def slot(projection: Projection, tp: TP) -> Slot:
     return (projection.view.name, tp)
+
+
+class PartitionState:
+    """One source partition's projection into one generation of its view: its store, its
+    open transaction and where it got. The engine's fold, checkpoints and rebuilds change
+    it, under :class:`belvedere.agents.partitions.Partitions`' lock."""
+
+    def __init__(
+        self,
+        projection: Projection,
+        tp: TP,
+        store: PartitionStore,
+        partitions: int,
+        generation: int,
+        status: PartitionStatus,
+    ) -> None:
+        self.projection = projection
+        self.tp = tp
+        self.store = store
+        self.generation = generation
+        self.changelog = projection.view.changelog_topic_for(generation)
+        self.status = status
+        #: live (the served generation) | replaying | following (a generation being built)
+        self.mode = "live"
+        #: A replay's first offset (log start or timestamp), where it resumed, and when.
+        self.positioned = False
+        self.replay_start = self.replay_from = 0
+        self.replay_began = 0.0
+        self.txn = PartitionTransaction(projection.view, store, tp.partition, partitions)
+        offsets = store.source_offsets()
+        self.next_offset = offsets.pop((tp.topic, tp.partition), 0)
+        #: For a repartitioned view: next offset to apply per original source partition.
+        self.origins: dict[tuple[str, int], int] = offsets
+        self.sought = False
+        #: Set when its transaction failed (fenced): dropped, nothing more is written.
+        self.fenced = False
+        #: Events applied since the last checkpoint, and when that was.
+        self.dirty = 0
+        #: A read waits for this partition's position: checkpoint at once (checkpoint_soon).
+        self.hurry = False
+        self.flushed_at = time.monotonic()
+        #: The timestamp (ms) of the last event applied.
+        self.last_event_ms: int | None = None
+        status.positions = self.offsets()
+
+    @property
+    def slot(self) -> Slot:
+        return (self.projection.view.name, self.tp)
+
+    def offsets(self) -> dict[tuple[str, int], int]:
+        return {**self.origins, (self.tp.topic, self.tp.partition): self.next_offset}

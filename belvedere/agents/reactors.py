@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from belvedere.agents.aggregates import annotated_types
-from belvedere.agents.projection import Handler, Projection
+from belvedere.agents.projection import Handler, PartitionState, Projection
 from belvedere.streams.context import caused_by
 from belvedere.streams.records import Event
 from belvedere.streams.topics import EventTopic
@@ -64,7 +64,7 @@ class ReactorProjection(Projection):
                 await result
         self.handled[txn.partition] = self.handled.get(txn.partition, 0) + 1
 
-    async def before_checkpoint(self, part: Any) -> None:
+    async def before_checkpoint(self, part: PartitionState) -> None:
         # A row per checkpoint, so that the changelog carries the source offset to
         # whichever worker has the partition next.
         part.txn.put_local(part.tp.partition, {"handled": self.handled.get(part.tp.partition, 0)})

@@ -39,11 +39,12 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.types import TP
 
-from belvedere.agents.projection import Slot, slot
+from belvedere.agents.engine_surface import Decode, EngineSurface
+from belvedere.agents.projection import PartitionState, Slot, slot
 from belvedere.agents.replay_processes import (
     Replayed,
     ReplayHelpers,
@@ -62,9 +63,6 @@ from belvedere.tables.generations import (
     part_key,
 )
 from belvedere.tables.view import PartitionStatus
-
-if TYPE_CHECKING:
-    from belvedere.agents.engine import Decode, ProjectionEngine, _Partition
 
 __all__ = ["RebuildConflict", "Rebuilder", "code_fingerprint"]
 
@@ -105,10 +103,12 @@ def code_fingerprint(projection: Any) -> str:
     return digest.hexdigest()[:12]
 
 
-def _shares(parts: list[_Partition], count: int, left: dict[TP, int]) -> list[list[_Partition]]:
+def _shares(
+    parts: list[PartitionState], count: int, left: dict[TP, int]
+) -> list[list[PartitionState]]:
     """``parts`` in up to ``count`` shares of about as many events each (the largest
     first, each to the least loaded share)."""
-    shares: list[list[_Partition]] = [[] for _ in range(min(count, len(parts)))]
+    shares: list[list[PartitionState]] = [[] for _ in range(min(count, len(parts)))]
     loads = [0] * len(shares)
     for part in sorted(parts, key=lambda p: left[p.tp], reverse=True):
         lightest = loads.index(min(loads))
@@ -120,7 +120,7 @@ def _shares(parts: list[_Partition], count: int, left: dict[TP, int]) -> list[li
 class _Delegation:
     """Partitions of a new generation a helper process replays."""
 
-    def __init__(self, parts: list[_Partition], run: asyncio.Future[Replayed]) -> None:
+    def __init__(self, parts: list[PartitionState], run: asyncio.Future[Replayed]) -> None:
         self.parts = parts
         #: The helper's run (needs no lock), then the worker taking the partitions back.
         self.run = run
@@ -130,8 +130,9 @@ class _Delegation:
 class Rebuilder:
     """A worker's part in its views' rebuilds (one per projection engine)."""
 
-    def __init__(self, engine: ProjectionEngine) -> None:
+    def __init__(self, engine: EngineSurface) -> None:
         self.engine = engine
+        self.partitions = engine.partitions
         self.app = engine.app
         self.state = Generations()
         self.reader: PartitionReader | None = None
@@ -231,29 +232,29 @@ class Rebuilder:
             gen.building is None
             and gen.previous is None
             and view.generation == gen.active
-            and not any(p.projection.view is view for p in self.engine._building.values())
+            and not any(p.projection.view is view for p in self.partitions.building.values())
         )
 
     async def _act(self, name: str) -> None:
-        engine = self.engine
         view = self.app.views[name]
         gen = self.generation(name)
-        async with engine._lock:
+        partitions = self.partitions
+        async with partitions.lock:
             if gen.building is not None:
                 await self._start_building(view, gen.building)
             if view.generation != gen.active:
                 logger.info("view %s: switching to generation %d", name, gen.active)
                 view.generation = gen.active
-            for key, part in list(engine._building.items()):
+            for key, part in list(partitions.building.items()):
                 if part.projection.view is not view:
                     continue
                 if part.generation == gen.active and part.mode == "following":
                     await self._switch(part)
                 elif part.generation not in (gen.active, gen.building):  # abandoned
-                    del engine._building[key]
+                    partitions.abandon(key)
                     part.store.destroy()
             if gen.previous is not None:  # retiring the old generation waits for these
-                for part in list(engine._active.values()):
+                for part in list(partitions.active.values()):
                     if part.projection.view is view and part.generation == gen.active:
                         await self._progress(part, "switched")
         if self._coordinates(view):
@@ -261,9 +262,8 @@ class Rebuilder:
 
     def _coordinates(self, view: Any) -> bool:
         projection = self.engine.projections[view.name]
-        return (
-            slot(projection, TP(projection.fold_topic.get_topic_name(), 0)) in self.engine._active
-        )
+        tp = TP(projection.fold_topic.get_topic_name(), 0)
+        return slot(projection, tp) in self.partitions.active
 
     async def _coordinate(self, view: Any, gen: Generation) -> None:
         partitions = view.partitions or 1
@@ -355,10 +355,10 @@ class Rebuilder:
         engine = self.engine
         entries = [
             (part.projection, part.tp, generation, PartitionStatus(generation=generation))
-            for key, part in engine._active.items()
+            for key, part in self.partitions.active.items()
             if part.projection.view is view
             and part.generation != generation
-            and key not in engine._building
+            and key not in self.partitions.building
             and key not in self._delegated
         ]
         if not entries:
@@ -373,10 +373,9 @@ class Rebuilder:
             await connecting
         await self.replay_parts(parts)
 
-    async def replay_parts(self, parts: list[_Partition]) -> None:
+    async def replay_parts(self, parts: list[PartitionState]) -> None:
         """Replay these restored partitions of a new generation (lock held): in helper
         processes when there are some, else in this one."""
-        engine = self.engine
         helpers: ReplayHelpers | None = self.app.replay_helpers
         if not parts:
             return
@@ -385,9 +384,9 @@ class Rebuilder:
                 self.adopt(part)
             return
         await self._position(parts)
-        ends = {p.tp: engine._active[slot(p.projection, p.tp)].next_offset for p in parts}
+        ends = {p.tp: self.partitions.active[p.slot].next_offset for p in parts}
         left = {p.tp: ends[p.tp] - p.next_offset for p in parts}  # events to replay
-        todo: dict[str, list[_Partition]] = {}  # by view
+        todo: dict[str, list[PartitionState]] = {}  # by view
         for part in parts:
             if left[part.tp] > 0:
                 todo.setdefault(part.projection.view.name, []).append(part)
@@ -400,7 +399,7 @@ class Rebuilder:
         await asyncio.gather(*(self._progress(p, "replaying", force=True) for p in delegated))
 
     def _delegate(
-        self, helpers: ReplayHelpers, parts: list[_Partition], ends: dict[TP, int]
+        self, helpers: ReplayHelpers, parts: list[PartitionState], ends: dict[TP, int]
     ) -> None:
         """Have a helper process replay ``parts`` up to ``ends`` (lock held); the worker
         takes them back when it ends, however it ends."""
@@ -457,7 +456,7 @@ class Rebuilder:
                 "view %s g%d: replaying partitions %s in this process (%s)",
                 view.name, generation, sorted(p.tp.partition for p in parts), exc,
             )  # fmt: skip
-        async with engine._lock:
+        async with self.partitions.lock:
             mine = [
                 part
                 for part in parts
@@ -467,7 +466,7 @@ class Rebuilder:
                 del self._delegated[slot(part.projection, part.tp)]
             if engine.should_stop or self.generation(view.name).building != generation:
                 return  # stopping, or the rebuild was abandoned: its files go at the next start
-            still = [part for part in mine if slot(part.projection, part.tp) in engine._active]
+            still = [part for part in mine if part.slot in self.partitions.active]
             restored = {
                 part.tp: part
                 for part in await engine.restore(
@@ -492,7 +491,7 @@ class Rebuilder:
         if stopping:
             await asyncio.wait([d.run for d in stopping])
 
-    def adopt(self, part: _Partition, positioned_like: _Partition | None = None) -> None:
+    def adopt(self, part: PartitionState, positioned_like: PartitionState | None = None) -> None:
         """A restored partition of a generation being built: replay into it (from where
         it is, its replay's start kept from ``positioned_like``: a helper's partition)."""
         part.mode = "replaying"
@@ -502,11 +501,11 @@ class Rebuilder:
             part.replay_from = positioned_like.replay_from
             part.replay_began = positioned_like.replay_began
         part.status.state = "rebuilding"
-        self.engine._building[slot(part.projection, part.tp)] = part
+        self.partitions.build(part)
         self._adopted.set()
 
     async def follow(
-        self, part: _Partition, records: Any, live_next: int, decode: Decode | None = None
+        self, part: PartitionState, records: Any, live_next: int, decode: Decode | None = None
     ) -> None:
         """Fold a live batch into a caught-up new generation, up to where the live one got."""
         done = [r for r in records if r.offset < live_next]
@@ -525,7 +524,7 @@ class Rebuilder:
             self._replay_reader = reader_for(self.app)
         return self._replay_reader
 
-    async def _position(self, parts: list[_Partition]) -> None:
+    async def _position(self, parts: list[PartitionState]) -> None:
         """Where each replay starts: the log start, or the given timestamp (one offsets
         request for them all, and one per timestamp)."""
         reader = self._reader()
@@ -558,7 +557,7 @@ class Rebuilder:
                 start, "" if gen.from_timestamp is None else f", at or after {gen.from_timestamp} ms",
             )  # fmt: skip
 
-    async def _caught_up(self, part: _Partition) -> None:
+    async def _caught_up(self, part: PartitionState) -> None:
         if part.generation == part.projection.view.generation:
             await self._switch(part)
         else:
@@ -569,17 +568,10 @@ class Rebuilder:
                 part.projection.view.name, part.tp.partition, part.generation, part.next_offset,
             )  # fmt: skip
 
-    async def _switch(self, new: _Partition) -> None:
+    async def _switch(self, new: PartitionState) -> None:
         """Serve ``new`` instead of the live partition (lock held, both at one offset)."""
         engine = self.engine
-        key = slot(new.projection, new.tp)
-        old = engine._active[key]
-        if new.dirty:  # reads see the store: it must hold all the old one served, first
-            await engine._checkpoint(new)
-        del engine._building[key]
-        new.mode = "live"
-        new.sought = True
-        engine._serve(new)
+        old = await self.partitions.switch(new)
         view = new.projection.view
         # Closing a database flushes it: off the event loop, the partition serves already.
         retire = asyncio.ensure_future(
@@ -593,11 +585,11 @@ class Rebuilder:
             view.name, new.tp.partition, new.generation, old.generation,
         )  # fmt: skip
 
-    async def _progress(self, part: _Partition, state: str, *, force: bool = False) -> None:
+    async def _progress(self, part: PartitionState, state: str, *, force: bool = False) -> None:
         view, partition = part.projection.view.name, part.tp.partition
         if not force and self._reported.get((view, partition, part.generation)) == state:
             return
-        live = self.engine._active.get(slot(part.projection, part.tp))
+        live = self.partitions.active.get(part.slot)
         replayed = part.next_offset - part.replay_from
         elapsed = time.monotonic() - part.replay_began if part.positioned else 0.0
         known = self.state.progress.get(view, {}).get(partition)
@@ -620,7 +612,7 @@ class Rebuilder:
     async def replay(self) -> None:
         """Fold history into every partition still replaying, batch by batch as it is read
         (the reader fetches the next batches while one is folded)."""
-        engine = self.engine
+        engine, partitions = self.engine, self.partitions
         while not engine.should_stop:
             self._adopted.clear()
             ranges, parts = await self._next_ranges()
@@ -633,10 +625,12 @@ class Rebuilder:
             async for tp, batch in self._replay_reader.read(ranges):
                 for piece in self._sliced(batch):
                     previous, read_to[tp] = read_to[tp], piece[-1].offset + 1
-                    async with engine._lock:
+                    async with partitions.lock:
                         part = parts[tp]
-                        key = slot(part.projection, tp)
-                        if engine._building.get(key) is not part or part.mode != "replaying":
+                        if (
+                            partitions.building.get(part.slot) is not part
+                            or part.mode != "replaying"
+                        ):
                             continue  # revoked (or replaced) while it was read
                         if part.next_offset < previous:
                             continue  # it missed an earlier batch: read again from it later
@@ -653,11 +647,10 @@ class Rebuilder:
                     # Folding never waits on the embedded broker: let reads, live batches,
                     # progress polls and a stop have their turn between two slices.
                     await asyncio.sleep(0)
-            async with engine._lock:
+            async with partitions.lock:
                 for tp, (low, high) in ranges.items():
                     part = parts[tp]
-                    key = slot(part.projection, tp)
-                    if engine._building.get(key) is part and part.next_offset >= low:
+                    if partitions.building.get(part.slot) is part and part.next_offset >= low:
                         part.next_offset = max(part.next_offset, high)  # gaps left by compaction
 
     def _sliced(self, batch: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -679,23 +672,23 @@ class Rebuilder:
         elif seconds < SLICE_SECONDS / 2:
             self._slice = min(high, self._slice * 2)
 
-    async def _next_ranges(self) -> tuple[dict[TP, tuple[int, int]], dict[TP, _Partition]]:
+    async def _next_ranges(self) -> tuple[dict[TP, tuple[int, int]], dict[TP, PartitionState]]:
         """What each replaying partition still has to read: up to the live position now.
         Two views rebuilding from one source partition take turns reading it."""
-        engine = self.engine
+        partitions = self.partitions
         ranges, parts = {}, {}
-        async with engine._lock:
+        async with partitions.lock:
             unpositioned = [
                 part
-                for key, part in engine._building.items()
-                if part.mode == "replaying" and not part.positioned and key in engine._active
+                for key, part in partitions.building.items()
+                if part.mode == "replaying" and not part.positioned and key in partitions.active
             ]
             if unpositioned:
                 await self._position(unpositioned)
                 for part in unpositioned:
                     await self._progress(part, "replaying", force=True)
-            for key, part in list(engine._building.items()):
-                live = engine._active.get(key)
+            for key, part in list(partitions.building.items()):
+                live = partitions.active.get(key)
                 tp = part.tp
                 if part.mode != "replaying" or live is None or tp in ranges:
                     continue

@@ -32,19 +32,16 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from faust.types import TP
 
-from belvedere.agents.projection import Projection
+from belvedere.agents.projection import PartitionState, Projection
 from belvedere.streams.context import replaying
 from belvedere.streams.readers import reader_for
 from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.view import NotLocal, PartitionStatus
-
-if TYPE_CHECKING:
-    from belvedere.agents.engine import _Partition
 
 __all__ = ["HelperFailed", "ReplayHelpers", "ReplayShare", "Replayed", "can_replay_elsewhere"]
 
@@ -320,7 +317,7 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
     shares = [ReplayShare(**share) for share in request["shares"]]
     topic = projection.fold_topic.get_topic_name()
     budget = StoreBudget()
-    parts: dict[TP, _Partition] = {}
+    parts: dict[TP, PartitionState] = {}
     log = reader_for(app)
     producer = app.producer._new_producer()  # faust's settings, its backoff client
     # Events failing only under the new code are dead-lettered from here, like the worker
@@ -334,14 +331,12 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
         engine.changelog_producer = producer
         # A handler reading another view finds nothing served here: the worker replays it.
         engine.fatal_handler_errors = (NotLocal,)
-        from belvedere.agents.engine import _Partition  # the engine imports this module
-
         ranges = {}
         for share in shares:
             tp = TP(topic, share.partition)
             store = PartitionStore(Path(share.path), budget)
             status = PartitionStatus(generation=generation)
-            part = _Partition(projection, tp, store, request["partitions"], generation, status)
+            part = PartitionState(projection, tp, store, request["partitions"], generation, status)
             part.mode = "replaying"
             part.next_offset = max(part.next_offset, share.start)
             parts[tp] = part
@@ -361,7 +356,7 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
                     writer.write(_line({"progress": _reached(parts)}))
             for part in parts.values():
                 if part.dirty:
-                    await engine._checkpoint(part)
+                    await engine.checkpoint(part)
         for part in parts.values():
             part.store.close()
         key = (projection.view.name, "rebuild")
@@ -396,7 +391,7 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
         await producer.stop()
 
 
-def _reached(parts: dict[TP, _Partition]) -> dict[str, int]:
+def _reached(parts: dict[TP, PartitionState]) -> dict[str, int]:
     return {str(tp.partition): part.next_offset for tp, part in parts.items()}
 
 

@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from belvedere.agents.projection import Handler, Projection, by_correlation
+from belvedere.agents.projection import Handler, PartitionState, Projection, by_correlation
 from belvedere.streams.records import Command, Event
 from belvedere.streams.topics import EventTopic
 from belvedere.streams.types import format_timestamp
@@ -277,7 +277,7 @@ class SagaProjection(Projection):
             self._topic_of(type(command.command))  # none to send it on: dead-letter the event
         self._apply(txn, saga_id, row, sent)
 
-    async def on_tick(self, part: Any) -> None:
+    async def on_tick(self, part: PartitionState) -> None:
         deadlines = self._deadlines.get(part.tp.partition)
         if not deadlines:
             return
@@ -297,7 +297,7 @@ class SagaProjection(Projection):
             self._apply(part.txn, saga_id, row, sent)
             part.dirty += 1
 
-    async def before_checkpoint(self, part: Any) -> None:
+    async def before_checkpoint(self, part: PartitionState) -> None:
         for sent in self._unsent.pop(part.tp.partition, ()):
             topic = self._topic_of(type(sent.command))
             await topic.publish(
@@ -308,9 +308,9 @@ class SagaProjection(Projection):
             )
 
     def _topic_of(self, cls: type[Command]) -> EventTopic:
-        return self.app._topic_carrying([cls], f"saga {self.saga.name!r} sending {cls.__name__}")
+        return self.app.topic_carrying([cls], f"saga {self.saga.name!r} sending {cls.__name__}")
 
-    async def after_restore(self, part: Any, reader: Any) -> bool:
+    async def after_restore(self, part: PartitionState, reader: Any) -> bool:
         """Find the running sagas' deadlines again (the timers survive restarts)."""
         self._unsent.pop(part.tp.partition, None)
         deadlines = self._deadlines[part.tp.partition] = {}

@@ -14,18 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.types import TP
 
+from belvedere.agents.engine_surface import EngineSurface
 from belvedere.agents.projection import slot
 from belvedere.console import DETAIL
 from belvedere.streams.readers import PartitionReader, reader_for
 from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore
-
-if TYPE_CHECKING:
-    from belvedere.agents.engine import ProjectionEngine
 
 __all__ = ["Standbys"]
 
@@ -38,7 +36,7 @@ POLL = 0.5
 class Standbys:
     """This worker's standby view partitions, keyed by changelog partition."""
 
-    def __init__(self, engine: ProjectionEngine) -> None:
+    def __init__(self, engine: EngineSurface) -> None:
         self.engine = engine
         self.app = engine.app
         self.targets: dict[TP, Target] = {}
@@ -54,7 +52,7 @@ class Standbys:
         wanted = {}
         for tp in standbys:
             for projection in engine.projections_of(tp.topic):
-                if slot(projection, tp) in engine._active:
+                if slot(projection, tp) in engine.partitions.active:
                     continue
                 view = projection.view
                 ctp = TP(view.changelog_topic_for(view.generation), tp.partition)
