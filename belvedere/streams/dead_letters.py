@@ -27,8 +27,11 @@ from typing import Any
 import orjson
 from faust.types import TP, Message
 
+from belvedere.streams.clients import NewRecord
 from belvedere.streams.context import rebuild_target, side_effects_suppressed
+from belvedere.streams.envelope import BadEvent
 from belvedere.streams.failure_log import FailureLog
+from belvedere.streams.readers import reader_for
 from belvedere.streams.types import format_timestamp
 
 __all__ = [
@@ -340,8 +343,6 @@ class DeadLetters:
 
     async def _catch_up(self, name: str) -> None:
         """Read what was appended to dead-letter topic ``name`` since the last time."""
-        from belvedere.streams.readers import reader_for
-
         if self._reader is None:
             self._reader = reader_for(self.app)
         tp = TP(name, 0)
@@ -377,21 +378,18 @@ def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> Re
     partition the topic's partitioner gives its key. Progress is kept as the offsets of the group ``<app id>-dlq-replay``, so a
     second replay only takes what is new; ones that still fail are reported and passed.
     """
-    from belvedere.streams.clients import Record
-    from belvedere.streams.envelope import BadEvent
-
     source = topic.get_topic_name()
     name = dead_letter_topic(app.conf.id, source)
     group = f"{app.conf.id}-dlq-replay"
     start = None if from_start else client.committed(group, name)
     report = ReplayReport()
     done: dict[tuple[str, int], int] = {}
-    out: dict[int | None, list[Record]] = {}
+    out: dict[int | None, list[NewRecord]] = {}
     for record in client.read(name, start=start):
         done[(name, record.partition)] = record.offset + 1
         letter = DeadLetter.from_record(record.key, record.value, record.headers)
         if not hasattr(topic, "codec"):  # a plain topic: its bytes again, for today's code
-            out.append(Record(letter.key, letter.value, 0, letter.headers))
+            out.setdefault(None, []).append(NewRecord(letter.key, letter.value, 0, letter.headers))
             continue
         try:
             event = topic.codec.decode(
@@ -407,7 +405,7 @@ def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> Re
             continue
         current = event.meta.at_version(event.event_version)
         out.setdefault(topic.partition_for(letter.key), []).append(
-            Record(
+            NewRecord(
                 letter.key,
                 topic.codec.encode(event, current),
                 0,

@@ -11,7 +11,7 @@ from faust.transport.producer import Producer as FaustProducer
 from faust.types import TP
 from faust.types.tuples import RecordMetadata
 
-from belvedere.streams.embedded.log import Log, Record
+from belvedere.streams.embedded.log import Log, NewRecord
 from belvedere.streams.partitioner import partition_for_key
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Producer(FaustProducer):
             partition = self._partition(key, partitions)
         ts = timestamp if timestamp is not None else time.time()
         offset = log.append(
-            topic, partition, [Record(key, value, int(ts * 1000), _headers(headers))]
+            topic, partition, [NewRecord(key, value, int(ts * 1000), _headers(headers))]
         )
         return RecordMetadata(topic, partition, TP(topic, partition), offset, ts, 0)
 
@@ -113,7 +113,7 @@ class Producer(FaustProducer):
         ts = time.time()
         ms = int(ts * 1000)
         base = self.broker_log.append(
-            topic, partition, [Record(k, v, ms, _headers(h)) for k, v, h in records]
+            topic, partition, [NewRecord(k, v, ms, _headers(h)) for k, v, h in records]
         )
         tp = TP(topic, partition)
         return [RecordMetadata(topic, partition, tp, base + i, ts, 0) for i in range(len(records))]
