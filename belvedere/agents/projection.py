@@ -97,7 +97,7 @@ class Projection:
         return (self.source, *self.more_sources)
 
     async def on_tick(self, part: Any) -> None:
-        """Called every quarter of the checkpoint interval for each served partition, under
+        """Called every half checkpoint interval for each served partition, under
         the engine's lock (a timer may change the partition's state here)."""
 
     @property
