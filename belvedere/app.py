@@ -29,12 +29,12 @@ from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
 from belvedere.streams.records import Event
 from belvedere.streams.security import BrokerSecurity
-from belvedere.streams.tap import tapped
+from belvedere.streams.tap import Tap, tapped
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
 from belvedere.views_api.connections import WebLimits, default_max_connections
-from belvedere.views_api.publishing import Publishing, declared
+from belvedere.views_api.http_publish import Publishing, declared
 from belvedere.views_api.routes import install as install_routes
 from belvedere.views_api.server import Web as BelvedereWeb
 from belvedere.views_api.tls import WebTLS
@@ -183,7 +183,7 @@ class App(faust.App):
         self.projections.checkpoint_interval = checkpoint_interval
         self.projections.checkpoint_events = checkpoint_events
         #: Set by the projection engine: takes fetched batches of its partitions.
-        self.batch_tap: Any = None
+        self.batch_tap: Tap | None = None
         #: TLS and SASL for every Kafka client of this app (faust's and Belvedere's).
         self.broker_security = BrokerSecurity(
             cafile=given["broker_ssl_cafile"],
@@ -471,7 +471,7 @@ class App(faust.App):
         saga = Saga(name, start, steps, on_failure, on_success)
         sources: list[EventTopic] = []
         for cls in saga.event_types:
-            topic = self._topic_carrying([cls], f"saga {name!r}")
+            topic = self.topic_carrying([cls], f"saga {name!r}")
             if topic not in sources:
                 sources.append(topic)
                 self.topics.add(topic)
@@ -519,7 +519,7 @@ class App(faust.App):
 
         def register(fn: Any) -> Any:
             types = list(event_types) or ReactorProjection.event_types(fn)
-            topic = source or self._topic_carrying(
+            topic = source or self.topic_carrying(
                 types, fn.__qualname__, choosing="pass source= to choose one"
             )
             missing = [t.__name__ for t in types if t not in topic.codec.types.values()]
@@ -535,7 +535,7 @@ class App(faust.App):
 
         return register
 
-    def _topic_carrying(
+    def topic_carrying(
         self, types: Sequence[type[Event]], what: str, *, choosing: str = ""
     ) -> EventTopic:
         """The one event topic carrying ``types``; ``choosing`` says how the caller can

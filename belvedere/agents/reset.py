@@ -13,8 +13,8 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from belvedere.agents.surface import AgentsApp
 from belvedere.streams.clients import BrokerClient, NewRecord
 from belvedere.tables.changelog import CHANGELOG_CONFIG, HEADER_RESET, RESET_KEY
 from belvedere.tables.generations import Generation, Generations, control_topic, gen_key
@@ -31,7 +31,7 @@ class ResetReport:
     removed_local: bool
 
 
-def reset_view(app: Any, name: str, client: BrokerClient) -> ResetReport:
+def reset_view(app: AgentsApp, name: str, client: BrokerClient) -> ResetReport:
     view = app.views.get(name)
     if view is None:
         known = ", ".join(sorted(app.views)) or "none"

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from faust.types import TP, Message
+from faust.types import TP, Message, TopicT
 
-from belvedere.streams.clients import NewRecord
+from belvedere.streams.clients import BrokerClient, NewRecord
 from belvedere.streams.context import rebuild_target, side_effects_suppressed
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.failure_log import FailureLog
 from belvedere.streams.readers import reader_for
+from belvedere.streams.surface import StreamsApp
 from belvedere.streams.types import format_timestamp
 
 __all__ = [
@@ -159,7 +160,7 @@ BY_VIEW_TTL = 2.0
 class DeadLetters:
     """Sends an app's dead letters and counts them by source topic and kind."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: StreamsApp) -> None:
         self.app = app
         self.counts: Counter[tuple[str, str]] = Counter()
         #: By (view, topic, kind), view "" for none: ``/metrics``' labels.
@@ -369,7 +370,9 @@ class ReplayReport:
     still_bad: list[str] = field(default_factory=list)
 
 
-def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> ReplayReport:
+def replay(
+    app: StreamsApp, topic: TopicT, client: BrokerClient, *, from_start: bool = False
+) -> ReplayReport:
     """Publish ``topic``'s dead letters to it again, decoded (and so upcast) by today's code
     (a plain ``app.topic``'s: their original bytes and headers).
 
