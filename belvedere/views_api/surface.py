@@ -17,6 +17,7 @@ from belvedere.agents.commands import CommandProjection
 from belvedere.agents.declared import DeclaredApp
 from belvedere.agents.engine import ProjectionEngine
 from belvedere.agents.trace import TraceProjection
+from belvedere.streams.records import Event
 from belvedere.views_api.connections import WebLimits
 from belvedere.views_api.http_publish import Publishing
 from belvedere.views_api.tls import WebTLS
@@ -78,5 +79,9 @@ class ServedApp(DeclaredApp, Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    #: Every event type the app's event topics carry (the spec's envelope names them).
+    @property
+    def event_types(self) -> list[type[Event]]: ...
 
     def command_route(self, name: str) -> CommandProjection | None: ...
