@@ -157,3 +157,13 @@ def test_a_plain_topic_dead_letters_bad_input_and_its_agent_goes_on(
     )  # fmt: skip
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.count("bad-value: JSONDecodeError") == 2, listing.stdout
+
+    replay = run_cli(
+        "dlq", "replay", "tests.apps.counter:app", topic,
+        "--broker", broker.url, "--data-dir", str(counter.data_dir),
+        env={"COUNTER_NAME": unique_name},
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 2 dead letter(s)" in replay.stdout, replay.stdout
+    sent = sorted((r.key, r.value) for r in broker.read(topic) if (r.key, r.value) in bad)
+    assert sent == sorted(bad * 2), "a plain topic's dead letters go back as their bytes"
