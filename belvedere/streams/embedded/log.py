@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import orjson
 import rocksdict
@@ -33,7 +33,7 @@ from belvedere.datadir import lock_holder
 from belvedere.streams.errors import BrokerError, BrokerLocked, TopicMismatch
 from belvedere.streams.rocksdb_scan import scan_prefix
 
-__all__ = ["Log", "NewRecord", "StoredRecord", "TopicMeta"]
+__all__ = ["Log", "LogSource", "NewRecord", "StoredRecord", "TopicMeta"]
 
 _PARTITION = struct.Struct(">I")
 _OFFSET = struct.Struct(">Q")
@@ -364,3 +364,10 @@ class Log:
             pass
         finally:
             self._waiters.discard(fut)
+
+
+class LogSource(Protocol):
+    """What hands the embedded consumer and producer the log: the embedded transport,
+    which makes them (so they name it by what they use of it, not by its class)."""
+
+    def acquire_log(self) -> Log: ...
