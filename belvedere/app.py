@@ -30,12 +30,12 @@ from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
 from belvedere.streams.records import Event
 from belvedere.streams.security import BrokerSecurity
-from belvedere.streams.tap import tapped
+from belvedere.streams.tap import Tap, tapped
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
 from belvedere.views_api.connections import WebLimits, default_max_connections
-from belvedere.views_api.publishing import Publishing, declared
+from belvedere.views_api.http_publish import Publishing, declared
 from belvedere.views_api.routes import install as install_routes
 from belvedere.views_api.server import Web as BelvedereWeb
 from belvedere.views_api.tls import WebTLS
@@ -184,7 +184,7 @@ class App(faust.App):
         self.projections.checkpoint_interval = checkpoint_interval
         self.projections.checkpoint_events = checkpoint_events
         #: Set by the projection engine: takes fetched batches of its partitions.
-        self.batch_tap: Any = None
+        self.batch_tap: Tap | None = None
         #: TLS and SASL for every Kafka client of this app (faust's and Belvedere's).
         self.broker_security = BrokerSecurity(
             cafile=given["broker_ssl_cafile"],
@@ -317,9 +317,19 @@ class App(faust.App):
         ``int``; ``indexes`` names fields to look rows up by. Fill it with
         :meth:`projection`; query it with ``get``/``scan``/``lookup``/``count``.
         """
-        if name in self.views:
-            raise ValueError(f"view {name!r} is already declared")
-        view = self.views[name] = View(self.conf.id, name, value, key, tuple(indexes), partitions)
+        return self._declare_view(View(self.conf.id, name, value, key, tuple(indexes), partitions))
+
+    def _internal_view(
+        self, name: str, *, key: type = str, partitions: int | None, partitioner: str = "murmur2"
+    ) -> View:
+        """The view of an aggregate, a saga, a reactor or the trace: rows are dicts."""
+        made = View(self.conf.id, name, dict, key, (), partitions, partitioner=partitioner, internal=True)  # fmt: skip
+        return self._declare_view(made)
+
+    def _declare_view(self, view: View) -> View:
+        if view.name in self.views:
+            raise ValueError(f"view {view.name!r} is already declared")
+        self.views[view.name] = view
         return view
 
     def projection(
@@ -410,9 +420,9 @@ class App(faust.App):
             raise ValueError(
                 f"{events.get_topic_name()!r} already holds {taken[events.get_topic_name()]} events"
             )
-        view = self.view(f"aggregate-{name}", value=dict, partitions=commands.partitions)
-        view.internal = True
-        view.hash_keys_with(commands.partitioner)
+        view = self._internal_view(
+            f"aggregate-{name}", partitions=commands.partitions, partitioner=commands.partitioner
+        )
         projection = CommandProjection(
             self,
             aggregate,
@@ -484,8 +494,7 @@ class App(faust.App):
             list(dict.fromkeys(t for source in sources for t in source.event_types)),
             partitions,
         )
-        view = self.view(f"saga-{name}", value=dict, partitions=partitions)
-        view.internal = True
+        view = self._internal_view(f"saga-{name}", partitions=partitions)
         projection = self.sagas[name] = SagaProjection(self, saga, sources, view, inbox)
         self.projections.add(projection)
         return projection
@@ -505,8 +514,7 @@ class App(faust.App):
             list(dict.fromkeys(t for source in sources for t in source.event_types)),
             partitions,
         )
-        view = self.view("trace", value=dict, partitions=partitions)
-        view.internal = True
+        view = self._internal_view("trace", partitions=partitions)
         self.flow_trace = TraceProjection(sources, view, inbox, max_events)
         self.projections.add(self.flow_trace)
         for source in sources:
@@ -531,8 +539,7 @@ class App(faust.App):
                 raise TypeError(
                     f"{fn.__qualname__}: {topic.get_topic_name()!r} does not carry {missing}"
                 )
-            view = self.view(f"reactor-{name or fn.__name__}", value=dict, key=int)
-            view.internal = True
+            view = self._internal_view(f"reactor-{name or fn.__name__}", key=int, partitions=None)
             self.projections.add(ReactorProjection(topic, view, fn, types))
             self.topics.add(topic)
             return fn

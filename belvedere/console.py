@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import aiokafka
 import faust
 import mode
+
+from belvedere.agents.surface import AgentsApp
+from belvedere.streams.embedded import log_path
 
 __all__ = ["DETAIL", "StartupFilter", "startup_line"]
 
@@ -41,7 +43,7 @@ class StartupFilter(logging.Filter):
         return not (record.pathname.startswith(LIBRARIES) or getattr(record, "detail", False))
 
 
-def startup_line(app: Any) -> str:
+def startup_line(app: AgentsApp) -> str:
     """``shop ready at http://127.0.0.1:6066/ — views: ...; broker: ...; data: ...``"""
     url = str(app.conf.canonical_url).rstrip("/") + "/"
     views = sorted(name for name, view in app.views.items() if not view.internal)
@@ -51,10 +53,8 @@ def startup_line(app: Any) -> str:
     )
 
 
-def _broker(app: Any) -> str:
+def _broker(app: AgentsApp) -> str:
     urls = list(app.conf.broker)
     if urls[0].scheme == "embedded":
-        from belvedere.streams.embedded import log_path
-
         return f"embedded ({log_path(urls[0], app.conf.datadir)})"
     return ", ".join(str(url.with_user(None).with_query(None)) for url in urls)

@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import faust
 from faust.tables import TableManager as FaustTableManager
 
+from belvedere.agents.surface import AgentsApp
 from belvedere.console import StartupFilter, startup_line
 
-__all__ = ["EXIT_GRACE", "TableManager", "Worker"]
+__all__ = ["EXIT_GRACE", "TableManager", "Worker", "WorkerApp"]
 
 #: How long a stopping worker waits for its cancelled tasks to end (mode waited this long
 #: every time).
@@ -39,6 +40,18 @@ class TableManager(FaustTableManager):
             await self.recovery.start()
 
 
+@runtime_checkable
+class WorkerApp(AgentsApp, Protocol):
+    """What the worker reads of the app besides what its start-up line names."""
+
+    #: Log faust's and Belvedere's start-up lines too.
+    @property
+    def verbose(self) -> bool: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+
 class Worker(faust.Worker):
     """Says one line once it serves; faust's INFO lines only when ``app.verbose``.
 
@@ -47,7 +60,7 @@ class Worker(faust.Worker):
     cursor escape codes and ``OK ^``.
     """
 
-    def __init__(self, app: Any, *services: Any, **kwargs: Any) -> None:
+    def __init__(self, app: WorkerApp, *services: Any, **kwargs: Any) -> None:
         super().__init__(app, *services, **kwargs)
         self.spinner = None
 

@@ -1,4 +1,4 @@
-"""Commands (issue 6): how many commands a worker decides per second, and how long an HTTP
+"""Commands: how many commands a worker decides per second, and how long an HTTP
 command takes, on the embedded broker and on Kafka.
 
 The workload is an ``Account`` aggregate. A ``Deposit`` command is accepted, and emits one

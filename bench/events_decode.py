@@ -1,6 +1,6 @@
 """Decode + validate + construct throughput of the envelope, on one core.
 
-The input is the design's OrderCreated envelope (DESIGN.md), as bytes. Each variant turns
+The input is an OrderCreated envelope (docs/events.md's shape), as bytes. Each variant turns
 those bytes into a typed object, in a loop, best of several rounds:
 
 - belvedere: ``EnvelopeCodec.decode`` (orjson, envelope checks, typed OrderCreated with

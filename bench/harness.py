@@ -211,13 +211,13 @@ def status_file(data_dir: Path) -> Path:
 
 
 def fill_embedded(log_dir: Path, topic: str, events: Sequence[Message], partitions: int) -> None:
-    from belvedere.streams.embedded import Log, Record
+    from belvedere.streams.embedded import Log, NewRecord
     from belvedere.streams.partitioner import partition_for_key
 
-    by_partition: dict[int, list[Record]] = defaultdict(list)
+    by_partition: dict[int, list[NewRecord]] = defaultdict(list)
     ts = int(time.time() * 1000)
     for key, value in events:
-        by_partition[partition_for_key(key, partitions)].append(Record(key, value, ts))
+        by_partition[partition_for_key(key, partitions)].append(NewRecord(key, value, ts))
     log = Log.acquire(log_dir)
     try:
         log.create_topic(topic, partitions)

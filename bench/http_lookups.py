@@ -1,4 +1,4 @@
-"""Key lookups over HTTP (issue 5): GET /views/{view}/{key}, local and forwarded, vs faust's table_route.
+"""Key lookups over HTTP: GET /views/{view}/{key}, local and forwarded, vs faust's table_route.
 
 The view is ``projection_throughput.py``'s revenue per user (``OrderPlaced`` envelopes
 keyed by user id, 6 partitions, folded by ``@app.projection`` into ``app.view("revenue",
@@ -60,7 +60,7 @@ reported, every run's figures under ``samples``. Figures:
                  (/proc/stat), what others used (Kafka...) and the hypervisor's steal.
     errors       non-2xx answers and failed requests (any fails the target)
 
-Targets (issue 5): local closed loop >= 5,000 req/s per worker; local p99 <= 10 ms at a
+Targets: local closed loop >= 5,000 req/s per worker; local p99 <= 10 ms at a
 steady 1,000 req/s; forwarded p99 <= 25 ms at 1,000 req/s. Written to ``--json`` (default
 bench/results/http.json) with ``local_rps``, ``local_p99_ms_at_1000rps``,
 ``forwarded_p99_ms``, ``faust_table_route_rps``, the ratios, every measurement's details,

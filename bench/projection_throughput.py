@@ -1,4 +1,4 @@
-"""Throughput of a projection (issue 4): revenue per user on Belvedere, plain faust and Quix.
+"""Throughput of a projection: revenue per user on Belvedere, plain faust and Quix.
 
 The job: N ``OrderPlaced`` events (default 200,000) in the standard JSON envelope
 (docs/events.md), keyed by user id (default 1,000 users), pre-produced into a topic with 6

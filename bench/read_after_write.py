@@ -1,4 +1,4 @@
-"""Read-after-write (issue 17): how long a read given a write's token waits for it.
+"""Read-after-write: how long a read given a write's token waits for it.
 
 One worker of a small app: ``Deposited`` events (4 partitions) folded into a ``balances``
 view with an ``owner`` index. One client, in this process, repeats: ``POST /events/{topic}``

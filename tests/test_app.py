@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -15,8 +17,13 @@ from faust.transport import by_url
 
 import belvedere
 from belvedere import settings
+from belvedere.agents.declared import DeclaredApp
+from belvedere.agents.surface import AgentsApp
 from belvedere.cli import UsageError, load_app
 from belvedere.streams.embedded import Transport
+from belvedere.streams.surface import StreamsApp
+from belvedere.views_api.surface import ServedApp
+from belvedere.worker import WorkerApp
 
 
 @pytest.fixture(autouse=True)
@@ -212,6 +219,31 @@ def test_belvedere_adds_to_faust_app_without_shadowing_it(tmp_path: Path) -> Non
     assert [name for name in INSTANCE_ATTRIBUTES if hasattr(plain, name)] == []
     app = belvedere.App("ours", data_dir=tmp_path)
     assert all(hasattr(app, name) for name in INSTANCE_ATTRIBUTES)
+
+
+#: The app as each layer's parts take it (they cannot import belvedere.App, above them).
+SURFACES = (StreamsApp, AgentsApp, DeclaredApp, ServedApp, WorkerApp)
+
+
+def test_the_app_has_every_member_its_parts_use(tmp_path: Path) -> None:
+    """By name here, and by type under mypy: a member a layer's Protocol declares that the
+    App lacks, or has with another type, would fail only where that part first reads it."""
+    app = belvedere.App("surfaces", data_dir=tmp_path)
+    assert [s.__name__ for s in SURFACES if not isinstance(app, s)] == []
+    checked = tmp_path / "surfaces.py"
+    names = ", ".join(s.__name__ for s in SURFACES)
+    checked.write_text(
+        "from belvedere.app import App\n"
+        + "".join(f"from {s.__module__} import {s.__name__}\n" for s in SURFACES)
+        + "def check(app: App) -> None:\n"
+        + f"    surfaces: tuple[{names}] = ({', '.join('app' for _ in SURFACES)},)\n"
+    )
+    mypy = subprocess.run(
+        [sys.executable, "-m", "mypy", "--follow-imports=silent", "--ignore-missing-imports",
+         "--cache-dir", str(tmp_path / "cache"), str(checked)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert mypy.returncode == 0, mypy.stdout + mypy.stderr
 
 
 def test_a_topic_declares_its_producers_partitioner_and_its_views_follow_it() -> None:

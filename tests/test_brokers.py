@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import orjson
 
@@ -150,10 +151,20 @@ def test_a_plain_topic_dead_letters_bad_input_and_its_agent_goes_on(
         (key, value, "bad-value", topic) for key, value in bad
     )
     assert all("JSONDecodeError" in x.reason for x in letters), letters
-    listing = run_cli(
-        "dlq", "list", "tests.apps.counter:app", topic,
-        "--broker", broker.url, "--data-dir", str(counter.data_dir),
-        env={"COUNTER_NAME": unique_name},
-    )  # fmt: skip
+
+    def dlq(command: str) -> subprocess.CompletedProcess:
+        return run_cli(
+            "dlq", command, "tests.apps.counter:app", topic,
+            "--broker", broker.url, "--data-dir", str(counter.data_dir),
+            env={"COUNTER_NAME": unique_name},
+        )  # fmt: skip
+
+    listing = dlq("list")
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.count("bad-value: JSONDecodeError") == 2, listing.stdout
+
+    replay = dlq("replay")
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 2 dead letter(s)" in replay.stdout, replay.stdout
+    sent = sorted((r.key, r.value) for r in broker.read(topic) if (r.key, r.value) in bad)
+    assert sent == sorted(bad * 2), "a plain topic's dead letters go back as their bytes"

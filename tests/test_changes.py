@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from belvedere.streams.clients import Record as ProducedRecord
-from belvedere.streams.embedded import Log, Record
+from belvedere.streams.clients import NewRecord as ProducedRecord
+from belvedere.streams.embedded import Log, NewRecord
 from belvedere.streams.readers import EmbeddedReader
 from belvedere.tables.changelog import changelog_records
 from belvedere.tables.changes import Checkpoint, Truncated, checkpoints
@@ -29,7 +29,7 @@ def _append(log: Log, rows: dict[bytes, bytes | None], *, repair: bool = False, 
     records = changelog_records(rows, {("src", 0): 1}, repair=repair)
     if not end:  # a checkpoint cut short by a crash: no end marker
         records = [(k, v, []) for k, v, _ in records]
-    log.append("cl", 0, [Record(k, v, 0, tuple(h)) for k, v, h in records])
+    log.append("cl", 0, [NewRecord(k, v, 0, tuple(h)) for k, v, h in records])
 
 
 async def _read_all(log: Log, start: int = 0) -> list[Checkpoint]:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 import belvedere
-from belvedere.streams.clients import Record
+from belvedere.streams.clients import NewRecord
 from belvedere.streams.partitioner import partition_for_key
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import Answer, call
@@ -299,7 +299,7 @@ def test_a_crash_after_appending_events_emits_nothing_twice(
     Kafka the append is in the checkpoint's transaction, which the crash leaves uncommitted:
     readers never see it, and the commands are decided once, after the restart.)"""
     commands = [
-        Record(
+        NewRecord(
             f"o-{i}".encode(),
             orjson.dumps({
                 "eventId": f"create-{i}",

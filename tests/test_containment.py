@@ -11,7 +11,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from belvedere.streams.clients import Record
+from belvedere.streams.clients import NewRecord
 from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
 from belvedere.streams.failure_log import FailureLog
 from tests.support.brokers import Broker
@@ -34,14 +34,14 @@ def envelope(event_type: str, data_json: bytes, event_id: str) -> bytes:
     return orjson.dumps(head)[:-1] + b',"data":' + data_json + b"}"
 
 
-def reading(tank: str, qty: int, event_id: str, event_type: str = "Filled") -> Record:
+def reading(tank: str, qty: int, event_id: str, event_type: str = "Filled") -> NewRecord:
     data = b'{"tank":"%s","qty":%d}' % (tank.encode(), qty)
-    return Record(tank.encode(), envelope(event_type, data, event_id), 0)
+    return NewRecord(tank.encode(), envelope(event_type, data, event_id), 0)
 
 
-def tagged(tank: str, tag: str, event_id: str) -> Record:
+def tagged(tank: str, tag: str, event_id: str) -> NewRecord:
     data = orjson.dumps({"tank": tank, "tag": tag})
-    return Record(tank.encode(), envelope("Tagged", data, event_id), 0)
+    return NewRecord(tank.encode(), envelope("Tagged", data, event_id), 0)
 
 
 def fill(worker: Worker, tank: str, qty: int, flow: str) -> Answer:

@@ -13,7 +13,7 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from yarl import URL
 
-from belvedere.streams.embedded import Log, Record, Transport
+from belvedere.streams.embedded import Log, NewRecord, Transport
 from belvedere.streams.errors import BrokerError, TopicMismatch
 from belvedere.streams.partitioner import partition_for_key
 
@@ -31,8 +31,8 @@ def test_append_and_read_back_every_field(log: Log) -> None:
         "t",
         1,
         [
-            Record(b"k", b"v", 1_700_000_000_123, (("eventType", b"OrderCreated"),)),
-            Record(None, None, 5),
+            NewRecord(b"k", b"v", 1_700_000_000_123, (("eventType", b"OrderCreated"),)),
+            NewRecord(None, None, 5),
         ],
     )
     assert first == 0
@@ -50,14 +50,14 @@ def test_append_and_read_back_every_field(log: Log) -> None:
 def test_offsets_are_dense_per_partition_and_reads_are_bounded(log: Log) -> None:
     log.create_topic("t", 1)
     for i in range(25):
-        assert log.append("t", 0, [Record(b"k", str(i).encode(), 0)]) == i
+        assert log.append("t", 0, [NewRecord(b"k", str(i).encode(), 0)]) == i
     assert [r.offset for r in log.read("t", 0, 10, max_records=5)] == [10, 11, 12, 13, 14]
 
 
 def test_everything_survives_a_reopen(tmp_path: Path) -> None:
     log = Log.acquire(tmp_path / "log")
     log.create_topic("orders", 3, compacting=True)
-    log.append("orders", 2, [Record(b"a", b"1", 0), Record(b"b", b"2", 0)])
+    log.append("orders", 2, [NewRecord(b"a", b"1", 0), NewRecord(b"b", b"2", 0)])
     log.commit("group-1", {("orders", 2): 1})
     log.release()
 
@@ -77,11 +77,11 @@ def test_acknowledged_appends_survive_kill_9(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os, signal
-        from belvedere.streams.embedded import Log, Record
+        from belvedere.streams.embedded import Log, NewRecord
         log = Log.acquire({str(tmp_path / "log")!r})
         log.create_topic("t", 1)
         for i in range(1000):
-            log.append("t", 0, [Record(b"k%d" % i, b"v", 0)])
+            log.append("t", 0, [NewRecord(b"k%d" % i, b"v", 0)])
         log.commit("g", {{("t", 0): 1000}})
         os.kill(os.getpid(), signal.SIGKILL)
         """
@@ -129,7 +129,7 @@ def test_topic_declared_again_with_another_partition_count_is_refused(log: Log) 
 
 def test_unknown_topics_and_partitions_are_clear_errors(log: Log) -> None:
     with pytest.raises(BrokerError, match="unknown topic 'nope'"):
-        log.append("nope", 0, [Record(b"k", b"v", 0)])
+        log.append("nope", 0, [NewRecord(b"k", b"v", 0)])
     log.create_topic("t", 2)
     with pytest.raises(BrokerError, match=r"has 2 partition.*no partition 2"):
         log.read("t", 2, 0)
@@ -140,9 +140,11 @@ def test_unknown_topics_and_partitions_are_clear_errors(log: Log) -> None:
 def test_compaction_keeps_the_latest_record_per_key(log: Log) -> None:
     log.create_topic("changelog", 1, compacting=True)
     log.append(
-        "changelog", 0, [Record(b"a", b"1", 0), Record(b"b", b"1", 0), Record(b"a", b"2", 0)]
+        "changelog",
+        0,
+        [NewRecord(b"a", b"1", 0), NewRecord(b"b", b"1", 0), NewRecord(b"a", b"2", 0)],
     )
-    log.append("changelog", 0, [Record(b"b", None, 0), Record(b"c", b"1", 0)])
+    log.append("changelog", 0, [NewRecord(b"b", None, 0), NewRecord(b"c", b"1", 0)])
     assert log.compact("changelog", 0) == 2
     kept = [(r.offset, r.key, r.value) for r in log.read("changelog", 0, 0)]
     assert kept == [(2, b"a", b"2"), (3, b"b", None), (4, b"c", b"1")]
@@ -154,7 +156,7 @@ def test_compaction_keeps_the_latest_record_per_key(log: Log) -> None:
 def test_compaction_runs_by_itself_as_a_partition_grows(log: Log) -> None:
     log.create_topic("changelog", 1, compacting=True)
     for i in range(10_000):
-        log.append("changelog", 0, [Record(b"key-%d" % (i % 10), b"%d" % i, 0)])
+        log.append("changelog", 0, [NewRecord(b"key-%d" % (i % 10), b"%d" % i, 0)])
     kept = log.read("changelog", 0, 0, max_records=20_000)
     assert len(kept) == 10
     assert sorted(int(r.value) for r in kept) == list(range(9_990, 10_000))
@@ -163,7 +165,7 @@ def test_compaction_runs_by_itself_as_a_partition_grows(log: Log) -> None:
 def test_compacted_topics_refuse_records_without_a_key(log: Log) -> None:
     log.create_topic("changelog", 1, compacting=True)
     with pytest.raises(BrokerError, match="cannot take a record without a key"):
-        log.append("changelog", 0, [Record(None, b"v", 0)])
+        log.append("changelog", 0, [NewRecord(None, b"v", 0)])
 
 
 def test_keys_land_where_kafkas_default_partitioner_puts_them() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from belvedere.streams.clients import Record
+from belvedere.streams.clients import NewRecord
 from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
 from belvedere.streams.partitioner import partition_for_key
 from tests.support.brokers import Broker
@@ -106,9 +106,9 @@ def test_bad_input_goes_to_the_dead_letters_and_the_partition_keeps_going(
             "unknown eventType 'Refund' (from its header)",
         ),
     ]
-    records = [Record(key, created("order-1"), 0)]
-    records += [Record(key, value, 0, headers) for _, value, headers, _ in bad]
-    records += [Record(key, envelope("OrderPaid", {"orderId": "order-1"}, eventId="paid-1"), 0)]
+    records = [NewRecord(key, created("order-1"), 0)]
+    records += [NewRecord(key, value, 0, headers) for _, value, headers, _ in bad]
+    records += [NewRecord(key, envelope("OrderPaid", {"orderId": "order-1"}, eventId="paid-1"), 0)]
     broker.produce(f"{name}-orders", records)
 
     orders.start()
@@ -196,7 +196,10 @@ def test_foreign_events_and_older_versions_are_read_like_our_own(
     )
     broker.produce(
         topic,
-        [Record(b"order-9", bare, 1_700_000_000_000), Record(b"order-8", v1, 1_700_000_000_000)],
+        [
+            NewRecord(b"order-9", bare, 1_700_000_000_000),
+            NewRecord(b"order-8", v1, 1_700_000_000_000),
+        ],
     )
     orders.start()
     state = orders.wait_until(

@@ -13,7 +13,7 @@ from decimal import Decimal
 import orjson
 import pytest
 
-from belvedere.streams.clients import Record
+from belvedere.streams.clients import NewRecord
 from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
 from belvedere.streams.partitioner import crc32_partition, partition_for_key
 from tests.support.brokers import KAFKA_ONLY, Broker
@@ -83,12 +83,12 @@ def test_the_source_materials_envelope_is_read_and_written_back_in_its_form(
     broker.produce(
         topic,
         [
-            Record(b"order-1", source_material("order-1", "1.0", v1_data("order-1", 12345)), 0),
-            Record(b"order-2", source_material("order-2", "2.1", v2_data("order-2", "5.50")), 0),
-            Record(b"order-3", source_material("order-3", "2", v2_data("order-3", "7")), 0),
-            Record(b"order-4", source_material("order-4", "one", v2_data("order-4", "1")), 0),
-            Record(b"order-5", source_material("order-5", "3.0", v2_data("order-5", "1")), 0),
-            Record(b"order-1", noted, 0),  # a type this code does not know yet
+            NewRecord(b"order-1", source_material("order-1", "1.0", v1_data("order-1", 12345)), 0),
+            NewRecord(b"order-2", source_material("order-2", "2.1", v2_data("order-2", "5.50")), 0),
+            NewRecord(b"order-3", source_material("order-3", "2", v2_data("order-3", "7")), 0),
+            NewRecord(b"order-4", source_material("order-4", "one", v2_data("order-4", "1")), 0),
+            NewRecord(b"order-5", source_material("order-5", "3.0", v2_data("order-5", "1")), 0),
+            NewRecord(b"order-1", noted, 0),  # a type this code does not know yet
         ],
     )
     foreign.start()

@@ -8,14 +8,16 @@ from collections.abc import Callable
 
 import orjson
 
-from belvedere.streams.clients import Record
+from belvedere.streams.clients import NewRecord
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.worker import Worker, run_cli, wait_for
 
 PARTITIONS = 4  # tests/apps/ledger.py
 
 
-def movements(n: int, accounts: int = 100, seed: int = 1) -> tuple[list[Record], dict[str, dict]]:
+def movements(
+    n: int, accounts: int = 100, seed: int = 1
+) -> tuple[list[NewRecord], dict[str, dict]]:
     """``n`` events over ``accounts`` accounts, and the fold of them computed here."""
     rng = random.Random(seed)
     records, fold = [], {}
@@ -38,11 +40,11 @@ def movements(n: int, accounts: int = 100, seed: int = 1) -> tuple[list[Record],
             kind = "Withdrawn"
             fold[account] = {**row, "balance": row["balance"] - amount, "ops": row["ops"] + 1}
         envelope = {"eventId": f"e-{i}", "eventType": kind, "eventVersion": 1, "data": data}
-        records.append(Record(account.encode(), orjson.dumps(envelope), 0))
+        records.append(NewRecord(account.encode(), orjson.dumps(envelope), 0))
     return records, fold
 
 
-def deposits_by_owner(records: list[Record]) -> dict[str, int]:
+def deposits_by_owner(records: list[NewRecord]) -> dict[str, int]:
     out: dict[str, int] = {}
     for record in records:
         envelope = orjson.loads(record.value)
@@ -128,8 +130,8 @@ def test_view_is_restored_from_its_changelog(
 def test_a_failing_handler_dead_letters_its_event_and_the_partition_goes_on(
     broker: Broker, ledger: Worker, unique_name: str
 ) -> None:
-    def event(kind: str, **data: object) -> Record:
-        return Record(
+    def event(kind: str, **data: object) -> NewRecord:
+        return NewRecord(
             b"acct-x",
             orjson.dumps(
                 {"eventType": kind, "eventVersion": 1, "data": {"account": "acct-x", **data}}
@@ -162,9 +164,9 @@ def test_a_failing_handler_dead_letters_its_event_and_the_partition_goes_on(
     assert state["rows"]["acct-x"] == {"owner": "o", "balance": 6, "ops": 2}
 
 
-def note(account: str, text: str) -> Record:
+def note(account: str, text: str) -> NewRecord:
     data = {"account": account, "text": text}
-    return Record(
+    return NewRecord(
         account.encode(), orjson.dumps({"eventType": "Noted", "eventVersion": 1, "data": data}), 0
     )
 
@@ -178,7 +180,7 @@ def reset(ledger: Worker, broker: Broker, name: str, view: str) -> str:
     return result.stdout
 
 
-def fill_both_views(broker: Broker, ledger: Worker, name: str, records: list[Record]) -> dict:
+def fill_both_views(broker: Broker, ledger: Worker, name: str, records: list[NewRecord]) -> dict:
     """Fold ``records`` into balances and 20 notes into notes, then stop; the state then."""
     broker.produce(f"{name}-movements", records)
     broker.produce(f"{name}-notes", [note(f"acct-{i}", f"note {i}") for i in range(20)])
@@ -256,7 +258,9 @@ def test_a_view_keyed_differently_from_its_source_is_repartitioned_exactly_once(
         revenue[user] = revenue.get(user, 0) + amount
         data = {"orderId": f"order-{i}", "userId": user, "amount": amount}
         envelope = {"eventType": "OrderPlaced", "eventVersion": 1, "data": data}
-        records.append(Record(f"order-{i}".encode(), orjson.dumps(envelope), 0))  # keyed by order
+        records.append(
+            NewRecord(f"order-{i}".encode(), orjson.dumps(envelope), 0)
+        )  # keyed by order
     broker.produce(f"{unique_name}-orders", records)
 
     ledger.env["LEDGER_REVENUE_DELAY"] = "0.0005"  # ~10 s for all: the kill lands mid-way

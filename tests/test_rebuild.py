@@ -17,7 +17,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from belvedere.streams.clients import Record
+from belvedere.streams.clients import NewRecord
 from belvedere.tables.generations import Generation, Generations, PartitionProgress
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import call
@@ -33,7 +33,7 @@ def scaled(fold: dict[str, dict], factor: int) -> dict[str, dict]:
     return {k: {**row, "balance": row["balance"] * factor} for k, row in fold.items()}
 
 
-def alert_worthy(records: list[Record]) -> list[str]:
+def alert_worthy(records: list[NewRecord]) -> list[str]:
     """The event ids of the deposits the projection raises an alert for."""
     found = []
     for record in records:
@@ -73,7 +73,7 @@ class Reads(threading.Thread):
         return self.statuses
 
 
-def produce_through(worker: Worker, topic: str, records: list[Record]) -> None:
+def produce_through(worker: Worker, topic: str, records: list[NewRecord]) -> None:
     for i in range(0, len(records), 500):
         body = [[r.key.decode(), orjson.loads(r.value)] for r in records[i : i + 500]]
         request = urllib.request.Request(
@@ -105,7 +105,9 @@ def test_rebuild_while_reads_run_serves_the_new_logic_and_touches_nothing_else(
     # Dead-lettered when first folded; the replay meets them again and only counts them.
     unlucky = {"account": "acct-1", "owner": "owner-1", "amount": 13}
     envelope = {"eventType": "Deposited", "eventVersion": 1, "data": unlucky}
-    broker.produce(f"{unique_name}-movements", [Record(b"acct-1", orjson.dumps(envelope), 0)] * 3)
+    broker.produce(
+        f"{unique_name}-movements", [NewRecord(b"acct-1", orjson.dumps(envelope), 0)] * 3
+    )
     ledger.env["LEDGER_FACTOR"] = "3"  # the new release
     ledger.start()
     ledger.wait_until(
@@ -162,8 +164,8 @@ def test_rebuild_from_a_timestamp_folds_only_later_events(
     now = int(time.time() * 1000)
     old, _ = movements(2_000, seed=12)
     new, new_fold = movements(3_000, seed=13)
-    stamp = [Record(r.key, r.value, now - 3_600_000 + i) for i, r in enumerate(old)]
-    stamp += [Record(r.key, r.value, now - 60_000 + i) for i, r in enumerate(new)]
+    stamp = [NewRecord(r.key, r.value, now - 3_600_000 + i) for i, r in enumerate(old)]
+    stamp += [NewRecord(r.key, r.value, now - 60_000 + i) for i, r in enumerate(new)]
     broker.produce(f"{unique_name}-movements", stamp)
     ledger.start()
     ledger.wait_until("/state", lambda s: s["ready"] and total_ops(s) == 5_000, what="5,000 events")
@@ -463,7 +465,7 @@ def test_a_partition_moving_away_stops_its_replay_helper_before_its_new_owner_wr
 # -- events the new code fails on, and the code the workers run ------------------------------
 
 
-def fold_without(records: list[Record], refused: int) -> dict[str, dict]:
+def fold_without(records: list[NewRecord], refused: int) -> dict[str, dict]:
     """The balances fold of ``records`` by a release that fails on withdrawals of
     ``refused`` (and, like every release, on deposits of 13)."""
     rows: dict[str, dict] = {}
@@ -492,7 +494,8 @@ def test_a_rebuild_whose_new_code_fails_on_some_events_dead_letters_them_and_swi
     unlucky = {"eventType": "Deposited", "eventVersion": 1,
                "data": {"account": "acct-1", "owner": "owner-1", "amount": 13}}  # fmt: skip
     broker.produce(
-        f"{unique_name}-movements", [*records, *[Record(b"acct-1", orjson.dumps(unlucky), 0)] * 2]
+        f"{unique_name}-movements",
+        [*records, *[NewRecord(b"acct-1", orjson.dumps(unlucky), 0)] * 2],
     )
     ledger.start()
     ledger.wait_until("/state", lambda s: s["ready"] and total_ops(s) == 3_000 and

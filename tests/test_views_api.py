@@ -14,7 +14,7 @@ from urllib.parse import quote
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from belvedere.streams.clients import Record
+from belvedere.streams.clients import NewRecord
 from belvedere.views_api.positions import decode_token, encode_token
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.fuzz import fuzz_spec
@@ -31,7 +31,7 @@ def deposit(account: str, amount: int, owner: str = "owner-x") -> dict:
     return {"eventType": "Deposited", "eventVersion": 1, "data": data}
 
 
-def tallies(n: int, seed: int) -> tuple[list[Record], dict[int, int]]:
+def tallies(n: int, seed: int) -> tuple[list[NewRecord], dict[int, int]]:
     """``n`` Tallied events over ints (some negative), and the count per int."""
     rng = random.Random(seed)
     records, counts = [], {}
@@ -39,7 +39,7 @@ def tallies(n: int, seed: int) -> tuple[list[Record], dict[int, int]]:
         value = rng.randrange(-50, 250)
         counts[value] = counts.get(value, 0) + 1
         envelope = {"eventType": "Tallied", "eventVersion": 1, "data": {"n": value}}
-        records.append(Record(str(value).encode(), orjson.dumps(envelope), 0))
+        records.append(NewRecord(str(value).encode(), orjson.dumps(envelope), 0))
     return records, counts
 
 

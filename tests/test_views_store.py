@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
 
 import pytest
@@ -276,6 +276,34 @@ def test_rows_written_locally_stay_pending_until_the_changelog_confirms(
     assert reopened.pending_keys() == [b"a"]
     reopened.confirm(41)
     assert reopened.pending_keys() == [] and reopened.changelog_offset() == 41
+
+
+def test_a_views_definition_stays_as_declared_and_only_its_state_changes() -> None:
+    """A view is shared by the app's declarations, every reader and the engine: the
+    definition cannot be changed under them, and the worker's holdings are its state."""
+    v = view(partitions=None)
+    for name, value in (
+        ("name", "other"),
+        ("indexes", ()),
+        ("value_type", dict),
+        ("internal", True),
+    ):
+        with pytest.raises(FrozenInstanceError):
+            setattr(v, name, value)
+    assert (v.name, v.indexes, v.partitions, v.generation) == ("rows", ("owner",), None, 1)
+    v.partitions, v.generation = 4, 2  # the engine learns them as the worker starts
+    assert (v.state.partitions, v.state.generation, v.declared_partitions) == (4, 2, None)
+    assert (v.partitions, v.generation) == (4, 2)
+    assert v.stores is v.state.stores and v.status is v.state.status
+    app = belvedere.App("declared")
+    balances = app.view("balances", value=int, partitions=3)
+    assert balances.partitions == 3 and not balances.internal and app.views["balances"] is balances
+
+    class Noted(belvedere.Event):
+        text: str
+
+    app.trace_flows(app.event_topic("notes", Noted))
+    assert app.views["trace"].internal and app.views["trace"].value_type is dict
 
 
 def test_restore_progress_gives_rate_and_eta() -> None:

@@ -42,6 +42,7 @@ from faust.types import TP
 from belvedere.agents.aggregates import Aggregate, CommandHandler, annotated_types, decide
 from belvedere.agents.engine import send_all
 from belvedere.agents.projection import Handler, PartitionState, Projection
+from belvedere.agents.surface import AgentsApp
 from belvedere.streams.envelope import BadEvent, new_meta
 from belvedere.streams.readers import PartitionReader
 from belvedere.streams.records import Command
@@ -88,7 +89,7 @@ class CommandProjection(Projection):
 
     def __init__(
         self,
-        app: Any,
+        app: AgentsApp,
         aggregate: type[Aggregate],
         *,
         commands: EventTopic,

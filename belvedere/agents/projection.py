@@ -102,7 +102,7 @@ class Projection:
         return (self.source, *self.more_sources)
 
     async def on_tick(self, part: PartitionState) -> None:
-        """Called every quarter of the checkpoint interval for each served partition, under
+        """Called every half checkpoint interval for each served partition, under
         the engine's lock (a timer may change the partition's state here)."""
 
     @property

@@ -13,9 +13,9 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from belvedere.streams.clients import BrokerClient, Record
+from belvedere.agents.surface import AgentsApp
+from belvedere.streams.clients import BrokerClient, NewRecord
 from belvedere.tables.changelog import CHANGELOG_CONFIG, HEADER_RESET, RESET_KEY
 from belvedere.tables.generations import Generation, Generations, control_topic, gen_key
 
@@ -31,7 +31,7 @@ class ResetReport:
     removed_local: bool
 
 
-def reset_view(app: Any, name: str, client: BrokerClient) -> ResetReport:
+def reset_view(app: AgentsApp, name: str, client: BrokerClient) -> ResetReport:
     view = app.views.get(name)
     if view is None:
         known = ", ".join(sorted(app.views)) or "none"
@@ -59,12 +59,12 @@ def reset_view(app: Any, name: str, client: BrokerClient) -> ResetReport:
         changelog, partitions, compacted=True, config=CHANGELOG_CONFIG, replication=replicas
     )
     epoch = uuid.uuid4().hex.encode()
-    marker = Record(RESET_KEY, epoch, 0, ((HEADER_RESET, epoch),))
+    marker = NewRecord(RESET_KEY, epoch, 0, ((HEADER_RESET, epoch),))
     for partition in range(partitions):
         client.produce(changelog, [marker], partition=partition)
     if gen.building is not None or gen.previous is not None:
         settled = Generation(active=gen.active, highest=gen.highest)
-        client.produce(control, [Record(gen_key(name), settled.encode(), 0)], partition=0)
+        client.produce(control, [NewRecord(gen_key(name), settled.encode(), 0)], partition=0)
     client.commit(app.conf.id, {(source, p): 0 for p in range(source_partitions)})
     if projection.repartition is not None:  # its copies would be applied again otherwise
         repartition = projection.repartition.get_topic_name()

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from belvedere.agents.projection import Handler, PartitionState, Projection, by_correlation
+from belvedere.agents.surface import AgentsApp
 from belvedere.streams.records import Command, Event
 from belvedere.streams.topics import EventTopic
 from belvedere.streams.types import format_timestamp
@@ -235,7 +236,7 @@ class SagaProjection(Projection):
     eager = True
     not_rebuildable = "a saga's commands were sent when it first ran"
 
-    def __init__(self, app: Any, saga: Saga, sources: Sequence[EventTopic], view: View, inbox: EventTopic) -> None:  # fmt: skip
+    def __init__(self, app: AgentsApp, saga: Saga, sources: Sequence[EventTopic], view: View, inbox: EventTopic) -> None:  # fmt: skip
         super().__init__(view=view, **by_correlation(sources, inbox))
         self.app = app
         self.saga = saga

@@ -29,6 +29,7 @@ from belvedere.agents.aggregates import (
     annotated_types,
     decide,
 )
+from belvedere.agents.declared import DeclaredApp
 from belvedere.agents.sagas import Saga, Sent
 from belvedere.streams.records import Command, Event
 
@@ -63,7 +64,7 @@ class AggregateFixture:
     def __init__(
         self,
         aggregate: type[Aggregate],
-        app: Any = None,
+        app: DeclaredApp | None = None,
         *,
         handlers: Iterable[Callable[..., Any]] = (),
         aggregate_id: str = "fixture-1",  # for commands without a key field
@@ -172,7 +173,7 @@ class SagaFixture:
     checkout.given(created, reserved).after(31).then_sent(RefundPayment(...), ...)
     """
 
-    def __init__(self, app: Any, name: str, *, saga_id: str = "flow-1") -> None:
+    def __init__(self, app: DeclaredApp, name: str, *, saga_id: str = "flow-1") -> None:
         found = app.sagas.get(name)
         if found is None:
             raise LookupError(f"{app.conf.id!r} has no saga {name!r} (sagas: {sorted(app.sagas)})")

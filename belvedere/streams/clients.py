@@ -16,12 +16,19 @@ from typing import Any, Protocol
 
 from yarl import URL
 
-from belvedere.streams.embedded import Log, Record, StoredRecord, log_path
+from belvedere.streams.embedded import Log, NewRecord, StoredRecord, log_path
 from belvedere.streams.errors import BrokerError
 from belvedere.streams.partitioner import partition_for_key
 from belvedere.streams.security import BrokerSecurity
 
-__all__ = ["BrokerClient", "EmbeddedClient", "KafkaClient", "Record", "StoredRecord", "client_for"]
+__all__ = [
+    "BrokerClient",
+    "EmbeddedClient",
+    "KafkaClient",
+    "NewRecord",
+    "StoredRecord",
+    "client_for",
+]
 
 Offsets = Mapping[tuple[str, int], int]
 
@@ -44,7 +51,7 @@ class BrokerClient(Protocol):
     def partitions(self, topic: str) -> int | None: ...
 
     def produce(
-        self, topic: str, records: Iterable[Record], partition: int | None = None
+        self, topic: str, records: Iterable[NewRecord], partition: int | None = None
     ) -> None: ...
 
     def read(self, topic: str, start: Offsets | None = None) -> list[StoredRecord]: ...
@@ -107,7 +114,9 @@ class EmbeddedClient:
         with self._log() as log:
             return log.partitions(topic)
 
-    def produce(self, topic: str, records: Iterable[Record], partition: int | None = None) -> None:
+    def produce(
+        self, topic: str, records: Iterable[NewRecord], partition: int | None = None
+    ) -> None:
         with self._log() as log:
             n = log.partitions(topic)
             if n is None:
@@ -223,7 +232,9 @@ class KafkaClient:
     def partitions(self, topic: str) -> int | None:
         return self._run(self._partitions(topic))
 
-    def produce(self, topic: str, records: Iterable[Record], partition: int | None = None) -> None:
+    def produce(
+        self, topic: str, records: Iterable[NewRecord], partition: int | None = None
+    ) -> None:
         from aiokafka import AIOKafkaProducer
 
         async def produce() -> None:

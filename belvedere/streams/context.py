@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING
 
 from faust.streams import current_event
 
-if TYPE_CHECKING:
-    from belvedere.streams.envelope import EventMeta
-    from belvedere.streams.records import Event
+from belvedere.streams.envelope import EventMeta
+from belvedere.streams.records import Event
 
 __all__ = [
     "caused_by",

@@ -25,10 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from faust.types import TP, Message
+from faust.types import TP, Message, TopicT
 
+from belvedere.streams.clients import BrokerClient, NewRecord
 from belvedere.streams.context import rebuild_target, side_effects_suppressed
+from belvedere.streams.envelope import BadEvent
 from belvedere.streams.failure_log import FailureLog
+from belvedere.streams.readers import reader_for
+from belvedere.streams.surface import StreamsApp
 from belvedere.streams.types import format_timestamp
 
 __all__ = [
@@ -156,7 +160,7 @@ BY_VIEW_TTL = 2.0
 class DeadLetters:
     """Sends an app's dead letters and counts them by source topic and kind."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: StreamsApp) -> None:
         self.app = app
         self.counts: Counter[tuple[str, str]] = Counter()
         #: By (view, topic, kind), view "" for none: ``/metrics``' labels.
@@ -340,8 +344,6 @@ class DeadLetters:
 
     async def _catch_up(self, name: str) -> None:
         """Read what was appended to dead-letter topic ``name`` since the last time."""
-        from belvedere.streams.readers import reader_for
-
         if self._reader is None:
             self._reader = reader_for(self.app)
         tp = TP(name, 0)
@@ -368,7 +370,9 @@ class ReplayReport:
     still_bad: list[str] = field(default_factory=list)
 
 
-def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> ReplayReport:
+def replay(
+    app: StreamsApp, topic: TopicT, client: BrokerClient, *, from_start: bool = False
+) -> ReplayReport:
     """Publish ``topic``'s dead letters to it again, decoded (and so upcast) by today's code
     (a plain ``app.topic``'s: their original bytes and headers).
 
@@ -377,21 +381,18 @@ def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> Re
     partition the topic's partitioner gives its key. Progress is kept as the offsets of the group ``<app id>-dlq-replay``, so a
     second replay only takes what is new; ones that still fail are reported and passed.
     """
-    from belvedere.streams.clients import Record
-    from belvedere.streams.envelope import BadEvent
-
     source = topic.get_topic_name()
     name = dead_letter_topic(app.conf.id, source)
     group = f"{app.conf.id}-dlq-replay"
     start = None if from_start else client.committed(group, name)
     report = ReplayReport()
     done: dict[tuple[str, int], int] = {}
-    out: dict[int | None, list[Record]] = {}
+    out: dict[int | None, list[NewRecord]] = {}
     for record in client.read(name, start=start):
         done[(name, record.partition)] = record.offset + 1
         letter = DeadLetter.from_record(record.key, record.value, record.headers)
         if not hasattr(topic, "codec"):  # a plain topic: its bytes again, for today's code
-            out.append(Record(letter.key, letter.value, 0, letter.headers))
+            out.setdefault(None, []).append(NewRecord(letter.key, letter.value, 0, letter.headers))
             continue
         try:
             event = topic.codec.decode(
@@ -407,7 +408,7 @@ def replay(app: Any, topic: Any, client: Any, *, from_start: bool = False) -> Re
             continue
         current = event.meta.at_version(event.event_version)
         out.setdefault(topic.partition_for(letter.key), []).append(
-            Record(
+            NewRecord(
                 letter.key,
                 topic.codec.encode(event, current),
                 0,

@@ -17,6 +17,7 @@ from faust.types import TP
 
 from belvedere.streams.backoff import back_off_failed_metadata
 from belvedere.streams.fetcher import GIVE_UP_AFTER, LogRecord, fetch_ranges
+from belvedere.streams.surface import StreamsApp
 
 __all__ = ["PartitionReader", "ReaderClosed", "reader_for"]
 
@@ -292,7 +293,7 @@ async def _learn_topics(consumer: Any, tps: Iterable[Any]) -> None:
 _END = object()
 
 
-def reader_for(app: Any) -> PartitionReader:
+def reader_for(app: StreamsApp) -> PartitionReader:
     url = app.conf.broker[0]
     if url.scheme == "embedded":
         return EmbeddedReader(app.transport.acquire_log())

@@ -205,6 +205,12 @@ class Record:
         """Build from a ``data`` dict; FieldError says which field is wrong."""
         return codec(cls).decode(data)
 
+    @classmethod
+    def __belvedere_converter__(cls) -> Converter:
+        """How a field, a view value or a nested value of this type converts: the hook
+        :func:`~belvedere.streams.types.converter_for` calls, as it cannot import records."""
+        return record_converter(cls)
+
 
 def codec(cls: type[Record]) -> Codec:
     compiled = cls.__dict__.get("__belvedere_codec__")

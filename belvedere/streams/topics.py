@@ -25,6 +25,7 @@ from belvedere.streams.envelope import (
 )
 from belvedere.streams.partitioner import PARTITIONERS, crc32_partition
 from belvedere.streams.records import Event
+from belvedere.streams.surface import StreamsApp
 from belvedere.streams.transactions import current_producer
 
 __all__ = ["DeadLetteringTopic", "EventTopic", "Published"]
@@ -73,7 +74,7 @@ class EventTopic(DeadLetteringTopic):
 
     def __init__(
         self,
-        app: Any,
+        app: StreamsApp,
         *,
         event_types: Iterable[type[Event]],
         key: str | None = None,

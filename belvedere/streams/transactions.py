@@ -34,6 +34,7 @@ from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 
 from belvedere.streams.backoff import BackoffKafkaProducer
+from belvedere.streams.surface import StreamsApp
 
 __all__ = [
     "Fenced",
@@ -179,7 +180,7 @@ def producing(producer: PartitionProducer | None) -> Iterator[None]:
 class Transactions:
     """A worker's transactional producers, one per live source partition it folds."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: StreamsApp) -> None:
         self.app = app
         self._producers: dict[TP, PartitionProducer] = {}
 

@@ -352,10 +352,9 @@ def converter_for(hint: Any) -> Converter:
         return _any()
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return _enum(hint)
-    if isinstance(hint, type) and hasattr(hint, "__belvedere_codec__"):
-        from belvedere.streams.records import record_converter
-
-        return record_converter(hint)
+    own = getattr(hint, "__belvedere_converter__", None) if isinstance(hint, type) else None
+    if own is not None:  # a Record class (belvedere.streams.records), which builds its own
+        return own()
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         rest = [a for a in args if a is not type(None)]

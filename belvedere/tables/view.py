@@ -18,18 +18,16 @@ import itertools
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import FrozenInstanceError, dataclass, field
+from typing import Any
 
 import orjson
 
 from belvedere.streams.partitioner import partitioner_named
 from belvedere.streams.types import INT_MAX, INT_MIN, converter_for
+from belvedere.tables.store import PartitionStore
 
-if TYPE_CHECKING:
-    from belvedere.tables.store import PartitionStore
-
-__all__ = ["LocalPartition", "NotLocal", "PartitionStatus", "View", "key_codec"]
+__all__ = ["LocalPartition", "NotLocal", "PartitionStatus", "View", "ViewState", "key_codec"]
 
 
 class NotLocal(LookupError):
@@ -118,46 +116,141 @@ class LocalPartition:
 
 
 @dataclass(eq=False)
+class ViewState:
+    """What this worker holds of a view: it changes as partitions are assigned, restored,
+    rebuilt and revoked, while the view's definition does not."""
+
+    #: The partition count, once the worker knows it (None: the one declared, if any).
+    partitions: int | None = None
+    #: The generation new partitions are restored to (the control topic says which).
+    generation: int = 1
+    #: The partitions of this view this worker holds, and where each stands.
+    stores: dict[int, PartitionStore] = field(default_factory=dict)
+    status: dict[int, PartitionStatus] = field(default_factory=dict)
+    #: Partitions this worker keeps as standbys, and how many changelog records each lags.
+    standby_lag: dict[int, int] = field(default_factory=dict)
+    #: The standby copies, readable by callers that accept their lag.
+    standby_stores: dict[int, PartitionStore] = field(default_factory=dict)
+    #: Set when a checkpoint makes more of the view readable (None: nobody waits).
+    advanced: asyncio.Event | None = None
+
+
 class View:
-    """The definition of a view; ``app.view(...)`` makes one and registers it."""
+    """The definition of a view; ``app.view(...)`` makes one and registers it.
+
+    The definition (name, key and value types, indexes, how keys hash) does not change once
+    made: assigning to it raises ``FrozenInstanceError``. What this worker holds of the view
+    is its :class:`ViewState` (``state``); ``partitions``, ``generation``, ``stores``,
+    ``status``, ``standby_lag`` and ``standby_stores`` read and write it.
+    """
+
+    #: Assignable after ``__init__``: they are the state's (``generation``, ``partitions``).
+    _STATE = frozenset({"partitions", "generation"})
 
     app_id: str
     name: str
     value_type: Any
-    key_type: type = str
-    indexes: Sequence[str] = ()
-    partitions: int | None = None
-    generation: int = 1
+    key_type: type
+    indexes: Sequence[str]
     #: How its keys are hashed to partitions: its source topic's (``crc32`` for a topic
     #: librdkafka producers write), else Kafka's murmur2.
-    partitioner: str = "murmur2"
+    partitioner: str
     #: Made by the framework for an aggregate, a saga, a reactor or the trace, not declared
     #: by the app: the status page folds these away below the app's own.
-    internal: bool = False
-    _codec: KeyCodec = field(init=False, repr=False)
-    #: The partitions of this view this worker holds, and where each stands.
-    stores: dict[int, PartitionStore] = field(default_factory=dict, init=False, repr=False)
-    status: dict[int, PartitionStatus] = field(default_factory=dict, init=False, repr=False)
-    #: Partitions this worker keeps as standbys, and how many changelog records each lags.
-    standby_lag: dict[int, int] = field(default_factory=dict, init=False, repr=False)
-    #: The standby copies, readable by callers that accept their lag.
-    standby_stores: dict[int, PartitionStore] = field(default_factory=dict, init=False, repr=False)
-    _advanced: asyncio.Event | None = field(default=None, init=False, repr=False)
+    internal: bool
+    #: The partition count declared with ``app.view(partitions=)`` (None: the source's).
+    declared_partitions: int | None
+    #: Every value written (and checked) encodes: no need to encode each event's.
+    always_encodes: bool
+    state: ViewState
 
-    def __post_init__(self) -> None:
-        self._codec = key_codec(self.key_type)
-        converter = converter_for(self.value_type)
-        self._encode = converter.encode
+    def __init__(
+        self,
+        app_id: str,
+        name: str,
+        value_type: Any,
+        key_type: type = str,
+        indexes: Sequence[str] = (),
+        partitions: int | None = None,
+        generation: int = 1,
+        partitioner: str = "murmur2",
+        internal: bool = False,
+    ) -> None:
+        define = super().__setattr__
+        define("app_id", app_id)
+        define("name", name)
+        define("value_type", value_type)
+        define("key_type", key_type)
+        define("indexes", indexes)
+        define("declared_partitions", partitions)
+        define("internal", internal)
+        define("state", ViewState(generation=generation))
+        define("_codec", key_codec(key_type))
+        converter = converter_for(value_type)
+        define("_encode", converter.encode)
         if converter.plain:  # nothing to convert: orjson alone (every event's write)
-            self.encode_value = orjson.dumps  # type: ignore[method-assign]
-        #: Every value written (and checked) encodes: no need to encode each event's.
-        self.always_encodes = converter.always_encodes and not self.indexes
-        self._decode = converter.decode
-        self._check = converter.check
-        self._partition = partitioner_named(self.partitioner)
-        for index in self.indexes:
+            define("encode_value", orjson.dumps)
+        define("always_encodes", converter.always_encodes and not indexes)
+        define("_decode", converter.decode)
+        define("_check", converter.check)
+        define("partitioner", partitioner)
+        define("_partition", partitioner_named(partitioner))
+        for index in indexes:
             if not index.isidentifier():
-                raise ValueError(f"view {self.name!r}: index {index!r} must name a field")
+                raise ValueError(f"view {name!r}: index {index!r} must name a field")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name not in self._STATE:
+            raise FrozenInstanceError(f"view {self.name!r}: cannot assign to {name!r}")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"view {self.name!r}: cannot delete {name!r}")
+
+    def __repr__(self) -> str:
+        return (
+            f"View(app_id={self.app_id!r}, name={self.name!r}, value_type={self.value_type!r}, "
+            f"key_type={self.key_type!r}, indexes={self.indexes!r}, "
+            f"partitions={self.partitions!r}, generation={self.generation!r}, "
+            f"partitioner={self.partitioner!r}, internal={self.internal!r})"
+        )
+
+    # -- what this worker holds (the state's) -------------------------------------------
+
+    @property
+    def partitions(self) -> int | None:
+        """The partition count: once the worker knows it, that; until then the declared."""
+        known = self.state.partitions
+        return known if known is not None else self.declared_partitions
+
+    @partitions.setter
+    def partitions(self, count: int) -> None:
+        self.state.partitions = count
+
+    @property
+    def generation(self) -> int:
+        """The generation new partitions are restored to."""
+        return self.state.generation
+
+    @generation.setter
+    def generation(self, generation: int) -> None:
+        self.state.generation = generation
+
+    @property
+    def stores(self) -> dict[int, PartitionStore]:
+        return self.state.stores
+
+    @property
+    def status(self) -> dict[int, PartitionStatus]:
+        return self.state.status
+
+    @property
+    def standby_lag(self) -> dict[int, int]:
+        return self.state.standby_lag
+
+    @property
+    def standby_stores(self) -> dict[int, PartitionStore]:
+        return self.state.standby_stores
 
     @property
     def changelog_topic(self) -> str:
@@ -193,9 +286,12 @@ class View:
         return self._partition(self.wire_key(key), partitions)
 
     def hash_keys_with(self, partitioner: str) -> None:
-        """Hash keys as the topic the view is folded from does (``crc32``, ``murmur2``)."""
-        self._partition = partitioner_named(partitioner)
-        self.partitioner = partitioner
+        """Hash keys as the topic the view is folded from does (``crc32``, ``murmur2``).
+
+        Part of declaring its projection (``app.projection``), which comes after the view:
+        the one change to a definition."""
+        super().__setattr__("_partition", partitioner_named(partitioner))
+        super().__setattr__("partitioner", partitioner)
 
     # -- values ----------------------------------------------------------------------------
 
@@ -282,16 +378,16 @@ class View:
 
     def advanced(self) -> None:
         """A checkpoint made more of the view readable: wake whoever waits for a position."""
-        if self._advanced is not None:
-            self._advanced.set()
-            self._advanced = None
+        if self.state.advanced is not None:
+            self.state.advanced.set()
+            self.state.advanced = None
 
     async def wait_advanced(self, timeout: float) -> None:
         """Until the next :meth:`advanced`, or ``timeout`` seconds."""
-        if self._advanced is None:
-            self._advanced = asyncio.Event()
+        if self.state.advanced is None:
+            self.state.advanced = asyncio.Event()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._advanced.wait(), timeout)
+            await asyncio.wait_for(self.state.advanced.wait(), timeout)
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The row for ``key`` from this worker; NotLocal if another worker owns it."""

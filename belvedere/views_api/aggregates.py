@@ -27,6 +27,7 @@ from belvedere.views_api.errors import error, json
 from belvedere.views_api.opaque import unpack
 from belvedere.views_api.params import BadParam, encode_cursor, int_param
 from belvedere.views_api.reads import stored_row
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["aggregate_events", "get_aggregate"]
 
@@ -49,7 +50,9 @@ def _at_param(request: web.Request) -> int | dt.datetime | None:
         raise BadParam(f"at must be a version or an ISO-8601 time, not {text[:40]!r}") from None
 
 
-async def _row(app: Any, request: web.Request) -> tuple[CommandProjection, dict] | web.Response:
+async def _row(
+    app: ServedApp, request: web.Request
+) -> tuple[CommandProjection, dict] | web.Response:
     name, aggregate_id = request.match_info["type"], request.match_info["id"]
     projection = app.aggregates.get(name)
     if projection is None:
@@ -79,7 +82,7 @@ def _version_cursor(request: web.Request, version: int) -> int:
 
 
 async def _history(
-    app: Any, projection: CommandProjection, row: dict, offsets: Sequence[int]
+    app: ServedApp, projection: CommandProjection, row: dict, offsets: Sequence[int]
 ) -> list[Any]:
     """The aggregate's event records at ``offsets`` (some of its own, in order), read
     back from its events topic."""
@@ -100,7 +103,7 @@ async def _history(
     return found
 
 
-async def get_aggregate(app: Any, request: web.Request) -> web.StreamResponse:
+async def get_aggregate(app: ServedApp, request: web.Request) -> web.StreamResponse:
     at = _at_param(request)
     got = await _row(app, request)
     if isinstance(got, web.Response):
@@ -127,7 +130,7 @@ async def get_aggregate(app: Any, request: web.Request) -> web.StreamResponse:
     return json(body)
 
 
-async def aggregate_events(app: Any, request: web.Request) -> web.StreamResponse:
+async def aggregate_events(app: ServedApp, request: web.Request) -> web.StreamResponse:
     limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     got = await _row(app, request)
     if isinstance(got, web.Response):

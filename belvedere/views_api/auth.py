@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from belvedere.views_api.errors import error
+from belvedere.views_api.surface import ServedApp
 
 __all__ = [
     "ADMIN",
@@ -62,7 +63,7 @@ class Tokens:
     admin: str | None
 
     @classmethod
-    def of(cls, app: Any) -> Tokens:
+    def of(cls, app: ServedApp) -> Tokens:
         return cls(
             read=app.read_token or app.api_token,
             write=app.write_token or app.api_token,
@@ -108,7 +109,7 @@ def is_loopback_host(host: str) -> bool:
     return bool(found) and all(_is_loopback_address(str(info[4][0])) for info in found)
 
 
-def exposure_problem(app: Any) -> str | None:
+def exposure_problem(app: ServedApp) -> str | None:
     """Why this worker would be an open door (None if it would not): bound to an address
     other machines reach, with a scope no token guards."""
     bind = str(app.conf.web_bind)
@@ -184,7 +185,7 @@ def refusal(request: web.Request, scope: str, tokens: Tokens) -> web.Response | 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def tokens_required(app: Any, scopes: Mapping[str, str]) -> Callable[..., Any]:
+def tokens_required(app: ServedApp, scopes: Mapping[str, str]) -> Callable[..., Any]:
     """The middleware checking each request's token against its route's scope
     (``scopes``: route name -> scope)."""
 

@@ -36,6 +36,7 @@ from yarl import URL
 
 from belvedere.views_api.errors import error
 from belvedere.views_api.routing import is_forwarded
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["LOOPBACK_NAMES", "browser_rules", "origin_of", "split_list"]
 
@@ -95,7 +96,7 @@ def _is_ip(name: str) -> bool:
 class BrowserRules:
     """The names and origins one worker accepts (see the module docstring)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ServedApp) -> None:
         canonical = URL(str(app.conf.canonical_url))
         configured = split_list(getattr(app, "web_allowed_hosts", None))
         self.any_host = "*" in configured
@@ -148,7 +149,7 @@ def _preflight(origin: str, allowed: Iterable[str]) -> web.Response:
     )
 
 
-def browser_rules(app: Any, web_app: web.Application) -> Callable[..., Any]:
+def browser_rules(app: ServedApp, web_app: web.Application) -> Callable[..., Any]:
     """The middleware enforcing the rules, and CORS headers on the answers it lets by."""
     rules = BrowserRules(app)
 

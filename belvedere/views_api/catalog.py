@@ -21,13 +21,14 @@ from belvedere.tables.view import View
 from belvedere.views_api.errors import json
 from belvedere.views_api.reads import lag_of, lineage
 from belvedere.views_api.routing import ask_members, members_of, self_url
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["list_views", "local_views"]
 
 logger = logging.getLogger(__name__)
 
 
-def _partition(app: Any, view: View, partition: int, now: float) -> dict[str, Any]:
+def _partition(app: ServedApp, view: View, partition: int, now: float) -> dict[str, Any]:
     status = view.status[partition]
     store = view.stores.get(partition)
     topics = lineage(app, view)
@@ -48,7 +49,7 @@ def _partition(app: Any, view: View, partition: int, now: float) -> dict[str, An
     }
 
 
-def local_views(app: Any) -> dict[str, Any]:
+def local_views(app: ServedApp) -> dict[str, Any]:
     """What this worker holds of each view."""
     now = time.monotonic()
     me = self_url(app)
@@ -65,7 +66,7 @@ def local_views(app: Any) -> dict[str, Any]:
     return out
 
 
-def _sources(app: Any, view: View) -> list[str]:
+def _sources(app: ServedApp, view: View) -> list[str]:
     projection = app.projections.projections.get(view.name)
     if projection is None:
         return []
@@ -85,7 +86,7 @@ def _state(view: View, partitions: dict[Any, Any], rebuild: dict[str, Any]) -> s
     return "serving" if expected and serving >= expected else "recovering"
 
 
-async def list_views(app: Any, request: web.Request) -> web.StreamResponse:
+async def list_views(app: ServedApp, request: web.Request) -> web.StreamResponse:
     if request.query.get("scope") == "local":
         return json({"views": local_views(app)})
     me = self_url(app)

@@ -40,6 +40,7 @@ from belvedere.views_api.opaque import pack, unpack
 from belvedere.views_api.positions import BadToken, Positions, decode_token
 from belvedere.views_api.reads import lineage, view_or_404
 from belvedere.views_api.scans import wait_everywhere
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["changes"]
 
@@ -185,14 +186,16 @@ class Feeds:
 _FEEDS = web.AppKey("belvedere.change_feeds", Feeds)
 
 
-def feeds_of(app: Any, web_app: web.Application) -> Feeds:
+def feeds_of(app: ServedApp, web_app: web.Application) -> Feeds:
     found = web_app.get(_FEEDS)
     if found is None:
         found = web_app[_FEEDS] = Feeds(app.web_limits.max_change_feeds)
     return found
 
 
-async def _after_token(app: Any, view: View, reader: Any, topic: str, token: Positions) -> Resume:
+async def _after_token(
+    app: ServedApp, view: View, reader: Any, topic: str, token: Positions
+) -> Resume:
     """Where a feed given a consistency token starts (once the view has applied it), per
     partition: right after the last checkpoint that applied nothing at or past the token's
     position, so every later change is sent and none before it. A partition the token does
@@ -229,7 +232,7 @@ async def _boundary(reader: Any, tp: TP, wanted: Wanted, low: int, high: int) ->
     return low
 
 
-async def changes(app: Any, request: web.Request) -> web.StreamResponse:
+async def changes(app: ServedApp, request: web.Request) -> web.StreamResponse:
     feeds = feeds_of(app, request.app)
     if feeds.open >= feeds.limit:
         return error(
@@ -245,7 +248,7 @@ async def changes(app: Any, request: web.Request) -> web.StreamResponse:
         feeds.open -= 1
 
 
-async def _changes(app: Any, request: web.Request, feeds: Feeds) -> web.StreamResponse:
+async def _changes(app: ServedApp, request: web.Request, feeds: Feeds) -> web.StreamResponse:
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view

@@ -32,6 +32,7 @@ from belvedere.views_api.errors import error, json
 from belvedere.views_api.params import timeout_param
 from belvedere.views_api.positions import HEADER_POSITION, encode_token
 from belvedere.views_api.reads import not_here
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["send_command"]
 
@@ -70,7 +71,7 @@ def answer(
     return json(body, _STATUS[status], headers)
 
 
-async def send_command(app: Any, request: web.Request) -> web.StreamResponse:
+async def send_command(app: ServedApp, request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     projection = app.command_route(name)
     if projection is None:

@@ -21,6 +21,7 @@ from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.opaque import pack, unpack
 from belvedere.views_api.params import BadParam, int_param
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["list_dead_letters"]
 
@@ -72,7 +73,7 @@ def _cursor(request: web.Request) -> dict[str, int]:
     raise BadParam(f"cursor {text[:40]!r} is not a cursor of GET /dead-letters")
 
 
-async def list_dead_letters(app: Any, request: web.Request) -> web.StreamResponse:
+async def list_dead_letters(app: ServedApp, request: web.Request) -> web.StreamResponse:
     dead_letters = app.dead_letters
     sources = dead_letters.sources()
     topic = request.query.get("topic")

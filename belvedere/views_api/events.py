@@ -24,6 +24,7 @@ from belvedere.streams.types import format_timestamp
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.positions import HEADER_POSITION, encode_token
 from belvedere.views_api.publishing import event_check, refused_topic
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["publish_events"]
 
@@ -39,7 +40,7 @@ def _completed(doc: Any, producer: str) -> Any:
     return doc
 
 
-async def publish_events(app: Any, request: web.Request) -> web.StreamResponse:
+async def publish_events(app: ServedApp, request: web.Request) -> web.StreamResponse:
     name = request.match_info["topic"]
     topic = app.event_topics.get(name)
     if topic is None:

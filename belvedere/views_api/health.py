@@ -7,20 +7,19 @@ then taken out of service (or its rollout stopped) rather than served green."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from belvedere.views_api.errors import json
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["health", "ready"]
 
 
-async def health(app: Any, request: web.Request) -> web.StreamResponse:
+async def health(app: ServedApp, request: web.Request) -> web.StreamResponse:
     return json({"status": "ok", "app": app.conf.id, "worker": str(app.conf.canonical_url)})
 
 
-async def ready(app: Any, request: web.Request) -> web.StreamResponse:
+async def ready(app: ServedApp, request: web.Request) -> web.StreamResponse:
     waiting = {
         name: sorted(p for p, s in view.status.items() if s.state != "serving")
         for name, view in app.views.items()

@@ -8,16 +8,16 @@ can refuse, in one line, to talk to the wrong one instead of failing later with 
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
+
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["APP_HEADER", "announce_app", "wrong_app"]
 
 APP_HEADER = "X-Belvedere-App"
 
 
-def announce_app(app: Any, web_app: web.Application) -> None:
+def announce_app(app: ServedApp, web_app: web.Application) -> None:
     name = str(app.conf.id)
 
     async def add_header(request: web.Request, response: web.StreamResponse) -> None:

@@ -13,7 +13,6 @@ import asyncio
 import bisect
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
 
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
@@ -29,6 +28,7 @@ from prometheus_client.utils import floatToGoString
 from belvedere.views_api.changes import feeds_of
 from belvedere.views_api.errors import CLIENT_GONE
 from belvedere.views_api.reads import lag_of, lineage
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["RequestTimes", "metrics", "timed"]
 
@@ -85,7 +85,7 @@ async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
 class EngineMetrics(Collector):
     """What the projection engine and the dead letters have counted."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ServedApp) -> None:
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
@@ -124,7 +124,7 @@ class EngineMetrics(Collector):
 class ViewMetrics(Collector):
     """Each view partition's lag, rows, restore progress and state."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ServedApp) -> None:
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
@@ -155,7 +155,7 @@ class ViewMetrics(Collector):
 class MemoryMetrics(Collector):
     """The RocksDB memory budget, when the worker has one."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ServedApp) -> None:
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
@@ -198,7 +198,7 @@ class RequestMetrics(Collector):
 class HttpMetrics(Collector):
     """How much of the worker HTTP clients hold (see belvedere.views_api.server)."""
 
-    def __init__(self, app: Any, web_app: web.Application) -> None:
+    def __init__(self, app: ServedApp, web_app: web.Application) -> None:
         self.app = app
         self.web_app = web_app
 
@@ -233,7 +233,7 @@ class HttpMetrics(Collector):
         )
 
 
-def registry_of(app: Any, web_app: web.Application) -> CollectorRegistry:
+def registry_of(app: ServedApp, web_app: web.Application) -> CollectorRegistry:
     """The web app's registry, its collectors registered in the order they are exposed."""
     found = web_app.get(_REGISTRY)
     if found is None:
@@ -249,7 +249,7 @@ def registry_of(app: Any, web_app: web.Application) -> CollectorRegistry:
     return found
 
 
-async def metrics(app: Any, request: web.Request) -> web.StreamResponse:
+async def metrics(app: ServedApp, request: web.Request) -> web.StreamResponse:
     return web.Response(
         body=generate_latest(registry_of(app, request.app)),
         headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, "X-Content-Type-Options": "nosniff"},

@@ -19,6 +19,7 @@ from belvedere.views_api.dead_letters import MAX_LIMIT as DEAD_LETTERS_MAX_LIMIT
 from belvedere.views_api.errors import json
 from belvedere.views_api.events import MAX_EVENTS
 from belvedere.views_api.publishing import publishable_topics
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["openapi", "spec"]
 
@@ -91,7 +92,7 @@ def _page_params(what: str, default: int, maximum: int) -> list[dict]:
     ]
 
 
-def _command_paths(app: Any) -> dict[str, Any]:
+def _command_paths(app: ServedApp) -> dict[str, Any]:
     """The write side: commands, and aggregates with their history."""
     timeout = _param(
         "timeout",
@@ -242,7 +243,7 @@ def _command_paths(app: Any) -> dict[str, Any]:
     }
 
 
-def spec(app: Any) -> dict[str, Any]:
+def spec(app: ServedApp) -> dict[str, Any]:
     views = sorted(app.views) or ["none"]
     topics = publishable_topics(app) or ["none"]
     view = _param("view", "path", "a view's name", {"type": "string", "enum": views})
@@ -591,5 +592,5 @@ def _declare_scopes(paths: dict[str, Any]) -> None:
                 operation["responses"].setdefault(str(status), _error_answer(status))
 
 
-async def openapi(app: Any, request: web.Request) -> web.StreamResponse:
+async def openapi(app: ServedApp, request: web.Request) -> web.StreamResponse:
     return json(spec(app))

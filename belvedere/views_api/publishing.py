@@ -14,44 +14,14 @@ unless the declaration also says ``http_publish_owned=True``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
-__all__ = ["Publishing", "declared", "event_check", "publishable_topics", "refused_topic"]
+from belvedere.views_api.surface import ServedApp
 
-
-@dataclass(frozen=True)
-class Publishing:
-    """One event topic's declaration."""
-
-    #: The event classes that may be published (None: every one the topic carries).
-    types: frozenset[type] | None
-    #: Aggregates' topics and event types too.
-    owned: bool
+__all__ = ["event_check", "publishable_topics", "refused_topic"]
 
 
-def declared(topic: Any, http_publish: bool | Sequence[type], owned: bool) -> Publishing | None:
-    """The declaration ``app.event_topic(..., http_publish=, http_publish_owned=)`` makes
-    (None: not publishable); a type the topic does not carry is a mistake."""
-    if http_publish is False or http_publish is None:
-        if owned:
-            raise ValueError("http_publish_owned=True needs http_publish too")
-        return None
-    if http_publish is True:
-        return Publishing(None, owned)
-    carried = set(topic.codec.types.values())
-    chosen = frozenset(http_publish)
-    stray = sorted(getattr(t, "__name__", repr(t)) for t in chosen - carried)
-    if stray or not chosen:
-        raise ValueError(
-            f"http_publish of {topic.get_topic_name()!r}: give True or event types it carries, "
-            f"not {stray or 'none'}"
-        )
-    return Publishing(chosen, owned)
-
-
-def _aggregate_topics(app: Any) -> set[str]:
+def _aggregate_topics(app: ServedApp) -> set[str]:
     return {
         name
         for projection in app.aggregates.values()
@@ -59,7 +29,7 @@ def _aggregate_topics(app: Any) -> set[str]:
     }
 
 
-def _owned_types(app: Any) -> set[type]:
+def _owned_types(app: ServedApp) -> set[type]:
     owned: set[type] = set()
     for projection in app.aggregates.values():
         owned.update(projection.events.codec.types.values())
@@ -67,7 +37,7 @@ def _owned_types(app: Any) -> set[type]:
     return owned
 
 
-def refused_topic(app: Any, name: str) -> str | None:
+def refused_topic(app: ServedApp, name: str) -> str | None:
     """Why nothing may be published to the event topic ``name`` over HTTP (None: some may)."""
     publishing = app.http_publishing.get(name)
     if publishing is None:
@@ -83,7 +53,7 @@ def refused_topic(app: Any, name: str) -> str | None:
     return None
 
 
-def event_check(app: Any, name: str) -> Callable[[type], str | None]:
+def event_check(app: ServedApp, name: str) -> Callable[[type], str | None]:
     """For a topic :func:`refused_topic` lets through: why an event of a class may not be
     published to it (None: it may)."""
     publishing = app.http_publishing[name]
@@ -102,5 +72,5 @@ def event_check(app: Any, name: str) -> Callable[[type], str | None]:
     return refused
 
 
-def publishable_topics(app: Any) -> list[str]:
+def publishable_topics(app: ServedApp) -> list[str]:
     return sorted(name for name in app.http_publishing if refused_topic(app, name) is None)

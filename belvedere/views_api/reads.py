@@ -38,6 +38,7 @@ from belvedere.views_api.routing import (
     owner_of,
     self_url,
 )
+from belvedere.views_api.surface import ServedApp
 
 __all__ = [
     "HEADER_GENERATION",
@@ -55,7 +56,7 @@ HEADER_GENERATION = "X-Belvedere-Generation"
 MAX_LAG = 2**62
 
 
-def view_or_404(app: Any, request: web.Request) -> View | web.Response:
+def view_or_404(app: ServedApp, request: web.Request) -> View | web.Response:
     name = request.match_info["view"]
     view = app.views.get(name)
     if view is None:
@@ -64,7 +65,7 @@ def view_or_404(app: Any, request: web.Request) -> View | web.Response:
     return view
 
 
-def lineage(app: Any, view: View) -> Lineage:
+def lineage(app: ServedApp, view: View) -> Lineage:
     """The topics the view's partitions follow and its tokens are told in."""
     found = _LINEAGES.get(view)
     if found is None:
@@ -75,7 +76,7 @@ def lineage(app: Any, view: View) -> Lineage:
 _LINEAGES: weakref.WeakKeyDictionary[View, Lineage] = weakref.WeakKeyDictionary()
 
 
-def _lineage(app: Any, view: View) -> Lineage:
+def _lineage(app: ServedApp, view: View) -> Lineage:
     projection = app.projections.projections.get(view.name)
     if projection is None:
         unfed = f"{app.conf.id}-view-{view.name}-unfed"
@@ -83,14 +84,14 @@ def _lineage(app: Any, view: View) -> Lineage:
     return Lineage(projection.source.get_topic_name(), projection.fold_topic.get_topic_name())
 
 
-def hurry(app: Any, view: View) -> Callable[[int], None]:
+def hurry(app: ServedApp, view: View) -> Callable[[int], None]:
     """What a read waiting on ``?after=`` calls for a partition still short of the token:
     it checkpoints at once rather than at the end of the checkpoint interval."""
     engine = app.projections
     return lambda partition: engine.checkpoint_soon(view.name, partition)
 
 
-def lag_of(app: Any, topics: Lineage, partition: int, status: PartitionStatus) -> int | None:
+def lag_of(app: ServedApp, topics: Lineage, partition: int, status: PartitionStatus) -> int | None:
     """Records of the folded partition not yet applied here, against its end offset as last
     fetched (None: not known here)."""
     here = status.positions.get((topics.folded, partition))
@@ -104,7 +105,12 @@ def lag_of(app: Any, topics: Lineage, partition: int, status: PartitionStatus) -
 
 
 async def not_here(
-    app: Any, request: web.Request, view: View, partition: int, why: NotLocal, wait: float = 0.0
+    app: ServedApp,
+    request: web.Request,
+    view: View,
+    partition: int,
+    why: NotLocal,
+    wait: float = 0.0,
 ) -> web.Response:
     """Forward to the partition's owner; or 503 with Retry-After if that is this worker, or
     unknown, or the request was already forwarded once."""
@@ -116,7 +122,7 @@ async def not_here(
 
 
 async def stored_row(
-    app: Any, request: web.Request, view: View, key: Any, missing: str
+    app: ServedApp, request: web.Request, view: View, key: Any, missing: str
 ) -> bytes | web.Response:
     """The row's stored JSON from the worker serving its partition (forwarded there if
     that is another one); a 404 saying ``missing`` when there is none."""
@@ -133,7 +139,7 @@ async def stored_row(
     return data
 
 
-async def get_row(app: Any, request: web.Request) -> web.StreamResponse:
+async def get_row(app: ServedApp, request: web.Request) -> web.StreamResponse:
     """The row's JSON as stored (encoded once, when it was written)."""
     view = view_or_404(app, request)
     if isinstance(view, web.Response):

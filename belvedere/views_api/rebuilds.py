@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 from aiohttp import web
 
@@ -12,11 +10,12 @@ from belvedere.agents.rebuild import RebuildConflict
 from belvedere.streams.types import INT_MAX, FieldError, timestamp_ms
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.reads import view_or_404
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["rebuild_status", "start_rebuild"]
 
 
-async def start_rebuild(app: Any, request: web.Request) -> web.StreamResponse:
+async def start_rebuild(app: ServedApp, request: web.Request) -> web.StreamResponse:
     """Body (optional): ``{"fromTimestamp": <ms or ISO-8601>, "acceptFailures": true}``.
     Answers 202 and the status. ``acceptFailures`` on a rebuild under way (or refused)
     lets it switch despite events that failed under the new code."""
@@ -58,7 +57,7 @@ async def start_rebuild(app: Any, request: web.Request) -> web.StreamResponse:
     return json(await app.projections.rebuilds.status(view.name), 202)
 
 
-async def rebuild_status(app: Any, request: web.Request) -> web.StreamResponse:
+async def rebuild_status(app: ServedApp, request: web.Request) -> web.StreamResponse:
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view

@@ -36,6 +36,7 @@ from belvedere.views_api.routing import (
 from belvedere.views_api.sagas import get_saga
 from belvedere.views_api.scans import lookup_rows, scan_rows
 from belvedere.views_api.status_page import status_page
+from belvedere.views_api.surface import ServedApp
 from belvedere.views_api.trace import get_trace
 
 __all__ = ["ROUTES", "install", "scope_of"]
@@ -73,7 +74,7 @@ def scope_of(method: str, path: str) -> str | None:
     return None
 
 
-def install(app: Any, web_app: web.Application) -> None:
+def install(app: ServedApp, web_app: web.Application) -> None:
     scopes = {handler.__name__: scope for _, _, handler, scope in ROUTES}
     announce_app(app, web_app)
     web_app.middlewares.extend([request_ids, timed, errors_as_json])

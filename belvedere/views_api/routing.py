@@ -33,6 +33,7 @@ from yarl import URL
 
 from belvedere.views_api.auth import Tokens
 from belvedere.views_api.errors import error
+from belvedere.views_api.surface import ServedApp
 
 __all__ = [
     "HEADER_FORWARDED",
@@ -82,7 +83,7 @@ _FORWARD_KEY = web.AppKey("belvedere.http.forward_key", bytes)
 Member = str
 
 
-def self_url(app: Any) -> str:
+def self_url(app: ServedApp) -> str:
     found = _SELF_URLS.get(app)
     if found is None:
         found = _SELF_URLS[app] = str(app.conf.canonical_url).rstrip("/")
@@ -92,14 +93,14 @@ def self_url(app: Any) -> str:
 _SELF_URLS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
-def _distribution(app: Any) -> Mapping[str, Mapping[str, Any]]:
+def _distribution(app: ServedApp) -> Mapping[str, Mapping[str, Any]]:
     try:
         return app.assignor.external_topic_distribution or {}
     except AttributeError:  # before the first assignment
         return {}
 
 
-def owner_of(app: Any, topic: str, partition: int) -> Member | None:
+def owner_of(app: ServedApp, topic: str, partition: int) -> Member | None:
     """The URL of the worker that was given ``partition`` of ``topic`` (None: unknown)."""
     for url, topics in _distribution(app).items():
         if partition in topics.get(topic, ()):
@@ -107,7 +108,7 @@ def owner_of(app: Any, topic: str, partition: int) -> Member | None:
     return None
 
 
-def members_of(app: Any, topic: str) -> dict[Member, list[int]]:
+def members_of(app: ServedApp, topic: str) -> dict[Member, list[int]]:
     """Every worker holding partitions of ``topic``, with them; just this one if no map
     is known (the embedded broker, or before the first rebalance)."""
     out: dict[Member, list[int]] = {}
@@ -123,7 +124,7 @@ def trust_for_forwards(web_app: web.Application, context: ssl.SSLContext) -> Non
     web_app[_CLIENT_TLS] = context
 
 
-def forward_key(app: Any) -> bytes:
+def forward_key(app: ServedApp) -> bytes:
     """What workers sign forwards with: ``forward_secret``; else derived from the tokens
     (every worker of an app has the same); else from the app id, which anyone may know:
     without tokens a worker is reachable from loopback only, unless ``insecure_open``."""

@@ -7,17 +7,16 @@ started it, what each step's event brought, and every step taken, sent and recei
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.reads import stored_row
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["get_saga"]
 
 
-async def get_saga(app: Any, request: web.Request) -> web.StreamResponse:
+async def get_saga(app: ServedApp, request: web.Request) -> web.StreamResponse:
     name, saga_id = request.match_info["name"], request.match_info["id"]
     projection = app.sagas.get(name)
     if projection is None:

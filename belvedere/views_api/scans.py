@@ -48,6 +48,7 @@ from belvedere.views_api.reads import (
     view_or_404,
 )
 from belvedere.views_api.routing import ask_members, members_of, self_url
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["lookup_rows", "scan_rows", "wait_everywhere"]
 
@@ -71,7 +72,7 @@ def _partitions_param(request: web.Request, view: View) -> list[int]:
 
 
 async def _local_part(
-    app: Any, request: web.Request, view: View, partitions: list[int], local: Local
+    app: ServedApp, request: web.Request, view: View, partitions: list[int], local: Local
 ) -> dict[str, Any]:
     """This worker's part: the rows of the partitions it serves, and those it does not;
     with ``?after=``, no rows if a served partition is still ``short`` of the token."""
@@ -117,7 +118,7 @@ async def _local_part(
 
 
 async def _parts(
-    app: Any, request: web.Request, view: View, local: Local, url: URL, wait: float
+    app: ServedApp, request: web.Request, view: View, local: Local, url: URL, wait: float
 ) -> dict[str, Any] | web.Response:
     """Every owner's part (``url`` with ``scope=local``, asked of each at once, and this
     worker's own): 503 if a partition is served nowhere, 504 if one has not applied
@@ -172,7 +173,7 @@ async def _parts(
 
 
 async def wait_everywhere(
-    app: Any, request: web.Request, view: View, token: Positions
+    app: ServedApp, request: web.Request, view: View, token: Positions
 ) -> web.Response | None:
     """Wait until every partition of ``view`` has applied ``token`` (the request's
     ``?after=``), wherever it is served: None once they all have, else the 504 (or 503) a
@@ -193,7 +194,7 @@ async def wait_everywhere(
     return found if isinstance(found, web.Response) else None
 
 
-async def _gather(app: Any, request: web.Request, local: Local) -> web.StreamResponse:
+async def _gather(app: ServedApp, request: web.Request, local: Local) -> web.StreamResponse:
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
@@ -254,7 +255,7 @@ def _scan(request: web.Request) -> Local:
     return run
 
 
-async def scan_rows(app: Any, request: web.Request) -> web.StreamResponse:
+async def scan_rows(app: ServedApp, request: web.Request) -> web.StreamResponse:
     """``GET /views/{view}?prefix=&start=&end=&limit=&cursor=``: rows in key order
     (``?key=K`` reads the one row, as ``GET /views/{view}/{key}`` does)."""
     if "key" in request.query:
@@ -262,7 +263,7 @@ async def scan_rows(app: Any, request: web.Request) -> web.StreamResponse:
     return await _gather(app, request, _scan(request))
 
 
-async def lookup_rows(app: Any, request: web.Request) -> web.StreamResponse:
+async def lookup_rows(app: ServedApp, request: web.Request) -> web.StreamResponse:
     """``GET /views/{view}/by/{index}/{value}?limit=&cursor=``: rows whose indexed field
     has that value, in key order."""
     index, value = request.match_info["index"], request.match_info["value"]

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
 from belvedere.views_api.connections import AcceptErrors, LimitedRunner, LimitedServer, WebLimits
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["Web"]
 
@@ -26,7 +27,7 @@ class Web(AiohttpWeb):
     debug_blueprints: ClassVar[list] = []
     optional_blueprints: ClassVar[list] = []
 
-    def __init__(self, app: Any, **kwargs: Any) -> None:
+    def __init__(self, app: ServedApp, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.limits: WebLimits = app.web_limits
         self._runner = LimitedRunner(self.web_app, limits=self.limits, access_log=None)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import functools
 import html
 from importlib import resources
-from typing import Any
 
 from aiohttp import web
+
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["status_page"]
 
@@ -27,7 +28,7 @@ def _page(app_id: str) -> str:
     return page.read_text(encoding="utf-8").replace("{{app}}", html.escape(app_id))
 
 
-async def status_page(app: Any, request: web.Request) -> web.StreamResponse:
+async def status_page(app: ServedApp, request: web.Request) -> web.StreamResponse:
     return web.Response(
         text=_page(app.conf.id),
         content_type="text/html",

@@ -6,18 +6,17 @@ each says where it is (topic, partition, offset). Only with tracing on (``app.tr
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from belvedere.agents.trace import causal_order
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.reads import stored_row
+from belvedere.views_api.surface import ServedApp
 
 __all__ = ["get_trace"]
 
 
-async def get_trace(app: Any, request: web.Request) -> web.StreamResponse:
+async def get_trace(app: ServedApp, request: web.Request) -> web.StreamResponse:
     flow = request.match_info["id"]
     if app.flow_trace is None:
         return error(

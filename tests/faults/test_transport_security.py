@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaConnectionError
 
-from belvedere.streams.clients import KafkaClient, Record
+from belvedere.streams.clients import KafkaClient, NewRecord
 from tests.support.brokers import Broker
 from tests.support.kafka import (
     KafkaStartFailed,
@@ -89,7 +89,7 @@ def spawn(secured: SecuredKafka, tmp_path: Path) -> Iterator[Callable[..., Worke
         worker.kill()
 
 
-def ledger(secured: SecuredKafka, name: str, mechanism: str, events: list[Record]) -> Broker:
+def ledger(secured: SecuredKafka, name: str, mechanism: str, events: list[NewRecord]) -> Broker:
     """The ledger's topics, created, and ``events`` produced, over ``mechanism``."""
     broker = Broker("kafka", KafkaClient(secured.bootstrap, secured.security(mechanism)))
     broker.create_ledger_topics(name)
@@ -132,7 +132,7 @@ def test_plain_over_tls_a_fresh_worker_restores_the_views_and_the_cli_lists_dead
     secured: SecuredKafka, spawn: Callable[..., Worker], unique_name: str
 ) -> None:
     records, fold = movements(EVENTS, seed=2)
-    records.append(Record(b"acct-x", b'{"not": "an envelope"}', 0))  # a dead letter
+    records.append(NewRecord(b"acct-x", b'{"not": "an envelope"}', 0))  # a dead letter
     ledger(secured, unique_name, "PLAIN", records)
     first = spawn(unique_name, "PLAIN", data_dir="first").start()
     first.wait_until("/state", lambda s: s["ready"] and total_ops(s) == EVENTS, what="the fold")

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
-from belvedere.streams.clients import KafkaClient, Record
+from belvedere.streams.clients import KafkaClient, NewRecord
 from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
 from belvedere.streams.partitioner import partition_for_key
 from tests.support import kafka_outage
@@ -41,7 +41,7 @@ SEED = int(os.environ.get("BELVEDERE_FAULT_SEED") or random.SystemRandom().randr
 REPLAY = f"seed {SEED} (BELVEDERE_FAULT_SEED={SEED} replays it)"
 
 
-def orders(n: int, seed: int) -> tuple[list[Record], dict[str, int]]:
+def orders(n: int, seed: int) -> tuple[list[NewRecord], dict[str, int]]:
     """``n`` orders keyed by order id, and the revenue per user they fold to."""
     rng = random.Random(seed)
     records, revenue = [], {}
@@ -50,14 +50,16 @@ def orders(n: int, seed: int) -> tuple[list[Record], dict[str, int]]:
         revenue[user] = revenue.get(user, 0) + amount
         data = {"orderId": f"order-{i}", "userId": user, "amount": amount}
         envelope = {"eventType": "OrderPlaced", "eventVersion": 1, "data": data}
-        records.append(Record(f"order-{i}".encode(), orjson.dumps(envelope), 0))
+        records.append(NewRecord(f"order-{i}".encode(), orjson.dumps(envelope), 0))
     return records, revenue
 
 
 class Truth:
     """What every view must hold once the produced events are folded, computed here."""
 
-    def __init__(self, moves: list[Record], fold: dict, order_records: list[Record], revenue: dict):
+    def __init__(
+        self, moves: list[NewRecord], fold: dict, order_records: list[NewRecord], revenue: dict
+    ):
         self.moves, self.order_records = moves, order_records
         self.views = {
             "balances": fold,
@@ -72,11 +74,11 @@ class Truth:
         order_records, revenue = orders(events // 5, seed)
         return cls(moves, fold, order_records, revenue)
 
-    def feed(self, name: str, part: slice = slice(0, 1)) -> list[tuple[str, list[Record]]]:
+    def feed(self, name: str, part: slice = slice(0, 1)) -> list[tuple[str, list[NewRecord]]]:
         """The records to produce, by topic; ``part`` a fraction (``slice(0.5, 1)``: the
         second half of each topic, in order)."""
 
-        def cut(records: list[Record]) -> list[Record]:
+        def cut(records: list[NewRecord]) -> list[NewRecord]:
             return records[int(part.start * len(records)) : int(part.stop * len(records))]
 
         return [
@@ -148,7 +150,7 @@ class Feeder(threading.Thread):
     def __init__(
         self,
         client: KafkaClient,
-        feed: list[tuple[str, list[Record]]],
+        feed: list[tuple[str, list[NewRecord]]],
         *,
         chunks: int,
         seconds: float,
@@ -396,7 +398,7 @@ def test_workers_reconnect_by_themselves_after_a_broker_restart(
 MAX_EVENT_BYTES = 4096
 
 
-def poison(i: int, rng: random.Random) -> tuple[Record, str, str]:
+def poison(i: int, rng: random.Random) -> tuple[NewRecord, str, str]:
     """The ``i``-th bad message (each one unique), the dead-letter kind it must get, and a
     word its reason must contain."""
     account = f"acct-{rng.randrange(100)}"
@@ -427,7 +429,7 @@ def poison(i: int, rng: random.Random) -> tuple[Record, str, str]:
         padded = {**good, "producer": "x" * MAX_EVENT_BYTES}
         value, kind, word = orjson.dumps(padded), "oversized", "limit"
     headers = (("poison-id", b"%d" % i),)
-    return Record(account.encode(), value, 0, headers), kind, word
+    return NewRecord(account.encode(), value, 0, headers), kind, word
 
 
 def test_poison_input_at_volume_is_dead_lettered_and_no_partition_stalls(

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from belvedere.streams.clients import BrokerClient, Record, StoredRecord
+from belvedere.streams.clients import BrokerClient, NewRecord, StoredRecord
 
 KeyValue = tuple[bytes | None, bytes | None]
 #: For a test that needs several workers in one consumer group: the Kafka broker only (the
@@ -36,8 +36,8 @@ class Broker:
     def create_topic(self, topic: str, partitions: int) -> None:
         self.client.create_topic(topic, partitions)
 
-    def produce(self, topic: str, messages: Iterable[KeyValue | Record]) -> None:
-        records = [m if isinstance(m, Record) else Record(m[0], m[1], 0) for m in messages]
+    def produce(self, topic: str, messages: Iterable[KeyValue | NewRecord]) -> None:
+        records = [m if isinstance(m, NewRecord) else NewRecord(m[0], m[1], 0) for m in messages]
         self.client.produce(topic, records)
 
     def partitions(self, topic: str) -> int | None:

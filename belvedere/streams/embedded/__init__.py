@@ -3,7 +3,7 @@
 Registered under the ``faust.transports`` entry point as ``embedded``.
 """
 
-from belvedere.streams.embedded.log import Log, Record, StoredRecord
+from belvedere.streams.embedded.log import Log, NewRecord, StoredRecord
 from belvedere.streams.embedded.transport import Transport, log_path
 
-__all__ = ["Log", "Record", "StoredRecord", "Transport", "log_path"]
+__all__ = ["Log", "NewRecord", "StoredRecord", "Transport", "log_path"]

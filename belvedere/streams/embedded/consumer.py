@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-from belvedere.streams.embedded.log import Log, StoredRecord
+from belvedere.streams.embedded.log import Log, LogSource, StoredRecord
 from belvedere.streams.partitioner import partition_for_key
-
-if TYPE_CHECKING:
-    from belvedere.streams.embedded.transport import Transport
 
 __all__ = ["Consumer"]
 
@@ -43,10 +40,10 @@ class _Cluster:
 class Consumer(FaustConsumer):
     """Reads assigned partitions from the embedded log and keeps the group's offsets there."""
 
-    transport: Transport
+    transport: LogSource
     consumer_stopped_errors = ()
 
-    def __init__(self, transport: Transport, **kwargs: Any) -> None:
+    def __init__(self, transport: LogSource, **kwargs: Any) -> None:
         self._log: Log | None = None
         self._subscription: set[str] = set()
         self._assignment: set[TP] = set()

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import orjson
 import rocksdict
@@ -33,7 +33,7 @@ from belvedere.datadir import lock_holder
 from belvedere.streams.errors import BrokerError, BrokerLocked, TopicMismatch
 from belvedere.streams.rocksdb_scan import scan_prefix
 
-__all__ = ["Log", "Record", "StoredRecord", "TopicMeta"]
+__all__ = ["Log", "LogSource", "NewRecord", "StoredRecord", "TopicMeta"]
 
 _PARTITION = struct.Struct(">I")
 _OFFSET = struct.Struct(">Q")
@@ -49,7 +49,7 @@ COMPACT_MIN_DIRTY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
+class NewRecord:
     """A record to append."""
 
     key: bytes | None
@@ -88,7 +88,7 @@ def _tp(topic: str, partition: int) -> bytes:
     return topic.encode() + b"\0" + _PARTITION.pack(partition)
 
 
-def _encode(record: Record) -> bytes:
+def _encode(record: NewRecord) -> bytes:
     key, value = record.key, record.value
     parts = [
         _HEADER.pack(
@@ -279,7 +279,7 @@ class Log:
 
     # -- records -----------------------------------------------------------------------
 
-    def append(self, topic: str, partition: int, records: Sequence[Record]) -> int:
+    def append(self, topic: str, partition: int, records: Sequence[NewRecord]) -> int:
         """Append records atomically; returns the offset of the first."""
         meta = self._check(topic, partition)
         tp = _tp(topic, partition)
@@ -364,3 +364,10 @@ class Log:
             pass
         finally:
             self._waiters.discard(fut)
+
+
+class LogSource(Protocol):
+    """What hands the embedded consumer and producer the log: the embedded transport,
+    which makes them (so they name it by what they use of it, not by its class)."""
+
+    def acquire_log(self) -> Log: ...

@@ -5,17 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from faust.transport.producer import Producer as FaustProducer
 from faust.types import TP
 from faust.types.tuples import RecordMetadata
 
-from belvedere.streams.embedded.log import Log, Record
+from belvedere.streams.embedded.log import Log, LogSource, NewRecord
 from belvedere.streams.partitioner import partition_for_key
-
-if TYPE_CHECKING:
-    from belvedere.streams.embedded.transport import Transport
 
 __all__ = ["Producer"]
 
@@ -30,9 +27,9 @@ def _headers(headers: Mapping[str, Any] | Sequence[tuple[str, Any]] | None) -> t
 class Producer(FaustProducer):
     """A send is durable (in RocksDB's write-ahead log) when its future resolves."""
 
-    transport: Transport
+    transport: LogSource
 
-    def __init__(self, transport: Transport, **kwargs: Any) -> None:
+    def __init__(self, transport: LogSource, **kwargs: Any) -> None:
         self._log: Log | None = None
         super().__init__(transport, **kwargs)
 
@@ -65,7 +62,7 @@ class Producer(FaustProducer):
             partition = self._partition(key, partitions)
         ts = timestamp if timestamp is not None else time.time()
         offset = log.append(
-            topic, partition, [Record(key, value, int(ts * 1000), _headers(headers))]
+            topic, partition, [NewRecord(key, value, int(ts * 1000), _headers(headers))]
         )
         return RecordMetadata(topic, partition, TP(topic, partition), offset, ts, 0)
 
@@ -113,7 +110,7 @@ class Producer(FaustProducer):
         ts = time.time()
         ms = int(ts * 1000)
         base = self.broker_log.append(
-            topic, partition, [Record(k, v, ms, _headers(h)) for k, v, h in records]
+            topic, partition, [NewRecord(k, v, ms, _headers(h)) for k, v, h in records]
         )
         tp = TP(topic, partition)
         return [RecordMetadata(topic, partition, tp, base + i, ts, 0) for i in range(len(records))]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from faust.transport.base import Transport as FaustTransport
+from faust.types import AppT
 from yarl import URL
 
 from belvedere.streams.embedded.consumer import Consumer
@@ -32,7 +33,7 @@ class Transport(FaustTransport):
     Producer = Producer
     driver_version = "belvedere-embedded-1"
 
-    def __init__(self, url: list[URL], app: Any, loop: Any = None) -> None:
+    def __init__(self, url: list[URL], app: AppT, loop: Any = None) -> None:
         super().__init__(url, app, loop=loop)
         policy = self.url[0].query.get("fsync", "never")
         if policy not in FSYNC_POLICIES:
