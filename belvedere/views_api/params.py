@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: Longest wait a request may ask for with ``?timeout=``.
-MAX_TIMEOUT = 60
+MAX_TIMEOUT = 60.0
 DEFAULT_TIMEOUT = 5.0
 
 Schema = Mapping[str, Any]
@@ -120,7 +120,7 @@ class Integer(Param):
 
     def parse(self, request: web.Request) -> Any:
         text = request.query.get(self.name)
-        if text is None or (text == "" and self.empty_is_default):
+        if not text and (text is None or self.empty_is_default):
             return self.default
         try:
             value = int(text)
@@ -139,17 +139,18 @@ class Seconds(Param):
     high: float = MAX_TIMEOUT
 
     def schema_for(self, app: Any) -> Schema:
-        return {"type": "number", "minimum": 0, "maximum": self.high}
+        high = int(self.high) if self.high.is_integer() else self.high
+        return {"type": "number", "minimum": 0, "maximum": high}
 
     def parse(self, request: web.Request) -> float:
         text = request.query.get(self.name)
-        if text is None or text == "":
+        if not text:
             return self.default
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not 0 <= value <= self.high:  # also refuses nan
+        if not 0.0 <= value <= self.high:  # also refuses nan
             raise BadParam(
                 f"{self.name} must be seconds between 0 and {self.high:g}, not {text[:40]!r}"
             )
