@@ -88,7 +88,7 @@ AT = _Moment(
     schema={"anyOf": [{"type": "string", "pattern": "^[0-9]{0,18}$"}, DATE_TIME]},
 )
 #: Events per page of a history.
-LIMIT = Integer("limit", "events per page (default 100)", default=100, low=1, high=1_000)
+LIMIT = Integer("limit", "events per page", default=100, low=1, high=1_000)
 CURSOR = _VersionCursor("cursor", PAGE_CURSOR, schema=TOKEN)
 
 

@@ -53,7 +53,7 @@ IDEMPOTENCY_KEY = Param(
     {"type": "string", "maxLength": MAX_ID},
 )
 CORRELATION_ID = Param(HEADER_CORRELATION, "the flow this command belongs to", "header")
-TIMEOUT = Seconds("timeout", "seconds to wait for the command's outcome (default 5)")
+TIMEOUT = Seconds("timeout", "seconds to wait for the command's outcome")
 
 _STATUS = {"accepted": 202, "rejected": 422, "conflict": 409, "failed": 500}
 _ERRORS = {"rejected": "rejected", "conflict": "version-conflict", "failed": "handler-failed"}

@@ -83,7 +83,7 @@ TOPIC = Name(
 KIND = Param("kind", "only this kind (handler-error, invalid-data, bad-value...)")
 LIMIT = Integer(
     "limit",
-    "dead letters per page (default 100)",
+    "dead letters per page",
     default=100,
     low=1,
     high=1000,

@@ -83,13 +83,16 @@ class Param:
     def schema_for(self, app: Any) -> Schema:
         return self.schema
 
+    def explained(self) -> str:
+        return self.description
+
     def described(self, app: Any) -> dict[str, Any]:
         """The parameter object of the OpenAPI spec, for ``app``."""
         return {
             "name": self.name,
             "in": self.where,
             "required": self.required or self.where == "path",
-            "description": self.description,
+            "description": self.explained(),
             "schema": dict(self.schema_for(app)),
         }
 
@@ -118,6 +121,11 @@ class Integer(Param):
     def schema_for(self, app: Any) -> Schema:
         return {"type": "integer", "minimum": self.low, "maximum": self.high}
 
+    def explained(self) -> str:
+        if self.default is None:
+            return self.description
+        return f"{self.description} (default {self.default})"
+
     def parse(self, request: web.Request) -> Any:
         text = request.query.get(self.name)
         if not text and (text is None or self.empty_is_default):
@@ -141,6 +149,9 @@ class Seconds(Param):
     def schema_for(self, app: Any) -> Schema:
         high = int(self.high) if self.high.is_integer() else self.high
         return {"type": "number", "minimum": 0, "maximum": high}
+
+    def explained(self) -> str:
+        return f"{self.description} (default {self.default:g})"
 
     def parse(self, request: web.Request) -> float:
         text = request.query.get(self.name)
