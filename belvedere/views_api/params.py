@@ -64,13 +64,13 @@ class BadParam(BadRequest):
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Param:
-    """One parameter of a route, as the spec describes it. The subclasses also parse it."""
+    """One parameter of a route, as the spec describes it (only a path's are required).
+    The subclasses also parse it."""
 
     name: str
     description: str
     where: Literal["query", "path", "header"] = "query"
     schema: Schema = field(default_factory=lambda: STRING)
-    required: bool = False
 
     def text(self, request: web.Request) -> str | None:
         """The parameter as sent (None: not sent)."""
@@ -91,7 +91,7 @@ class Param:
         return {
             "name": self.name,
             "in": self.where,
-            "required": self.required or self.where == "path",
+            "required": self.where == "path",
             "description": self.explained(),
             "schema": dict(self.schema_for(app)),
         }
