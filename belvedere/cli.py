@@ -578,8 +578,9 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
     from belvedere.views_api.openapi import spec
     from belvedere.views_api.reference import reference
+    from belvedere.views_api.routes import ROUTES
 
-    document = spec(load_app(args.app))
+    document = spec(load_app(args.app), ROUTES)
     print(reference(document) if args.markdown else json.dumps(document, indent=2), end="")
     return 0
 

@@ -68,7 +68,7 @@ def test_every_route_needs_a_token_of_its_scope_or_above_and_says_so(
         body = {"not": "an envelope"} if method == "POST" else None
         return call(worker.url + path, method, body, headers=headers)
 
-    for method, route, _, scope in ROUTES:
+    for method, route, scope in ((r.method, r.path, r.scope) for r in ROUTES):
         path = _concrete(route, topic)
         for token_scope, token in [(None, None), (None, WRONG), *TOKENS.items()]:
             answer = ask(method, path, token)
@@ -109,7 +109,7 @@ def test_every_route_needs_a_token_of_its_scope_or_above_and_says_so(
         for path, operations in spec["paths"].items()
         for method, operation in operations.items()
     }
-    for method, route, _, scope in ROUTES:
+    for method, route, scope in ((r.method, r.path, r.scope) for r in ROUTES):
         if route == "/":
             continue  # the status page, not an API operation
         assert declared[(method, route)] == ([] if scope == OPEN else [{"bearer": [scope]}])

@@ -12,10 +12,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from belvedere.streams.clients import NewRecord
+from belvedere.views_api.auth import READ
+from belvedere.views_api.operations import Route
+from belvedere.views_api.params import Param
 from belvedere.views_api.positions import decode_token, encode_token
+from belvedere.views_api.routes import ROUTES
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.fuzz import fuzz_spec
 from tests.support.http import Answer, call
@@ -618,3 +623,16 @@ def test_fuzzing_the_openapi_spec_finds_no_server_error(
     only = ["--exclude-path", "/views/{view}/changes"]
     assert fuzz_spec(ledger.url, tmp_path, examples=40, seed=5, only=only, token="fuzz-token") > 300
     assert call(ledger.url + "/ready").status == 200  # and the worker still serves
+
+
+def test_a_route_is_declared_with_exactly_the_path_parameters_its_path_has() -> None:
+    """What the spec says a path takes cannot drift from the path aiohttp routes by."""
+    for route in ROUTES:
+        assert {p.name for p in route.parameters if p.where == "path"} == set(
+            re.findall(r"\{([^{}]+)\}", route.path)
+        ), route.path
+    view = Param("view", "a view", "path")
+    with pytest.raises(
+        ValueError, match=r"declares path parameters \['view'\].*has \['key', 'view'\]"
+    ):
+        Route("GET", "/views/{view}/{key}", ROUTES[0].handler, READ, parameters=(view,))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,38 +26,80 @@ from belvedere.agents.commands import CommandProjection
 from belvedere.streams.types import FieldError, format_timestamp, parse_timestamp
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.opaque import unpack
-from belvedere.views_api.params import BadParam, encode_cursor, int_param
+from belvedere.views_api.params import (
+    DATE_TIME,
+    PAGE_CURSOR,
+    TOKEN,
+    BadParam,
+    Integer,
+    Name,
+    Param,
+    encode_cursor,
+)
 from belvedere.views_api.reads import stored_row
 from belvedere.views_api.surface import ServedApp
 
-__all__ = ["aggregate_events", "get_aggregate"]
+__all__ = ["AT", "CURSOR", "ID", "LIMIT", "TYPE", "aggregate_events", "get_aggregate"]
 
 #: Read a history as one offset range when it is at least this dense in its partition.
 DENSE = 1 / 20
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Moment(Param):
+    """A version number (digits) or an ISO-8601 time."""
+
+    def parse(self, request: web.Request) -> int | dt.datetime | None:
+        text = request.query.get(self.name)
+        if not text:
+            return None
+        if text.isascii() and text.isdigit():
+            return int(text)
+        try:
+            return parse_timestamp(text)
+        except FieldError:
+            raise BadParam(
+                f"{self.name} must be a version or an ISO-8601 time, not {text[:40]!r}"
+            ) from None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _VersionCursor(Param):
+    """Where a page of a history resumes: the previous page's ``next``."""
+
+    def parse(self, request: web.Request, version: int) -> int:
+        """The version the page starts after, 0 without a cursor."""
+        text = request.query.get(self.name)
+        if not text:
+            return 0
+        try:
+            after = unpack(text)
+            if type(after) is not int or not 0 < after <= version:
+                raise ValueError
+            return after
+        except (ValueError, TypeError):
+            raise BadParam(f"{self.name} {text[:40]!r} is not a cursor of this history") from None
+
+
+TYPE = Name("type", "an aggregate type", "path", known=lambda app: sorted(app.aggregates))
+ID = Param("id", "the aggregate's id", "path", {"type": "string", "minLength": 1})
+AT = _Moment(
+    "at",
+    "a version number (digits), or an ISO-8601 time",
+    schema={"anyOf": [{"type": "string", "pattern": "^[0-9]{0,18}$"}, DATE_TIME]},
+)
 #: Events per page of a history.
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1_000
-
-
-def _at_param(request: web.Request) -> int | dt.datetime | None:
-    text = request.query.get("at")
-    if not text:
-        return None
-    if text.isascii() and text.isdigit():
-        return int(text)
-    try:
-        return parse_timestamp(text)
-    except FieldError:
-        raise BadParam(f"at must be a version or an ISO-8601 time, not {text[:40]!r}") from None
+LIMIT = Integer("limit", "events per page", default=100, low=1, high=1_000)
+CURSOR = _VersionCursor("cursor", PAGE_CURSOR, schema=TOKEN)
 
 
 async def _row(
     app: ServedApp, request: web.Request
 ) -> tuple[CommandProjection, dict] | web.Response:
-    name, aggregate_id = request.match_info["type"], request.match_info["id"]
+    name, aggregate_id = request.match_info[TYPE.name], request.match_info[ID.name]
     projection = app.aggregates.get(name)
     if projection is None:
-        known = ", ".join(sorted(app.aggregates)) or "none"
+        known = ", ".join(TYPE.known(app)) or "none"
         return error(404, "unknown-aggregate-type", f"no aggregate type {name!r} (types: {known})")
     view = projection.view
     data = await stored_row(
@@ -65,20 +108,6 @@ async def _row(
     if isinstance(data, web.Response):
         return data
     return projection, view.decode_value(data)
-
-
-def _version_cursor(request: web.Request, version: int) -> int:
-    """The version a page starts after (from the previous page's ``next``), 0 without one."""
-    text = request.query.get("cursor")
-    if not text:
-        return 0
-    try:
-        after = unpack(text)
-        if type(after) is not int or not 0 < after <= version:
-            raise ValueError
-        return after
-    except (ValueError, TypeError):
-        raise BadParam(f"cursor {text[:40]!r} is not a cursor of this history") from None
 
 
 async def _history(
@@ -104,7 +133,7 @@ async def _history(
 
 
 async def get_aggregate(app: ServedApp, request: web.Request) -> web.StreamResponse:
-    at = _at_param(request)
+    at = AT.parse(request)
     got = await _row(app, request)
     if isinstance(got, web.Response):
         return got
@@ -131,12 +160,12 @@ async def get_aggregate(app: ServedApp, request: web.Request) -> web.StreamRespo
 
 
 async def aggregate_events(app: ServedApp, request: web.Request) -> web.StreamResponse:
-    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = LIMIT.parse(request)
     got = await _row(app, request)
     if isinstance(got, web.Response):
         return got
     projection, row = got
-    after = _version_cursor(request, len(row["offsets"]))
+    after = CURSOR.parse(request, len(row["offsets"]))
     offsets = row["offsets"][after : after + limit]
     history = [
         {"version": i, "offset": r.offset, "event": orjson.Fragment(bytes(r.value))}

@@ -37,12 +37,13 @@ from belvedere.tables.changes import Checkpoint, Truncated, checkpoint_ends, che
 from belvedere.tables.view import View
 from belvedere.views_api.errors import BadRequest, error
 from belvedere.views_api.opaque import pack, unpack
+from belvedere.views_api.params import TOKEN, Choice, Param
 from belvedere.views_api.positions import BadToken, Positions, decode_token
 from belvedere.views_api.reads import lineage, view_or_404
 from belvedere.views_api.scans import wait_everywhere
 from belvedere.views_api.surface import ServedApp
 
-__all__ = ["changes"]
+__all__ = ["FEED_AFTER", "FROM", "LAST_EVENT_ID", "changes"]
 
 #: Seconds between two reads of an idle changelog, and between two keep-alive comments.
 IDLE_POLL = 0.2
@@ -54,6 +55,16 @@ SEARCH_WINDOW = 1_000
 
 #: partition -> (first offset of the checkpoint to read, changes of it already sent)
 Resume = dict[int, tuple[int, int]]
+
+
+FEED_AFTER = Param(
+    "after",
+    "the id of the last event received; or a consistency token: the feed starts with the "
+    "changes of events after its position",
+    schema=TOKEN,
+)
+FROM = Choice("from", "where a feed without an id starts", choices=("start", "end"), default="end")
+LAST_EVENT_ID = Param("Last-Event-ID", "the id of the last event received", "header", TOKEN)
 
 
 class BadResume(BadRequest):
@@ -255,17 +266,15 @@ async def _changes(app: ServedApp, request: web.Request, feeds: Feeds) -> web.St
     if view.partitions is None:
         return error(503, "not-serving", f"view {view.name!r} is not started", {"Retry-After": "1"})
     generation, topic = view.generation, view.changelog_topic
-    given = request.headers.get("Last-Event-ID") or request.query.get("after")
-    origin = request.query.get("from", "end")
-    if origin not in ("start", "end"):
-        raise BadRequest(f"from must be start or end, not {origin[:20]!r}")
+    given = LAST_EVENT_ID.text(request) or FEED_AFTER.text(request)
+    origin = FROM.parse(request)
     resume: Resume | None = None
     token: Positions | None = None
     if given:
         try:
             named, resume = decode_resume(given, view.partitions)
         except BadResume:
-            if request.headers.get("Last-Event-ID"):
+            if LAST_EVENT_ID.text(request):
                 raise
             token = _token_or(given)
             lineage(app, view).wanted(token, 0)  # a token of another topic is a 400

@@ -29,17 +29,32 @@ from belvedere.agents.commands import CommandProjection, Outcome
 from belvedere.streams.types import FieldError
 from belvedere.tables.view import NotLocal
 from belvedere.views_api.errors import error, json
-from belvedere.views_api.params import timeout_param
+from belvedere.views_api.params import Name, Param, Seconds
 from belvedere.views_api.positions import HEADER_POSITION, encode_token
 from belvedere.views_api.reads import not_here
 from belvedere.views_api.surface import ServedApp
 
-__all__ = ["send_command"]
+__all__ = ["COMMAND", "CORRELATION_ID", "IDEMPOTENCY_KEY", "TIMEOUT", "send_command"]
 
 HEADER_IDEMPOTENCY = "Idempotency-Key"
 HEADER_CORRELATION = "X-Correlation-Id"
 #: Longest command id (Idempotency-Key) accepted.
 MAX_ID = 200
+
+
+def _commands(app: ServedApp) -> list[str]:
+    return sorted(c.event_type for p in app.aggregates.values() for c in p.command_handlers)
+
+
+COMMAND = Name("name", "the command type", "path", known=_commands)
+IDEMPOTENCY_KEY = Param(
+    HEADER_IDEMPOTENCY,
+    "the command id: a repeat gets the first outcome",
+    "header",
+    {"type": "string", "maxLength": MAX_ID},
+)
+CORRELATION_ID = Param(HEADER_CORRELATION, "the flow this command belongs to", "header")
+TIMEOUT = Seconds("timeout", "seconds to wait for the command's outcome")
 
 _STATUS = {"accepted": 202, "rejected": 422, "conflict": 409, "failed": 500}
 _ERRORS = {"rejected": "rejected", "conflict": "version-conflict", "failed": "handler-failed"}
@@ -72,10 +87,10 @@ def answer(
 
 
 async def send_command(app: ServedApp, request: web.Request) -> web.StreamResponse:
-    name = request.match_info["name"]
+    name = request.match_info[COMMAND.name]
     projection = app.command_route(name)
     if projection is None:
-        known = sorted(c.event_type for p in app.aggregates.values() for c in p.command_handlers)
+        known = COMMAND.known(app)
         return error(
             404,
             "unknown-command",
@@ -94,10 +109,10 @@ async def send_command(app: ServedApp, request: web.Request) -> web.StreamRespon
         aggregate_id = projection.aggregate_id_of(command)
     except ValueError as exc:
         return error(400, "no-key", str(exc))
-    command_id = request.headers.get(HEADER_IDEMPOTENCY) or str(uuid.uuid4())
+    command_id = IDEMPOTENCY_KEY.text(request) or str(uuid.uuid4())
     if len(command_id) > MAX_ID:
         return error(400, "bad-header", f"{HEADER_IDEMPOTENCY} is longer than {MAX_ID} characters")
-    timeout = timeout_param(request)
+    timeout = TIMEOUT.parse(request)
     view = projection.view
     partition = view.partition_of(aggregate_id, view.partitions or 1)
     try:
@@ -112,7 +127,7 @@ async def send_command(app: ServedApp, request: web.Request) -> web.StreamRespon
             command,
             command_id=command_id,
             partition=partition,
-            correlation_id=request.headers.get(HEADER_CORRELATION),
+            correlation_id=CORRELATION_ID.text(request),
             timeout=timeout,
         )
     except TimeoutError:

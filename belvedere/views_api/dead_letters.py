@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -20,13 +21,11 @@ from faust.types import TP
 from belvedere.streams.dead_letters import DeadLetter, dead_letter_topic
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.opaque import pack, unpack
-from belvedere.views_api.params import BadParam, int_param
+from belvedere.views_api.params import PAGE_CURSOR, TOKEN, BadParam, Integer, Name, Param
 from belvedere.views_api.surface import ServedApp
 
-__all__ = ["list_dead_letters"]
+__all__ = ["CURSOR", "KIND", "LIMIT", "TOPIC", "VIEW", "list_dead_letters"]
 
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 #: Records read back per dead-letter topic per request, and per read.
 SCAN_LIMIT = 10_000
 CHUNK = 1000
@@ -60,35 +59,54 @@ def _newest_first(per_topic: dict[str, list[Found]]) -> Iterator[tuple[str, Foun
     return heapq.merge(*streams, key=lambda pair: (pair[1][0].time, pair[1][1]), reverse=True)
 
 
-def _cursor(request: web.Request) -> dict[str, int]:
-    text = request.query.get("cursor")
-    if not text:
-        return {}
-    try:
-        bounds = unpack(text)
-        if isinstance(bounds, dict) and all(isinstance(v, int) for v in bounds.values()):
-            return bounds
-    except ValueError:
-        pass
-    raise BadParam(f"cursor {text[:40]!r} is not a cursor of GET /dead-letters")
+@dataclass(frozen=True, slots=True, eq=False)
+class _Bounds(Param):
+    """Where a page resumes: per dead-letter topic, the offset below which nothing was
+    shown yet (the previous page's ``next``)."""
+
+    def parse(self, request: web.Request) -> dict[str, int]:
+        text = request.query.get(self.name)
+        if not text:
+            return {}
+        try:
+            bounds = unpack(text)
+            if isinstance(bounds, dict) and all(isinstance(v, int) for v in bounds.values()):
+                return bounds
+        except ValueError:
+            pass
+        raise BadParam(f"{self.name} {text[:40]!r} is not a cursor of GET /dead-letters")
+
+
+VIEW = Name("view", "only those of this view's handlers", known=lambda app: sorted(app.views))
+TOPIC = Name(
+    "topic", "only those from this source topic", known=lambda app: app.dead_letters.sources()
+)
+KIND = Param("kind", "only this kind (handler-error, invalid-data, bad-value...)")
+LIMIT = Integer(
+    "limit",
+    "dead letters per page",
+    default=100,
+    low=1,
+    high=1000,
+    empty_is_default=False,
+)
+CURSOR = _Bounds("cursor", PAGE_CURSOR, schema=TOKEN)
 
 
 async def list_dead_letters(app: ServedApp, request: web.Request) -> web.StreamResponse:
     dead_letters = app.dead_letters
     sources = dead_letters.sources()
-    topic = request.query.get("topic")
+    topic = TOPIC.text(request)
     if topic is not None and topic not in sources:
         known = ", ".join(sources) or "none"
         return error(404, "unknown-topic", f"no topic {topic!r} (topics: {known})")
-    view = request.query.get("view")
+    view = VIEW.text(request)
     if view is not None and view not in app.views:
-        known = ", ".join(sorted(app.views)) or "none"
+        known = ", ".join(VIEW.known(app)) or "none"
         return error(404, "unknown-view", f"no view {view!r} (views: {known})")
-    kind = request.query.get("kind") or None
-    if request.query.get("limit") == "":
-        raise BadParam("limit must be an integer, not ''")
-    limit = int_param(request, "limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
-    bounds = _cursor(request)
+    kind = KIND.text(request) or None
+    limit = LIMIT.parse(request)
+    bounds = CURSOR.parse(request)
 
     def chosen(letter: DeadLetter) -> bool:
         return letter.matches(view=view, kind=kind)

@@ -22,14 +22,17 @@ from aiohttp import web
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.types import format_timestamp
 from belvedere.views_api.errors import error, json
+from belvedere.views_api.params import Name
 from belvedere.views_api.positions import HEADER_POSITION, encode_token
-from belvedere.views_api.publishing import event_check, refused_topic
+from belvedere.views_api.publishing import event_check, publishable_topics, refused_topic
 from belvedere.views_api.surface import ServedApp
 
-__all__ = ["publish_events"]
+__all__ = ["TOPIC", "publish_events"]
 
 #: Most events one request may publish.
 MAX_EVENTS = 1000
+
+TOPIC = Name("topic", "an event topic open to HTTP publishing", "path", known=publishable_topics)
 
 
 def _completed(doc: Any, producer: str) -> Any:
@@ -41,7 +44,7 @@ def _completed(doc: Any, producer: str) -> Any:
 
 
 async def publish_events(app: ServedApp, request: web.Request) -> web.StreamResponse:
-    name = request.match_info["topic"]
+    name = request.match_info[TOPIC.name]
     topic = app.event_topics.get(name)
     if topic is None:
         known = ", ".join(sorted(app.event_topics)) or "none"

@@ -23,7 +23,7 @@ from faust.types import TP
 
 from belvedere.tables.view import NotLocal, PartitionStatus, View
 from belvedere.views_api.errors import error
-from belvedere.views_api.params import after_token, int_param, key_param, timeout_param
+from belvedere.views_api.params import AFTER, TIMEOUT, Integer, Key, Name
 from belvedere.views_api.positions import (
     HEADER_POSITION,
     Lineage,
@@ -42,6 +42,9 @@ from belvedere.views_api.surface import ServedApp
 
 __all__ = [
     "HEADER_GENERATION",
+    "KEY",
+    "MAX_LAG",
+    "VIEW",
     "get_row",
     "hurry",
     "lag_of",
@@ -52,15 +55,23 @@ __all__ = [
 ]
 
 HEADER_GENERATION = "X-Belvedere-Generation"
-#: Largest ``max_lag`` a read may give.
-MAX_LAG = 2**62
+
+VIEW = Name("view", "a view's name", "path", known=lambda app: sorted(app.views))
+KEY = Key("key", "the row's key, as text", "path", {"type": "string", "minLength": 1})
+MAX_LAG = Integer(
+    "max_lag",
+    "accept a copy this many records behind (recovering, or a standby)",
+    default=None,
+    low=0,
+    high=2**62,
+)
 
 
 def view_or_404(app: ServedApp, request: web.Request) -> View | web.Response:
-    name = request.match_info["view"]
+    name = request.match_info[VIEW.name]
     view = app.views.get(name)
     if view is None:
-        known = ", ".join(sorted(app.views)) or "none"
+        known = ", ".join(VIEW.known(app)) or "none"
         return error(404, "unknown-view", f"no view {name!r} (views: {known})")
     return view
 
@@ -147,10 +158,10 @@ async def get_row(app: ServedApp, request: web.Request) -> web.StreamResponse:
     text = request.match_info.get("key")
     if text is None:
         text = request.query["key"]
-    key = key_param(view, text)
-    max_lag = int_param(request, "max_lag", None, 0, MAX_LAG)
-    token = after_token(request)
-    timeout = timeout_param(request)  # refused when bad, even if unused
+    key = KEY.parse(view, text)
+    max_lag = MAX_LAG.parse(request)
+    token = AFTER.parse(request)
+    timeout = TIMEOUT.parse(request)  # refused when bad, even if unused
     if token is None:
         timeout = 0.0
     try:

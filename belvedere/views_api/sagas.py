@@ -10,17 +10,21 @@ from __future__ import annotations
 from aiohttp import web
 
 from belvedere.views_api.errors import error, json
+from belvedere.views_api.params import Name, Param
 from belvedere.views_api.reads import stored_row
 from belvedere.views_api.surface import ServedApp
 
-__all__ = ["get_saga"]
+__all__ = ["CORRELATION", "SAGA", "get_saga"]
+
+SAGA = Name("name", "the saga", "path", known=lambda app: sorted(app.sagas))
+CORRELATION = Param("id", "its correlation id", "path", {"type": "string", "minLength": 1})
 
 
 async def get_saga(app: ServedApp, request: web.Request) -> web.StreamResponse:
-    name, saga_id = request.match_info["name"], request.match_info["id"]
+    name, saga_id = request.match_info[SAGA.name], request.match_info[CORRELATION.name]
     projection = app.sagas.get(name)
     if projection is None:
-        known = ", ".join(sorted(app.sagas)) or "none"
+        known = ", ".join(SAGA.known(app)) or "none"
         return error(404, "unknown-saga", f"no saga {name!r} (sagas: {known})")
     view = projection.view
     data = await stored_row(

@@ -22,13 +22,14 @@ from yarl import URL
 from belvedere.tables.view import NotLocal, View
 from belvedere.views_api.errors import BadRequest, error, json
 from belvedere.views_api.params import (
+    AFTER,
+    TIMEOUT,
     BadParam,
-    after_token,
-    cursor_param,
+    Integer,
+    Key,
+    KeyCursor,
+    Param,
     encode_cursor,
-    int_param,
-    key_param,
-    timeout_param,
 )
 from belvedere.views_api.positions import (
     HEADER_LAG,
@@ -50,10 +51,28 @@ from belvedere.views_api.reads import (
 from belvedere.views_api.routing import ask_members, members_of, self_url
 from belvedere.views_api.surface import ServedApp
 
-__all__ = ["lookup_rows", "scan_rows", "wait_everywhere"]
+__all__ = [
+    "CURSOR",
+    "END",
+    "INDEX",
+    "LIMIT",
+    "PREFIX",
+    "ROW_KEY",
+    "START",
+    "VALUE",
+    "lookup_rows",
+    "scan_rows",
+    "wait_everywhere",
+]
 
-MAX_LIMIT = 10_000
-DEFAULT_LIMIT = 100
+LIMIT = Integer("limit", "rows per page", default=100, low=1, high=10_000)
+CURSOR = KeyCursor("cursor", "the `next` of the previous page")
+ROW_KEY = Param("key", "read this one row instead")
+PREFIX = Param("prefix", "keys starting with this (text keys)")
+START = Key("start", "the first key (inclusive)")
+END = Key("end", "the last key (exclusive)")
+INDEX = Param("index", "an index of the view", "path")
+VALUE = Param("value", "the field's value", "path")
 
 #: (view, partitions, limit, after) -> [(store key, stored JSON)], more?
 Local = Callable[[View, list[int], int, bytes | None], tuple[list[tuple[bytes, bytes]], bool]]
@@ -76,21 +95,21 @@ async def _local_part(
 ) -> dict[str, Any]:
     """This worker's part: the rows of the partitions it serves, and those it does not;
     with ``?after=``, no rows if a served partition is still ``short`` of the token."""
-    token = after_token(request)
+    token = AFTER.parse(request)
     topics = lineage(app, view)
     short: list[int] = []
     if token is not None:
         wanted = {p: topics.wanted(token, p) for p in partitions}
-        deadline = time.monotonic() + timeout_param(request)
+        deadline = time.monotonic() + TIMEOUT.parse(request)
         short = await wait_until_applied(view, wanted, deadline, hurry(app, view))
     served = [p for p in partitions if p in view.stores and view.status[p].state == "serving"]
     short = [p for p in short if p in served]
-    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    limit = LIMIT.parse(request)
     try:
         if short:
             rows, more = [], False
         else:
-            rows, more = local(view, served, limit, cursor_param(request, view))
+            rows, more = local(view, served, limit, CURSOR.parse(request, view))
     except NotLocal:  # revoked in between; the caller retries
         rows, more, served = [], False, []
     except (KeyError, TypeError) as exc:
@@ -125,7 +144,7 @@ async def _parts(
     ``?after=`` within ``wait`` seconds, a 400 an owner gave passed back."""
     assert view.partitions is not None
     topics = lineage(app, view)
-    token = after_token(request)
+    token = AFTER.parse(request)
     if token is not None:
         topics.wanted(token, 0)  # refuse a foreign token here, not once per worker
     members = members_of(app, topics.folded)
@@ -185,12 +204,12 @@ async def wait_everywhere(
     url = URL.build(
         path=f"/views/{view.name}",
         query={
-            "after": request.query["after"],
-            "timeout": f"{timeout_param(request):g}",
+            "after": request.query[AFTER.name],
+            "timeout": f"{TIMEOUT.parse(request):g}",
             "limit": "1",
         },
     )
-    found = await _parts(app, request, view, no_rows, url, timeout_param(request))
+    found = await _parts(app, request, view, no_rows, url, TIMEOUT.parse(request))
     return found if isinstance(found, web.Response) else None
 
 
@@ -202,12 +221,12 @@ async def _gather(app: ServedApp, request: web.Request, local: Local) -> web.Str
         return error(503, "not-serving", f"view {view.name!r} is not started", {"Retry-After": "1"})
     if request.query.get("scope") == "local":
         return json(await _local_part(app, request, view, _partitions_param(request, view), local))
-    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    token = after_token(request)
-    wait = timeout_param(request)  # refused when bad, even if unused
+    limit = LIMIT.parse(request)
+    token = AFTER.parse(request)
+    wait = TIMEOUT.parse(request)  # refused when bad, even if unused
     if token is None:
         wait = 0.0
-    cursor_param(request, view)  # refuse a bad one here, not once per worker
+    CURSOR.parse(request, view)  # refuse a bad one here, not once per worker
     query = {k: v for k, v in request.query.items() if k not in ("scope", "partitions")}
     parts = await _parts(app, request, view, local, request.rel_url.with_query(query), wait)
     if isinstance(parts, web.Response):
@@ -237,8 +256,8 @@ async def _nothing() -> dict:
 
 
 def _scan(request: web.Request) -> Local:
-    prefix = request.query.get("prefix") or None
-    start, end = request.query.get("start"), request.query.get("end")
+    prefix = PREFIX.text(request) or None
+    start, end = START.text(request), END.text(request)
 
     def run(
         view: View, partitions: list[int], limit: int, after: bytes | None
@@ -246,8 +265,8 @@ def _scan(request: web.Request) -> Local:
         return view.scan_encoded(
             partitions,
             prefix=prefix,
-            start=None if start is None else key_param(view, start, "start"),
-            end=None if end is None else key_param(view, end, "end"),
+            start=None if start is None else START.parse(view, start),
+            end=None if end is None else END.parse(view, end),
             limit=limit,
             after=after,
         )
@@ -258,7 +277,7 @@ def _scan(request: web.Request) -> Local:
 async def scan_rows(app: ServedApp, request: web.Request) -> web.StreamResponse:
     """``GET /views/{view}?prefix=&start=&end=&limit=&cursor=``: rows in key order
     (``?key=K`` reads the one row, as ``GET /views/{view}/{key}`` does)."""
-    if "key" in request.query:
+    if ROW_KEY.name in request.query:
         return await get_row(app, request)
     return await _gather(app, request, _scan(request))
 
@@ -266,7 +285,7 @@ async def scan_rows(app: ServedApp, request: web.Request) -> web.StreamResponse:
 async def lookup_rows(app: ServedApp, request: web.Request) -> web.StreamResponse:
     """``GET /views/{view}/by/{index}/{value}?limit=&cursor=``: rows whose indexed field
     has that value, in key order."""
-    index, value = request.match_info["index"], request.match_info["value"]
+    index, value = request.match_info[INDEX.name], request.match_info[VALUE.name]
 
     def run(
         view: View, partitions: list[int], limit: int, after: bytes | None

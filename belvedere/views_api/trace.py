@@ -10,14 +10,17 @@ from aiohttp import web
 
 from belvedere.agents.trace import causal_order
 from belvedere.views_api.errors import error, json
+from belvedere.views_api.params import Param
 from belvedere.views_api.reads import stored_row
 from belvedere.views_api.surface import ServedApp
 
-__all__ = ["get_trace"]
+__all__ = ["FLOW", "get_trace"]
+
+FLOW = Param("id", "the flow's correlation id", "path", {"type": "string", "minLength": 1})
 
 
 async def get_trace(app: ServedApp, request: web.Request) -> web.StreamResponse:
-    flow = request.match_info["id"]
+    flow = request.match_info[FLOW.name]
     if app.flow_trace is None:
         return error(
             404, "tracing-off", f"{app.conf.id} does not trace flows: call app.trace_flows()"
