@@ -51,6 +51,7 @@ from belvedere.agents.partitions import Partitions
 from belvedere.agents.projection import PartitionState, Projection, slot
 from belvedere.agents.rebuild import Rebuilder
 from belvedere.agents.standby import Standbys
+from belvedere.agents.surface import AgentsApp
 from belvedere.console import DETAIL
 from belvedere.streams.context import enter_cause, leave_cause
 from belvedere.streams.envelope import BadEvent
@@ -210,7 +211,7 @@ async def _send_in_batches(
 class ProjectionEngine(Service):
     """Runs every projection of an app on the partitions this worker is assigned."""
 
-    def __init__(self, app: Any, **kwargs: Any) -> None:
+    def __init__(self, app: AgentsApp, **kwargs: Any) -> None:
         self.app = app
         self.projections: dict[str, Projection] = {}
         self.budget: StoreBudget | None = None
@@ -481,13 +482,13 @@ class ProjectionEngine(Service):
                     )
                     entries.append((projection, tp, gen.building, building))
             if entries:
-                building = []
+                to_replay: list[PartitionState] = []
                 for part in await self.restore(entries):
                     if part.generation == part.projection.view.generation:
                         self.partitions.serve(part)
                     else:
-                        building.append(part)
-                await self.rebuilds.replay_parts(building)
+                        to_replay.append(part)
+                await self.rebuilds.replay_parts(to_replay)
 
     async def restore(
         self, entries: Sequence[tuple[Projection, TP, int, PartitionStatus]]

@@ -15,6 +15,7 @@ from faust.types import TP
 
 from belvedere.agents.partitions import Partitions
 from belvedere.agents.projection import PartitionState, Projection
+from belvedere.agents.surface import AgentsApp
 from belvedere.tables.store import StoreBudget
 from belvedere.tables.view import PartitionStatus, View
 
@@ -27,7 +28,7 @@ Decode = Callable[[Any], Any]
 class EngineSurface(Protocol):
     """The projection engine, as its parts see it."""
 
-    app: Any
+    app: AgentsApp
     #: Each view's projection, by view name.
     projections: dict[str, Projection]
     partitions: Partitions

@@ -17,6 +17,7 @@ from faust.types.assignor import PartitionAssignorT
 from mode import Signal
 
 from belvedere.agents.projection import Projection
+from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.records import Event
 from belvedere.streams.surface import StreamsApp
@@ -69,6 +70,10 @@ class AgentsApp(StreamsApp, Protocol):
 
     @property
     def dead_letters(self) -> DeadLetters: ...
+
+    #: The processes a rebuild replays history in (None: it replays in this one).
+    @property
+    def replay_helpers(self) -> ReplayHelpers | None: ...
 
     def topic_carrying(
         self, types: Sequence[type[Event]], what: str, *, choosing: str = ""
