@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
-from faust.transport import by_url
 from faust.types.transports import ConductorT, TransportT
 from mode.utils.objects import cached_property
 
@@ -24,13 +23,12 @@ from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.agents.sagas import Saga, SagaProjection, SagaState, Step
 from belvedere.agents.trace import TraceProjection
 from belvedere.streams.assignor import BalancedPartitionAssignor
-from belvedere.streams.backoff import with_backoff
 from belvedere.streams.conductor import Conductor
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
 from belvedere.streams.records import Event
 from belvedere.streams.security import BrokerSecurity
-from belvedere.streams.tap import tapped
+from belvedere.streams.tap import transport_for
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
@@ -613,7 +611,7 @@ class App(faust.App):
         return super()._new_web()
 
     def _new_transport(self) -> TransportT:
-        transport = with_backoff(tapped(by_url(self.conf.broker_consumer[0])))
+        transport = transport_for(self.conf.broker_consumer[0])
         return transport(self.conf.broker_consumer, self)
 
     @cached_property

@@ -6,40 +6,28 @@ the consumer's subscription already waits for that registration (the conductor a
 ``wait_until_tables_registered``), so the sleep only delays the worker's readiness.
 mode's ``Worker`` sleeps a second on the way out, after the app has stopped (offsets
 committed, stores closed), so that the tasks it has just cancelled can end; here the
-worker waits for those tasks to end, at most that second, and exits once they have.
+worker waits for those tasks to end, at most that second, and exits once they have. Both
+are workarounds of faust's and mode's internals, in :mod:`belvedere.compat`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from typing import Any
 
-import faust
-from faust.tables import TableManager as FaustTableManager
-
+from belvedere.compat import mode
+from belvedere.compat.faust import TableManager
+from belvedere.compat.mode import EXIT_GRACE
 from belvedere.console import StartupFilter, startup_line
 
 __all__ = ["EXIT_GRACE", "TableManager", "Worker"]
 
-#: How long a stopping worker waits for its cancelled tasks to end (mode waited this long
-#: every time).
-EXIT_GRACE = 1.0
 #: How often a started worker looks whether it serves yet, to say so.
 READY_POLL = 0.05
 
 
-class TableManager(FaustTableManager):
-    async def on_start(self) -> None:
-        # faust's, less its ``await self.sleep(1.0)``: tables are declared at import, and
-        # the conductor subscribes only once they are registered here
-        if not self.should_stop:
-            await self._update_channels()
-            await self.recovery.start()
-
-
-class Worker(faust.Worker):
+class Worker(mode.Worker):
     """Says one line once it serves; faust's INFO lines only when ``app.verbose``.
 
     faust's terminal spinner is off at every log level: on a terminal it fought with the
@@ -59,24 +47,11 @@ class Worker(faust.Worker):
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
-        if not self._shutdown_immediately:
+        if not self.stopped_by_signal:
             self.add_future(self._announce_when_serving())
 
     async def _announce_when_serving(self) -> None:
         # faust calls itself started before the views of its partitions are restored
         while not self.app.ready:
             await asyncio.sleep(READY_POLL)
-        self._say(startup_line(self.app), flush=True)
-
-    def _on_sigint(self) -> None:
-        # mode's prints "-INT- -INT- -INT-" first
-        self._flag_as_shutdown_by_signal()
-        self._schedule_shutdown(signal.SIGINT)
-
-    async def _sentinel_task(self) -> None:
-        here = asyncio.current_task()
-        pending = [task for task in asyncio.all_tasks() if task is not here]
-        if pending:
-            await asyncio.wait(pending, timeout=EXIT_GRACE)
-        for _ in range(3):  # the callbacks their ends scheduled (transports closing)
-            await asyncio.sleep(0)
+        self.say(startup_line(self.app), flush=True)
