@@ -54,4 +54,4 @@ class Worker(mode.Worker):
         # faust calls itself started before the views of its partitions are restored
         while not self.app.ready:
             await asyncio.sleep(READY_POLL)
-        self.say(startup_line(self.app), flush=True)
+        self.announce(startup_line(self.app))

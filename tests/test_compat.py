@@ -15,15 +15,21 @@ import faust
 import mode
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.conn import create_conn
 from aiokafka.protocol import fetch as kafka_fetch
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.record.control_record import ABORT_MARKER, COMMIT_MARKER
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faust.assignor import partition_assignor
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor
 from faust.tables import TableManager as FaustTableManager
 from faust.transport import by_url
+from faust.transport.base import Transport
+from faust.transport.conductor import Conductor as FaustConductor
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_kafka
+from faust.types import TP
 from faust.web.drivers.aiohttp import Web as FaustWeb
 
 import belvedere
@@ -33,13 +39,18 @@ from belvedere.compat import faust as compat_faust
 from belvedere.compat import mode as compat_mode
 from belvedere.streams import tap
 from belvedere.streams.assignor import BalancedCopartitionedAssignor, BalancedPartitionAssignor
+from belvedere.streams.conductor import Conductor
 from belvedere.streams.embedded.consumer import Consumer as EmbeddedConsumer
-from belvedere.streams.records import _defining_scope
+from belvedere.streams.records import Event, _defining_scope
 from belvedere.views_api.connections import LimitedServer
 from belvedere.worker import Worker
 from tests.test_limits import GET, answer, serving
 
 NOBODY = "127.0.0.1:9"  # refused at once
+
+
+class Placed(Event):
+    order_id: str
 
 
 def params(function: Any) -> list[str]:
@@ -251,6 +262,69 @@ def test_faust_s_table_manager_start_is_still_the_one_copied_less_its_sleep() ->
 def test_faust_s_web_driver_keeps_its_runner_private() -> None:
     assert "self._runner: AppRunner = AppRunner(" in inspect.getsource(FaustWeb.__init__)
     assert "self._runner.setup()" in inspect.getsource(FaustWeb)
+
+
+def test_faust_builds_transport_and_web_driver_in_private_factories() -> None:
+    plain = faust.App("plain")
+    assert "by_url(self.conf.broker_consumer[0])" in inspect.getsource(faust.App._new_transport)
+    assert "by_url(self.conf.web)(self)" in inspect.getsource(faust.App._new_web)
+    assert "self._new_transport()" in inspect.getsource(faust.App)
+    assert "self._new_web()" in inspect.getsource(faust.App)
+    assert "self.transport.create_conductor(" in inspect.getsource(faust.App._new_conductor)
+    assert "self.Conductor(" in inspect.getsource(Transport.create_conductor)
+    assert plain._rebalancing_sensor_state is None
+    ours = belvedere.App("ours")
+    assert type(ours.web).__module__ == "belvedere.views_api.server"
+    assert type(ours.transport.create_conductor()) is Conductor
+
+
+def test_faust_warns_of_a_rebalance_its_sensors_never_saw_start(caplog) -> None:
+    """The reason for App._rebalance_started: a first assignment revokes nothing."""
+    for app, warned in ((faust.App("plain"), True), (belvedere.App("ours"), False)):
+        caplog.clear()
+        app.sensors.add(app.monitor)  # as a worker does
+        app.on_rebalance_return()
+        app.on_rebalance_end()
+        assert ("Missing sensor state" in caplog.text) is warned
+
+
+def test_faust_s_conductor_updates_its_private_indices_before_subscribing() -> None:
+    source = inspect.getsource(FaustConductor)
+    assert "await self._update_indices()" in source
+    assert "self._topics" in inspect.getsource(FaustConductor._update_indices)
+    assert isinstance(FaustConductor(app=faust.App("plain"))._topics, set)
+
+
+def test_faust_s_topic_clones_and_compiles_its_decoder_privately() -> None:
+    assert "self._compile_decode()" in inspect.getsource(faust.topics.Topic.__init__)
+    assert "self._clone_args()" in inspect.getsource(faust.channels.Channel)
+    app = belvedere.App("ours")
+    topic = app.event_topic("orders", Placed, partitions=2)
+    clone = type(topic)(**topic._clone_args())  # what Channel.clone builds
+    assert (clone.event_types, clone.partitions) == ((Placed,), 2)
+    assert topic.decode == topic._decode_event
+
+
+def test_faust_keeps_its_consumers_read_offsets_and_kafka_producer_private() -> None:
+    app = belvedere.App("ours", broker=f"kafka://{NOBODY}")
+    assert "self.consumer._read_offset[tp] = offset" in inspect.getsource(
+        faust_kafka.AIOKafkaConsumerThread._seek_wait
+    )
+    tp = TP("t", 0)
+    compat_faust.note_seek(app.consumer, tp, 5)
+    assert app.consumer._read_offset[tp] == 5
+    compat_faust.note_seek(app.consumer, tp, 0)
+    assert tp not in app.consumer._read_offset
+    assert "_producer" in vars(faust_kafka.Producer).get("__annotations__", {})
+    assert compat_faust.kafka_client(app.producer) is None  # not started
+    assert compat_faust.kafka_client(belvedere.App("embedded").producer) is None
+
+
+def test_aiokafka_s_connection_and_metadata_request_take_what_the_checks_pass() -> None:
+    assert {"request_timeout_ms", "ssl_context", "sasl_mechanism"} <= set(params(create_conn))
+    assert params(MetadataRequest) == ["topics", "allow_auto_topic_creation"]
+    assert "need_all_topic_metadata" in inspect.getsource(ClusterMetadata)
+    assert asyncio.run(compat_kafka.missing_on_a_broker(None, [], {"t"})) == []  # type: ignore[arg-type]
 
 
 # mode (faust's Worker)

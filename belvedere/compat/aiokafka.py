@@ -8,19 +8,24 @@ the private names and behaviour each one relies on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import aiokafka
 from aiokafka.client import AIOKafkaClient
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
 from aiokafka.record.memory_records import MemoryRecords
 
 __all__ = [
     "BackoffKafkaProducer",
     "BatchBuilder",
+    "ask_for_metadata",
     "back_off_failed_metadata",
     "client_of",
     "compresses",
@@ -28,6 +33,7 @@ __all__ = [
     "forget_topic",
     "in_transaction",
     "is_abort_marker",
+    "missing_on_a_broker",
     "partition_response",
     "read_committed",
     "record_batch",
@@ -175,3 +181,41 @@ def record_batches(data: bytes) -> Iterator[Any]:
 def is_abort_marker(key: bytes) -> bool:
     """Whether a control record's key marks an aborted transaction."""
     return ControlRecord.parse(key) == ABORT_MARKER
+
+
+async def missing_on_a_broker(
+    client: AIOKafkaClient, brokers: Iterable[Any], topics: set[str]
+) -> list[str]:
+    """The ``topics`` some broker's metadata lacks yet; a broker that does not answer is
+    passed over (it is down, and serves no group).
+
+    Works around: aiokafka's client asks one broker for metadata, and has no public way to
+    ask a given one; each broker of a cluster learns of a new topic on its own.
+    """
+    # never auto-created by the asking: a missing topic would come back with the default size
+    request = MetadataRequest(sorted(topics), allow_auto_topic_creation=False)
+    missing: set[str] = set()
+    for broker in brokers:
+        try:
+            response = await client.send(broker.nodeId, request)
+        except (TimeoutError, KafkaError):
+            continue  # down: the group's coordinator and leaders are elsewhere
+        seen = ClusterMetadata()
+        seen.need_all_topic_metadata = True  # a topic still unknown is no error to log
+        seen.update_metadata(response)
+        missing.update(t for t in topics if not seen.partitions_for_topic(t))
+    return sorted(missing)
+
+
+async def ask_for_metadata(host: str, port: int, timeout_ms: int, **kwargs: Any) -> None:
+    """Connect to one broker, log in (``kwargs``: aiokafka's TLS and SASL arguments) and
+    ask for the cluster's metadata; the error that stopped it, raised as it came.
+
+    Works around: aiokafka's clients give up with "Unable to bootstrap" whatever the
+    reason (a refused login, a TLS mismatch); a single connection keeps the reason.
+    """
+    conn = await create_conn(host, port, request_timeout_ms=timeout_ms, **kwargs)
+    try:
+        await conn.send(MetadataRequest([]))
+    finally:
+        conn.close()

@@ -10,33 +10,83 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, ClassVar
 
 import aiokafka
+import faust
 from aiohttp import web
+from aiokafka.client import AIOKafkaClient
 from faust.assignor import partition_assignor
 from faust.assignor.client_assignment import CopartitionedAssignment
 from faust.assignor.copartitioned_assignor import CopartitionedAssignor as FaustGroupAssignor
 from faust.assignor.partition_assignor import PartitionAssignor as FaustPartitionAssignor
 from faust.tables import TableManager as FaustTableManager
+from faust.topics import Topic as FaustTopic
+from faust.transport import by_url
+from faust.transport.base import Transport
+from faust.transport.conductor import Conductor as FaustConductor
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
+from faust.web import drivers as web_drivers
+from faust.web.base import Web
 
 from belvedere.compat.aiokafka import BackoffKafkaProducer, back_off_failed_metadata, client_of
 from belvedere.compat.aiokafka import read_committed as set_read_committed
 
 __all__ = [
+    "App",
+    "Conductor",
     "FetchHook",
     "GroupAssignor",
     "KafkaTransport",
     "PartitionAssignor",
     "TableManager",
+    "Topic",
     "commit_offsets",
+    "kafka_client",
+    "note_seek",
     "replace_web_runner",
     "web_runner",
 ]
+
+
+class App(faust.App):
+    """faust's App, its transport and web driver chosen by public methods, and its
+    rebalance sensors told of a first assignment.
+
+    Works around: faust builds its transport and web driver in the private
+    ``_new_transport`` and ``_new_web``; and a worker's first assignment on Kafka revokes
+    nothing, so faust's sensors never heard the rebalance start (its private
+    ``_rebalancing_sensor_state``), and faust warned "Missing sensor state" on every start.
+    """
+
+    def transport_class(self) -> type[Transport]:
+        """The transport for the app's broker URL."""
+        return by_url(self.conf.broker_consumer[0])
+
+    def web_class(self) -> type[Web]:
+        """The web driver for the app's ``web`` URL."""
+        return web_drivers.by_url(self.conf.web)
+
+    def _new_transport(self) -> Transport:
+        return self.transport_class()(self.conf.broker_consumer, self)
+
+    def _new_web(self) -> Web:
+        return self.web_class()(self)
+
+    def on_rebalance_return(self) -> None:
+        self._rebalance_started()
+        super().on_rebalance_return()
+
+    def on_rebalance_end(self) -> None:
+        self._rebalance_started()
+        super().on_rebalance_end()
+
+    def _rebalance_started(self) -> None:
+        if not self._rebalancing_sensor_state:
+            self._rebalancing_sensor_state = self.sensors.on_rebalance_start(self)
 
 
 async def commit_offsets(consumer: FaustConsumer, offsets: Mapping[TP, int]) -> bool:
@@ -46,6 +96,29 @@ async def commit_offsets(consumer: FaustConsumer, offsets: Mapping[TP, int]) -> 
     a batch taken off the consumer by the tap is never acked message by message.
     """
     return await consumer._commit(offsets)
+
+
+def note_seek(consumer: FaustConsumer, tp: TP, offset: int) -> None:
+    """Tell faust's consumer that ``tp`` is read from ``offset`` on (a driver's
+    ``seek_wait``), so that it delivers the records before its last read offset again.
+
+    Works around: faust's consumer keeps the offset it read last in the private
+    ``_read_offset``, which its aiokafka driver updates on a seek; a driver of its own must
+    too, or a backward seek drops records.
+    """
+    if offset > 0:
+        consumer._read_offset[tp] = offset
+    else:
+        consumer._read_offset.pop(tp, None)
+
+
+def kafka_client(producer: Any) -> AIOKafkaClient | None:
+    """The aiokafka client under faust's Kafka producer (None on another transport).
+
+    Works around: faust's Kafka producer keeps its ``AIOKafkaProducer`` private.
+    """
+    kafka = getattr(producer, "_producer", None)
+    return getattr(kafka, "client", None)
 
 
 class FetchHook:
@@ -162,6 +235,52 @@ class TableManager(FaustTableManager):
         if not self.should_stop:
             await self._update_channels()
             await self.recovery.start()
+
+
+class Conductor(FaustConductor):
+    """faust's conductor, with a public hook around its index update (which precedes each
+    subscription).
+
+    Works around: faust's conductor has no hook before the consumer subscribes; its topic
+    set (``_topics``) and its ``_update_indices`` are private.
+    """
+
+    async def _update_indices(self) -> Iterable[str]:
+        return await self.update_indices(list(self._topics), super()._update_indices)
+
+    async def update_indices(
+        self, channels: list[Any], update: Callable[[], Awaitable[Iterable[str]]]
+    ) -> Iterable[str]:
+        """Run ``update`` (faust's index update) for these ``channels``; the topic names
+        to subscribe to."""
+        return await update()
+
+
+class Topic(FaustTopic):
+    """faust's Topic, with public hooks for what a subclass adds to its clones' arguments
+    and for a decoder of its own.
+
+    Works around: faust clones topics (``derive``, an agent's channel) through the private
+    ``_clone_args``, and builds each topic's decoder in the private ``_compile_decode``.
+    """
+
+    def clone_kwargs(self) -> Mapping[str, Any]:
+        """What a subclass's ``__init__`` takes beyond faust's, for a clone."""
+        return {}
+
+    def own_decoder(self) -> Callable[..., Awaitable[Any]] | None:
+        """A decoder replacing faust's (same signature as faust's ``decode``), or None."""
+        return None
+
+    def _clone_args(self) -> Mapping:
+        return {**super()._clone_args(), **self.clone_kwargs()}
+
+    def _compile_decode(self) -> None:
+        decode = self.own_decoder()
+        if decode is None:
+            super()._compile_decode()
+        else:
+            self.decode = decode  # type: ignore[method-assign]
 
 
 def web_runner(web_driver: Any) -> web.AppRunner:

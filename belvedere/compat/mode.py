@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import IO
 
 import faust
 
@@ -24,9 +23,9 @@ class Worker(faust.Worker):
     """faust's worker process, whose exit waits for its cancelled tasks only as long as
     they take, and whose Ctrl-C says nothing."""
 
-    def say(self, line: str, *, flush: bool = False, file: IO[str] | None = None) -> None:
-        """Write a line to the worker's output (mode's ``say`` cannot flush)."""
-        self._say(line, file=file, flush=flush)
+    def announce(self, line: str) -> None:
+        """Write a line to the worker's output at once (mode's ``say`` does not flush)."""
+        self._say(line, flush=True)
 
     @property
     def stopped_by_signal(self) -> bool:

@@ -21,6 +21,7 @@ from faust.types import TP
 from yarl import URL
 
 from belvedere.compat.faust import FetchHook, KafkaConsumer, KafkaTransport
+from belvedere.streams.conductor import Conductor
 from belvedere.streams.embedded.consumer import Consumer as EmbeddedConsumer
 from belvedere.streams.embedded.transport import Transport as EmbeddedTransport
 from belvedere.streams.errors import BrokerError
@@ -71,6 +72,7 @@ class TappedKafkaConsumer(BatchTap, KafkaConsumer):
 
 
 class TappedKafkaTransport(KafkaTransport):
+    Conductor = Conductor
     Consumer = TappedKafkaConsumer
 
 
@@ -79,11 +81,13 @@ class TappedEmbeddedConsumer(BatchTap, EmbeddedConsumer):
 
 
 class TappedEmbeddedTransport(EmbeddedTransport):
+    Conductor = Conductor
     Consumer = TappedEmbeddedConsumer
 
 
 def transport_for(url: URL) -> type[Transport]:
-    """The transport an App uses for a broker URL: its consumer with :class:`BatchTap`."""
+    """The transport an App uses for a broker URL: its consumer with :class:`BatchTap`, its
+    conductor Belvedere's (:mod:`belvedere.streams.conductor`)."""
     found = by_url(url)
     if issubclass(found, EmbeddedTransport):
         return TappedEmbeddedTransport
