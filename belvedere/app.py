@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import faust
 from faust.transport.base import Transport
 from faust.web.base import Web
 from mode.utils.objects import cached_property

@@ -260,7 +260,7 @@ class Topic(FaustTopic):
     """faust's Topic, with public hooks for what a subclass adds to its clones' arguments
     and for a decoder of its own.
 
-    Works around: faust clones topics (``derive``, an agent's channel) through the private
+    Works around: faust clones topics (``clone``: an agent's channel) through the private
     ``_clone_args``, and builds each topic's decoder in the private ``_compile_decode``.
     """
 
