@@ -317,6 +317,7 @@ def test_faust_keeps_its_consumers_read_offsets_and_kafka_producer_private() -> 
     assert tp not in app.consumer._read_offset
     assert "_producer" in vars(faust_kafka.Producer).get("__annotations__", {})
     assert compat_faust.kafka_client(app.producer) is None  # not started
+    assert compat_faust.kafka_producer(app.producer) is None
     assert compat_faust.kafka_client(belvedere.App("embedded").producer) is None
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "Topic",
     "commit_offsets",
     "kafka_client",
+    "kafka_producer",
     "note_seek",
     "replace_web_runner",
     "web_runner",
@@ -112,13 +113,19 @@ def note_seek(consumer: FaustConsumer, tp: TP, offset: int) -> None:
         consumer._read_offset.pop(tp, None)
 
 
-def kafka_client(producer: Any) -> AIOKafkaClient | None:
-    """The aiokafka client under faust's Kafka producer (None on another transport).
+def kafka_producer(producer: Any) -> aiokafka.AIOKafkaProducer | None:
+    """The ``AIOKafkaProducer`` under faust's Kafka producer (None on another transport,
+    or before it started).
 
     Works around: faust's Kafka producer keeps its ``AIOKafkaProducer`` private.
     """
-    kafka = getattr(producer, "_producer", None)
-    return getattr(kafka, "client", None)
+    return getattr(producer, "_producer", None)
+
+
+def kafka_client(producer: Any) -> AIOKafkaClient | None:
+    """The aiokafka client under faust's Kafka producer (None as for
+    :func:`kafka_producer`)."""
+    return getattr(kafka_producer(producer), "client", None)
 
 
 class FetchHook:
