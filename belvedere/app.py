@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
-from faust.transport import by_url
-from faust.types.transports import ConductorT, TransportT
+from faust.transport.base import Transport
+from faust.web.base import Web
 from mode.utils.objects import cached_property
 
 from belvedere import settings
@@ -23,14 +23,13 @@ from belvedere.agents.reactors import ReactorProjection
 from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.agents.sagas import Saga, SagaProjection, SagaState, Step
 from belvedere.agents.trace import TraceProjection
+from belvedere.compat import faust as compat
 from belvedere.streams.assignor import BalancedPartitionAssignor
-from belvedere.streams.backoff import with_backoff
-from belvedere.streams.conductor import Conductor
 from belvedere.streams.dead_letters import DeadLetters
 from belvedere.streams.envelope import DEFAULT_MAX_EVENT_BYTES
 from belvedere.streams.records import Event
 from belvedere.streams.security import BrokerSecurity
-from belvedere.streams.tap import Tap, tapped
+from belvedere.streams.tap import Tap, transport_for
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.view import View
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
@@ -72,7 +71,7 @@ def _event_key(topic: EventTopic) -> Callable[[Any], Any]:
     return key_of
 
 
-class App(faust.App):
+class App(compat.App):
     """A faust App whose defaults suit a single laptop and scale out to Kafka unchanged.
 
     Each setting (:mod:`belvedere.settings`) comes from, in order: its ``belvedere worker``
@@ -614,31 +613,18 @@ class App(faust.App):
             logger.warning("insecure_open: %s; anyone who can connect may use them", exposed)
         install_routes(self, web.web_app)
 
-    def _new_web(self) -> Any:
+    def web_class(self) -> type[Web]:
         if self.conf.web.scheme == "aiohttp":  # "/" is the status page, not faust's index
-            return BelvedereWeb(self)
-        return super()._new_web()
+            return BelvedereWeb
+        return super().web_class()
 
-    def _new_transport(self) -> TransportT:
-        transport = with_backoff(tapped(by_url(self.conf.broker_consumer[0])))
-        return transport(self.conf.broker_consumer, self)
+    def transport_class(self) -> type[Transport]:
+        return transport_for(self.conf.broker_consumer[0])
 
     @cached_property
     def dead_letters(self) -> DeadLetters:
         """Where bad input goes, and how much of it there was."""
         return DeadLetters(self)
-
-    def on_rebalance_return(self) -> None:
-        # A worker's first assignment on Kafka revokes nothing, so faust's sensors never
-        # heard the rebalance start, and faust warned "Missing sensor state" on every start.
-        if not self._rebalancing_sensor_state:
-            self._rebalancing_sensor_state = self.sensors.on_rebalance_start(self)
-        super().on_rebalance_return()
-
-    def on_rebalance_end(self) -> None:
-        if not self._rebalancing_sensor_state:
-            self._rebalancing_sensor_state = self.sensors.on_rebalance_start(self)
-        super().on_rebalance_end()
 
     @property
     def ready(self) -> bool:
@@ -653,9 +639,6 @@ class App(faust.App):
             and not (self.rebalancing or self.in_recovery)
             and self.projections.all_served()
         )
-
-    def _new_conductor(self) -> ConductorT:
-        return Conductor(app=self, beacon=None)
 
 
 #: What faust.App takes besides Belvedere's settings: its own settings and constructor keywords.

@@ -4,10 +4,13 @@ faust, mode and aiokafka log some thirty INFO lines while a worker starts (every
 "Starting...", the recovery's tables of offsets, partitions opened), Belvedere one per view
 partition restored, and none of them gives the URL the worker serves. By default those
 are left out (at every rebalance too) and, once the worker is ready (as ``GET /ready``
-says), one line gives the app, its URL, its views, its broker and its data directory.
-Warnings and errors always show, and so do the app's own log lines and Belvedere's other
+says), the worker (:mod:`belvedere.worker`) writes one line giving the app, its URL, its
+views, its broker and its data directory. Warnings and errors always show, and so do the app's own log lines and Belvedere's other
 ones; ``belvedere worker --verbose`` (``BELVEDERE_VERBOSE``), or ``--loglevel debug``,
 shows everything at the level given.
+
+This module is what is left out, and how Belvedere's own routine lines say they may be
+(:data:`DETAIL`); it imports nothing of Belvedere, so every layer may mark its lines.
 """
 
 from __future__ import annotations
@@ -20,10 +23,7 @@ import aiokafka
 import faust
 import mode
 
-from belvedere.agents.surface import AgentsApp
-from belvedere.streams.embedded import log_path
-
-__all__ = ["DETAIL", "StartupFilter", "startup_line"]
+__all__ = ["DETAIL", "LIBRARIES", "StartupFilter"]
 
 #: Log records from code in these packages are library chatter below WARNING.
 LIBRARIES = tuple(
@@ -41,20 +41,3 @@ class StartupFilter(logging.Filter):
         if record.levelno >= logging.WARNING:
             return True
         return not (record.pathname.startswith(LIBRARIES) or getattr(record, "detail", False))
-
-
-def startup_line(app: AgentsApp) -> str:
-    """``shop ready at http://127.0.0.1:6066/ — views: ...; broker: ...; data: ...``"""
-    url = str(app.conf.canonical_url).rstrip("/") + "/"
-    views = sorted(name for name, view in app.views.items() if not view.internal)
-    return (
-        f"{app.conf.id} ready at {url} — views: {', '.join(views) or 'none'}; "
-        f"broker: {_broker(app)}; data: {app.conf.datadir}"
-    )
-
-
-def _broker(app: AgentsApp) -> str:
-    urls = list(app.conf.broker)
-    if urls[0].scheme == "embedded":
-        return f"embedded ({log_path(urls[0], app.conf.datadir)})"
-    return ", ".join(str(url.with_user(None).with_query(None)) for url in urls)

@@ -6,38 +6,27 @@ the consumer's subscription already waits for that registration (the conductor a
 ``wait_until_tables_registered``), so the sleep only delays the worker's readiness.
 mode's ``Worker`` sleeps a second on the way out, after the app has stopped (offsets
 committed, stores closed), so that the tasks it has just cancelled can end; here the
-worker waits for those tasks to end, at most that second, and exits once they have.
+worker waits for those tasks to end, at most that second, and exits once they have. Both
+are workarounds of faust's and mode's internals, in :mod:`belvedere.compat`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from typing import Any, Protocol, runtime_checkable
 
-import faust
-from faust.tables import TableManager as FaustTableManager
-
 from belvedere.agents.surface import AgentsApp
-from belvedere.console import StartupFilter, startup_line
+from belvedere.compat import mode
+from belvedere.compat.faust import TableManager
+from belvedere.compat.mode import EXIT_GRACE
+from belvedere.console import StartupFilter
+from belvedere.streams.embedded import log_path
 
 __all__ = ["EXIT_GRACE", "TableManager", "Worker", "WorkerApp"]
 
-#: How long a stopping worker waits for its cancelled tasks to end (mode waited this long
-#: every time).
-EXIT_GRACE = 1.0
 #: How often a started worker looks whether it serves yet, to say so.
 READY_POLL = 0.05
-
-
-class TableManager(FaustTableManager):
-    async def on_start(self) -> None:
-        # faust's, less its ``await self.sleep(1.0)``: tables are declared at import, and
-        # the conductor subscribes only once they are registered here
-        if not self.should_stop:
-            await self._update_channels()
-            await self.recovery.start()
 
 
 @runtime_checkable
@@ -52,7 +41,7 @@ class WorkerApp(AgentsApp, Protocol):
     def ready(self) -> bool: ...
 
 
-class Worker(faust.Worker):
+class Worker(mode.Worker):
     """Says one line once it serves; faust's INFO lines only when ``app.verbose``.
 
     faust's terminal spinner is off at every log level: on a terminal it fought with the
@@ -72,24 +61,28 @@ class Worker(faust.Worker):
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()
-        if not self._shutdown_immediately:
+        if not self.stopped_by_signal:
             self.add_future(self._announce_when_serving())
 
     async def _announce_when_serving(self) -> None:
         # faust calls itself started before the views of its partitions are restored
         while not self.app.ready:
             await asyncio.sleep(READY_POLL)
-        self._say(startup_line(self.app), flush=True)
+        self.announce(startup_line(self.app))
 
-    def _on_sigint(self) -> None:
-        # mode's prints "-INT- -INT- -INT-" first
-        self._flag_as_shutdown_by_signal()
-        self._schedule_shutdown(signal.SIGINT)
 
-    async def _sentinel_task(self) -> None:
-        here = asyncio.current_task()
-        pending = [task for task in asyncio.all_tasks() if task is not here]
-        if pending:
-            await asyncio.wait(pending, timeout=EXIT_GRACE)
-        for _ in range(3):  # the callbacks their ends scheduled (transports closing)
-            await asyncio.sleep(0)
+def startup_line(app: AgentsApp) -> str:
+    """``shop ready at http://127.0.0.1:6066/ — views: ...; broker: ...; data: ...``"""
+    url = str(app.conf.canonical_url).rstrip("/") + "/"
+    views = sorted(name for name, view in app.views.items() if not view.internal)
+    return (
+        f"{app.conf.id} ready at {url} — views: {', '.join(views) or 'none'}; "
+        f"broker: {_broker(app)}; data: {app.conf.datadir}"
+    )
+
+
+def _broker(app: AgentsApp) -> str:
+    urls = list(app.conf.broker)
+    if urls[0].scheme == "embedded":
+        return f"embedded ({log_path(urls[0], app.conf.datadir)})"
+    return ", ".join(str(url.with_user(None).with_query(None)) for url in urls)

@@ -20,6 +20,7 @@ from belvedere import settings
 from belvedere.agents.declared import DeclaredApp
 from belvedere.agents.surface import AgentsApp
 from belvedere.cli import UsageError, load_app
+from belvedere.compat import faust as compat_faust
 from belvedere.streams.embedded import Transport
 from belvedere.streams.surface import StreamsApp
 from belvedere.views_api.surface import ServedApp
@@ -199,7 +200,7 @@ def test_faust_decorators_still_work() -> None:
 
 #: faust.App methods belvedere.App overrides on purpose.
 OVERRIDES = {
-    "_new_conductor", "_new_transport", "_new_web", "on_init_dependencies", "on_webserver_init",
+    "_new_transport", "_new_web", "on_init_dependencies", "on_webserver_init",
     "logger", "_abc_impl", "on_rebalance_return", "on_rebalance_end",
 }  # fmt: skip
 #: What belvedere.App adds per instance.
@@ -214,7 +215,12 @@ def test_belvedere_adds_to_faust_app_without_shadowing_it(tmp_path: Path) -> Non
     """faust calls its own app.trace() and reads app.tracer: a Belvedere method or attribute
     of the same name broke the worker at its first timer (or rebalance)."""
     plain = faust.App("plain", datadir=str(tmp_path))
-    ours = {name for name in vars(belvedere.App) if not name.startswith("__")}
+    ours = {
+        name
+        for cls in (belvedere.App, compat_faust.App)
+        for name in vars(cls)
+        if not name.startswith("__")
+    }
     assert {name for name in ours if hasattr(plain, name)} == OVERRIDES
     assert [name for name in INSTANCE_ATTRIBUTES if hasattr(plain, name)] == []
     app = belvedere.App("ours", data_dir=tmp_path)

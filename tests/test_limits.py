@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import inspect
 import logging
 import resource
 import socket
@@ -21,7 +20,6 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 
 from belvedere.views_api.connections import (
     AcceptErrors,
@@ -103,27 +101,6 @@ async def closed(reader: asyncio.StreamReader) -> bool:
 
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
-
-
-async def test_aiohttp_internals_the_server_relies_on_are_still_there() -> None:
-    """Canary: these are aiohttp's private names the server subclasses or reads."""
-    assert inspect.iscoroutinefunction(web.AppRunner._make_server)
-    plain = web.Server(lambda request: None, keepalive_timeout=5, max_line_size=100)
-    assert plain._kwargs == {"keepalive_timeout": 5, "max_line_size": 100}
-    assert list(inspect.signature(RequestHandler.handle_error).parameters) == [
-        "self",
-        "request",
-        "status",
-        "exc",
-        "message",
-    ]
-    async with serving() as served:  # and the server those build is the one that serves
-        assert type(served.server) is LimitedServer
-        reader, writer = await served.connect()
-        writer.write(GET)
-        assert (await answer(reader))[0] == 200
-        assert len(served.server.open) == 1
-        writer.close()
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_its_timeout() -> None:

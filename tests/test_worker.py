@@ -11,7 +11,7 @@ import time
 import pytest
 
 import belvedere
-from belvedere import worker as worker_module
+from belvedere.compat import mode as worker_module
 from belvedere.worker import TableManager, Worker
 
 

@@ -42,7 +42,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.producer.message_accumulator import BatchBuilder
 from faust.types import TP
 from mode import Service
 
@@ -52,6 +51,8 @@ from belvedere.agents.projection import PartitionState, Projection, slot
 from belvedere.agents.rebuild import Rebuilder
 from belvedere.agents.standby import Standbys
 from belvedere.agents.surface import AgentsApp
+from belvedere.compat.aiokafka import compresses, record_batch
+from belvedere.compat.faust import commit_offsets, kafka_producer
 from belvedere.console import DETAIL
 from belvedere.streams.context import enter_cause, leave_cause
 from belvedere.streams.envelope import BadEvent
@@ -167,9 +168,9 @@ async def send_all(
     elif (send_batch := getattr(producer, "send_batch", None)) is not None:
         # the embedded broker: one append for the whole lot
         return [meta.offset for meta in send_batch(topic, partition, records)]
-    else:  # faust's driver keeps its AIOKafkaProducer here
-        kafka = getattr(producer, "_producer", None)
-    if kafka is None or kafka._compression_type is not None:  # compressed: aiokafka batches it
+    else:
+        kafka = kafka_producer(producer)
+    if kafka is None or compresses(kafka):  # compressed: aiokafka batches it
         futures = [
             await producer.send(topic, key, value, partition, None, headers)
             for key, value, headers in records
@@ -190,12 +191,11 @@ async def _send_in_batches(
     a few futures per checkpoint instead of one per record, which was a third of a
     projection's time at a million keys (docs/benchmarks.md)."""
     sent: list[tuple[Any, int]] = []  # (the batch's future, its record count)
-    txn = kafka._txn_manager is not None and kafka._txn_manager.transactional_id is not None
-    batch, count = BatchBuilder(CHANGELOG_BATCH_BYTES, 0, is_transactional=txn), 0
+    batch, count = record_batch(kafka, CHANGELOG_BATCH_BYTES), 0
     for key, value, headers in records:
         if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
             sent.append((await kafka.send_batch(batch, topic, partition=partition), count))
-            batch, count = BatchBuilder(CHANGELOG_BATCH_BYTES, 0, is_transactional=txn), 0
+            batch, count = record_batch(kafka, CHANGELOG_BATCH_BYTES), 0
             if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                 raise ValueError(f"a record for {topic} is over {CHANGELOG_BATCH_BYTES} bytes")
         count += 1
@@ -907,7 +907,7 @@ class ProjectionEngine(Service):
         if not done:
             return
         try:
-            await self.app.consumer._commit({tp: min(done)})
+            await commit_offsets(self.app.consumer, {tp: min(done)})
         except Exception as exc:
             logger.warning("committing %s failed: %r", tp, exc)
 

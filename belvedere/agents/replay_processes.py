@@ -38,6 +38,7 @@ import orjson
 from faust.types import TP
 
 from belvedere.agents.projection import PartitionState, Projection
+from belvedere.compat.faust import new_kafka_producer
 from belvedere.streams.context import replaying
 from belvedere.streams.readers import reader_for
 from belvedere.tables.store import PartitionStore, StoreBudget
@@ -319,7 +320,7 @@ async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> Non
     budget = StoreBudget()
     parts: dict[TP, PartitionState] = {}
     log = reader_for(app)
-    producer = app.producer._new_producer()  # faust's settings, its backoff client
+    producer = new_kafka_producer(app.producer)
     # Events failing only under the new code are dead-lettered from here, like the worker
     # would (it declared the topic); the others are counted.
     app.dead_letters.producer = producer

@@ -13,19 +13,16 @@ takeover). Nothing else moves; faust assigns the rest, and the standbys, as befo
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, MutableMapping
-from typing import Any
+from collections.abc import MutableMapping
 
-from faust.assignor import partition_assignor
 from faust.assignor.client_assignment import CopartitionedAssignment
-from faust.assignor.copartitioned_assignor import CopartitionedAssignor
-from faust.assignor.partition_assignor import PartitionAssignor
+
+from belvedere.compat.faust import GroupAssignor, PartitionAssignor
 
 __all__ = ["BalancedCopartitionedAssignor", "BalancedPartitionAssignor"]
 
 
-class BalancedCopartitionedAssignor(CopartitionedAssignor):
+class BalancedCopartitionedAssignor(GroupAssignor):
     """One copartitioned group's assignment, every worker given at least its floor share."""
 
     def get_assignment(self) -> MutableMapping[str, CopartitionedAssignment]:
@@ -38,7 +35,7 @@ class BalancedCopartitionedAssignor(CopartitionedAssignor):
         nobody serves, else one taken from a worker over its floor (the one holding the
         most); of those, one it keeps a standby of, if any. Moved here, not left free:
         faust hands a free partition to its standby first, wherever that is."""
-        clients = list(self._client_assignments.values())
+        clients = list(self.clients.values())
         floor = self.min_capacity
         free = set(range(self.num_partitions)).difference(*(c.actives for c in clients))
         for needy in sorted(clients, key=lambda c: len(c.actives)):
@@ -73,21 +70,7 @@ class BalancedCopartitionedAssignor(CopartitionedAssignor):
         return richest[0], max(richest[0].actives)
 
 
-@contextlib.contextmanager
-def _balanced_groups() -> Iterator[None]:
-    """faust's assignor names its group assignor as a module global; for one assignment
-    (synchronous, on the group leader), that name is ours."""
-    original = partition_assignor.CopartitionedAssignor
-    partition_assignor.CopartitionedAssignor = BalancedCopartitionedAssignor  # type: ignore[misc]
-    try:
-        yield
-    finally:
-        partition_assignor.CopartitionedAssignor = original  # type: ignore[misc]
-
-
 class BalancedPartitionAssignor(PartitionAssignor):
     """faust's assignor, with :class:`BalancedCopartitionedAssignor` for each group."""
 
-    def _perform_assignment(self, cluster: Any, member_metadata: Any) -> Any:
-        with _balanced_groups():
-            return super()._perform_assignment(cluster, member_metadata)
+    group_assignor = BalancedCopartitionedAssignor

@@ -18,10 +18,11 @@ live broker is asked.
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from faust.transport.conductor import Conductor as FaustConductor
+from belvedere.compat import faust as compat
+from belvedere.compat.aiokafka import missing_on_a_broker
 
 __all__ = ["Conductor"]
 
@@ -32,23 +33,24 @@ METADATA_TIMEOUT = 30.0
 METADATA_POLL = 0.1
 
 
-class Conductor(FaustConductor):
-    async def _update_indices(self) -> Iterable[str]:
-        declared: set[str] = set()
-        sized = [c for c in list(self._topics) if getattr(c, "partitions", None)]
+class Conductor(compat.Conductor):
+    async def update_indices(
+        self, channels: list[Any], update: Callable[[], Awaitable[Iterable[str]]]
+    ) -> Iterable[str]:
+        sized = [c for c in channels if getattr(c, "partitions", None)]
         # all at once: one by one, each create and its metadata refresh took ~25 ms on Kafka
         await asyncio.gather(*(c.maybe_declare() for c in sized if not c.internal))
-        for channel in list(self._topics):
+        declared: set[str] = set()
+        for channel in channels:
             if channel.internal or getattr(channel, "partitions", None):
                 declared.update(channel.topics)
-        names = await super()._update_indices()
+        names = await update()
         await self._until_in_metadata(declared)
         return names
 
     async def _until_in_metadata(self, topics: set[str]) -> None:
         """Wait until the broker's metadata lists each of ``topics`` (Kafka only)."""
-        kafka = getattr(self.app.producer, "_producer", None)  # faust's AIOKafkaProducer
-        client: Any = getattr(kafka, "client", None)
+        client = compat.kafka_client(self.app.producer)
         if client is None or not topics:
             return  # the embedded broker: its metadata is its log
         deadline = time.monotonic() + METADATA_TIMEOUT
@@ -57,7 +59,7 @@ class Conductor(FaustConductor):
                 cluster = await client.fetch_all_metadata()
                 missing = sorted(t for t in topics if not cluster.partitions_for_topic(t))
                 if not missing:
-                    missing = await _missing_on_a_broker(client, cluster.brokers(), topics)
+                    missing = await missing_on_a_broker(client, cluster.brokers(), topics)
             except Exception as exc:  # the broker restarting: look again
                 missing = [repr(exc)]
             if not missing:
@@ -70,25 +72,3 @@ class Conductor(FaustConductor):
                 )
                 return
             await asyncio.sleep(METADATA_POLL)
-
-
-async def _missing_on_a_broker(client: Any, brokers: Iterable[Any], topics: set[str]) -> list[str]:
-    """The ``topics`` some broker's metadata lacks yet; a broker that does not answer is
-    passed over (it is down, and serves no group)."""
-    from aiokafka.cluster import ClusterMetadata
-    from aiokafka.errors import KafkaError
-    from aiokafka.protocol.metadata import MetadataRequest
-
-    # never auto-created by the asking: a missing topic would come back with the default size
-    request = MetadataRequest(sorted(topics), allow_auto_topic_creation=False)
-    missing: set[str] = set()
-    for broker in brokers:
-        try:
-            response = await client.send(broker.nodeId, request)
-        except (TimeoutError, KafkaError):
-            continue  # down: the group's coordinator and leaders are elsewhere
-        seen = ClusterMetadata()
-        seen.need_all_topic_metadata = True  # a topic still unknown is no error to log
-        seen.update_metadata(response)
-        missing.update(t for t in topics if not seen.partitions_for_topic(t))
-    return sorted(missing)

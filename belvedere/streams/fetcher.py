@@ -24,10 +24,14 @@ from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka import errors as kafka_errors
-from aiokafka.protocol.fetch import FetchRequest
-from aiokafka.record.control_record import ABORT_MARKER, ControlRecord
-from aiokafka.record.memory_records import MemoryRecords
 from faust.types import TP
+
+from belvedere.compat.aiokafka import (
+    fetch_request,
+    is_abort_marker,
+    partition_response,
+    record_batches,
+)
 
 __all__ = ["LogRecord", "LogTruncated", "fetch_ranges"]
 
@@ -37,7 +41,6 @@ logger = logging.getLogger(__name__)
 FETCH_MAX_BYTES = 4 << 20
 PARTITION_MAX_BYTES = 4 << 20
 FETCH_MAX_WAIT_MS = 10
-READ_COMMITTED = 1
 #: Seconds between two tries after an error, and between two warnings about it.
 RETRY_BACKOFF = 0.1
 WARN_EVERY = 10.0
@@ -161,9 +164,7 @@ class _Sent:
         topics: dict[str, list[tuple[int, int, int]]] = {}
         for tp, offset in offsets.items():
             topics.setdefault(tp.topic, []).append((tp.partition, offset, PARTITION_MAX_BYTES))
-        request = FetchRequest(
-            FETCH_MAX_WAIT_MS, 1, FETCH_MAX_BYTES, READ_COMMITTED, list(topics.items())
-        )
+        request = fetch_request(FETCH_MAX_WAIT_MS, FETCH_MAX_BYTES, topics)
         self.response: asyncio.Future[Any] = asyncio.ensure_future(client.send(node, request))
 
 
@@ -196,9 +197,8 @@ async def _fetch_once(
             error = kafka_errors.for_code(error_code)
             if error is not kafka_errors.NoError:
                 raise error(f"fetching {topic}[{partition}] at offset {offsets[tp]}")
-            # v4+: [last stable offset, (log start), aborted, (preferred replica), records]
-            stable, aborted = rest[0], rest[2 if len(rest) > 4 else -2]
-            fetched.append((tp, rest[-1], _next_offset(rest[-1], offsets[tp]), stable, aborted))
+            stable, aborted, data = partition_response(rest)
+            fetched.append((tp, data, _next_offset(data, offsets[tp]), stable, aborted))
     reached = {tp: after for tp, _, after, _, _ in fetched}
     following = {
         tp: reached.get(tp, o) for tp, o in offsets.items() if reached.get(tp, o) < ends[tp]
@@ -221,11 +221,7 @@ async def _fetch_once(
 def _next_offset(data: bytes, offset: int) -> int:
     """The offset after the whole batches in ``data`` (compaction leaves gaps in offsets,
     and empty batches), read from the batch headers alone."""
-    batches = MemoryRecords(data)
-    while batches.has_next():
-        batch = batches.next_batch()
-        if batch is None:  # the response ended inside a batch: fetched again next time
-            break
+    for batch in record_batches(data):
         offset = max(offset, batch.next_offset)
     return offset
 
@@ -241,11 +237,7 @@ def _unpack(tp: TP, data: bytes, start: int, end: int, aborted: Any = None) -> l
     out: list[LogRecord] = []
     pending = sorted(aborted or (), key=lambda found: found[1])
     dropping: set[int] = set()
-    batches = MemoryRecords(data)
-    while batches.has_next():
-        batch = batches.next_batch()
-        if batch is None:
-            break
+    for batch in record_batches(data):
         if not batch.validate_crc():
             raise kafka_errors.CorruptRecordException(f"invalid CRC in {topic}[{partition}]")
         while pending and pending[0][1] <= batch.base_offset:
@@ -260,7 +252,7 @@ def _unpack(tp: TP, data: bytes, start: int, end: int, aborted: Any = None) -> l
 
 def _is_abort(batch: Any) -> bool:
     for record in batch:
-        return ControlRecord.parse(record.key) == ABORT_MARKER
+        return is_abort_marker(record.key)
     return False
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from faust.types import TP
 
-from belvedere.streams.backoff import back_off_failed_metadata
+from belvedere.compat.aiokafka import back_off_failed_metadata, client_of
 from belvedere.streams.fetcher import GIVE_UP_AFTER, LogRecord, fetch_ranges
 from belvedere.streams.surface import StreamsApp
 
@@ -166,7 +166,7 @@ class KafkaReader(PartitionReader):
             isolation_level="read_committed",
         )
         await consumer.start()
-        back_off_failed_metadata(consumer._client)
+        back_off_failed_metadata(client_of(consumer))
         return consumer
 
     async def connect(self) -> None:
@@ -257,7 +257,7 @@ class KafkaReader(PartitionReader):
 
         try:
             consumer = await self._client()
-            await fetch_ranges(consumer._client, ranges, deliver, log_starts, self.give_up_after)
+            await fetch_ranges(client_of(consumer), ranges, deliver, log_starts, self.give_up_after)
         except Exception as exc:
             await batches.put(exc)
         else:
@@ -282,7 +282,7 @@ async def _learn_topics(consumer: Any, tps: Iterable[Any]) -> None:
     """Have the client's metadata cover these partitions before an offsets request: an
     unknown one fails the request, and aiokafka tries again only after its retry backoff
     (100 ms, most of a rebuild's positioning)."""
-    client = consumer._client
+    client = client_of(consumer)
     unknown = {tp.topic for tp in tps if client.cluster.leader_for_partition(tp) is None}
     await asyncio.gather(*(client.add_topic(topic) for topic in unknown))  # one update
     if any(client.cluster.leader_for_partition(tp) is None for tp in tps):

@@ -12,7 +12,7 @@ generated decoder with one inline type test per field for the common case, and a
 from __future__ import annotations
 
 import dataclasses
-import sys
+import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -171,7 +171,8 @@ def _defining_scope(caller: str = __file__) -> dict[str, Any] | None:
     With ``from __future__ import annotations`` a hint naming a class defined in the same
     function cannot be resolved later without them.
     """
-    frame = sys._getframe(1)
+    here = inspect.currentframe()
+    frame = here.f_back if here is not None else None
     while frame is not None and frame.f_code.co_filename in (__file__, caller):
         frame = frame.f_back
     if frame is None or frame.f_locals is frame.f_globals:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from belvedere.compat.aiokafka import ask_for_metadata
 from belvedere.streams.errors import BrokerRefused
 
 __all__ = ["SASL_MECHANISMS", "BrokerSecurity", "SecuritySettingsError", "require_files"]
@@ -175,21 +176,12 @@ class BrokerSecurity:
         aiokafka's own clients give up with "Unable to bootstrap" (and faust's worker crashes
         with a traceback) whatever the reason; a single connection made here keeps it.
         """
-        from aiokafka.conn import create_conn
-        from aiokafka.protocol.metadata import MetadataRequest
-
         kwargs = self.aiokafka_kwargs()
         unanswered: tuple[str, BaseException] | None = None
         for host, port in hosts:
             try:
                 async with asyncio.timeout(timeout):
-                    conn = await create_conn(
-                        host, port, request_timeout_ms=int(timeout * 1000), **kwargs
-                    )
-                    try:
-                        await conn.send(MetadataRequest([]))
-                    finally:
-                        conn.close()
+                    await ask_for_metadata(host, port, int(timeout * 1000), **kwargs)
                 return
             except ssl.SSLError as exc:
                 raise BrokerRefused(self._explain(f"{host}:{port}", exc, timeout)) from None

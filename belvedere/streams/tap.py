@@ -4,7 +4,8 @@ faust delivers each fetched record through the Conductor to a stream, with sever
 event-loop passes and new tasks per event; that is most of its cost. A consumer with
 :class:`BatchTap` hands the records of the partitions a tap claims to the tap, a whole
 fetched batch at a time, and gives faust only the rest. Both brokers get it: the App builds
-its transport with :func:`tapped`.
+its transport with :func:`transport_for`: static subclasses of both transports, so
+tracebacks name these classes and this module.
 """
 
 from __future__ import annotations
@@ -13,9 +14,25 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from faust.transport import by_url
+from faust.transport.base import Transport
+from faust.transport.drivers import aiokafka as faust_kafka
 from faust.types import TP
+from yarl import URL
 
-__all__ = ["BatchTap", "Tap", "tapped"]
+from belvedere.compat.faust import FetchHook, KafkaConsumer, KafkaTransport
+from belvedere.streams.conductor import Conductor
+from belvedere.streams.embedded.consumer import Consumer as EmbeddedConsumer
+from belvedere.streams.embedded.transport import Transport as EmbeddedTransport
+from belvedere.streams.errors import BrokerError
+
+__all__ = [
+    "BatchTap",
+    "Tap",
+    "TappedEmbeddedTransport",
+    "TappedKafkaTransport",
+    "transport_for",
+]
 
 
 class Tap(Protocol):
@@ -26,13 +43,12 @@ class Tap(Protocol):
     async def flush(self) -> None: ...
 
 
-class BatchTap:
+class BatchTap(FetchHook):
     """Consumer mixin; the app's ``batch_tap`` (if any) gets its partitions' records."""
 
-    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
-        records = await super()._getmany(active_partitions, timeout)  # type: ignore[misc]
+    async def on_fetched(self, records: Mapping[TP, Sequence[Any]]) -> Mapping[TP, Any]:
         tap: Tap | None = getattr(self.app, "batch_tap", None)  # type: ignore[attr-defined]
-        if tap is None or not records:
+        if tap is None:
             return records
         claimed = {tp: batch for tp, batch in records.items() if tap.claims(tp)}
         if not claimed:
@@ -51,17 +67,30 @@ class BatchTap:
         await super().on_stop()  # type: ignore[misc]
 
 
-_TAPPED: dict[type, type] = {}
+class TappedKafkaConsumer(BatchTap, KafkaConsumer):
+    pass
 
 
-def tapped(transport_cls: type) -> type:
-    """A subclass of a faust Transport whose consumer has :class:`BatchTap`."""
-    found = _TAPPED.get(transport_cls)
-    if found is None:
-        consumer = type(
-            f"Tapped{transport_cls.Consumer.__name__}", (BatchTap, transport_cls.Consumer), {}
-        )
-        found = type(f"Tapped{transport_cls.__name__}", (transport_cls,), {"Consumer": consumer})
-        found.__module__ = transport_cls.__module__
-        _TAPPED[transport_cls] = found
-    return found
+class TappedKafkaTransport(KafkaTransport):
+    Conductor = Conductor
+    Consumer = TappedKafkaConsumer
+
+
+class TappedEmbeddedConsumer(BatchTap, EmbeddedConsumer):
+    pass
+
+
+class TappedEmbeddedTransport(EmbeddedTransport):
+    Conductor = Conductor
+    Consumer = TappedEmbeddedConsumer
+
+
+def transport_for(url: URL) -> type[Transport]:
+    """The transport an App uses for a broker URL: its consumer with :class:`BatchTap`, its
+    conductor Belvedere's (:mod:`belvedere.streams.conductor`)."""
+    found = by_url(url)
+    if issubclass(found, EmbeddedTransport):
+        return TappedEmbeddedTransport
+    if issubclass(found, faust_kafka.Transport):
+        return TappedKafkaTransport
+    raise BrokerError(f"{url.scheme}://: Belvedere runs on embedded:// or kafka:// brokers")

@@ -7,14 +7,14 @@ the partition moves on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from faust.exceptions import ValueDecodeError
-from faust.topics import Topic
 from faust.types import Message
 
+from belvedere.compat import faust as compat
 from belvedere.streams.context import current_cause, side_effects_suppressed
 from belvedere.streams.envelope import (
     DEFAULT_MAX_EVENT_BYTES,
@@ -43,7 +43,7 @@ class Published:
     suppressed: bool = False
 
 
-class DeadLetteringTopic(Topic):
+class DeadLetteringTopic(compat.Topic):
     """``app.topic(...)``: a faust Topic whose undecodable messages go to the dead letters.
 
     faust logs such a message, acks it and throws the error into the agent's stream,
@@ -96,9 +96,8 @@ class EventTopic(DeadLetteringTopic):
         kwargs.update(key_type=str, key_serializer="raw", value_serializer="raw", value_type=None)
         super().__init__(app, **kwargs)
 
-    def _clone_args(self) -> Mapping:
+    def clone_kwargs(self) -> Mapping[str, Any]:
         return {
-            **super()._clone_args(),
             "event_types": self.event_types,
             "key": self.key_field,
             "max_event_bytes": self.max_event_bytes,
@@ -107,8 +106,8 @@ class EventTopic(DeadLetteringTopic):
 
     # -- reading -----------------------------------------------------------------------
 
-    def _compile_decode(self) -> None:
-        self.decode = self._decode_event  # type: ignore[method-assign]
+    def own_decoder(self) -> Callable[..., Awaitable[Any]]:
+        return self._decode_event
 
     async def _decode_event(self, message: Message, *, propagate: bool = False) -> Any:
         try:

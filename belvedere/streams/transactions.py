@@ -33,7 +33,12 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from faust.types import TP
 
-from belvedere.streams.backoff import BackoffKafkaProducer
+from belvedere.compat.aiokafka import (
+    BackoffKafkaProducer,
+    forget_topic,
+    in_transaction,
+    transaction_failed,
+)
 from belvedere.streams.surface import StreamsApp
 
 __all__ = [
@@ -75,10 +80,9 @@ class PartitionProducer:
 
     async def begin(self) -> AIOKafkaProducer:
         """The producer, in a transaction."""
-        txn = self.kafka._txn_manager
-        if self.fenced or txn.is_fatal_error():
+        if self.fenced or transaction_failed(self.kafka):
             raise self.failed(Fenced("fenced"))
-        if not txn.is_in_transaction():
+        if not in_transaction(self.kafka):
             try:
                 await self.kafka.begin_transaction()
             except Exception as exc:
@@ -115,7 +119,7 @@ class PartitionProducer:
         """Commit the open transaction (if any) with the source ``offsets``; ``Fenced`` if
         the broker refuses it."""
         try:
-            if not self.kafka._txn_manager.is_in_transaction():
+            if not in_transaction(self.kafka):
                 if not offsets:
                     return
                 await self.begin()
@@ -143,9 +147,7 @@ class PartitionProducer:
     def forget(self, topic: str) -> None:
         """Stop asking for ``topic``'s metadata (a retired changelog, about to be deleted):
         a broker that creates topics on request would create it again."""
-        client = self.kafka.client
-        if topic in client._topics:
-            client.set_topics(client._topics - {topic})
+        forget_topic(self.kafka.client, topic)
 
     async def close(self) -> None:
         """Stop the producer; an open transaction is left to the broker, which aborts it

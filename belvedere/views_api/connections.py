@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from belvedere.compat.aiohttp import AppRunner, server_kwargs
 from belvedere.views_api.errors import error
 
 __all__ = [
@@ -219,7 +220,7 @@ class LimitedServer(web.Server):
         return handle
 
     def __call__(self) -> Connection:
-        return Connection(self, loop=self.loop, **self._kwargs)
+        return Connection(self, loop=self.loop, **server_kwargs(self))
 
     def admit(self, connection: Connection) -> bool:
         if len(self.open) >= self.limits.max_connections and not self.shed(1):
@@ -251,22 +252,21 @@ class LimitedServer(web.Server):
         self.open.pop(connection, None)
 
 
-class LimitedRunner(web.AppRunner):
+class LimitedRunner(AppRunner):
     """An AppRunner serving through :class:`LimitedServer`."""
 
     def __init__(self, app: web.Application, *, limits: WebLimits, **kwargs: Any) -> None:
         super().__init__(app, keepalive_timeout=limits.keepalive_timeout, **kwargs)
         self.limits = limits
 
-    async def _make_server(self) -> web.Server:
-        plain = await super()._make_server()
+    def make_server(self, plain: web.Server) -> web.Server:
         return LimitedServer(
             plain.request_handler,
             limits=self.limits,
             request_factory=plain.request_factory,
             handler_cancellation=plain.handler_cancellation,
             loop=asyncio.get_running_loop(),
-            **plain._kwargs,
+            **server_kwargs(plain),
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
+from belvedere.compat.faust import replace_web_runner, web_runner
 from belvedere.views_api.connections import AcceptErrors, LimitedRunner, LimitedServer, WebLimits
 from belvedere.views_api.surface import ServedApp
 
@@ -30,12 +31,12 @@ class Web(AiohttpWeb):
     def __init__(self, app: ServedApp, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.limits: WebLimits = app.web_limits
-        self._runner = LimitedRunner(self.web_app, limits=self.limits, access_log=None)
+        replace_web_runner(self, LimitedRunner(self.web_app, limits=self.limits, access_log=None))
         self.accept_errors: AcceptErrors | None = None
 
     @property
     def server(self) -> LimitedServer | None:
-        server = self._runner.server
+        server = web_runner(self).server
         return server if isinstance(server, LimitedServer) else None
 
     async def start_server(self) -> None:

@@ -17,6 +17,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
+from belvedere.compat.faust import note_seek
 from belvedere.streams.embedded.log import Log, LogSource, StoredRecord
 from belvedere.streams.partitioner import partition_for_key
 
@@ -146,11 +147,7 @@ class Consumer(FaustConsumer):
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         for tp, offset in partitions.items():
             self._positions[tp] = max(offset, 0)
-            # as faust's aiokafka driver does, or a backward seek drops records
-            if offset > 0:
-                self._read_offset[tp] = offset
-            else:
-                self._read_offset.pop(tp, None)
+            note_seek(self, tp, offset)
 
     async def position(self, tp: TP) -> int | None:
         return self._positions.get(tp)
