@@ -179,9 +179,9 @@ class App(compat.App):
         self.sagas: dict[str, SagaProjection] = {}
         #: The correlation index, once :meth:`trace_flows` has turned it on.
         self.flow_trace: TraceProjection | None = None
-        self.projections = ProjectionEngine(self)
-        self.projections.checkpoint_interval = checkpoint_interval
-        self.projections.checkpoint_events = checkpoint_events
+        self.engine = ProjectionEngine(self)
+        self.engine.checkpoint_interval = checkpoint_interval
+        self.engine.checkpoint_events = checkpoint_events
         #: Set by the projection engine: takes fetched batches of its partitions.
         self.batch_tap: Tap | None = None
         #: TLS and SASL for every Kafka client of this app (faust's and Belvedere's).
@@ -348,7 +348,7 @@ class App(compat.App):
         """
         if not isinstance(source, EventTopic):
             raise TypeError("a projection's source must be an event topic (app.event_topic)")
-        found = self.projections.projections.get(view.name)
+        found = self.engine.projections.get(view.name)
         if found is None:
             key_of = _key_function(by)
             if key_of is None and source.partitioner == "any":
@@ -362,7 +362,7 @@ class App(compat.App):
                     source.event_types,
                     view.partitions or source.partitions,
                 )
-            self.projections.add(found)
+            self.engine.add(found)
         elif found.source is not source:
             raise ValueError(
                 f"view {view.name!r} is already fed by {found.source.get_topic_name()!r}"
@@ -432,7 +432,7 @@ class App(compat.App):
             keep_commands_for=keep_commands_for,
         )
         self.aggregates[name] = projection
-        self.projections.add(projection)
+        self.engine.add(projection)
         self.topics.add(commands)
         return projection
 
@@ -495,7 +495,7 @@ class App(compat.App):
         )
         view = self._internal_view(f"saga-{name}", partitions=partitions)
         projection = self.sagas[name] = SagaProjection(self, saga, sources, view, inbox)
-        self.projections.add(projection)
+        self.engine.add(projection)
         return projection
 
     def trace_flows(
@@ -515,7 +515,7 @@ class App(compat.App):
         )
         view = self._internal_view("trace", partitions=partitions)
         self.flow_trace = TraceProjection(sources, view, inbox, max_events)
-        self.projections.add(self.flow_trace)
+        self.engine.add(self.flow_trace)
         for source in sources:
             self.topics.add(source)
         return self.flow_trace
@@ -539,7 +539,7 @@ class App(compat.App):
                     f"{fn.__qualname__}: {topic.get_topic_name()!r} does not carry {missing}"
                 )
             view = self._internal_view(f"reactor-{name or fn.__name__}", key=int, partitions=None)
-            self.projections.add(ReactorProjection(topic, view, fn, types))
+            self.engine.add(ReactorProjection(topic, view, fn, types))
             self.topics.add(topic)
             return fn
 
@@ -581,7 +581,7 @@ class App(compat.App):
             raise ValueError(f"{exposed}: {EXPOSURE_REMEDY}")
         claimed = {
             topic.get_topic_name(): projection.view.name
-            for projection in self.projections.projections.values()
+            for projection in self.engine.projections.values()
             for topic in (*projection.sources, projection.fold_topic)
         }
         if self.views and self.conf.table_standby_replicas < 1:
@@ -601,8 +601,8 @@ class App(compat.App):
 
     def on_init_dependencies(self) -> Any:
         services = list(super().on_init_dependencies())
-        if self.projections.projections and self.producer in services:
-            services.insert(services.index(self.producer) + 1, self.projections)
+        if self.engine.projections and self.producer in services:
+            services.insert(services.index(self.producer) + 1, self.engine)
         return services
 
     def on_webserver_init(self, web: Any) -> None:
@@ -637,7 +637,7 @@ class App(compat.App):
         return (
             self.tables.recovery.completed.is_set()
             and not (self.rebalancing or self.in_recovery)
-            and self.projections.all_served()
+            and self.engine.all_served()
         )
 
 

@@ -397,7 +397,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     from belvedere.agents.rebuild import code_fingerprint
-    from belvedere.streams.types import FieldError, timestamp_ms
+    from belvedere.streams.converters import FieldError, timestamp_ms
     from belvedere.views_api.client import ApiError
 
     app = load_app(args.app, _given(args, reach_only=True))
@@ -427,7 +427,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
         if args.no_wait:
             return 0
         began = time.monotonic()
-        projection = app.projections.projections.get(args.view)
+        projection = app.engine.projections.get(args.view)
         ours = code_fingerprint(projection) if projection is not None else None
         report, failures = _watch(client, args.view, target, ours)
     except ApiError as exc:

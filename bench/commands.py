@@ -81,7 +81,7 @@ def _app() -> Any:
     @app.page("/bench/")
     async def status(web: Any, request: Any) -> Any:
         # Counted once checkpointed: events appended, snapshots written, callers answered.
-        decided = app.projections.events_processed.get("aggregate-Account", 0)
+        decided = app.engine.events_processed.get("aggregate-Account", 0)
         return web.json({"ready": app.ready, "decided": decided, **progress.as_dict()})
 
     return app

@@ -12,9 +12,9 @@ import pytest
 
 import belvedere
 from belvedere.views_api.auth import ADMIN, OPEN, READ, SCOPES, WRITE
+from belvedere.views_api.forwarding import forward_key
 from belvedere.views_api.publishing import event_check, publishable_topics, refused_topic
 from belvedere.views_api.routes import ROUTES
-from belvedere.views_api.routing import forward_key
 from tests.support.brokers import Broker
 from tests.support.http import Answer, call
 from tests.support.worker import Worker, run_cli, wait_for

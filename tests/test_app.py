@@ -206,7 +206,7 @@ OVERRIDES = {
 #: What belvedere.App adds per instance.
 INSTANCE_ATTRIBUTES = [
     "admin_token", "aggregates", "api_token", "batch_tap", "event_topics", "flow_trace",
-    "forward_secret", "http_publishing", "insecure_open", "max_event_bytes", "projections",
+    "engine", "forward_secret", "http_publishing", "insecure_open", "max_event_bytes",
     "read_token", "sagas", "verbose", "views", "write_token",
 ]  # fmt: skip
 
@@ -273,7 +273,7 @@ def test_a_topic_declares_its_producers_partitioner_and_its_views_follow_it() ->
     app.projection(anyhow, view=rekeyed, events=[Placed])(lambda view, event: None)
     assert by_crc.partitioner == "crc32" and by_crc.partition_of("order-1", 4) == 3
     assert rekeyed.partitioner == "murmur2" and rekeyed.partition_of("order-1", 4) == 2
-    projection = app.projections.projections["rekeyed"]
+    projection = app.engine.projections["rekeyed"]
     assert projection.repartition is not None
     assert projection.by(Placed(order_id="order-9")) == "order-9"
     assert crc.partition_for(b"order-1") == 3 and anyhow.partition_for(b"order-1") is None

@@ -50,13 +50,13 @@ def test_a_fold_cancelled_inside_an_async_handler_keeps_none_of_that_events_writ
             entered.set()
             await blocked.wait()  # a side effect that never finishes: the worker stops
 
-    projection = app.projections.projections["totals"]
+    projection = app.engine.projections["totals"]
     tp = TP("payments", 0)
     store = PartitionStore(tmp_path / "0.db", StoreBudget(8 << 20, 8 << 20))
     part = PartitionState(projection, tp, store, 1, 1, PartitionStatus())
 
     async def main() -> None:
-        fold = asyncio.ensure_future(app.projections.fold(part, [record(0, 5), record(1, 50)]))
+        fold = asyncio.ensure_future(app.engine.fold(part, [record(0, 5), record(1, 50)]))
         await asyncio.wait_for(entered.wait(), 10)
         fold.cancel()
         await asyncio.gather(fold, return_exceptions=True)
@@ -87,7 +87,7 @@ def test_a_replay_helper_stops_at_a_handler_reading_a_view_it_does_not_serve(
         if event.amount == 50:
             view[event.account] += limits.get(event.account, 0)
 
-    projection = app.projections.projections["totals"]
+    projection = app.engine.projections["totals"]
     limits.partitions = 1
     tp = TP("payments", 0)
     store = PartitionStore(tmp_path / "0.db", StoreBudget(8 << 20, 8 << 20))
@@ -95,7 +95,7 @@ def test_a_replay_helper_stops_at_a_handler_reading_a_view_it_does_not_serve(
     part.mode = "replaying"
 
     records = [record(offset, amount) for offset, amount in enumerate([5, 50, 7])]
-    engine = app.projections
+    engine = app.engine
     try:
         engine.fatal_handler_errors = (NotLocal,)
         with replaying(), pytest.raises(NotLocal):
@@ -118,7 +118,7 @@ def test_only_projections_whose_checkpoints_touch_nothing_else_replay_in_helpers
     def paid(view, event: Paid) -> None:
         view[event.account] = event.amount
 
-    assert can_replay_elsewhere(app.projections.projections["totals"])
+    assert can_replay_elsewhere(app.engine.projections["totals"])
 
     class Remembers(Projection):
         def after_checkpoint(self, part: object) -> None:

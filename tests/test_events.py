@@ -13,8 +13,8 @@ import pytest
 
 import belvedere
 from belvedere.streams.context import caused_by, current_cause
+from belvedere.streams.converters import FieldError
 from belvedere.streams.envelope import BadEvent, EnvelopeCodec, new_meta, parse_version
-from belvedere.streams.types import FieldError
 from belvedere.streams.upcasters import UpcastError, upcast
 
 

@@ -311,7 +311,7 @@ def _helper(app: Any, request: dict[str, Any], sock: socket.socket) -> None:  # 
 async def _replay(app: Any, request: dict[str, Any], sock: socket.socket) -> None:
     reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(_line({"pid": os.getpid()}))
-    engine = app.projections
+    engine = app.engine
     projection = engine.projections[request["view"]]
     projection.view.partitions = request["partitions"]
     generation = request["generation"]

@@ -36,7 +36,7 @@ def reset_view(app: AgentsApp, name: str, client: BrokerClient) -> ResetReport:
     if view is None:
         known = ", ".join(sorted(app.views)) or "none"
         raise LookupError(f"{app.conf.id} has no view {name!r} (its views: {known})")
-    projection = app.projections.projections.get(name)
+    projection = app.engine.projections.get(name)
     if projection is None:
         raise LookupError(f"view {name!r} has no projection to rebuild it from")
     if projection.not_rebuildable:

@@ -50,9 +50,9 @@ from typing import Any
 
 from belvedere.agents.projection import Handler, PartitionState, Projection, by_correlation
 from belvedere.agents.surface import AgentsApp
+from belvedere.streams.converters import format_timestamp
 from belvedere.streams.records import Command, Event
 from belvedere.streams.topics import EventTopic
-from belvedere.streams.types import format_timestamp
 from belvedere.tables.view import View
 
 __all__ = ["Saga", "SagaProjection", "SagaState", "Step"]

@@ -18,9 +18,9 @@ from typing import Any
 
 from belvedere.agents.engine import origin_of
 from belvedere.agents.projection import Handler, Projection, by_correlation
+from belvedere.streams.converters import format_timestamp
 from belvedere.streams.records import Event
 from belvedere.streams.topics import EventTopic
-from belvedere.streams.types import format_timestamp
 from belvedere.tables.view import View
 
 __all__ = ["TraceProjection", "causal_order"]

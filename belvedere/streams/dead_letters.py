@@ -29,11 +29,11 @@ from faust.types import TP, Message, TopicT
 
 from belvedere.streams.clients import BrokerClient, NewRecord
 from belvedere.streams.context import rebuild_target, side_effects_suppressed
+from belvedere.streams.converters import format_timestamp
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.failure_log import FailureLog
 from belvedere.streams.readers import reader_for
 from belvedere.streams.surface import StreamsApp
-from belvedere.streams.types import format_timestamp
 
 __all__ = [
     "DeadLetter",
@@ -280,7 +280,7 @@ class DeadLetters:
         re-keyed copies its projections fold, and plain ``app.topic`` ones."""
         app = self.app
         names = set(app.event_topics)
-        names.update(p.fold_topic.get_topic_name() for p in app.projections.projections.values())
+        names.update(p.fold_topic.get_topic_name() for p in app.engine.projections.values())
         channels = [*app.topics, *(agent.channel for agent in app.agents.values())]
         names.update(
             name

@@ -32,8 +32,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from belvedere.streams.converters import FieldError, format_timestamp, parse_timestamp
 from belvedere.streams.records import Event, codec
-from belvedere.streams.types import FieldError, format_timestamp, parse_timestamp
 from belvedere.streams.upcasters import UpcastError, upcast
 
 __all__ = [

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from belvedere.streams.types import Converter, FieldError, converter_for
+from belvedere.streams.converters import Converter, FieldError, converter_for
 
 __all__ = ["Command", "Document", "Event", "EventKind", "Record", "camel_case", "record_converter"]
 
@@ -209,7 +209,7 @@ class Record:
     @classmethod
     def __belvedere_converter__(cls) -> Converter:
         """How a field, a view value or a nested value of this type converts: the hook
-        :func:`~belvedere.streams.types.converter_for` calls, as it cannot import records."""
+        :func:`~belvedere.streams.converters.converter_for` calls, as it cannot import records."""
         return record_converter(cls)
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
+from belvedere.streams.converters import INT_MAX, INT_MIN, converter_for
 from belvedere.streams.partitioner import partitioner_named
-from belvedere.streams.types import INT_MAX, INT_MIN, converter_for
 from belvedere.tables.store import PartitionStore
 
 __all__ = ["LocalPartition", "NotLocal", "PartitionStatus", "View", "ViewState", "key_codec"]

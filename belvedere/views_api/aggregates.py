@@ -23,7 +23,7 @@ from aiohttp import web
 from faust.types import TP
 
 from belvedere.agents.commands import CommandProjection
-from belvedere.streams.types import FieldError, format_timestamp, parse_timestamp
+from belvedere.streams.converters import FieldError, format_timestamp, parse_timestamp
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.opaque import unpack
 from belvedere.views_api.params import (
@@ -125,7 +125,7 @@ async def _history(
         ranges = [(o, o + 1) for o in offsets]
     wanted = set(offsets)
     found = []
-    reader = app.projections.requests_reader()
+    reader = app.engine.requests_reader()
     for start, end in ranges:
         async for _, records in reader.read({tp: (start, end)}):
             found.extend(r for r in records if r.offset in wanted)

@@ -18,7 +18,7 @@ rules close what a browser would otherwise allow:
   ``Origin``, if sent, must be the worker's own (the one its ``Host`` names, or its
   canonical URL's) or listed in ``web_allowed_origins`` (else 403 ``forbidden-origin``).
   A forward between workers skips the origin check: the first worker made it, and the
-  forward's signature (:func:`~belvedere.views_api.routing.is_forwarded`) proves it one.
+  forward's signature (:func:`~belvedere.views_api.forwarding.is_forwarded`) proves it one.
 - **CORS** is off unless ``web_allowed_origins`` lists origins: then their preflights are
   answered and their requests get ``Access-Control-Allow-Origin`` (with ``Authorization``
   an allowed header; no cookies are used, so no credentials mode).
@@ -35,7 +35,7 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from belvedere.views_api.errors import error
-from belvedere.views_api.routing import is_forwarded
+from belvedere.views_api.forwarding import is_forwarded
 from belvedere.views_api.surface import ServedApp
 
 __all__ = ["LOOPBACK_NAMES", "browser_rules", "origin_of", "split_list"]

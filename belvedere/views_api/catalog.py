@@ -19,8 +19,8 @@ from aiohttp import web
 
 from belvedere.tables.view import View
 from belvedere.views_api.errors import json
+from belvedere.views_api.forwarding import ask_members, members_of, self_url
 from belvedere.views_api.reads import lag_of, lineage
-from belvedere.views_api.routing import ask_members, members_of, self_url
 from belvedere.views_api.surface import ServedApp
 
 __all__ = ["list_views", "local_views"]
@@ -53,7 +53,7 @@ def local_views(app: ServedApp) -> dict[str, Any]:
     """What this worker holds of each view."""
     now = time.monotonic()
     me = self_url(app)
-    processed = app.projections.events_processed  # as belvedere_events_processed_total
+    processed = app.engine.events_processed  # as belvedere_events_processed_total
     out = {}
     for name, view in app.views.items():
         out[name] = {
@@ -67,7 +67,7 @@ def local_views(app: ServedApp) -> dict[str, Any]:
 
 
 def _sources(app: ServedApp, view: View) -> list[str]:
-    projection = app.projections.projections.get(view.name)
+    projection = app.engine.projections.get(view.name)
     if projection is None:
         return []
     return list(dict.fromkeys(t.get_topic_name() for t in projection.sources))
@@ -122,7 +122,7 @@ async def list_views(app: ServedApp, request: web.Request) -> web.StreamResponse
                     partitions[str(p)] = info
             for p, info in found.get("standbys", {}).items():
                 standbys.setdefault(str(p), []).append(info)
-        rebuild = app.projections.rebuilds.report(name)
+        rebuild = app.engine.rebuilds.report(name)
         letters = None
         if dead_letters is not None:
             kinds = dead_letters.get(name, {})

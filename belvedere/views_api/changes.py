@@ -285,7 +285,7 @@ async def _changes(app: ServedApp, request: web.Request, feeds: Feeds) -> web.St
                 "rebuilt",
                 f"view {view.name!r} was rebuilt since that id: start again without one",
             )
-    reader = app.projections.requests_reader()
+    reader = app.engine.requests_reader()
     if token is not None:
         refused = await wait_everywhere(app, request, view, token)
         if refused is not None:

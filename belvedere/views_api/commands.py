@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from belvedere.agents.commands import CommandProjection, Outcome
-from belvedere.streams.types import FieldError
+from belvedere.streams.converters import FieldError
 from belvedere.tables.view import NotLocal
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.params import Name, Param, Seconds

@@ -111,7 +111,7 @@ async def list_dead_letters(app: ServedApp, request: web.Request) -> web.StreamR
     def chosen(letter: DeadLetter) -> bool:
         return letter.matches(view=view, kind=kind)
 
-    reader = app.projections.requests_reader()
+    reader = app.engine.requests_reader()
     per_topic: dict[str, list[Found]] = {}
     scanned: dict[str, tuple[int, int]] = {}  # name: (log start, lowest offset read)
     upper: dict[str, int] = {}

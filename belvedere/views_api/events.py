@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from belvedere.streams.converters import format_timestamp
 from belvedere.streams.envelope import BadEvent
-from belvedere.streams.types import format_timestamp
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.params import Name
 from belvedere.views_api.positions import HEADER_POSITION, encode_token

@@ -89,7 +89,7 @@ class EngineMetrics(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        engine = self.app.projections
+        engine = self.app.engine
         processed = CounterMetricFamily(
             "belvedere_events_processed", "Source events folded into each view", labels=["view"]
         )
@@ -159,7 +159,7 @@ class MemoryMetrics(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
-        budget = self.app.projections.budget
+        budget = self.app.engine.budget
         if budget is None:
             return
         yield GaugeMetricFamily(

@@ -23,6 +23,13 @@ from faust.types import TP
 
 from belvedere.tables.view import NotLocal, PartitionStatus, View
 from belvedere.views_api.errors import error
+from belvedere.views_api.forwarding import (
+    HEADER_WORKER,
+    forward,
+    is_forwarded,
+    owner_of,
+    self_url,
+)
 from belvedere.views_api.params import AFTER, TIMEOUT, Integer, Key, Name
 from belvedere.views_api.positions import (
     HEADER_POSITION,
@@ -30,13 +37,6 @@ from belvedere.views_api.positions import (
     encode_token,
     staleness_headers,
     wait_until_applied,
-)
-from belvedere.views_api.routing import (
-    HEADER_WORKER,
-    forward,
-    is_forwarded,
-    owner_of,
-    self_url,
 )
 from belvedere.views_api.surface import ServedApp
 
@@ -88,7 +88,7 @@ _LINEAGES: weakref.WeakKeyDictionary[View, Lineage] = weakref.WeakKeyDictionary(
 
 
 def _lineage(app: ServedApp, view: View) -> Lineage:
-    projection = app.projections.projections.get(view.name)
+    projection = app.engine.projections.get(view.name)
     if projection is None:
         unfed = f"{app.conf.id}-view-{view.name}-unfed"
         return Lineage(unfed, unfed)
@@ -98,7 +98,7 @@ def _lineage(app: ServedApp, view: View) -> Lineage:
 def hurry(app: ServedApp, view: View) -> Callable[[int], None]:
     """What a read waiting on ``?after=`` calls for a partition still short of the token:
     it checkpoints at once rather than at the end of the checkpoint interval."""
-    engine = app.projections
+    engine = app.engine
     return lambda partition: engine.checkpoint_soon(view.name, partition)
 
 

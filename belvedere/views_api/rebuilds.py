@@ -7,7 +7,7 @@ import orjson
 from aiohttp import web
 
 from belvedere.agents.rebuild import RebuildConflict
-from belvedere.streams.types import INT_MAX, FieldError, timestamp_ms
+from belvedere.streams.converters import INT_MAX, FieldError, timestamp_ms
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.reads import view_or_404
 from belvedere.views_api.surface import ServedApp
@@ -47,18 +47,18 @@ async def start_rebuild(app: ServedApp, request: web.Request) -> web.StreamRespo
     except FieldError as exc:
         return error(400, "bad-timestamp", str(exc))
     try:
-        await app.projections.rebuilds.start(
+        await app.engine.rebuilds.start(
             view.name, since_ms, accept_failures=body.get("acceptFailures", False)
         )
     except LookupError as exc:
         return error(400, "not-rebuildable", str(exc))
     except RebuildConflict as exc:
         return error(409, "rebuild-running", str(exc))
-    return json(await app.projections.rebuilds.status(view.name), 202)
+    return json(await app.engine.rebuilds.status(view.name), 202)
 
 
 async def rebuild_status(app: ServedApp, request: web.Request) -> web.StreamResponse:
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
-    return json(await app.projections.rebuilds.status(view.name))
+    return json(await app.engine.rebuilds.status(view.name))

@@ -13,12 +13,19 @@ import functools
 
 from aiohttp import web
 
-from belvedere.streams.types import INT_MAX
+from belvedere.streams.converters import INT_MAX
 from belvedere.views_api import aggregates, changes, commands, dead_letters, events, sagas, scans
 from belvedere.views_api.auth import ADMIN, OPEN, READ, WRITE, tokens_required
 from belvedere.views_api.browsers import browser_rules
 from belvedere.views_api.catalog import list_views
 from belvedere.views_api.errors import errors_as_json, json
+from belvedere.views_api.forwarding import (
+    close_session,
+    forward_key,
+    request_ids,
+    sign_forwards,
+    trust_for_forwards,
+)
 from belvedere.views_api.health import health, ready
 from belvedere.views_api.identity import announce_app
 from belvedere.views_api.metrics import metrics, timed
@@ -27,13 +34,6 @@ from belvedere.views_api.operations import ERROR, Answer, Body, Route, ok, refus
 from belvedere.views_api.params import AFTER, DATE_TIME, TIMEOUT
 from belvedere.views_api.reads import KEY, MAX_LAG, VIEW, get_row
 from belvedere.views_api.rebuilds import rebuild_status, start_rebuild
-from belvedere.views_api.routing import (
-    close_session,
-    forward_key,
-    request_ids,
-    sign_forwards,
-    trust_for_forwards,
-)
 from belvedere.views_api.status_page import status_page
 from belvedere.views_api.surface import ServedApp
 from belvedere.views_api.trace import FLOW, get_trace

@@ -21,6 +21,7 @@ from yarl import URL
 
 from belvedere.tables.view import NotLocal, View
 from belvedere.views_api.errors import BadRequest, error, json
+from belvedere.views_api.forwarding import ask_members, members_of, self_url
 from belvedere.views_api.params import (
     AFTER,
     TIMEOUT,
@@ -48,7 +49,6 @@ from belvedere.views_api.reads import (
     lineage,
     view_or_404,
 )
-from belvedere.views_api.routing import ask_members, members_of, self_url
 from belvedere.views_api.surface import ServedApp
 
 __all__ = [

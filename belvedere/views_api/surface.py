@@ -30,7 +30,7 @@ class ServedApp(DeclaredApp, Protocol):
     """What the HTTP layer uses of the app, besides its declarations."""
 
     @property
-    def projections(self) -> ProjectionEngine: ...
+    def engine(self) -> ProjectionEngine: ...
 
     #: The correlation index, once ``app.trace_flows()`` has turned it on.
     @property
