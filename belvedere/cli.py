@@ -25,7 +25,7 @@ from yarl import URL
 import belvedere
 from belvedere import datadir, settings
 from belvedere.agents.engine import StrictStop
-from belvedere.agents.replay_processes import ReplayHelpers
+from belvedere.agents.replay_zygote import fork_helpers
 from belvedere.app import App
 from belvedere.streams.errors import BrokerError, BrokerLocked
 from belvedere.streams.security import SecuritySettingsError
@@ -258,7 +258,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     check_broker(app)
     tune_gc()
     # Before the worker starts a thread: the helpers' zygote is a copy of this process.
-    app.replay_helpers = ReplayHelpers.fork(app, app.rebuild_processes)
+    app.replay_helpers = fork_helpers(app, app.rebuild_processes)
     worker = app.Worker(loglevel=args.loglevel)
     try:
         worker.execute_from_commandline()
