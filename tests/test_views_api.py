@@ -447,9 +447,10 @@ def test_two_workers_answer_any_key_merge_scans_and_read_your_writes_through_a_f
 
     def everything() -> bool:
         rows = scan_all(f"{pair[0].url}/views/balances", 500)[0]
-        return sum(v["ops"] for _, v in rows) == 4_000
+        tallied = scan_all(f"{pair[0].url}/views/tallies", 500)[0]
+        return sum(v["ops"] for _, v in rows) == 4_000 and sum(v for _, v in tallied) == 1_000
 
-    wait_for(everything, timeout=120, what="every event folded")
+    wait_for(everything, timeout=120, what="every event of both topics folded")
     for worker in pair:
         answered_by = set()
         for key, row in fold.items():
