@@ -47,16 +47,20 @@ class Standbys:
         engine = self.engine
         try:
             standbys = self.app.assignor.assigned_standbys()
+            actives = self.app.assignor.assigned_actives()
         except Exception:  # no assignment yet
             return {}
         wanted = {}
-        for tp in standbys:
+        for tp in {*standbys, *actives}:
             for projection in engine.projections_of(tp.topic):
                 if slot(projection, tp) in engine.partitions.active:
                     continue
                 view = projection.view
                 ctp = TP(view.changelog_topic_for(view.generation), tp.partition)
-                wanted[ctp] = (view, view.generation, engine.store_dir(view, view.generation))
+                # A standby becoming active stays one until the engine's restore takes its
+                # store over (``release``): dropped before, max_lag reads found no copy.
+                if tp in standbys or ctp in self.targets:
+                    wanted[ctp] = (view, view.generation, engine.store_dir(view, view.generation))
         return wanted
 
     def _reassign(self) -> None:
