@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from faust.exceptions import AlreadyConfiguredWarning
 from faust.types import TP
+from yarl import URL
 
 from belvedere.agents.projection import Projection, slot
 from belvedere.app import App
@@ -130,7 +131,11 @@ class TestDriver:
         #: Per topic partition: the next offset to hand to the engine.
         self._position: dict[TP, int] = {}
         self._served: set[tuple[str, TP]] = set()
-        self._call(self._start())
+        try:
+            self._call(self._start())
+        except BaseException:
+            self.close()  # the app as it was
+            raise
 
     # -- running -------------------------------------------------------------------------
 
@@ -140,6 +145,10 @@ class TestDriver:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
+            in_loop = False  # (run below, not here: its errors are not this one's)
+        else:
+            in_loop = True
+        if not in_loop:
             return self._loop.run_until_complete(coroutine)
         box: dict[str, Any] = {}
 
@@ -184,7 +193,7 @@ class TestDriver:
         broker = self.data_dir / "broker"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AlreadyConfiguredWarning)
-            app.conf.broker = f"embedded://{broker}"
+            app.conf.broker = [URL.build(scheme="embedded", path=str(broker))]
             app.conf.datadir = self.data_dir
         set_clients(app, (None, None, None, None))
         self._open = True
@@ -201,13 +210,10 @@ class TestDriver:
         for topic in topics.values():
             await topic.maybe_declare()
         for projection in engine.projections.values():
+            engine.size_view(projection)
             view = projection.view
-            if view.partitions is None:
-                fold = projection.fold_topic
-                view.partitions = fold.partitions or app.conf.topic_partitions
-            self._log.create_topic(
-                view.changelog_topic_for(view.generation), view.partitions, compacting=True
-            )
+            changelog = view.changelog_topic_for(view.generation)
+            self._log.create_topic(changelog, view.partitions or 1, compacting=True)
             await projection.on_start()
 
     def close(self) -> None:
