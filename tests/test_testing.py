@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import belvedere
+from belvedere.agents.engine import StrictStop
 from belvedere.agents.trace import causal_order
 from belvedere.streams.envelope import EnvelopeCodec
 from belvedere.testing import TestDriver, event
@@ -261,6 +262,24 @@ def test_bad_input_and_failing_handlers_go_to_the_dead_letters() -> None:
         ]
         assert "negative quantity -1" in letters[0].reason
         assert letters[0].topic == orders.get_topic_name()
+
+
+def test_a_strict_app_stops_at_a_handlers_error_instead() -> None:
+    app, orders, _ = shop("strict")
+    app.strict = True
+    stock = app.view("strict-stock", value=int)
+
+    @app.projection(orders, view=stock)
+    def take(view, e: Placed) -> None:
+        if e.qty < 0:
+            raise ValueError("negative")
+        view[e.order_id] = e.qty
+
+    with TestDriver(app) as driver:
+        driver.send(orders, Placed(order_id="o-1", sku="s", qty=-1))
+        with pytest.raises(StrictStop, match=r"handler .*take failed"):
+            driver.run()
+        assert driver.dead_letters() == []
 
 
 def test_a_view_partitioned_unlike_its_source_is_refused_as_a_worker_would() -> None:
