@@ -25,7 +25,6 @@ import asyncio
 import datetime as dt
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Coroutine, Iterator, Mapping
@@ -37,6 +36,7 @@ from faust.types import TP
 from yarl import URL
 
 from belvedere.agents.projection import Projection, slot
+from belvedere.agents.testing import run
 from belvedere.app import App
 from belvedere.compat.faust import clients, set_clients
 from belvedere.streams.dead_letters import DeadLetter, DeadLetters, dead_letter_topic
@@ -140,30 +140,9 @@ class TestDriver:
     # -- running -------------------------------------------------------------------------
 
     def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run on the driver's loop, also when called from an async test (on a thread
-        then, the caller's loop waiting)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            in_loop = False  # (run below, not here: its errors are not this one's)
-        else:
-            in_loop = True
-        if not in_loop:
-            return self._loop.run_until_complete(coroutine)
-        box: dict[str, Any] = {}
-
-        def target() -> None:
-            try:
-                box["value"] = self._loop.run_until_complete(coroutine)
-            except BaseException as exc:  # re-raised in the caller's thread
-                box["error"] = exc
-
-        thread = threading.Thread(target=target)
-        thread.start()
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+        """Run on the driver's loop, also when called from an async test."""
+        result: T = run(coroutine, self._loop)
+        return result
 
     def __enter__(self) -> TestDriver:
         return self

@@ -34,20 +34,37 @@ from belvedere.agents.sagas import Saga, Sent
 from belvedere.streams.records import Command, Event
 from belvedere.streams.stamp import stamped
 
-__all__ = ["AggregateFixture", "Outcome", "SagaFixture", "SagaOutcome", "SagaScenario", "Scenario"]
+__all__ = [
+    "AggregateFixture",
+    "Outcome",
+    "SagaFixture",
+    "SagaOutcome",
+    "SagaScenario",
+    "Scenario",
+    "run",
+]
 
 
-def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run to completion, also from inside a running event loop (an async test)."""
+def run(coroutine: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop | None = None) -> Any:
+    """Run to completion on ``loop`` (default: a new one), also from inside a running event
+    loop (an async test): on a thread then, the caller's loop waiting."""
+
+    def complete() -> Any:
+        return asyncio.run(coroutine) if loop is None else loop.run_until_complete(coroutine)
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
+        in_loop = False  # (run below, not here: its errors are not this one's)
+    else:
+        in_loop = True
+    if not in_loop:
+        return complete()
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["value"] = asyncio.run(coroutine)
+            box["value"] = complete()
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
