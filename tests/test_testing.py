@@ -153,6 +153,10 @@ def test_a_rekeyed_projection_lands_each_row_in_its_keys_partition() -> None:
         for sku in expected:  # folded where its key hashes, not where its order was
             store = per_sku.stores[per_sku.partition_for(sku)]
             assert store.get(per_sku.store_key(sku)) is not None
+    with TestDriver(app) as again:  # a driver starts from nothing, the last one's gone
+        again.send(orders, given[1])
+        again.run()
+        assert again.rows(per_sku) == {"sku-1": 1}
 
 
 def test_a_reactor_publishes_events_that_continue_the_flow() -> None:
@@ -236,6 +240,9 @@ def test_a_saga_runs_to_completion_through_aggregates_reactors_and_the_trace() -
         assert sagas["flow-2"]["status"] == "compensated"
         assert driver.sent(desk.order_events)[-1].event_type == "OrderCancelled"
         assert driver.dead_letters() == []
+        assert driver.view("aggregate-Order")["o-2"]["state"]["status"] == "cancelled"
+        # all of it in this process: no worker, no engine service, no consumer started
+        assert not (app.started or app.engine.started or app.consumer.started)
 
 
 def test_bad_input_and_failing_handlers_go_to_the_dead_letters() -> None:
