@@ -250,6 +250,11 @@ class TestDriver:
         Metadata not given is :func:`event`'s default, unless ``evt`` was made by
         :func:`event` (then its metadata is kept). Returns the event as handlers get it."""
         self._check_open()
+        if topic.codec.types.get(type(evt).event_type) is not type(evt):
+            raise TypeError(
+                f"{type(evt).__name__} is not one of {topic.get_topic_name()!r}'s event types "
+                "(send_raw sends anything)"
+            )
         meta = getattr(evt, "meta", None)
         if meta is None:
             evt = event(

@@ -258,6 +258,8 @@ def test_bad_input_and_failing_handlers_go_to_the_dead_letters() -> None:
     with TestDriver(app) as driver:
         driver.send(orders, Placed(order_id="o-1", sku="s", qty=2))
         driver.send(orders, Placed(order_id="o-1", sku="s", qty=-1))
+        with pytest.raises(TypeError, match="Confirmed is not one of"):
+            driver.send(orders, Confirmed(order_id="o-1"))
         driver.send_raw(orders, b"not json", key="o-1")
         driver.send(orders, Placed(order_id="o-1", sku="s", qty=3))
         driver.run()
