@@ -169,13 +169,13 @@ class TestDriver:
             "budget": engine.budget,
             "partitions": {view.name: view.state.partitions for view in app.views.values()},
         }
+        self._open = True  # from here on, close() puts back what was saved
         broker = self.data_dir / "broker"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AlreadyConfiguredWarning)
             app.conf.broker = [URL.build(scheme="embedded", path=str(broker))]
             app.conf.datadir = self.data_dir
         set_clients(app, (None, None, None, None))
-        self._open = True
         app.dead_letters = DeadLetters(app)  # counts of this driver's run only
         engine.budget = StoreBudget(8 << 20, 8 << 20)
         self._log = Log.acquire(broker)

@@ -15,6 +15,7 @@ import pytest
 import belvedere
 from belvedere.agents.engine import StrictStop
 from belvedere.agents.trace import causal_order
+from belvedere.streams.embedded.log import Log
 from belvedere.streams.envelope import EnvelopeCodec
 from belvedere.testing import TestDriver, event
 
@@ -129,6 +130,8 @@ def test_a_projection_reads_each_events_timestamp_and_correlation() -> None:
     # the app is as it was: its broker, its data dir, no store open
     assert (app.conf.broker, app.conf.datadir) == (broker, datadir)
     assert last.stores == {} and not app.engine.partitions.all()
+    assert not driver.data_dir.exists()  # deleted, its log closed first
+    assert all(driver.data_dir.resolve() not in path.parents for path in Log._instances)
     with pytest.raises(RuntimeError, match="closed"):
         driver.run()
 
