@@ -36,7 +36,7 @@ from faust.types import TP
 from yarl import URL
 
 from belvedere.agents.projection import Projection, slot
-from belvedere.agents.testing import run
+from belvedere.agents.testing import AggregateFixture, SagaFixture, run
 from belvedere.app import App
 from belvedere.compat.faust import clients, set_clients
 from belvedere.streams.dead_letters import DeadLetter, DeadLetters, dead_letter_topic
@@ -48,7 +48,14 @@ from belvedere.streams.topics import EventTopic
 from belvedere.tables.store import StoreBudget
 from belvedere.tables.view import NotLocal, PartitionStatus, View
 
-__all__ = ["DriverProducer", "Rows", "TestDriver", "event"]
+__all__ = [
+    "AggregateFixture",
+    "DriverProducer",
+    "Rows",
+    "SagaFixture",
+    "TestDriver",
+    "event",
+]
 
 T = TypeVar("T")
 
