@@ -279,16 +279,8 @@ class ProjectionEngine(Service):
         await self.rebuilds.load()
         changelogs: list[tuple[Any, int]] = []
         for projection in self.projections.values():
-            fold = projection.fold_topic
-            partitions = fold.partitions or self.app.conf.topic_partitions
+            self.size_view(projection)
             view = projection.view
-            if view.partitions is None:
-                view.partitions = partitions
-            elif view.partitions != partitions:
-                raise ValueError(
-                    f"view {view.name!r} has {view.partitions} partitions but {fold.get_topic_name()!r} has "
-                    f"{partitions}; a projection's view is partitioned like its source (or pass by=)"
-                )
             gen = self.rebuilds.generation(view.name)
             view.generation = gen.active
             changelogs += [(view, g) for g in (gen.active, gen.building) if g is not None]
@@ -313,6 +305,20 @@ class ProjectionEngine(Service):
         if self.app.strict:  # the fetcher's logger, and the (tapped) consumer's
             for log in (logging.getLogger("faust.transport.consumer"), self.app.consumer.logger):
                 log.addFilter(StrictStop.Logged())
+
+    def size_view(self, projection: Projection) -> None:
+        """Give ``projection``'s view the partition count of the topic it is folded from;
+        one declared otherwise cannot be folded into."""
+        fold = projection.fold_topic
+        partitions = fold.partitions or self.app.conf.topic_partitions
+        view = projection.view
+        if view.partitions is None:
+            view.partitions = partitions
+        elif view.partitions != partitions:
+            raise ValueError(
+                f"view {view.name!r} has {view.partitions} partitions but {fold.get_topic_name()!r} has "
+                f"{partitions}; a projection's view is partitioned like its source (or pass by=)"
+            )
 
     async def declare_changelog(self, view: Any, generation: int) -> None:
         name = view.changelog_topic_for(generation)
