@@ -57,6 +57,7 @@ from belvedere.console import DETAIL
 from belvedere.streams.context import enter_cause, leave_cause
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.failure_log import user_traceback
+from belvedere.streams.outbox import OutboxRecord, sending_to
 from belvedere.streams.readers import PartitionReader, reader_for
 from belvedere.streams.transactions import (
     Fenced,
@@ -604,7 +605,7 @@ class ProjectionEngine(Service):
         mode = "live" if part.mode == "live" else "rebuild"
         started, first = time.perf_counter(), part.next_offset
         try:
-            with producing(self._transaction(part)):
+            with producing(self._transaction(part)), sending_to(part.outbox):
                 await self._fold(part, records, decode)
         except Fenced as exc:  # a handler's publish was refused
             self._drop_fenced(part, exc)
@@ -808,11 +809,18 @@ class ProjectionEngine(Service):
         rows = txn.encoded()
         offsets = part.offsets()
         index_changes, delta = store.plan(rows, part.projection.view.indexer())
-        store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
-        txn.clear()
-        self._checkpointed(part, offsets)
-        if rows:
-            await self._write_changelog(part, rows)
+        outputs = part.outbox.take() if part.outbox is not None else []
+        if outputs:  # the changelog and the outputs first, together; the store after them
+            sent = await self._send_with_changelog(part, changelog_records(rows, offsets), outputs)
+            store.write(rows, index_changes, delta, offsets, sent[-1] if sent else None)
+            txn.clear()
+            self._checkpointed(part, offsets)
+        else:
+            store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
+            txn.clear()
+            self._checkpointed(part, offsets)
+            if rows:
+                await self._write_changelog(part, rows)
         part.projection.after_checkpoint(part)
         if part.mode != "live":
             return  # the live generation's offsets are the group's
@@ -845,6 +853,9 @@ class ProjectionEngine(Service):
                     if rows:
                         records = changelog_records(rows, offsets)
                         sent = await send_all(producer, each.changelog, tp.partition, records)
+                    if each.outbox is not None:
+                        for topic, partition, outputs in each.outbox.take():
+                            await send_all(producer, topic, partition, outputs)
                     done.append((each, rows, offsets, sent))
             except KafkaError as exc:  # refused: fenced (the sends' futures say so)
                 raise producer.failed(exc) from exc
@@ -910,6 +921,25 @@ class ProjectionEngine(Service):
             await commit_offsets(self.app.consumer, {tp: min(done)})
         except Exception as exc:
             logger.warning("committing %s failed: %r", tp, exc)
+
+    async def _send_with_changelog(
+        self,
+        part: PartitionState,
+        changelog: Sequence[OutboxRecord],
+        outputs: Sequence[tuple[str, int, Sequence[OutboxRecord]]],
+    ) -> list[int]:
+        """Write a checkpoint's changelog records with what its fold sent; returns the
+        changelog records' offsets. The embedded broker appends them all in one write batch
+        (all or nothing); elsewhere (a Kafka partition without its transaction) the outputs
+        go first, so a crash repeats outputs (same event ids) and never loses one."""
+        producer = self.app.producer if self.changelog_producer is None else self.changelog_producer
+        appends = [*outputs, (part.changelog, part.tp.partition, changelog)]
+        send_batches = getattr(producer, "send_batches", None)
+        if send_batches is not None:
+            return [meta.offset for meta in send_batches(appends)[-1]]
+        for topic, partition, records in outputs:
+            await send_all(producer, topic, partition, records)
+        return await send_all(producer, part.changelog, part.tp.partition, changelog)
 
     async def _write_changelog(
         self, part: PartitionState, rows: Mapping[bytes, bytes | None], *, repair: bool = False

@@ -1,0 +1,100 @@
+"""Transforms (tests/apps/flows.py) on both brokers: each kind against a result computed
+here, each output once, bad outputs dead-lettered with their reason."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import belvedere
+from belvedere.streams.embedded.log import Log, NewRecord
+from tests.support.brokers import Broker
+from tests.support.flows import check_outputs, dead_letters, orders
+from tests.support.worker import Worker
+
+
+class Placed(belvedere.Event, key="order_id"):
+    order_id: str
+
+
+class Other(belvedere.Event, key="order_id"):
+    order_id: str
+
+
+@pytest.fixture
+def flows(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
+    for topic, partitions in (("orders", 4), ("big", 4), ("receipts", 4), ("lines", 3)):
+        broker.create_topic(f"{unique_name}-{topic}", partitions)
+    return workers("tests.apps.flows:app", {"FLOWS_NAME": unique_name})
+
+
+def test_each_transform_sends_what_its_function_says_once(
+    broker: Broker, flows: Worker, unique_name: str
+) -> None:
+    expected = orders(unique_name, 2_000)
+    broker.produce(f"{unique_name}-orders", expected.records)
+    flows.start()
+    state = flows.wait_until(
+        "/state",
+        lambda s: (
+            s["ready"] and s["handled"] == expected.handled and s["totals"] == expected.totals
+        ),
+        timeout=60,
+        what="every order through every transform",
+    )
+    assert state["deadLetters"] == sum(expected.dead.values())
+    assert flows.stop() == 0  # the embedded log is the worker's while it runs
+
+    check_outputs(broker, unique_name, unique_name, expected)
+    letters = dead_letters(broker, unique_name, unique_name)
+    assert len(letters) == sum(expected.dead.values())
+    receipt = [reason for _, reason in letters if reason.startswith("receipt:")]
+    region = [reason for _, reason in letters if reason.startswith("region:")]
+    assert len(receipt) == expected.dead["receipt"]
+    assert len(region) == expected.dead["region"]
+    assert all("Line is not one of" in reason for reason in receipt)
+    assert all("returned 'mars', not one of ['eu', 'us']" in reason for reason in region)
+    assert {kind for kind, _ in letters} == {"handler-error"}
+
+
+def test_a_bad_transform_declaration_is_refused_at_once(unique_name: str) -> None:
+    app = belvedere.App(unique_name)
+    placed = app.event_topic(f"{unique_name}-placed", Placed, partitions=2)
+    other = app.event_topic(f"{unique_name}-other", Other, partitions=2)
+    with pytest.raises(TypeError, match="does not carry Placed"):
+
+        @app.filter(placed, to=other)
+        def keep(event: Placed) -> bool:
+            return True
+
+    with pytest.raises(TypeError, match="annotate"):
+
+        @app.map(placed, to=other)
+        def bare(event):  # no annotation, no events=
+            return None
+
+    with pytest.raises(TypeError, match="maps branch names"):
+        app.branch(placed, to=[other])  # type: ignore[arg-type]
+
+
+def test_one_append_writes_to_several_partitions_all_or_nothing(tmp_path) -> None:
+    log = Log.acquire(tmp_path / "log")
+    try:
+        log.create_topic("a", 2)
+        log.create_topic("b", 1, compacting=True)
+        log.append("a", 1, [NewRecord(b"k", b"0", 0)])
+        bases = log.append_atomic(
+            [
+                ("a", 1, [NewRecord(b"k", b"1", 0), NewRecord(b"k", b"2", 0)]),
+                ("b", 0, [NewRecord(b"k", b"x", 0)]),
+                ("a", 1, [NewRecord(b"k", b"3", 0)]),
+            ]
+        )
+        assert bases == [1, 0, 3]
+        assert [r.value for r in log.read("a", 1, 0)] == [b"0", b"1", b"2", b"3"]
+        with pytest.raises(Exception, match="without a key"):  # nothing of it is written
+            log.append_atomic([("a", 0, [NewRecord(b"k", b"4", 0)]), ("b", 0, [NewRecord(None, b"y", 0)])])  # fmt: skip
+        assert log.end_offset("a", 0) == 0 and log.read("a", 0, 0) == []
+    finally:
+        log.release()
