@@ -10,7 +10,7 @@ import pytest
 import belvedere
 from belvedere.streams.embedded.log import Log, NewRecord
 from tests.support.brokers import Broker
-from tests.support.flows import check_outputs, dead_letters, orders
+from tests.support.flows import check_outputs, dead_letters, flows_worker, orders
 from tests.support.worker import Worker
 
 
@@ -24,9 +24,7 @@ class Other(belvedere.Event, key="order_id"):
 
 @pytest.fixture
 def flows(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
-    for topic, partitions in (("orders", 4), ("big", 4), ("receipts", 4), ("lines", 3)):
-        broker.create_topic(f"{unique_name}-{topic}", partitions)
-    return workers("tests.apps.flows:app", {"FLOWS_NAME": unique_name})
+    return flows_worker(broker, workers, unique_name)
 
 
 def test_each_transform_sends_what_its_function_says_once(

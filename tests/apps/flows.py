@@ -4,11 +4,12 @@
 ``big-by-user`` view; ``receipt`` maps each order to a Receipt (none for round tens, a
 wrong type for 13: dead-lettered); ``split`` sends ``amount % 3`` Lines per order;
 ``region`` branches to ``eu`` or ``us`` (none for "xx", an unknown branch for "mars":
-dead-lettered).
+dead-lettered). ``FLOWS_SLOW`` makes ``receipt`` take that many seconds per order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import belvedere
@@ -16,6 +17,8 @@ import belvedere
 NAME = os.environ["FLOWS_NAME"]
 
 app = belvedere.App(NAME, checkpoint_events=200, checkpoint_interval=0.2)
+#: Seconds ``receipt`` takes per order (the kill -9 test's, so that kills land mid-stream).
+SLOW = float(os.environ.get("FLOWS_SLOW", 0))
 
 
 class OrderPlaced(belvedere.Event, key="order_id"):
@@ -50,6 +53,8 @@ def is_big(event: OrderPlaced) -> bool:
 
 @app.map(orders, to=receipts)
 async def receipt(event: OrderPlaced) -> Receipt | Line | None:
+    if SLOW:
+        await asyncio.sleep(SLOW)
     if event.amount == 13:
         return Line(order_id=event.order_id, n=0)  # not carried by receipts
     if event.amount % 10 == 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -11,9 +12,17 @@ import orjson
 from belvedere.streams.clients import NewRecord
 from belvedere.streams.partitioner import partition_for_key
 from tests.support.brokers import Broker
+from tests.support.worker import Worker
 
 #: tests/apps/flows.py's output topics (each under the app's name), by what sends to them.
 OUTPUTS = {"is_big": "big", "receipt": "receipts", "split": "lines", "region": ("eu", "us")}
+
+
+def flows_worker(broker: Broker, workers: Callable[..., Worker], name: str, **env: str) -> Worker:
+    """A worker of tests/apps/flows.py (not started), its topics created."""
+    for topic, partitions in (("orders", 4), ("big", 4), ("receipts", 4), ("lines", 3)):
+        broker.create_topic(f"{name}-{topic}", partitions)
+    return workers("tests.apps.flows:app", {"FLOWS_NAME": name, **env})
 
 
 @dataclass
