@@ -3,12 +3,17 @@ here, each output once, bad outputs dead-lettered with their reason."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from typing import Any
 
+import orjson
 import pytest
 
 import belvedere
 from belvedere.streams.embedded.log import Log, NewRecord
+from belvedere.streams.outbox import Outbox, sending_to
+from belvedere.streams.partitioner import partition_for_key
 from tests.support.brokers import Broker
 from tests.support.flows import check_outputs, dead_letters, flows_worker, orders
 from tests.support.worker import Worker
@@ -96,3 +101,33 @@ def test_one_append_writes_to_several_partitions_all_or_nothing(tmp_path) -> Non
         assert log.end_offset("a", 0) == 0 and log.read("a", 0, 0) == []
     finally:
         log.release()
+
+
+def test_sends_inside_a_fold_that_buffers_go_to_its_outbox_and_roll_back_with_the_event(
+    unique_name: str,
+) -> None:
+    """What the engine's agents and transforms rely on: ``EventTopic.publish`` and a plain
+    topic's ``send`` add to the current outbox (nothing reaches a broker), and an event
+    rolled back takes its records back."""
+    app = belvedere.App(unique_name)
+    placed = app.event_topic(f"{unique_name}-placed", Placed, partitions=2)
+    plain = app.topic(f"{unique_name}-plain", key_type=str, value_type=bytes, partitions=3)
+    undo: list[Callable[[str], None]] = []
+    outbox = Outbox(undo.append)
+
+    async def sends() -> tuple[Any, Any]:
+        with sending_to(outbox):
+            published = await placed.publish(Placed(order_id="o-1"), event_id="x/1")
+            sent = await (await plain.send(key="k", value=b"v"))
+            return published, sent
+
+    published, sent = asyncio.run(sends())
+    assert (published.offset, sent.offset) == (-1, -1)
+    assert published.partition == partition_for_key(b"o-1", 2)
+    assert len(outbox) == 2 and len(undo) == 2
+    undo[1]("the second event rolled back")
+    [(topic, partition, [(key, value, headers)])] = outbox.take()
+    assert (topic, partition, key) == (f"{unique_name}-placed", published.partition, b"o-1")
+    assert orjson.loads(value)["eventId"] == "x/1"
+    assert ("eventType", b"Placed") in headers
+    assert outbox.take() == []
