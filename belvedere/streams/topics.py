@@ -62,6 +62,8 @@ class DeadLetteringTopic(compat.Topic):
         outbox = current_outbox()
         if outbox is None:
             return await super().send(**kwargs)
+        if side_effects_suppressed():  # a rebuild replays: sent when first handled
+            return self.buffered(None, None, None, kwargs.get("partition"), [])
         schema = kwargs.get("schema")
         headers = self.prepare_headers(kwargs.get("headers"))
         key, headers = self.prepare_key(kwargs.get("key"), kwargs.get("key_serializer"), schema, headers)  # fmt: skip
@@ -72,17 +74,18 @@ class DeadLetteringTopic(compat.Topic):
 
     def buffered(
         self,
-        outbox: Outbox,
+        outbox: Outbox | None,
         key: bytes | None,
         value: bytes | None,
         partition: int | None,
         headers: list[tuple[str, bytes]],
     ) -> asyncio.Future[RecordMetadata]:
-        """Add a record to ``outbox``; a resolved future of where it will go."""
+        """Add a record to ``outbox`` (None: nowhere); a resolved future of where it goes."""
         name = self.get_topic_name()
         if partition is None:
             partition = partition_for_key(key, self.partitions or self.app.conf.topic_partitions)
-        outbox.add(name, partition, key, value, headers)
+        if outbox is not None:
+            outbox.add(name, partition, key, value, headers)
         fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
         fut.set_result(RecordMetadata(name, partition, TP(name, partition), -1, None, 0))
         return fut
