@@ -129,7 +129,7 @@ def test_sends_inside_a_fold_that_buffers_go_to_its_outbox_and_roll_back_with_th
     """What the engine's agents and transforms rely on: ``EventTopic.publish`` and a plain
     topic's ``send`` add to the current outbox (nothing reaches a broker), and an event
     rolled back takes its records back."""
-    app = belvedere.App(unique_name)
+    app = belvedere.App(unique_name, max_event_bytes=1_000)
     placed = app.event_topic(f"{unique_name}-placed", Placed, partitions=2)
     plain = app.topic(f"{unique_name}-plain", key_type=str, value_type=bytes, partitions=3)
     undo: list[Callable[[str], None]] = []
@@ -139,6 +139,8 @@ def test_sends_inside_a_fold_that_buffers_go_to_its_outbox_and_roll_back_with_th
         with sending_to(outbox):
             published = await placed.publish(Placed(order_id="o-1"), event_id="x/1")
             sent = await (await plain.send(key="k", value=b"v"))
+            with pytest.raises(ValueError, match=r"over .* limit"):  # not at the checkpoint
+                await placed.publish(Placed(order_id="o" * 1_000))
             return published, sent
 
     published, sent = asyncio.run(sends())

@@ -198,7 +198,11 @@ async def _send_in_batches(
             sent.append((await kafka.send_batch(batch, topic, partition=partition), count))
             batch, count = record_batch(kafka, CHANGELOG_BATCH_BYTES), 0
             if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                raise ValueError(f"a record for {topic} is over {CHANGELOG_BATCH_BYTES} bytes")
+                # an output over the batch size (an event up to its topic's max_event_bytes)
+                size = len(key or b"") + len(value or b"") + sum(len(n) + len(v) for n, v in headers)  # fmt: skip
+                batch = record_batch(kafka, size + 1024)
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    raise ValueError(f"a record for {topic} does not fit a record batch")
         count += 1
     if count:
         sent.append((await kafka.send_batch(batch, topic, partition=partition), count))

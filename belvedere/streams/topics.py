@@ -234,6 +234,11 @@ class EventTopic(DeadLetteringTopic):
         outbox = current_outbox()
         transaction = current_producer()
         if outbox is not None:  # a fold's: written with its checkpoint
+            if len(value) > self.max_event_bytes:  # refused here, not by the checkpoint
+                raise ValueError(
+                    f"{type(event).__name__} of {len(value)} bytes is over "
+                    f"{self.get_topic_name()!r}'s limit ({self.max_event_bytes} bytes)"
+                )
             fut = self.buffered(outbox, wire_key, value, partition, headers)
         elif transaction is not None:  # a live source partition's, on Kafka: fenced with it
             fut = await transaction.send(
