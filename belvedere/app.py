@@ -452,7 +452,12 @@ class App(compat.App):
         return register
 
     def _internal_topic(
-        self, name: str, event_types: Sequence[type[Event]], partitions: int | None
+        self,
+        name: str,
+        event_types: Sequence[type[Event]],
+        partitions: int | None,
+        *,
+        subscribe: bool = True,
     ) -> EventTopic:
         topic = EventTopic(
             self,
@@ -462,7 +467,8 @@ class App(compat.App):
             internal=True,
             max_event_bytes=self.max_event_bytes,
         )
-        self.topics.add(topic)
+        if subscribe:
+            self.topics.add(topic)
         return topic
 
     def saga(
@@ -619,6 +625,7 @@ class App(compat.App):
             f"{self.conf.id}-rekey-{label}",
             source.event_types,
             partitions or source.partitions,
+            subscribe=False,  # by the projection that folds it, if any
         )
         self._transform("rekey", source, {"rekey": target}, None, label)(key_of)
         return target

@@ -106,6 +106,8 @@ class TransformProjection(Projection):
             target = self.targets["rekey"]
             outbox = current_outbox()
             assert outbox is not None  # a transform's fold always has one
+            if result is None:
+                raise ValueError("the new key is None")
             key = str(result).encode()
             target.buffered(outbox, key, record.value, None, list(record.headers or ()))
             self._count(txn.partition, 1)
