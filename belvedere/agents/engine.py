@@ -854,12 +854,18 @@ class ProjectionEngine(Service):
                     await each.projection.before_checkpoint(each)
                     rows, offsets = each.txn.encoded(), each.offsets()
                     sent: list[int] = []
-                    if rows:
+                    outputs = each.outbox.take() if each.outbox is not None else []
+                    if outputs:  # every partition's at once, in the transaction begun here
+                        await producer.begin()
+                        sends = [send_all(producer, *output) for output in outputs]
+                        if rows:
+                            records = changelog_records(rows, offsets)
+                            sends.append(send_all(producer, each.changelog, tp.partition, records))
+                        offsets_sent = await asyncio.gather(*sends)
+                        sent = offsets_sent[-1] if rows else []
+                    elif rows:
                         records = changelog_records(rows, offsets)
                         sent = await send_all(producer, each.changelog, tp.partition, records)
-                    if each.outbox is not None:
-                        for topic, partition, outputs in each.outbox.take():
-                            await send_all(producer, topic, partition, outputs)
                     done.append((each, rows, offsets, sent))
             except KafkaError as exc:  # refused: fenced (the sends' futures say so)
                 raise producer.failed(exc) from exc
@@ -941,8 +947,7 @@ class ProjectionEngine(Service):
         send_batches = getattr(producer, "send_batches", None)
         if send_batches is not None:
             return [meta.offset for meta in send_batches(appends)[-1]]
-        for topic, partition, records in outputs:
-            await send_all(producer, topic, partition, records)
+        await asyncio.gather(*(send_all(producer, *output) for output in outputs))
         return await send_all(producer, part.changelog, part.tp.partition, changelog)
 
     async def _write_changelog(
