@@ -97,6 +97,13 @@ def test_a_bad_transform_declaration_is_refused_at_once(unique_name: str) -> Non
         def bare(event):  # no annotation, no events=
             return None
 
+    unsized = app.event_topic(f"{unique_name}-unsized", Placed)
+    with pytest.raises(TypeError, match="with partitions="):
+
+        @app.filter(placed, to=unsized)
+        def keep_all(event: Placed) -> bool:
+            return True
+
     with pytest.raises(TypeError, match="maps branch names"):
         app.branch(placed, to=[other])  # type: ignore[arg-type]
 

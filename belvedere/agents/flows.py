@@ -68,6 +68,10 @@ class TransformProjection(Projection):
         for target in self.targets.values():
             if not isinstance(target, EventTopic):
                 raise TypeError(f"transform {name!r}: to= must be event topics, not {target!r}")
+            if not target.partitions:  # the outbox picks each output's partition itself
+                raise TypeError(
+                    f"transform {name!r}: declare {target.get_topic_name()!r} with partitions="
+                )
         chosen = list(types) if types is not None else self.event_types(kind, fn, source)
         carried = set(source.codec.types.values())
         for cls in chosen:
