@@ -76,9 +76,10 @@ class DriverProducer(Producer):
         self.appended.append((topic, meta.partition, meta.offset))
         return meta
 
-    def send_batch(self, topic: str, partition: int, records: Any) -> Any:
-        sent = super().send_batch(topic, partition, records)
-        self.appended.extend((topic, partition, meta.offset) for meta in sent)
+    def send_batches(self, batches: Any) -> Any:
+        sent = super().send_batches(batches)
+        for metas in sent:
+            self.appended.extend((meta.topic, meta.partition, meta.offset) for meta in metas)
         return sent
 
 

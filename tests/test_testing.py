@@ -198,6 +198,45 @@ def test_a_reactor_publishes_events_that_continue_the_flow() -> None:
         assert len(driver.sent(confirmations)) == 2
 
 
+def test_transforms_send_their_outputs_and_a_rekeyed_topic_folds_by_its_new_key() -> None:
+    app, orders, confirmations = shop("flows")
+    big = app.event_topic("testkit-flows-big", Placed, partitions=3)
+    per_sku = app.view("big-per-sku", value=int)
+
+    @app.filter(orders, to=big)
+    def is_big(e: Placed) -> bool:
+        return e.qty >= 5
+
+    @app.map(orders, to=confirmations)
+    def confirm(e: Placed) -> Confirmed | None:
+        return Confirmed(order_id=e.order_id) if e.qty else None
+
+    by_sku = app.rekey(big, by="sku")
+
+    @app.projection(by_sku, view=per_sku)
+    def count(view, e: Placed) -> None:
+        view[e.sku] = view.get(e.sku, 0) + e.qty
+
+    given = [Placed(order_id=f"o-{i}", sku=f"sku-{i % 3}", qty=i) for i in range(10)]
+    expected = Counter[str]()
+    for placed in given:
+        if placed.qty >= 5:
+            expected[placed.sku] += placed.qty
+    with TestDriver(app) as driver:
+        stamped = [
+            driver.send(orders, placed, correlation_id=f"c-{placed.order_id}") for placed in given
+        ]
+        driver.run()
+        assert sorted(e.order_id for e in driver.sent(big)) == [f"o-{i}" for i in range(5, 10)]
+        sent = {e.order_id: e for e in driver.sent(confirmations)}
+        assert sorted(sent) == sorted(f"o-{i}" for i in range(1, 10))
+        source = {e.order_id: e.meta for e in stamped}
+        for order_id, out in sent.items():  # continues its source's flow, caused by it
+            assert out.meta.correlation_id == f"c-{order_id}"
+            assert out.meta.causation_id == source[order_id].event_id
+        assert driver.rows(per_sku) == dict(expected)
+
+
 def test_a_saga_runs_to_completion_through_aggregates_reactors_and_the_trace() -> None:
     app = checkout_app.app  # commands -> aggregates -> saga -> reactors -> a projection
     with TestDriver(app) as driver:
