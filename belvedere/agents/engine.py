@@ -363,6 +363,7 @@ class ProjectionEngine(Service):
         """Checkpoint every partition with applied events (the consumer is stopping)."""
         async with self.partitions.lock:
             for part in self.partitions.all():
+                await part.projection.before_release(part)
                 if part.dirty:
                     await self.checkpoint(part)
 
@@ -446,6 +447,7 @@ class ProjectionEngine(Service):
                     part = take(slot(projection, tp))
                     if part is None:
                         continue
+                    await projection.before_release(part)
                     if part.dirty:
                         await self.checkpoint(part)
                     if part.fenced:
@@ -806,7 +808,7 @@ class ProjectionEngine(Service):
         await part.projection.before_checkpoint(part)
         store, txn = part.store, part.txn
         rows = txn.encoded()
-        offsets = part.offsets()
+        offsets = part.projection.stored_offsets(part)
         index_changes, delta = store.plan(rows, part.projection.view.indexer())
         store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
         txn.clear()
@@ -840,7 +842,7 @@ class ProjectionEngine(Service):
             try:
                 for each in parts:
                     await each.projection.before_checkpoint(each)
-                    rows, offsets = each.txn.encoded(), each.offsets()
+                    rows, offsets = each.txn.encoded(), each.projection.stored_offsets(each)
                     sent: list[int] = []
                     if rows:
                         records = changelog_records(rows, offsets)
@@ -914,7 +916,7 @@ class ProjectionEngine(Service):
     async def _write_changelog(
         self, part: PartitionState, rows: Mapping[bytes, bytes | None], *, repair: bool = False
     ) -> None:
-        records = changelog_records(rows, part.offsets(), repair=repair)
+        records = changelog_records(rows, part.projection.stored_offsets(part), repair=repair)
         producer = self.app.producer if self.changelog_producer is None else self.changelog_producer
         sent = await send_all(producer, part.changelog, part.tp.partition, records)
         part.store.confirm(sent[-1] if sent else None, rows.keys())

@@ -3,27 +3,39 @@ publish further events), each receiving every event of its types.
 
 ::
 
-    @app.reactor(OrderPaid)
-    async def send_receipt(event: OrderPaid) -> None:
-        await notifications.publish(ReceiptSent(order_id=event.order_id))
+    @app.reactor(OrderPaid, concurrency=8)
+    async def send_receipt(event: OrderPaid, ctx: ReactorContext) -> None:
+        await mailer.send(receipt_for(event), idempotency_key=ctx.idempotency_key)
 
 Every reactor is its own subscriber: several reactors of one event type in one app each
 get every event (fan-out), and so do reactors in other apps, which are other consumer
-groups. A reactor that raises sends the event to the dead letters with its reason; the
-event's other readers carry on, and so does the reactor.
+groups. A reactor that raises (after its ``retries``) sends the event to the dead letters
+with its reason; the event's other readers carry on, and so does the reactor.
 
-A reactor runs in the projection engine's batch path, so it shares the fetch and the
-decoding of its topic with the projections reading it. Its progress is the source offset
-of a small bookkeeping view (``reactor-<name>``, one row per partition), so a restart or
-a rebalance resumes where it left off. Delivery is at least once: events handled after the
-last checkpoint (half a second, by default) are handled again after a crash. What a
-reactor publishes inherits the event's correlation, and is caused by it.
+A reactor reads its topic in the projection engine's batch path, so it shares the fetch
+and the decoding with the projections reading it. Its progress is the source offset of a
+small bookkeeping view (``reactor-<name>``, one row per partition), so a restart or a
+rebalance resumes where it left off.
+
+With ``concurrency=1`` the handler runs inside the engine's fold, one event at a time, and
+what it publishes on Kafka is in the partition's transaction. With more, the fold hands
+each event to a lane (one per key: a key's events run one after another, in order, and
+different keys at once), at most ``concurrency`` events of a partition in flight; the fold
+waits for a free slot. The offset a checkpoint stores is then the low watermark, the first
+event not finished, so a crash repeats unfinished events (and those finished after it) and
+skips none. Either way delivery is at least once; ``ctx.idempotency_key`` is the same for
+every delivery of one event to one reactor, for the service called to drop repeats.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import inspect
+import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from belvedere.agents.aggregates import annotated_types
@@ -31,9 +43,73 @@ from belvedere.agents.projection import Handler, PartitionState, Projection
 from belvedere.streams.context import caused_by
 from belvedere.streams.records import Event
 from belvedere.streams.topics import EventTopic
+from belvedere.streams.transactions import producing
 from belvedere.tables.view import View
 
-__all__ = ["ReactorProjection"]
+__all__ = ["ReactorContext", "ReactorProjection"]
+
+logger = logging.getLogger(__name__)
+
+#: The first retry waits this long, each next one twice as long, up to ``MAX_BACKOFF``.
+FIRST_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+
+
+@dataclass(frozen=True)
+class ReactorContext:
+    """What a reactor's handler may want besides its event (its second parameter)."""
+
+    #: ``<app>/<reactor>/<eventId>``: the same on every delivery of this event to this
+    #: reactor (after a crash, a rebalance or a retry); give it to the service called.
+    idempotency_key: str
+    #: 1 for the first try, 2 for the first retry...
+    attempt: int
+    partition: int
+    offset: int
+
+
+def _takes_context(fn: Callable[..., Any]) -> bool:
+    params = [
+        p
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
+    if len(params) not in (1, 2):
+        raise TypeError(f"{fn.__qualname__}: a reactor takes (event) or (event, ctx)")
+    return len(params) == 2
+
+
+class _Lanes:
+    """One partition's events in flight, for a reactor with ``concurrency`` > 1."""
+
+    def __init__(self, part: PartitionState, concurrency: int) -> None:
+        self.part = part
+        self.slots = asyncio.Semaphore(concurrency)
+        #: The events waiting or running, per key, first first; a lane's task runs them.
+        self.lanes: dict[Any, collections.deque[tuple[Event, Any]]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        #: Offsets handed over and not finished, in offset order (finished ones are
+        #: dropped once every earlier one is).
+        self.in_flight: collections.deque[int] = collections.deque()
+        self.finished: set[int] = set()
+
+    def watermark(self) -> int:
+        while self.in_flight and self.in_flight[0] in self.finished:
+            self.finished.discard(self.in_flight.popleft())
+        return self.in_flight[0] if self.in_flight else self.part.next_offset
+
+    def done(self, offset: int) -> None:
+        self.finished.add(offset)
+        self.slots.release()
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for the events in flight, up to ``timeout``; cancel what is left."""
+        if self.tasks:
+            _, late = await asyncio.wait(set(self.tasks), timeout=timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
 
 
 class ReactorProjection(Projection):
@@ -42,27 +118,186 @@ class ReactorProjection(Projection):
     not_rebuildable = "a reactor's effects happened when it first handled its events"
 
     def __init__(
-        self, source: EventTopic, view: View, fn: Callable[[Any], Any], types: list[type[Event]]
+        self,
+        source: EventTopic,
+        view: View,
+        fn: Callable[..., Any],
+        types: list[type[Event]],
+        *,
+        app_id: str = "",
+        name: str | None = None,
+        concurrency: int = 1,
+        key: str | Callable[[Any], Any] | None = None,
+        retries: int = 0,
+        drain_timeout: float = 10.0,
+        dead_letters: Any = None,
     ) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"{fn.__qualname__}: concurrency must be an int >= 1")
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"{fn.__qualname__}: retries must be an int >= 0")
+        if key is not None and concurrency == 1:
+            raise ValueError(f"{fn.__qualname__}: key= orders concurrent events: pass concurrency=")
+        if isinstance(key, str):
+            missing = [t.__name__ for t in types if key not in getattr(t, "__annotations__", {})]
+            if missing:
+                raise ValueError(f"{fn.__qualname__}: key {key!r} is not a field of {missing}")
         super().__init__(source=source, view=view)
         self.fn = fn
+        self.name = name or fn.__name__
         self.is_async = inspect.iscoroutinefunction(fn)
-        handler = Handler(self._react, True, fn.__qualname__)
+        self.with_context = _takes_context(fn)
+        self.concurrency = concurrency
+        self.key = key
+        self.retries = retries
+        self.drain_timeout = drain_timeout
+        self.dead_letters = dead_letters
+        self.key_prefix = f"{app_id}/{self.name}/"
+        react = self._react if concurrency == 1 else self._hand_over
+        handler = Handler(react, True, fn.__qualname__)
         for cls in types:
             self.handlers[cls] = handler
         #: Events handled per partition since the worker started.
         self.handled: dict[int, int] = {}
+        #: Per partition, the events in flight (concurrency > 1).
+        self._lanes: dict[int, _Lanes] = {}
 
     @staticmethod
     def event_types(fn: Callable[..., Any]) -> list[type[Event]]:
-        return annotated_types(fn, Event, 0, "a reactor takes (event)")
+        return annotated_types(fn, Event, 0, "a reactor takes (event) or (event, ctx)")
 
-    async def _react(self, txn: Any, event: Event) -> None:
+    async def _call(self, event: Event, ctx: ReactorContext) -> None:
         with caused_by(event):
-            result = self.fn(event)
+            result = self.fn(event, ctx) if self.with_context else self.fn(event)
             if self.is_async:
                 await result
-        self.handled[txn.partition] = self.handled.get(txn.partition, 0) + 1
+
+    async def _attempts(self, event: Event, partition: int, offset: int) -> None:
+        """Run the handler, retrying with backoff; raises what the last try raised."""
+        key = self.key_prefix + event.meta.event_id
+        for attempt in range(1, self.retries + 2):
+            try:
+                await self._call(event, ReactorContext(key, attempt, partition, offset))
+                break
+            except Exception as exc:
+                if attempt > self.retries:
+                    raise
+                delay = min(FIRST_BACKOFF * 2 ** (attempt - 1), MAX_BACKOFF)
+                logger.warning(
+                    "reactor %s: %r on %s, try %d; again in %.1fs",
+                    self.name, exc, key, attempt, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+        self.handled[partition] = self.handled.get(partition, 0) + 1
+
+    async def _react(self, txn: Any, event: Event) -> None:
+        """Inside the fold (concurrency 1): the engine dead-letters what this raises."""
+        await self._attempts(event, txn.partition, txn.record.offset)
+
+    # -- concurrency > 1 ------------------------------------------------------------------------
+
+    def _lanes_of(self, part: PartitionState) -> _Lanes | None:
+        lanes = self._lanes.get(part.tp.partition)
+        return lanes if lanes is not None and lanes.part is part else None
+
+    def _lane_key(self, event: Event, record: Any) -> Any:
+        if self.key is None:
+            return record.key
+        if isinstance(self.key, str):
+            return getattr(event, self.key)
+        return self.key(event)
+
+    async def _hand_over(self, txn: Any, event: Event) -> None:
+        """Inside the fold: queue the event on its key's lane, once a slot is free."""
+        record = txn.record
+        lanes = self._lanes[txn.partition]
+        key = self._lane_key(event, record)  # a key function that raises: a dead letter
+        await lanes.slots.acquire()
+        lanes.in_flight.append(record.offset)
+        lane = lanes.lanes.get(key)
+        if lane is not None:
+            lane.append((event, record))
+            return
+        lanes.lanes[key] = collections.deque([(event, record)])
+        task = asyncio.get_running_loop().create_task(self._run_lane(lanes, key))
+        lanes.tasks.add(task)
+        task.add_done_callback(lanes.tasks.discard)
+
+    async def _run_lane(self, lanes: _Lanes, key: Any) -> None:
+        lane = lanes.lanes[key]
+        part = lanes.part
+        with producing(None):  # outside the fold: not in the partition's transaction
+            while lane:
+                event, record = lane[0]
+                try:
+                    if not part.fenced:  # another worker has it
+                        await self._attempts(event, part.tp.partition, record.offset)
+                except Exception as exc:
+                    await self._dead_letter(part, record, exc)
+                except asyncio.CancelledError:
+                    # the partition given up before it finished: unfinished, redone
+                    lanes.slots.release()
+                    raise
+                lane.popleft()
+                lanes.done(record.offset)
+        del lanes.lanes[key]
+
+    async def _dead_letter(self, part: PartitionState, record: Any, exc: Exception) -> None:
+        reason = f"{self.fn.__qualname__}: {exc!r}"
+        try:
+            await self.dead_letters.send(
+                record,
+                "handler-error",
+                reason,
+                view=self.view.name,
+                generation=part.generation,
+                handler=self.fn.__qualname__,
+                error=exc,
+            )
+        except Exception as failed:  # its lane goes on; the event counts as finished
+            logger.error("reactor %s: dead-lettering %s failed: %r", self.name, reason, failed)
+
+    # -- the engine's hooks -----------------------------------------------------------------------
+
+    async def after_restore(self, part: PartitionState, reader: Any) -> bool:
+        if self.concurrency > 1:  # (a partition dropped when fenced leaves its lanes behind)
+            self._lanes[part.tp.partition] = _Lanes(part, self.concurrency)
+        return False
+
+    def stored_offsets(self, part: PartitionState) -> dict[tuple[str, int], int]:
+        offsets = part.offsets()
+        lanes = self._lanes_of(part)
+        if lanes is not None:
+            offsets[(part.tp.topic, part.tp.partition)] = lanes.watermark()
+        return offsets
+
+    def _moved(self, part: PartitionState) -> bool:
+        """Events finished since the last checkpoint, which stored an earlier watermark."""
+        lanes = self._lanes_of(part)
+        if lanes is None:
+            return False
+        stored = part.status.positions.get((part.tp.topic, part.tp.partition), 0)
+        return lanes.watermark() > stored
+
+    async def on_tick(self, part: PartitionState) -> None:
+        if not part.dirty and self._moved(part):
+            part.dirty += 1  # the checkpoint timer writes the new watermark
+
+    async def before_release(self, part: PartitionState) -> None:
+        lanes = self._lanes_of(part)
+        if lanes is None:
+            return
+        started = time.monotonic()
+        await lanes.drain(self.drain_timeout)
+        if lanes.watermark() < part.next_offset:
+            logger.warning(
+                "reactor %s[%d]: given up with events unfinished after %.1fs; from offset %d "
+                "they are handled again",
+                self.name, part.tp.partition, time.monotonic() - started, lanes.watermark(),
+            )  # fmt: skip
+        if not part.dirty and self._moved(part):
+            part.dirty += 1
+        del self._lanes[part.tp.partition]
 
     async def before_checkpoint(self, part: PartitionState) -> None:
         # A row per checkpoint, so that the changelog carries the source offset to

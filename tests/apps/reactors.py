@@ -1,0 +1,107 @@
+"""The reactor tests' app: a concurrent reactor over jobs, and a projection on the same
+topic to show it is not held up.
+
+Each handled job is appended to ``REACTORS_LOG`` (one JSON line: key, seq, offset,
+idempotency key, attempt), so what a killed worker did survives it. A job with ``meet``
+waits until that key's job has started (two keys that wait on each other only finish if
+they run at once); one with ``block`` waits until ``/release``; one with ``fail`` raises.
+"""
+
+import asyncio
+import os
+from collections import defaultdict
+
+import faust.web
+import orjson
+
+import belvedere
+
+NAME = os.environ["REACTORS_NAME"]
+LOG = os.environ["REACTORS_LOG"]
+PARTITIONS = 2
+#: Seconds each job takes (the kill -9 test's: long enough for a kill to land mid-way).
+DELAY = float(os.environ.get("REACTORS_DELAY", "0"))
+
+app = belvedere.App(NAME, checkpoint_interval=0.2)
+
+
+class Job(belvedere.Event, key="key"):
+    key: str
+    seq: int
+    meet: str = ""
+    block: bool = False
+    fail: bool = False
+
+
+jobs = app.event_topic(f"{NAME}-jobs", Job, partitions=PARTITIONS)
+counts = app.view("counts", value=int, key=str)
+
+started: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+released = asyncio.Event()
+failed: list[int] = []  # the attempt numbers of failing jobs
+log = open(LOG, "ab", buffering=0)  # noqa: SIM115 - for the worker's life
+
+
+@app.projection(jobs, view=counts)
+def count(view, event: Job) -> None:
+    view[event.key] = view.get(event.key, 0) + 1
+
+
+@app.reactor(Job, concurrency=4, retries=1)
+async def work(event: Job, ctx: belvedere.ReactorContext) -> None:
+    started[event.key].set()
+    if event.meet:
+        await started[event.meet].wait()
+    if event.block:
+        await released.wait()
+    if event.fail:
+        failed.append(ctx.attempt)
+        raise ValueError(f"job {event.key}/{event.seq} refused")
+    for _ in range(event.seq % 4):  # let other lanes run in between
+        await asyncio.sleep(0)
+    if DELAY:
+        await asyncio.sleep(DELAY)
+    line = {
+        "key": event.key,
+        "seq": event.seq,
+        "offset": ctx.offset,
+        "partition": ctx.partition,
+        "eventId": event.meta.event_id,
+        "idempotencyKey": ctx.idempotency_key,
+        "attempt": ctx.attempt,
+    }
+    log.write(orjson.dumps(line) + b"\n")
+
+
+@app.page("/state")
+async def state(web, request):
+    return web.json(
+        {
+            "ready": app.ready,
+            "failed": failed,
+            "deadLetters": {
+                f"{topic}:{kind}": n for (topic, kind), n in app.dead_letters.counts.items()
+            },
+        }
+    )
+
+
+@app.page("/release")
+async def release(web, request):
+    released.set()
+    return web.json({"released": True})
+
+
+@app.page("/produce")
+class Produce(faust.web.View):
+    """Appends ``[[key, envelope], ...]`` to the jobs topic: on the embedded broker, while
+    the worker runs, nothing else can."""
+
+    async def post(self, request):
+        topic = jobs.get_topic_name()
+        futures = [
+            await app.producer.send(topic, key.encode(), orjson.dumps(value), None, None, None)
+            for key, value in orjson.loads(await request.read())
+        ]
+        await asyncio.gather(*futures)
+        return self.json({"produced": len(futures)})

@@ -1,0 +1,138 @@
+"""Reactors with ``concurrency``: per-key order, keys at once, the watermark under kill -9,
+a slow reactor next to a projection, and failures (tests/apps/reactors.py)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from belvedere.streams.clients import NewRecord
+from tests.support.brokers import Broker
+from tests.support.http import call
+from tests.support.worker import Worker, wait_for
+
+APP = "tests.apps.reactors:app"
+
+
+def job(key: str, seq: int, **extra: Any) -> tuple[str, dict[str, Any]]:
+    data = {"key": key, "seq": seq, **extra}
+    return key, {"eventId": f"{key}-{seq}", "eventType": "Job", "eventVersion": 1, "data": data}
+
+
+def produce(worker: Worker, jobs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Through the worker: on the embedded broker, while it runs, nothing else can."""
+    answer = call(f"{worker.url}/produce", "POST", jobs)
+    assert answer.status == 200, answer.raw
+
+
+def handled(log: Path) -> list[dict[str, Any]]:
+    if not log.exists():
+        return []
+    return [orjson.loads(line) for line in log.read_bytes().splitlines() if line.endswith(b"}")]
+
+
+def seqs_by_key(lines: list[dict[str, Any]]) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = defaultdict(list)
+    for line in lines:
+        found[line["key"]].append(line["seq"])
+    return found
+
+
+@pytest.fixture
+def reactors(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str, tmp_path: Path
+) -> Worker:
+    broker.create_topic(f"{unique_name}-jobs", 2)
+    return workers(APP, {"REACTORS_NAME": unique_name, "REACTORS_LOG": str(tmp_path / "log")})
+
+
+def serving(worker: Worker) -> Worker:
+    worker.start()
+    worker.wait_until("/state", lambda s: s["ready"], what="serving")
+    return worker
+
+
+def test_a_keys_jobs_run_in_order_while_keys_run_at_once_and_a_failure_is_dead_lettered(
+    broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path
+) -> None:
+    serving(reactors)
+    # Each of these two waits until the other has started: with one job at a time, neither
+    # would ever finish (nor would anything after them).
+    produce(reactors, [job("a", 0, meet="b"), job("b", 0, meet="a")])
+    keys = [f"k{i}" for i in range(6)]
+    produce(reactors, [job(k, seq) for seq in range(25) for k in keys])
+    # A job that fails (after its retry) goes to the dead letters; its key's next goes on.
+    produce(reactors, [job("f", 0, fail=True), job("f", 1)])
+    log = tmp_path / "log"
+    wait_for(
+        lambda: len(handled(log)) >= 2 + 6 * 25 + 1,
+        timeout=60,
+        what="every job handled",
+    )
+    found = seqs_by_key(handled(log))
+    assert found["a"] == found["b"] == [0]
+    assert all(found[k] == list(range(25)) for k in keys), dict(found)
+    assert found["f"] == [1]
+    state = reactors.wait_until("/state", lambda s: s["deadLetters"], what="a dead letter")
+    assert state["deadLetters"] == {f"{unique_name}-jobs:handler-error": 1}
+    assert state["failed"] == [1, 2]  # tried, and retried once
+
+
+def test_a_blocked_reactor_holds_up_neither_the_projection_nor_its_other_keys(
+    broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path
+) -> None:
+    serving(reactors)
+    produce(reactors, [job("slow", 0, block=True), job("slow", 1)])
+    produce(reactors, [job("x", seq) for seq in range(10)])
+
+    def counted(key: str) -> int:
+        answer = call(f"{reactors.url}/views/counts/{key}")
+        return answer.body if answer.status == 200 else 0
+
+    log = tmp_path / "log"
+    wait_for(lambda: counted("x") == 10 and counted("slow") == 2, timeout=60, what="the view")
+    wait_for(lambda: seqs_by_key(handled(log))["x"] == list(range(10)), timeout=60, what="x")
+    assert "slow" not in seqs_by_key(handled(log))  # still blocked, and its next waits
+    assert call(f"{reactors.url}/release").status == 200
+    wait_for(lambda: seqs_by_key(handled(log))["slow"] == [0, 1], timeout=60, what="slow")
+
+
+def test_kill_9_mid_stream_repeats_unfinished_jobs_with_the_same_idempotency_key(
+    broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path
+) -> None:
+    keys = [f"k{i}" for i in range(40)]
+    every = {f"{k}-{seq}" for k in keys for seq in range(50)}
+    records = [job(k, seq) for seq in range(50) for k in keys]
+    broker.produce(
+        f"{unique_name}-jobs",
+        [NewRecord(key.encode(), orjson.dumps(value), 0) for key, value in records],
+    )
+    reactors.env["REACTORS_DELAY"] = "0.003"  # ~2 s a run: the kills land mid-way
+    log = tmp_path / "log"
+    for share in (1, 2):
+        reactors.start()
+        wait_for(
+            lambda share=share: len({line["eventId"] for line in handled(log)}) >= share * 600,
+            timeout=90,
+            what=f"{share * 600} jobs",
+        )
+        reactors.kill()
+    reactors.start()
+    wait_for(
+        lambda: {line["eventId"] for line in handled(log)} == every,
+        timeout=90,
+        what="every job, none skipped",
+    )
+    keys_of: dict[str, set[str]] = defaultdict(set)
+    for line in handled(log):
+        keys_of[line["eventId"]].add(line["idempotencyKey"])
+    assert all(
+        found == {f"{unique_name}/work/{event_id}"} for event_id, found in keys_of.items()
+    ), {e: k for e, k in keys_of.items() if len(k) > 1}
+    repeated = len(handled(log)) - len(every)
+    print(f"{repeated} jobs handled again after two kills")
