@@ -102,37 +102,50 @@ def test_a_blocked_reactor_holds_up_neither_the_projection_nor_its_other_keys(
     wait_for(lambda: seqs_by_key(handled(log))["slow"] == [0, 1], timeout=60, what="slow")
 
 
-def test_kill_9_mid_stream_repeats_unfinished_jobs_with_the_same_idempotency_key(
+def test_kill_9_with_a_job_in_flight_repeats_it_and_those_after_it_with_their_keys(
     broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path
 ) -> None:
-    keys = [f"k{i}" for i in range(40)]
-    every = {f"{k}-{seq}" for k in keys for seq in range(50)}
-    records = [job(k, seq) for seq in range(50) for k in keys]
+    """A checkpoint taken while a job is in flight stores that job's offset: after a kill
+    it is handled again (none skipped), and so is every job after it, each with the same
+    idempotency key."""
+    records = [job("b", 0, block=True)] + [
+        job(f"k{i}", seq) for seq in range(15) for i in range(20)
+    ]
+    every = {value["eventId"] for _, value in records}
     broker.produce(
         f"{unique_name}-jobs",
         [NewRecord(key.encode(), orjson.dumps(value), 0) for key, value in records],
     )
-    reactors.env["REACTORS_DELAY"] = "0.003"  # ~2 s a run: the kills land mid-way
     log = tmp_path / "log"
-    for share in (1, 2):
-        reactors.start()
-        wait_for(
-            lambda share=share: len({line["eventId"] for line in handled(log)}) >= share * 600,
-            timeout=90,
-            what=f"{share * 600} jobs",
+    serving(reactors)
+    wait_for(lambda: len(handled(log)) == len(every) - 1, timeout=60, what="all but the blocked")
+
+    def checkpointed(state: dict[str, Any]) -> bool:
+        progress = state["progress"].values()
+        return sum(p["next"] for p in progress) == len(every) and not any(
+            p["dirty"] for p in progress
         )
-        reactors.kill()
-    reactors.start()
+
+    state = reactors.wait_until("/state", checkpointed, what="a checkpoint after every job")
+    assert sorted(p["stored"] for p in state["progress"].values())[0] == 0  # b-0's offset
+    reactors.kill()
+    serving(reactors)
+    assert call(f"{reactors.url}/release").status == 200
     wait_for(
         lambda: {line["eventId"] for line in handled(log)} == every,
-        timeout=90,
+        timeout=60,
         what="every job, none skipped",
     )
     keys_of: dict[str, set[str]] = defaultdict(set)
     for line in handled(log):
         keys_of[line["eventId"]].add(line["idempotencyKey"])
-    assert all(
-        found == {f"{unique_name}/work/{event_id}"} for event_id, found in keys_of.items()
-    ), {e: k for e, k in keys_of.items() if len(k) > 1}
-    repeated = len(handled(log)) - len(every)
-    print(f"{repeated} jobs handled again after two kills")
+    assert keys_of == {e: {f"{unique_name}/work/{e}"} for e in every}
+    b_partition = next(line["partition"] for line in handled(log) if line["key"] == "b")
+    again = wait_for(
+        lambda: (
+            [line for line in handled(log)[len(every) - 1 :] if line["eventId"] != "b-0"] or None
+        ),
+        timeout=60,
+        what="the jobs after b-0 handled again",
+    )
+    assert {line["partition"] for line in again} == {b_partition}

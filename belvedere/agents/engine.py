@@ -850,7 +850,7 @@ class ProjectionEngine(Service):
                     done.append((each, rows, offsets, sent))
             except KafkaError as exc:  # refused: fenced (the sends' futures say so)
                 raise producer.failed(exc) from exc
-            await producer.commit({tp: min(each.next_offset for each in parts)})
+            await producer.commit({tp: min(offsets[tp] for _, _, offsets, _ in done)})
         for each, rows, offsets, sent in done:
             store = each.store
             index_changes, delta = store.plan(rows, each.projection.view.indexer())
@@ -900,7 +900,7 @@ class ProjectionEngine(Service):
         """Commit what every projection reading ``tp`` has done: for folds, only a hint of
         where to fetch from (their stores hold the truth); for re-keying, its progress."""
         done = [
-            part.next_offset
+            part.projection.stored_offsets(part)[tp]  # a reactor's is behind what it took
             for projection in self.projections_of(tp.topic)
             if (part := self.partitions.active.get(slot(projection, tp))) is not None
         ]

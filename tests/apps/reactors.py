@@ -73,11 +73,23 @@ async def work(event: Job, ctx: belvedere.ReactorContext) -> None:
     log.write(orjson.dumps(line) + b"\n")
 
 
+def progress() -> dict[int, dict[str, int]]:
+    """Per partition of the jobs: the next offset the reactor takes, the one its last
+    checkpoint stored, and the events taken since."""
+    found = {}
+    for (view, tp), part in app.engine.partitions.active.items():
+        if view == "reactor-work":
+            stored = part.status.positions.get((tp.topic, tp.partition), 0)
+            found[tp.partition] = {"next": part.next_offset, "stored": stored, "dirty": part.dirty}
+    return found
+
+
 @app.page("/state")
 async def state(web, request):
     return web.json(
         {
             "ready": app.ready,
+            "progress": progress(),
             "failed": failed,
             "deadLetters": {
                 f"{topic}:{kind}": n for (topic, kind), n in app.dead_letters.counts.items()
