@@ -102,12 +102,14 @@ def test_a_blocked_reactor_holds_up_neither_the_projection_nor_its_other_keys(
     wait_for(lambda: seqs_by_key(handled(log))["slow"] == [0, 1], timeout=60, what="slow")
 
 
-def test_kill_9_with_a_job_in_flight_repeats_it_and_those_after_it_with_their_keys(
-    broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path
+@pytest.mark.parametrize("end", ["kill -9", "stop"])
+def test_a_job_in_flight_at_a_kill_or_stop_is_repeated_with_those_after_it_and_their_keys(
+    broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path, end: str
 ) -> None:
     """A checkpoint taken while a job is in flight stores that job's offset: after a kill
-    it is handled again (none skipped), and so is every job after it, each with the same
-    idempotency key."""
+    (or a stop, which waits ``drain_timeout`` for it, then gives up) it is handled again
+    (none skipped), and so is every job after it, each with the same idempotency key."""
+    reactors.env["REACTORS_DRAIN"] = "0.5"
     records = [job("b", 0, block=True)] + [
         job(f"k{i}", seq) for seq in range(15) for i in range(20)
     ]
@@ -128,7 +130,10 @@ def test_kill_9_with_a_job_in_flight_repeats_it_and_those_after_it_with_their_ke
 
     state = reactors.wait_until("/state", checkpointed, what="a checkpoint after every job")
     assert sorted(p["stored"] for p in state["progress"].values())[0] == 0  # b-0's offset
-    reactors.kill()
+    if end == "stop":
+        assert reactors.stop() == 0
+    else:
+        reactors.kill()
     serving(reactors)
     assert call(f"{reactors.url}/release").status == 200
     wait_for(

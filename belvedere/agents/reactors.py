@@ -50,6 +50,10 @@ __all__ = ["ReactorContext", "ReactorProjection"]
 
 logger = logging.getLogger(__name__)
 
+#: At most this many events of a partition between its watermark and the next event taken
+#: (finished ones included): one job stuck for long holds its partition there, so that
+#: what is kept of the finished ones stays small.
+WINDOW = 10_000
 #: The first retry waits this long, each next one twice as long, up to ``MAX_BACKOFF``.
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
@@ -92,6 +96,8 @@ class _Lanes:
         #: dropped once every earlier one is).
         self.in_flight: collections.deque[int] = collections.deque()
         self.finished: set[int] = set()
+        #: Set when an event finishes (the fold may wait for the window to move).
+        self.moved = asyncio.Event()
 
     def watermark(self) -> int:
         while self.in_flight and self.in_flight[0] in self.finished:
@@ -101,6 +107,15 @@ class _Lanes:
     def done(self, offset: int) -> None:
         self.finished.add(offset)
         self.slots.release()
+        self.moved.set()
+
+    async def window(self, size: int) -> None:
+        """Wait until fewer than ``size`` events are past the watermark."""
+        self.watermark()
+        while len(self.in_flight) >= size:
+            self.moved.clear()
+            await self.moved.wait()
+            self.watermark()
 
     async def drain(self, timeout: float) -> None:
         """Wait for the events in flight, up to ``timeout``; cancel what is left."""
@@ -212,6 +227,7 @@ class ReactorProjection(Projection):
         record = txn.record
         lanes = self._lanes[txn.partition]
         key = self._lane_key(event, record)  # a key function that raises: a dead letter
+        await lanes.window(WINDOW)
         await lanes.slots.acquire()
         lanes.in_flight.append(record.offset)
         lane = lanes.lanes.get(key)

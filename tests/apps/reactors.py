@@ -47,7 +47,9 @@ def count(view, event: Job) -> None:
     view[event.key] = view.get(event.key, 0) + 1
 
 
-@app.reactor(Job, concurrency=4, retries=1)
+@app.reactor(
+    Job, concurrency=4, retries=1, drain_timeout=float(os.environ.get("REACTORS_DRAIN", 10))
+)
 async def work(event: Job, ctx: belvedere.ReactorContext) -> None:
     started[event.key].set()
     if event.meet:
