@@ -21,7 +21,8 @@ APP = "tests.apps.reactors:app"
 
 def job(key: str, seq: int, **extra: Any) -> tuple[str, dict[str, Any]]:
     data = {"key": key, "seq": seq, **extra}
-    return key, {"eventId": f"{key}-{seq}", "eventType": "Job", "eventVersion": 1, "data": data}
+    envelope = {"eventId": f"{key}-{seq}", "eventType": "Job", "eventVersion": 1, "data": data}
+    return key, {**envelope, "correlationId": f"flow-{key}"}
 
 
 def produce(worker: Worker, jobs: list[tuple[str, dict[str, Any]]]) -> None:
@@ -68,9 +69,10 @@ def test_a_keys_jobs_run_in_order_while_keys_run_at_once_and_a_failure_is_dead_l
     produce(reactors, [job(k, seq) for seq in range(25) for k in keys])
     # A job that fails (after its retry) goes to the dead letters; its key's next goes on.
     produce(reactors, [job("f", 0, fail=True), job("f", 1)])
+    produce(reactors, [job("p", 0, publish=True)])
     log = tmp_path / "log"
     wait_for(
-        lambda: len(handled(log)) >= 2 + 6 * 25 + 1,
+        lambda: len(handled(log)) >= 2 + 6 * 25 + 1 + 1,
         timeout=60,
         what="every job handled",
     )
@@ -81,6 +83,16 @@ def test_a_keys_jobs_run_in_order_while_keys_run_at_once_and_a_failure_is_dead_l
     state = reactors.wait_until("/state", lambda s: s["deadLetters"], what="a dead letter")
     assert state["deadLetters"] == {f"{unique_name}-jobs:handler-error": 1}
     assert state["failed"] == [1, 2]  # tried, and retried once
+    sent = wait_for(
+        lambda: (a := call(f"{reactors.url}/views/published/p-0")).status == 200 and a,
+        timeout=60,
+        what="the JobDone",
+    )
+    assert sent.body == {
+        "eventId": f"{unique_name}/work/p-0",
+        "correlationId": "flow-p",
+        "causationId": "p-0",
+    }
 
 
 def test_a_blocked_reactor_holds_up_neither_the_projection_nor_its_other_keys(

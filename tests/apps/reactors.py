@@ -4,7 +4,8 @@ topic to show it is not held up.
 Each handled job is appended to ``REACTORS_LOG`` (one JSON line: key, seq, offset,
 idempotency key, attempt), so what a killed worker did survives it. A job with ``meet``
 waits until that key's job has started (two keys that wait on each other only finish if
-they run at once); one with ``block`` waits until ``/release``; one with ``fail`` raises.
+they run at once); one with ``block`` waits until ``/release``; one with ``fail`` raises;
+one with ``publish`` publishes a JobDone, kept in the ``published`` view.
 """
 
 import asyncio
@@ -31,10 +32,29 @@ class Job(belvedere.Event, key="key"):
     meet: str = ""
     block: bool = False
     fail: bool = False
+    publish: bool = False
+
+
+class JobDone(belvedere.Event, key="job"):
+    job: str
 
 
 jobs = app.event_topic(f"{NAME}-jobs", Job, partitions=PARTITIONS)
+done = app.event_topic(f"{NAME}-done", JobDone, partitions=1)
 counts = app.view("counts", value=int, key=str)
+#: Each JobDone's envelope: what a concurrent reactor publishes continues its event's flow.
+published = app.view("published", value=dict)
+
+
+@app.projection(done, view=published)
+def on_done(view, event: JobDone) -> None:
+    meta = event.meta
+    view[event.job] = {
+        "eventId": meta.event_id,
+        "correlationId": meta.correlation_id,
+        "causationId": meta.causation_id,
+    }
+
 
 started: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 released = asyncio.Event()
@@ -61,6 +81,8 @@ async def work(event: Job, ctx: belvedere.ReactorContext) -> None:
         raise ValueError(f"job {event.key}/{event.seq} refused")
     for _ in range(event.seq % 4):  # let other lanes run in between
         await asyncio.sleep(0)
+    if event.publish:
+        await done.publish(JobDone(job=event.meta.event_id), event_id=ctx.idempotency_key)
     if DELAY:
         await asyncio.sleep(DELAY)
     line = {
