@@ -69,10 +69,11 @@ def test_a_keys_jobs_run_in_order_while_keys_run_at_once_and_a_failure_is_dead_l
     produce(reactors, [job(k, seq) for seq in range(25) for k in keys])
     # A job that fails (after its retry) goes to the dead letters; its key's next goes on.
     produce(reactors, [job("f", 0, fail=True), job("f", 1)])
-    produce(reactors, [job("p", 0, publish=True)])
+    # Published by the second job of a lane: caused by it, not by the lane's first.
+    produce(reactors, [job("p", 0), job("p", 1, publish=True)])
     log = tmp_path / "log"
     wait_for(
-        lambda: len(handled(log)) >= 2 + 6 * 25 + 1 + 1,
+        lambda: len(handled(log)) >= 2 + 6 * 25 + 1 + 2,
         timeout=60,
         what="every job handled",
     )
@@ -84,14 +85,14 @@ def test_a_keys_jobs_run_in_order_while_keys_run_at_once_and_a_failure_is_dead_l
     assert state["deadLetters"] == {f"{unique_name}-jobs:handler-error": 1}
     assert state["failed"] == [1, 2]  # tried, and retried once
     sent = wait_for(
-        lambda: (a := call(f"{reactors.url}/views/published/p-0")).status == 200 and a,
+        lambda: (a := call(f"{reactors.url}/views/published/p-1")).status == 200 and a,
         timeout=60,
         what="the JobDone",
     )
     assert sent.body == {
-        "eventId": f"{unique_name}/work/p-0",
+        "eventId": f"{unique_name}/work/p-1",
         "correlationId": "flow-p",
-        "causationId": "p-0",
+        "causationId": "p-1",
     }
 
 
