@@ -115,13 +115,14 @@ def test_a_blocked_reactor_holds_up_neither_the_projection_nor_its_other_keys(
     wait_for(lambda: seqs_by_key(handled(log))["slow"] == [0, 1], timeout=60, what="slow")
 
 
-@pytest.mark.parametrize("end", ["kill -9", "stop"])
+@pytest.mark.parametrize("end", ["kill -9", "stop", "kill -9, a new disk"])
 def test_a_job_in_flight_at_a_kill_or_stop_is_repeated_with_those_after_it_and_their_keys(
     broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path, end: str
 ) -> None:
     """A checkpoint taken while a job is in flight stores that job's offset: after a kill
     (or a stop, which waits ``drain_timeout`` for it, then gives up) it is handled again
-    (none skipped), and so is every job after it, each with the same idempotency key."""
+    (none skipped), and so is every job after it, each with the same idempotency key. On
+    a new disk the offset comes from the changelog, as it does to a partition's next owner."""
     reactors.env["REACTORS_DRAIN"] = "0.5"
     records = [job("b", 0, block=True)] + [
         job(f"k{i}", seq) for seq in range(15) for i in range(20)
@@ -147,6 +148,8 @@ def test_a_job_in_flight_at_a_kill_or_stop_is_repeated_with_those_after_it_and_t
         assert reactors.stop() == 0
     else:
         reactors.kill()
+    if end.endswith("new disk"):
+        reactors.data_dir = tmp_path / "new-disk"
     serving(reactors)
     assert call(f"{reactors.url}/release").status == 200
     wait_for(
