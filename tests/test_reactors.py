@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from belvedere.streams.clients import NewRecord
-from tests.support.brokers import Broker
+from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import call
 from tests.support.worker import Worker, wait_for
 
@@ -170,3 +170,41 @@ def test_a_job_in_flight_at_a_kill_or_stop_is_repeated_with_those_after_it_and_t
         what="the jobs after b-0 handled again",
     )
     assert {line["partition"] for line in again} == {b_partition}
+
+
+@KAFKA_ONLY
+def test_a_rebalance_cancels_the_jobs_in_flight_of_a_partition_given_up(
+    broker: Broker, reactors: Worker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    """A second worker joins while a job is blocked: the partition holding it is given up
+    (the job cancelled after ``drain_timeout``), and its next owner handles the job."""
+    reactors.env["REACTORS_DRAIN"] = "0.5"
+    records = [job("b", 0, block=True)] + [job(f"k{i}", seq) for seq in range(5) for i in range(10)]
+    topic = f"{unique_name}-jobs"
+    broker.produce(topic, [NewRecord(k.encode(), orjson.dumps(v), 0) for k, v in records])
+    b_partition = str(next(r.partition for r in broker.read(topic) if r.key == b"b"))
+    log = reactors.data_dir.parent / "log"
+    serving(reactors)
+    wait_for(lambda: len(handled(log)) == len(records) - 1, timeout=60, what="all but b-0")
+    second = serving(workers(APP, reactors.env, data_dir="second"))
+    crew = (reactors, second)
+
+    def split() -> Worker | None:
+        states = [worker.get("/state") for worker in crew]
+        if any(state is None or not state["ready"] for state in states):
+            return None
+        held = [set(state["progress"]) for state in states]  # type: ignore[index]
+        if not all(held) or held[0] & held[1]:
+            return None
+        return crew[0] if b_partition in held[0] else crew[1]
+
+    owner = wait_for(split, timeout=60, what="the partitions split between the workers")
+    print(f"b-0's partition {b_partition} went to the {'first' if owner is reactors else 'second'}")
+    assert reactors.get("/state")["cancelled"] == ["b-0"]
+    assert call(f"{owner.url}/release").status == 200
+    assert owner.proc is not None
+    wait_for(
+        lambda: [line["pid"] for line in handled(log) if line["key"] == "b"] == [owner.proc.pid],
+        timeout=60,
+        what="b-0 handled by its partition's owner",
+    )

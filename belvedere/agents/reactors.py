@@ -176,6 +176,8 @@ class ReactorProjection(Projection):
         self.handled: dict[int, int] = {}
         #: Per partition, the events in flight (concurrency > 1).
         self._lanes: dict[int, _Lanes] = {}
+        #: When the partitions being given up stop waiting for their events in flight.
+        self._release_by: float | None = None
 
     @staticmethod
     def event_types(fn: Callable[..., Any]) -> list[type[Event]]:
@@ -303,8 +305,11 @@ class ReactorProjection(Projection):
         lanes = self._lanes_of(part)
         if lanes is None:
             return
+        # The partitions given up together (a rebalance, a stop) share one deadline.
         started = time.monotonic()
-        await lanes.drain(self.drain_timeout)
+        if self._release_by is None or started > self._release_by + 1.0:
+            self._release_by = started + self.drain_timeout
+        await lanes.drain(max(0.0, self._release_by - started))
         if lanes.watermark() < part.next_offset:
             logger.warning(
                 "reactor %s[%d]: given up with events unfinished after %.1fs; from offset %d "
@@ -312,8 +317,7 @@ class ReactorProjection(Projection):
                 self.name, part.tp.partition, time.monotonic() - started, lanes.watermark(),
             )  # fmt: skip
         if not part.dirty and self._moved(part):
-            part.dirty += 1
-        del self._lanes[part.tp.partition]
+            part.dirty += 1  # (its lanes stay: the checkpoint that follows reads them)
 
     async def before_checkpoint(self, part: PartitionState) -> None:
         # A row per checkpoint, so that the changelog carries the source offset to

@@ -59,6 +59,7 @@ def on_done(view, event: JobDone) -> None:
 started: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 released = asyncio.Event()
 failed: list[int] = []  # the attempt numbers of failing jobs
+cancelled: list[str] = []  # the jobs in flight when their partition was given up
 log = open(LOG, "ab", buffering=0)  # noqa: SIM115 - for the worker's life
 
 
@@ -75,7 +76,11 @@ async def work(event: Job, ctx: belvedere.ReactorContext) -> None:
     if event.meet:
         await started[event.meet].wait()
     if event.block:
-        await released.wait()
+        try:
+            await released.wait()
+        except asyncio.CancelledError:
+            cancelled.append(event.meta.event_id)
+            raise
     if event.fail:
         failed.append(ctx.attempt)
         raise ValueError(f"job {event.key}/{event.seq} refused")
@@ -92,6 +97,7 @@ async def work(event: Job, ctx: belvedere.ReactorContext) -> None:
         "partition": ctx.partition,
         "eventId": event.meta.event_id,
         "idempotencyKey": ctx.idempotency_key,
+        "pid": os.getpid(),
         "attempt": ctx.attempt,
     }
     log.write(orjson.dumps(line) + b"\n")
@@ -115,6 +121,7 @@ async def state(web, request):
             "ready": app.ready,
             "progress": progress(),
             "failed": failed,
+            "cancelled": cancelled,
             "deadLetters": {
                 f"{topic}:{kind}": n for (topic, kind), n in app.dead_letters.counts.items()
             },
