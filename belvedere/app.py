@@ -565,6 +565,7 @@ class App(compat.App):
                 retries=retries,
                 drain_timeout=drain_timeout,
                 dead_letters=self.dead_letters,
+                giving_up=lambda: self.rebalancing or self.should_stop,
             )
             self.engine.add(reactor)
             self.topics.add(topic)

@@ -172,6 +172,36 @@ def test_a_job_in_flight_at_a_kill_or_stop_is_repeated_with_those_after_it_and_t
     assert {line["partition"] for line in again} == {b_partition}
 
 
+def test_a_worker_whose_reactor_is_full_of_stuck_jobs_still_stops_and_redoes_them(
+    broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path
+) -> None:
+    """Four jobs of one key fill the reactor's four slots, the first blocked: the fold waits
+    for room, holding the engine's lock. A stop gives up on them after ``drain_timeout``;
+    the next start handles them all."""
+    reactors.env["REACTORS_DRAIN"] = "0.5"
+    records = [job("b", 0, block=True)] + [job("b", seq) for seq in range(1, 8)]
+    broker.produce(
+        f"{unique_name}-jobs",
+        [NewRecord(key.encode(), orjson.dumps(value), 0) for key, value in records],
+    )
+    serving(reactors)
+    reactors.wait_until(
+        "/state",
+        lambda s: sum(p["next"] for p in s["progress"].values()) == 4,  # b-0..b-3 taken
+        what="the reactor full",
+    )
+    assert reactors.stop() == 0
+    log = reactors.data_dir.parent / "log"
+    assert handled(log) == []
+    serving(reactors)
+    assert call(f"{reactors.url}/release").status == 200
+    wait_for(
+        lambda: seqs_by_key(handled(log))["b"] == list(range(8)),
+        timeout=60,
+        what="every job of b, in order",
+    )
+
+
 @KAFKA_ONLY
 def test_a_rebalance_cancels_the_jobs_in_flight_of_a_partition_given_up(
     broker: Broker, reactors: Worker, workers: Callable[..., Worker], unique_name: str

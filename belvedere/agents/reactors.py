@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import logging
 import time
@@ -88,7 +89,9 @@ class _Lanes:
 
     def __init__(self, part: PartitionState, concurrency: int) -> None:
         self.part = part
-        self.slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        #: Events handed over and not finished (running, or waiting in their lane).
+        self.taken = 0
         #: The events waiting or running, per key, first first; a lane's task runs them.
         self.lanes: dict[Any, collections.deque[tuple[Event, Any]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -96,8 +99,11 @@ class _Lanes:
         #: dropped once every earlier one is).
         self.in_flight: collections.deque[int] = collections.deque()
         self.finished: set[int] = set()
-        #: Set when an event finishes (the fold may wait for the window to move).
+        #: Set when an event finishes (the fold may be waiting for room).
         self.moved = asyncio.Event()
+        #: Given up while full: nothing more runs here (the partition's next owner
+        #: handles it all again from the watermark).
+        self.abandoned = False
 
     def watermark(self) -> int:
         while self.in_flight and self.in_flight[0] in self.finished:
@@ -106,24 +112,43 @@ class _Lanes:
 
     def done(self, offset: int) -> None:
         self.finished.add(offset)
-        self.slots.release()
+        self.taken -= 1
         self.moved.set()
 
-    async def window(self, size: int) -> None:
-        """Wait until fewer than ``size`` events are past the watermark."""
-        self.watermark()
-        while len(self.in_flight) >= size:
-            self.moved.clear()
-            await self.moved.wait()
+    async def take(self, giving_up: Callable[[], bool], patience: float) -> bool:
+        """Wait for room: fewer than ``concurrency`` events taken, and than ``WINDOW`` past
+        the watermark. False if the worker is giving partitions up (a rebalance, a stop)
+        and nothing finished for ``patience`` seconds: the events in flight are cancelled
+        then, or the fold, which holds the engine's lock, would keep it from them."""
+        stuck_since: float | None = None
+        while not self.abandoned:
             self.watermark()
+            if self.taken < self.concurrency and len(self.in_flight) < WINDOW:
+                self.taken += 1
+                return True
+            self.moved.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.moved.wait(), 0.1)
+            if self.moved.is_set() or not giving_up():
+                stuck_since = None
+                continue
+            now = time.monotonic()
+            stuck_since = stuck_since or now
+            if now - stuck_since >= patience:
+                self.abandon()
+        return False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        for task in self.tasks:
+            task.cancel()
 
     async def drain(self, timeout: float) -> None:
         """Wait for the events in flight, up to ``timeout``; cancel what is left."""
         if self.tasks:
             _, late = await asyncio.wait(set(self.tasks), timeout=timeout)
-            for task in late:
-                task.cancel()
             if late:
+                self.abandon()
                 await asyncio.gather(*late, return_exceptions=True)
 
 
@@ -146,6 +171,7 @@ class ReactorProjection(Projection):
         retries: int = 0,
         drain_timeout: float = 10.0,
         dead_letters: Any = None,
+        giving_up: Callable[[], bool] = lambda: False,
     ) -> None:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"{fn.__qualname__}: concurrency must be an int >= 1")
@@ -167,6 +193,8 @@ class ReactorProjection(Projection):
         self.retries = retries
         self.drain_timeout = drain_timeout
         self.dead_letters = dead_letters
+        #: True while the worker is giving partitions up (rebalancing, stopping).
+        self.giving_up = giving_up
         self.key_prefix = f"{app_id}/{self.name}/"
         react = self._react if concurrency == 1 else self._hand_over
         handler = Handler(react, True, fn.__qualname__)
@@ -225,13 +253,17 @@ class ReactorProjection(Projection):
         return self.key(event)
 
     async def _hand_over(self, txn: Any, event: Event) -> None:
-        """Inside the fold: queue the event on its key's lane, once a slot is free."""
+        """Inside the fold: queue the event on its key's lane, once there is room."""
         record = txn.record
-        lanes = self._lanes[txn.partition]
+        lanes = self._lanes.get(txn.partition)
+        if lanes is None or lanes.part.txn is not txn:  # not restored by the engine
+            await self._attempts(event, txn.partition, record.offset)
+            return
         key = self._lane_key(event, record)  # a key function that raises: a dead letter
-        await lanes.window(WINDOW)
-        await lanes.slots.acquire()
+        taken = await lanes.take(self.giving_up, self.drain_timeout)
         lanes.in_flight.append(record.offset)
+        if not taken:
+            return  # unfinished: handled again from the watermark
         lane = lanes.lanes.get(key)
         if lane is not None:
             lane.append((event, record))
@@ -252,10 +284,6 @@ class ReactorProjection(Projection):
                         await self._attempts(event, part.tp.partition, record.offset)
                 except Exception as exc:
                     await self._dead_letter(part, record, exc)
-                except asyncio.CancelledError:
-                    # the partition given up before it finished: unfinished, redone
-                    lanes.slots.release()
-                    raise
                 lane.popleft()
                 lanes.done(record.offset)
         del lanes.lanes[key]
