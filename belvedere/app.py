@@ -553,20 +553,25 @@ class App(compat.App):
                 raise TypeError(
                     f"{fn.__qualname__}: {topic.get_topic_name()!r} does not carry {missing}"
                 )
-            reactor = ReactorProjection(
-                topic,
-                self._internal_view(f"reactor-{name or fn.__name__}", key=int, partitions=None),
-                fn,
-                types,
-                app_id=self.conf.id,
-                name=name,
-                concurrency=concurrency,
-                key=key,
-                retries=retries,
-                drain_timeout=drain_timeout,
-                dead_letters=self.dead_letters,
-                giving_up=lambda: self.rebalancing or self.should_stop,
-            )
+            view = self._internal_view(f"reactor-{name or fn.__name__}", key=int, partitions=None)
+            try:
+                reactor = ReactorProjection(
+                    topic,
+                    view,
+                    fn,
+                    types,
+                    app_id=self.conf.id,
+                    name=name,
+                    concurrency=concurrency,
+                    key=key,
+                    retries=retries,
+                    drain_timeout=drain_timeout,
+                    dead_letters=self.dead_letters,
+                    giving_up=lambda: self.rebalancing or self.should_stop,
+                )
+            except (TypeError, ValueError):
+                del self.views[view.name]  # so that the fixed declaration can have it
+                raise
             self.engine.add(reactor)
             self.topics.add(topic)
             return fn

@@ -3,6 +3,7 @@ a slow reactor next to a projection, and failures (tests/apps/reactors.py)."""
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+import belvedere
 from belvedere.streams.clients import NewRecord
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import call
@@ -42,6 +44,35 @@ def seqs_by_key(lines: list[dict[str, Any]]) -> dict[str, list[int]]:
     for line in lines:
         found[line["key"]].append(line["seq"])
     return found
+
+
+class Billing(belvedere.Event):
+    user: str
+
+
+class Paid(Billing):
+    amount: int
+
+
+def test_a_bad_reactor_declaration_raises_one_clear_error(tmp_path: Path) -> None:
+    app = belvedere.App("reactors-declared", data_dir=tmp_path / "data")
+    app.event_topic("paid", Paid, partitions=1)
+    refused = [
+        ({"concurrency": 0}, "concurrency must be an int >= 1"),
+        ({"concurrency": 2, "key": "nope"}, "key 'nope' is not a field of ['Paid']"),
+        ({"key": "user"}, "key= orders concurrent events: pass concurrency="),
+        ({"retries": -1}, "retries must be an int >= 0"),
+    ]
+    for given, error in refused:
+        with pytest.raises(ValueError, match=re.escape(error)):
+            app.reactor(Paid, **given)(lambda event: None)  # one name: freed each time
+    with pytest.raises(TypeError, match=re.escape("takes (event) or (event, ctx)")):
+        app.reactor(Paid)(lambda event, ctx, more: None)
+
+    def mail(event: Paid) -> None: ...
+
+    app.reactor(concurrency=2, key="user")(mail)  # an inherited field; the name is free again
+    assert app.engine.projections["reactor-mail"].concurrency == 2
 
 
 @pytest.fixture

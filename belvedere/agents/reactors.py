@@ -84,6 +84,10 @@ def _takes_context(fn: Callable[..., Any]) -> bool:
     return len(params) == 2
 
 
+def _has_field(cls: type, name: str) -> bool:
+    return any(name in getattr(base, "__annotations__", {}) for base in cls.__mro__)
+
+
 class _Lanes:
     """One partition's events in flight, for a reactor with ``concurrency`` > 1."""
 
@@ -180,7 +184,7 @@ class ReactorProjection(Projection):
         if key is not None and concurrency == 1:
             raise ValueError(f"{fn.__qualname__}: key= orders concurrent events: pass concurrency=")
         if isinstance(key, str):
-            missing = [t.__name__ for t in types if key not in getattr(t, "__annotations__", {})]
+            missing = [t.__name__ for t in types if not _has_field(t, key)]
             if missing:
                 raise ValueError(f"{fn.__qualname__}: key {key!r} is not a field of {missing}")
         super().__init__(source=source, view=view)
