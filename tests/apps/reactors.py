@@ -19,8 +19,8 @@ import belvedere
 
 NAME = os.environ["REACTORS_NAME"]
 LOG = os.environ["REACTORS_LOG"]
-PARTITIONS = 2
-#: Seconds each job takes (the kill -9 test's: long enough for a kill to land mid-way).
+PARTITIONS = int(os.environ.get("REACTORS_PARTITIONS", "2"))
+#: Seconds a job takes (the kill -9 test's: long enough for a kill to land mid-way).
 DELAY = float(os.environ.get("REACTORS_DELAY", "0"))
 
 app = belvedere.App(NAME, checkpoint_interval=0.2)
@@ -88,8 +88,8 @@ async def work(event: Job, ctx: belvedere.ReactorContext) -> None:
         await asyncio.sleep(0)
     if event.publish:
         await done.publish(JobDone(job=event.meta.event_id), event_id=ctx.idempotency_key)
-    if DELAY:
-        await asyncio.sleep(DELAY)
+    if DELAY:  # every tenth job ten times as long: some span checkpoints
+        await asyncio.sleep(DELAY * (10 if event.seq % 10 == 0 else 1))
     line = {
         "key": event.key,
         "seq": event.seq,
