@@ -21,7 +21,8 @@ With ``concurrency=1`` the handler runs inside the engine's fold, one event at a
 what it publishes on Kafka is in the partition's transaction. With more, the fold hands
 each event to a lane (one per key: a key's events run one after another, in order, and
 different keys at once), at most ``concurrency`` events of a partition in flight; the fold
-waits for a free slot. The offset a checkpoint stores is then the low watermark, the first
+waits for a free slot (while the worker gives partitions up, ``drain_timeout`` at most,
+then the events in flight are cancelled). The offset a checkpoint stores is then the low watermark, the first
 event not finished, so a crash repeats unfinished events (and those finished after it) and
 skips none. Either way delivery is at least once; ``ctx.idempotency_key`` is the same for
 every delivery of one event to one reactor, for the service called to drop repeats.
