@@ -127,11 +127,13 @@ def test_a_keys_jobs_run_in_order_while_keys_run_at_once_and_a_failure_is_dead_l
     }
 
 
-def test_a_blocked_reactor_holds_up_neither_the_projection_nor_its_other_keys(
+def test_a_blocked_key_holds_up_neither_the_projection_nor_the_reactors_other_keys(
     broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path
 ) -> None:
     serving(reactors)
-    produce(reactors, [job("slow", 0, block=True), job("slow", 1)])
+    # More jobs wait behind the blocked one than the reactor runs at once (4): they take
+    # no running slot from other keys.
+    produce(reactors, [job("slow", 0, block=True)] + [job("slow", s) for s in range(1, 7)])
     produce(reactors, [job("x", seq) for seq in range(10)])
 
     def counted(key: str) -> int:
@@ -139,11 +141,11 @@ def test_a_blocked_reactor_holds_up_neither_the_projection_nor_its_other_keys(
         return answer.body if answer.status == 200 else 0
 
     log = tmp_path / "log"
-    wait_for(lambda: counted("x") == 10 and counted("slow") == 2, timeout=60, what="the view")
+    wait_for(lambda: counted("x") == 10 and counted("slow") == 7, timeout=60, what="the view")
     wait_for(lambda: seqs_by_key(handled(log))["x"] == list(range(10)), timeout=60, what="x")
     assert "slow" not in seqs_by_key(handled(log))  # still blocked, and its next waits
     assert call(f"{reactors.url}/release").status == 200
-    wait_for(lambda: seqs_by_key(handled(log))["slow"] == [0, 1], timeout=60, what="slow")
+    wait_for(lambda: seqs_by_key(handled(log))["slow"] == list(range(7)), timeout=60, what="slow")
 
 
 @pytest.mark.parametrize("end", ["kill -9", "stop", "kill -9, a new disk"])
@@ -206,11 +208,11 @@ def test_a_job_in_flight_at_a_kill_or_stop_is_repeated_with_those_after_it_and_t
 def test_a_worker_whose_reactor_is_full_of_stuck_jobs_still_stops_and_redoes_them(
     broker: Broker, reactors: Worker, unique_name: str, tmp_path: Path
 ) -> None:
-    """Four jobs of one key fill the reactor's four slots, the first blocked: the fold waits
-    for room, holding the engine's lock. A stop gives up on them after ``drain_timeout``;
-    the next start handles them all."""
+    """Jobs of one key behind a blocked one fill the reactor (4 x 8 handed over): the fold
+    waits for room, holding the engine's lock. A stop gives up on them after
+    ``drain_timeout``; the next start handles them all."""
     reactors.env["REACTORS_DRAIN"] = "0.5"
-    records = [job("b", 0, block=True)] + [job("b", seq) for seq in range(1, 8)]
+    records = [job("b", 0, block=True)] + [job("b", seq) for seq in range(1, 40)]
     broker.produce(
         f"{unique_name}-jobs",
         [NewRecord(key.encode(), orjson.dumps(value), 0) for key, value in records],
@@ -218,7 +220,7 @@ def test_a_worker_whose_reactor_is_full_of_stuck_jobs_still_stops_and_redoes_the
     serving(reactors)
     reactors.wait_until(
         "/state",
-        lambda s: sum(p["next"] for p in s["progress"].values()) == 4,  # b-0..b-3 taken
+        lambda s: sum(p["next"] for p in s["progress"].values()) == 32,  # b-0..b-31 taken
         what="the reactor full",
     )
     assert reactors.stop() == 0
@@ -227,7 +229,7 @@ def test_a_worker_whose_reactor_is_full_of_stuck_jobs_still_stops_and_redoes_the
     serving(reactors)
     assert call(f"{reactors.url}/release").status == 200
     wait_for(
-        lambda: seqs_by_key(handled(log))["b"] == list(range(8)),
+        lambda: seqs_by_key(handled(log))["b"] == list(range(40)),
         timeout=60,
         what="every job of b, in order",
     )

@@ -20,9 +20,9 @@ rebalance resumes where it left off.
 With ``concurrency=1`` the handler runs inside the engine's fold, one event at a time, and
 what it publishes on Kafka is in the partition's transaction. With more, the fold hands
 each event to a lane (one per key: a key's events run one after another, in order, and
-different keys at once), at most ``concurrency`` events of a partition in flight; the fold
-waits for a free slot (while the worker gives partitions up, ``drain_timeout`` at most,
-then the events in flight are cancelled). The offset a checkpoint stores is then the low watermark, the first
+different keys at once), at most ``concurrency`` events of a partition running at once and
+``TAKEN_PER_SLOT`` times as many handed over; the fold waits for room (while the worker
+gives partitions up, ``drain_timeout`` at most, then the events in flight are cancelled). The offset a checkpoint stores is then the low watermark, the first
 event not finished, so a crash repeats unfinished events (and those finished after it) and
 skips none. Either way delivery is at least once; ``ctx.idempotency_key`` is the same for
 every delivery of one event to one reactor, for the service called to drop repeats.
@@ -52,6 +52,9 @@ __all__ = ["ReactorContext", "ReactorProjection"]
 
 logger = logging.getLogger(__name__)
 
+#: Events of a partition handed over (running, or waiting in their lanes) per unit of
+#: ``concurrency``: other keys' events can go past a busy key's, and memory stays bounded.
+TAKEN_PER_SLOT = 8
 #: At most this many events of a partition between its watermark and the next event taken
 #: (finished ones included): one job stuck for long holds its partition there, so that
 #: what is kept of the finished ones stays small.
@@ -94,9 +97,11 @@ class _Lanes:
 
     def __init__(self, part: PartitionState, concurrency: int) -> None:
         self.part = part
-        self.concurrency = concurrency
+        #: Held by each event while its handler runs.
+        self.running = asyncio.Semaphore(concurrency)
         #: Events handed over and not finished (running, or waiting in their lane).
         self.taken = 0
+        self.most_taken = concurrency * TAKEN_PER_SLOT
         #: The events waiting or running, per key, first first; a lane's task runs them.
         self.lanes: dict[Any, collections.deque[tuple[Event, Any]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -121,14 +126,14 @@ class _Lanes:
         self.moved.set()
 
     async def take(self, giving_up: Callable[[], bool], patience: float) -> bool:
-        """Wait for room: fewer than ``concurrency`` events taken, and than ``WINDOW`` past
+        """Wait for room: fewer than ``most_taken`` events taken, and than ``WINDOW`` past
         the watermark. False if the worker is giving partitions up (a rebalance, a stop)
         and nothing finished for ``patience`` seconds: the events in flight are cancelled
         then, or the fold, which holds the engine's lock, would keep it from them."""
         stuck_since: float | None = None
         while not self.abandoned:
             self.watermark()
-            if self.taken < self.concurrency and len(self.in_flight) < WINDOW:
+            if self.taken < self.most_taken and len(self.in_flight) < WINDOW:
                 self.taken += 1
                 return True
             self.moved.clear()
@@ -286,7 +291,8 @@ class ReactorProjection(Projection):
                 event, record = lane[0]
                 try:
                     if not part.fenced:  # another worker has it
-                        await self._attempts(event, part.tp.partition, record.offset)
+                        async with lanes.running:
+                            await self._attempts(event, part.tp.partition, record.offset)
                 except Exception as exc:
                     await self._dead_letter(part, record, exc)
                 lane.popleft()
