@@ -1,5 +1,7 @@
-"""Reactors with ``concurrency``: per-key order, keys at once, the watermark under kill -9,
-a slow reactor next to a projection, and failures (tests/apps/reactors.py)."""
+"""Reactors with ``concurrency`` (tests/apps/reactors.py): per-key order with keys at once,
+failures and retries, what they publish, a blocked key next to a projection and other keys,
+the watermark through kill -9, a stop and a new disk, a stop with the reactor full, and a
+rebalance. A job's progress is read from the log its handler appends to."""
 
 from __future__ import annotations
 
