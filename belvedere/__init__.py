@@ -1,6 +1,7 @@
 """Belvedere: event-driven services with materialized views, on faust."""
 
 from belvedere.agents.aggregates import Aggregate, Rejected, Reply
+from belvedere.agents.reactors import ReactorContext
 from belvedere.agents.sagas import SagaState, Step
 from belvedere.agents.testing import AggregateFixture, SagaFixture
 from belvedere.app import App
@@ -20,6 +21,7 @@ __all__ = [
     "EventMeta",
     "EventTopic",
     "Published",
+    "ReactorContext",
     "Record",
     "Rejected",
     "Reply",

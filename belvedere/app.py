@@ -529,12 +529,27 @@ class App(compat.App):
         return self.flow_trace
 
     def reactor(
-        self, *event_types: type[Event], source: EventTopic | None = None, name: str | None = None
+        self,
+        *event_types: type[Event],
+        source: EventTopic | None = None,
+        name: str | None = None,
+        concurrency: int = 1,
+        key: str | Callable[[Any], Any] | None = None,
+        retries: int = 0,
+        drain_timeout: float = 10.0,
     ) -> Callable[[Any], Any]:
-        """Decorate ``fn(event)`` (plain or async) to run on every event of these types (by
-        default, its parameter's annotation), from the one event topic carrying them (or
-        ``source``). Every reactor gets every event; one that raises dead-letters the
-        event and goes on. ``name`` (default: the function's) names its progress."""
+        """Decorate ``fn(event)`` or ``fn(event, ctx)`` (plain or async) to run on every
+        event of these types (by default, its parameter's annotation), from the one event
+        topic carrying them (or ``source``). Every reactor gets every event, at least once;
+        ``ctx.idempotency_key`` is the same on each delivery of an event. One that raises
+        ``retries`` + 1 times dead-letters the event and goes on. ``name`` (default: the
+        function's) names its progress and its idempotency keys.
+
+        ``concurrency`` events of a partition run at once, outside the engine's fold, in
+        lanes by ``key`` (an event field or a function; default: the record's key): a
+        key's events one after another, in order. ``drain_timeout``: how long a partition
+        given up (rebalance, stop) waits for its events in flight before cancelling them.
+        """
 
         def register(fn: Any) -> Any:
             types = list(event_types) or ReactorProjection.event_types(fn)
@@ -547,7 +562,25 @@ class App(compat.App):
                     f"{fn.__qualname__}: {topic.get_topic_name()!r} does not carry {missing}"
                 )
             view = self._internal_view(f"reactor-{name or fn.__name__}", key=int, partitions=None)
-            self.engine.add(ReactorProjection(topic, view, fn, types))
+            try:
+                reactor = ReactorProjection(
+                    topic,
+                    view,
+                    fn,
+                    types,
+                    app_id=self.conf.id,
+                    name=name,
+                    concurrency=concurrency,
+                    key=key,
+                    retries=retries,
+                    drain_timeout=drain_timeout,
+                    dead_letters=self.dead_letters,
+                    giving_up=lambda: self.rebalancing or self.should_stop,
+                )
+            except (TypeError, ValueError):
+                del self.views[view.name]  # so that the fixed declaration can have it
+                raise
+            self.engine.add(reactor)
             self.topics.add(topic)
             return fn
 

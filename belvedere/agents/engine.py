@@ -374,6 +374,7 @@ class ProjectionEngine(Service):
         """Checkpoint every partition with applied events (the consumer is stopping)."""
         async with self.partitions.lock:
             for part in self.partitions.all():
+                await part.projection.before_release(part)
                 if part.dirty:
                     await self.checkpoint(part)
 
@@ -457,6 +458,7 @@ class ProjectionEngine(Service):
                     part = take(slot(projection, tp))
                     if part is None:
                         continue
+                    await projection.before_release(part)
                     if part.dirty:
                         await self.checkpoint(part)
                     if part.fenced:
@@ -817,7 +819,7 @@ class ProjectionEngine(Service):
         await part.projection.before_checkpoint(part)
         store, txn = part.store, part.txn
         rows = txn.encoded()
-        offsets = part.offsets()
+        offsets = part.projection.stored_offsets(part)
         index_changes, delta = store.plan(rows, part.projection.view.indexer())
         outputs = part.outbox.take() if part.outbox is not None else []
         if outputs:  # the changelog and the outputs first, together; the store after them
@@ -858,7 +860,7 @@ class ProjectionEngine(Service):
             try:
                 for each in parts:
                     await each.projection.before_checkpoint(each)
-                    rows, offsets = each.txn.encoded(), each.offsets()
+                    rows, offsets = each.txn.encoded(), each.projection.stored_offsets(each)
                     sent: list[int] = []
                     outputs = each.outbox.take() if each.outbox is not None else []
                     if outputs:  # every partition's at once, in the transaction begun here
@@ -875,7 +877,7 @@ class ProjectionEngine(Service):
                     done.append((each, rows, offsets, sent))
             except KafkaError as exc:  # refused: fenced (the sends' futures say so)
                 raise producer.failed(exc) from exc
-            await producer.commit({tp: min(each.next_offset for each in parts)})
+            await producer.commit({tp: min(offsets[tp] for _, _, offsets, _ in done)})
         for each, rows, offsets, sent in done:
             store = each.store
             index_changes, delta = store.plan(rows, each.projection.view.indexer())
@@ -925,7 +927,7 @@ class ProjectionEngine(Service):
         """Commit what every projection reading ``tp`` has done: for folds, only a hint of
         where to fetch from (their stores hold the truth); for re-keying, its progress."""
         done = [
-            part.next_offset
+            part.projection.stored_offsets(part)[tp]  # a reactor's is behind what it took
             for projection in self.projections_of(tp.topic)
             if (part := self.partitions.active.get(slot(projection, tp))) is not None
         ]
@@ -959,7 +961,7 @@ class ProjectionEngine(Service):
     async def _write_changelog(
         self, part: PartitionState, rows: Mapping[bytes, bytes | None], *, repair: bool = False
     ) -> None:
-        records = changelog_records(rows, part.offsets(), repair=repair)
+        records = changelog_records(rows, part.projection.stored_offsets(part), repair=repair)
         producer = self.app.producer if self.changelog_producer is None else self.changelog_producer
         sent = await send_all(producer, part.changelog, part.tp.partition, records)
         part.store.confirm(sent[-1] if sent else None, rows.keys())

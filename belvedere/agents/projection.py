@@ -101,6 +101,16 @@ class Projection:
     def after_checkpoint(self, part: PartitionState) -> None:
         """Called once a checkpoint of ``part`` is durable (local and changelog)."""
 
+    def stored_offsets(self, part: PartitionState) -> dict[tuple[str, int], int]:
+        """The source offsets a checkpoint of ``part`` stores: where the partition resumes
+        after a crash or on its next owner. What it applied, unless it still works on
+        some of that after the handler returned (a concurrent reactor)."""
+        return part.offsets()
+
+    async def before_release(self, part: PartitionState) -> None:
+        """Called when ``part`` is given up (revoked, or the worker stopping), under the
+        engine's lock, before its last checkpoint (written if ``part.dirty``)."""
+
     @property
     def sources(self) -> tuple[EventTopic, ...]:
         return (self.source, *self.more_sources)
