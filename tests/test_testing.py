@@ -237,6 +237,25 @@ def test_transforms_send_their_outputs_and_a_rekeyed_topic_folds_by_its_new_key(
         assert driver.rows(per_sku) == dict(expected)
 
 
+def test_a_concurrent_reactors_jobs_are_all_done_when_run_returns() -> None:
+    app, orders, confirmations = shop("lanes")
+    keys: list[str] = []
+
+    @app.reactor(Placed, concurrency=4)
+    async def confirm(e: Placed, ctx: belvedere.ReactorContext) -> None:
+        keys.append(ctx.idempotency_key)
+        await confirmations.publish(Confirmed(order_id=e.order_id))
+
+    given = [Placed(order_id=f"o-{i}", sku="s", qty=i) for i in range(20)]
+    with TestDriver(app) as driver:
+        stamped = [driver.send(orders, placed) for placed in given]
+        driver.run()
+        assert sorted(e.order_id for e in driver.sent(confirmations)) == sorted(
+            p.order_id for p in given
+        )
+        assert sorted(keys) == sorted(f"{app.conf.id}/confirm/{e.meta.event_id}" for e in stamped)
+
+
 def test_a_saga_runs_to_completion_through_aggregates_reactors_and_the_trace() -> None:
     app = checkout_app.app  # commands -> aggregates -> saga -> reactors -> a projection
     with TestDriver(app) as driver:
