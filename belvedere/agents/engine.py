@@ -58,6 +58,7 @@ from belvedere.streams.context import enter_cause, leave_cause
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.failure_log import user_traceback
 from belvedere.streams.readers import PartitionReader, reader_for
+from belvedere.streams.topics import EventTopic
 from belvedere.streams.transactions import (
     Fenced,
     PartitionProducer,
@@ -629,7 +630,8 @@ class ProjectionEngine(Service):
         projection = part.projection
         if decode is None:
             decode = _decoder(part.projection.fold_topic.codec, shared=False)
-        handlers = projection.handlers
+        handlers, every_event = projection.handlers, projection.every_event
+        metas = isinstance(projection.fold_topic, EventTopic)  # else plain values: no envelope
         txn = part.txn
         origins = part.origins if projection.repartition is not None else None
         reports_bad_input = self._reports_bad_input(projection, part.tp.topic)
@@ -662,14 +664,15 @@ class ProjectionEngine(Service):
                 if reports_bad_input:
                     await self.app.dead_letters.send(record, exc.kind, exc.reason)
             else:
-                handler = handlers.get(type(event))
+                handler = handlers.get(type(event), every_event)
                 if handler is not None:
                     txn.savepoint()
                     txn.record = record
-                    cause = enter_cause(event.meta)  # what the handler publishes continues it
+                    # what the handler publishes continues it
+                    cause = enter_cause(event.meta if metas else None)
                     try:
                         result = handler.fn(txn, event)
-                        if handler.is_async:
+                        if result is not None and handler.is_async:  # an agent's: when it awaits
                             await result
                         txn.release()  # encodes its writes: UnencodableState
                     except Fenced:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from faust.exceptions import ValueDecodeError
@@ -24,6 +25,7 @@ from belvedere.streams.envelope import (
     new_meta,
 )
 from belvedere.streams.partitioner import PARTITIONERS, crc32_partition
+from belvedere.streams.plain_codec import PlainCodec
 from belvedere.streams.records import Event
 from belvedere.streams.surface import StreamsApp
 from belvedere.streams.transactions import current_producer
@@ -49,6 +51,15 @@ class DeadLetteringTopic(compat.Topic):
     faust logs such a message, acks it and throws the error into the agent's stream,
     which stops the agent: one bad message lost, and the agent's partitions with it.
     """
+
+    @cached_property
+    def codec(self) -> Any:
+        """How the engine decodes its records (an agent on the engine reads it)."""
+        return PlainCodec(self)
+
+    def key_of(self, raw: bytes | None) -> Any:
+        """A record's key, as an agent's ``stream.items()`` gives it."""
+        return self.codec.key(raw)
 
     async def on_key_decode_error(self, exc: Exception, message: Message) -> None:
         await self.app.dead_letters.send(message, "bad-key", _reason(exc))
@@ -105,6 +116,14 @@ class EventTopic(DeadLetteringTopic):
         }
 
     # -- reading -----------------------------------------------------------------------
+
+    def key_of(self, raw: bytes | None) -> Any:
+        if raw is None:
+            return None
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise BadEvent("bad-key", "the key is not UTF-8") from None
 
     def own_decoder(self) -> Callable[..., Awaitable[Any]]:
         return self._decode_event
