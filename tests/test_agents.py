@@ -187,14 +187,14 @@ def test_what_the_engine_cannot_run_is_refused_at_declaration() -> None:
             async for value in stream:
                 yield value
 
-    with pytest.raises(TypeError, match="concurrency.*engine=False"):
+    with pytest.raises(TypeError, match=r"concurrency.*engine=False"):
 
         @app.agent(topic, concurrency=4)
         async def wide(stream):
             async for _ in stream:
                 pass
 
-    with pytest.raises(TypeError, match="window.*engine=False"):
+    with pytest.raises(TypeError, match=r"window.*engine=False"):
         app.Table("windowed", window=object())
 
     @app.agent(app.topic("faust-path", partitions=2), engine=False)
