@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 import belvedere
-from belvedere.agents.driven import AgentProjection
+from belvedere.agents.driven import AgentEnded, AgentProjection
 from belvedere.streams.partitioner import partition_for_key
 from belvedere.tables.table import Table, TableWriteOutsideAgent
 from tests.support.brokers import Broker
@@ -228,3 +228,30 @@ def test_a_step_that_awaits_is_awaited_and_the_agent_resumes() -> None:
 
     asyncio.run(run())
     assert seen == [1, 2, 3]
+
+
+def test_a_body_that_raises_starts_over_and_one_that_returns_has_ended() -> None:
+    app = belvedere.App("shop")
+    topic = app.topic("orders", key_type=str, partitions=1)
+    starts: list[int] = []
+
+    @app.agent(topic)
+    async def fussy(stream):
+        starts.append(len(starts))
+        async for value in stream:
+            if value == "raise":
+                raise ValueError(value)
+            if value == "return":
+                return
+
+    class Txn:
+        record = None
+
+    step = fussy.every_event.fn
+    assert step(Txn(), "ok") is None and starts == [0]
+    with pytest.raises(ValueError, match="raise"):
+        step(Txn(), "raise")
+    assert step(Txn(), "ok") is None and starts == [0, 1]  # a fresh coroutine
+    assert step(Txn(), "return") is None  # it took the event, then ended
+    with pytest.raises(AgentEnded, match="returned"):
+        step(Txn(), "ok")

@@ -15,10 +15,11 @@ import orjson
 
 from belvedere.streams.envelope import BadEvent
 
-__all__ = ["PlainCodec"]
+__all__ = ["PlainCodec", "decode_failure"]
 
 
-def _reason(exc: Exception) -> str:
+def decode_failure(exc: Exception) -> str:
+    """A deserializer's error (faust's, or the serializer's under it), in one line."""
     cause = exc.__cause__ or exc.__context__ or exc
     return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
 
@@ -59,7 +60,7 @@ class PlainCodec:
                 self.value_type, value, serializer=self.value_serializer
             )
         except Exception as exc:
-            raise BadEvent("bad-value", _reason(exc)) from None
+            raise BadEvent("bad-value", decode_failure(exc)) from None
 
     def key(self, raw: bytes | None) -> Any:
         """A record's key, as faust's ``stream.items()`` gives it."""
@@ -73,4 +74,4 @@ class PlainCodec:
         try:
             return self._registry.loads_key(self.key_type, raw, serializer=self.key_serializer)
         except Exception as exc:
-            raise BadEvent("bad-key", _reason(exc)) from None
+            raise BadEvent("bad-key", decode_failure(exc)) from None

@@ -25,7 +25,7 @@ from belvedere.streams.envelope import (
     new_meta,
 )
 from belvedere.streams.partitioner import PARTITIONERS, crc32_partition
-from belvedere.streams.plain_codec import PlainCodec
+from belvedere.streams.plain_codec import PlainCodec, decode_failure
 from belvedere.streams.records import Event
 from belvedere.streams.surface import StreamsApp
 from belvedere.streams.transactions import current_producer
@@ -62,16 +62,10 @@ class DeadLetteringTopic(compat.Topic):
         return self.codec.key(raw)
 
     async def on_key_decode_error(self, exc: Exception, message: Message) -> None:
-        await self.app.dead_letters.send(message, "bad-key", _reason(exc))
+        await self.app.dead_letters.send(message, "bad-key", decode_failure(exc))
 
     async def on_value_decode_error(self, exc: Exception, message: Message) -> None:
-        await self.app.dead_letters.send(message, "bad-value", _reason(exc))
-
-
-def _reason(exc: Exception) -> str:
-    """faust's decode error, or the serializer's under it, in one line."""
-    cause = exc.__cause__ or exc.__context__ or exc
-    return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
+        await self.app.dead_letters.send(message, "bad-value", decode_failure(exc))
 
 
 class EventTopic(DeadLetteringTopic):
