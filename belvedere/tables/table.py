@@ -77,9 +77,9 @@ class Table(View):
         txn = self._binding.txn
         if txn is None:
             raise TableWriteOutsideAgent(
-                f"table {self.name!r} is written by its agent only (in its fold, where the "
-                "write is durable with the event's offset); read it here, or send an event "
-                "to the agent"
+                f"table {self.name!r} is written by its agent only, in its fold, where the "
+                "write is durable with the event's offset (an agent whose code does not name "
+                "the table passes table= to app.agent); elsewhere, read it or send an event"
             )
         return txn
 
