@@ -439,6 +439,12 @@ class App(compat.App):
                     f"agent {label}: table {written.name!r} is already written by "
                     f"{getattr(other, 'name', other)!r}; a table has one writing agent"
                 )
+            counts = (written.declared_partitions, channel.partitions)
+            if None not in counts and counts[0] != counts[1]:
+                raise ValueError(
+                    f"agent {label}: table {written.name!r} has {counts[0]} partitions but "
+                    f"{names[0]!r} has {counts[1]}; a table is partitioned like its agent's topic"
+                )
             written.hash_keys_with(getattr(channel, "partitioner", "murmur2"))
             view: View = written
         else:

@@ -1,6 +1,6 @@
 """``@app.agent`` and ``app.Table`` on the engine (tests/apps/revenue.py), on both brokers:
-the README's example, stream.items()/values/events(), tables over HTTP, rebuild and reset,
-and what goes to the dead letters."""
+the README's example, stream.items()/values/events(), tables over HTTP (``/views``, key
+reads, scans, the change feed), rebuild and reset, and what goes to the dead letters."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from belvedere.agents.driven import AgentEnded, AgentProjection
 from belvedere.streams.partitioner import partition_for_key
 from belvedere.tables.table import Table, TableWriteOutsideAgent
 from tests.support.brokers import Broker
-from tests.support.worker import Worker, run_cli
+from tests.support.http import EventStream
+from tests.support.worker import Worker, run_cli, wait_for
 
 APP = "tests.apps.revenue:app"
 
@@ -70,6 +71,20 @@ def test_the_readme_example_totals_exactly_and_its_table_is_served(
     assert revenue(shop) == {user: float(total) for user, total in totals.items()}
     assert shop.get("/views/revenue/user-7") == totals["user-7"]
     assert "agent-echoed" in views  # an agent without a table keeps its progress in a view
+    feed = EventStream(shop.url + "/views/revenue/changes?from=start")
+
+    def latest() -> dict:
+        changes = [e["data"] for e in list(feed.events) if e["event"] == "change"]
+        return {change["key"]: change["value"] for change in changes}
+
+    try:
+        wait_for(
+            lambda: latest() == {user: float(total) for user, total in totals.items()},
+            timeout=30,
+            what="the table's change feed to reach the totals",
+        )
+    finally:
+        feed.close()
 
 
 def test_items_values_events_and_what_goes_to_the_dead_letters(
@@ -193,6 +208,13 @@ def test_what_the_engine_cannot_run_is_refused_at_declaration() -> None:
         async def wide(stream):
             async for _ in stream:
                 pass
+
+    with pytest.raises(ValueError, match="'one' has 2 partitions but 'wider' has 8"):
+
+        @app.agent(app.topic("wider", partitions=8))
+        async def widen(stream):
+            async for key, value in stream.items():
+                one[key] = value
 
     with pytest.raises(TypeError, match=r"window.*engine=False"):
         app.Table("windowed", window=object())
