@@ -164,6 +164,7 @@ def test_an_agent_finds_the_table_it_writes() -> None:
             totals[user] += 1
 
     assert isinstance(count, AgentProjection) and count.view is totals
+    assert count.not_rebuildable is None
     assert isinstance(totals, Table) and app.views["totals"] is totals
     with pytest.raises(TableWriteOutsideAgent, match="written by its agent only"):
         totals["alice"] = 1
@@ -174,6 +175,24 @@ def test_an_agent_finds_the_table_it_writes() -> None:
         async def count_again(stream):
             async for user, _ in stream.items():
                 totals[user] += 1
+
+    sent = app.Table("sent", partitions=4)
+
+    @app.agent(app.topic("outbound", partitions=4))
+    async def forward(stream):
+        async for user, value in stream.items():
+            sent[user] = value
+            await topic.send(key=user, value=value)
+
+    assert "a rebuild replaying its history would send" in forward.not_rebuildable
+
+    @app.agent(topic, engine=False)
+    async def beside(stream):
+        async for _ in stream:
+            pass
+
+    with pytest.raises(ValueError, match=r"agent .*beside' consumes 'orders'"):
+        app.check()
 
 
 def test_what_the_engine_cannot_run_is_refused_at_declaration() -> None:

@@ -243,9 +243,14 @@ class AgentProjection(Projection):
         self.ended = False
         self.every_event = Handler(self._step, True, name)
         if table is None:
-            self.not_rebuildable = (
+            self.not_rebuildable = (  # type: ignore[misc]
                 "an agent without a table keeps nothing to rebuild; its effects happened "
                 "when it first handled its events"
+            )
+        elif "send" in names_used(fn):  # publish() is suppressed in a rebuild; send() is not
+            self.not_rebuildable = (  # type: ignore[misc]
+                f"agent {name} sends to a topic: a rebuild replaying its history would send "
+                "it all again (publish to an event topic instead, which a rebuild suppresses)"
             )
 
     def __repr__(self) -> str:
