@@ -17,7 +17,13 @@ from mode.utils.objects import cached_property
 from belvedere import settings
 from belvedere.agents.aggregates import Aggregate
 from belvedere.agents.commands import CommandProjection
-from belvedere.agents.driven import AgentProjection, check_agent_function, tables_written
+from belvedere.agents.driven import (
+    AgentProjection,
+    BatchStream,
+    check_agent_function,
+    declared_regrouping,
+    tables_written,
+)
 from belvedere.agents.engine import ProjectionEngine
 from belvedere.agents.projection import Projection
 from belvedere.agents.reactors import ReactorProjection
@@ -378,7 +384,8 @@ class App(compat.App):
         (:mod:`belvedere.agents.driven`): what it writes to its ``app.Table`` is exact
         under kill -9. Its table is found from the names its code uses, or given with
         ``table=``. ``engine=False`` keeps faust's per-event agent (``concurrency``,
-        ``sink``, ``group_by``, ``take``, async generators for ``ask``).
+        ``sink``, ``take``, ``through``, async generators for ``ask``); ``stream.group_by``
+        runs on the engine, exactly.
         """
         if not engine or (name or "").startswith("faust."):  # faust's own (SetTable)
             if table is not None:
@@ -432,6 +439,14 @@ class App(compat.App):
                 "the others)"
             )
         written = tables[0] if tables else None
+        stream = BatchStream(channel, label)
+        declared_regrouping(fn, stream)
+        if stream.regroup is not None and written is None:
+            raise TypeError(
+                f"agent {label}: group_by re-keys into the table the agent writes; this agent "
+                "names none (pass table=), or pass engine=False"
+            )
+        repartition = None
         if written is not None:
             other = self.engine.projections.get(written.name)
             if other is not None:
@@ -440,19 +455,41 @@ class App(compat.App):
                     f"{getattr(other, 'name', other)!r}; a table has one writing agent"
                 )
             counts = (written.declared_partitions, channel.partitions)
-            if None not in counts and counts[0] != counts[1]:
+            if stream.regroup is not None:
+                repartition = self._agent_repartition(label, channel, counts[0] or counts[1])
+            elif None not in counts and counts[0] != counts[1]:
                 raise ValueError(
                     f"agent {label}: table {written.name!r} has {counts[0]} partitions but "
-                    f"{names[0]!r} has {counts[1]}; a table is partitioned like its agent's topic"
+                    f"{names[0]!r} has {counts[1]}; a table is partitioned like its agent's "
+                    "topic (or re-keyed with stream.group_by)"
                 )
-            written.hash_keys_with(getattr(channel, "partitioner", "murmur2"))
+            else:
+                written.hash_keys_with(getattr(channel, "partitioner", "murmur2"))
             view: View = written
         else:
             view = self._internal_view(f"agent-{label}", key=int, partitions=None)
-        agent = AgentProjection(channel, view, fn, label, written)
+        agent = AgentProjection(channel, view, fn, label, written, stream, repartition)
         self.engine.add(agent)
         self.topics.add(channel)
         return agent
+
+    def _agent_repartition(self, label: str, channel: Any, partitions: int | None) -> Any:
+        """The internal topic ``group_by`` re-keys an agent's events through: the source's
+        values under their new keys (murmur2, like the table's)."""
+        name = f"{self.conf.id}-agent-{label}-repartition"
+        if isinstance(channel, EventTopic):
+            return self._internal_topic(name, channel.event_types, partitions)
+        topic = self.topic(
+            name,
+            partitions=partitions or self.conf.topic_partitions,
+            internal=True,
+            key_type=str,
+            key_serializer="raw",
+            value_type=channel.value_type,
+            value_serializer=channel.value_serializer,
+        )
+        self.topics.add(topic)
+        return topic
 
     def _internal_view(
         self, name: str, *, key: type = str, partitions: int | None, partitioner: str = "murmur2"

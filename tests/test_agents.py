@@ -51,6 +51,16 @@ def revenue(worker: Worker) -> dict[str, float]:
         after = f"&after={page['next']}"
 
 
+def by_amount(count: int, start: int = 0) -> dict[str, int]:
+    """How many of ``orders(count, start=start)`` have each amount."""
+    return dict(Counter(str(i % 7 + 1) for i in range(start, start + count)))
+
+
+def scan(worker: Worker, view: str) -> dict:
+    page = worker.get(f"/views/{view}?limit=1000")
+    return {} if page is None else {row["key"]: row["value"] for row in page["rows"]}
+
+
 def by_name(body: dict) -> dict:
     return {view["name"]: view for view in body["views"]}
 
@@ -71,6 +81,11 @@ def test_the_readme_example_totals_exactly_and_its_table_is_served(
     assert revenue(shop) == {user: float(total) for user, total in totals.items()}
     assert shop.get("/views/revenue/user-7") == totals["user-7"]
     assert "agent-echoed" in views  # an agent without a table keeps its progress in a view
+    wait_for(  # re-keyed by amount through the agent's repartition topic
+        lambda: scan(shop, "orders-by-amount") == by_amount(3_000),
+        timeout=30,
+        what="group_by's counts",
+    )
     feed = EventStream(shop.url + "/views/revenue/changes?from=start")
 
     def latest() -> dict:
@@ -164,7 +179,18 @@ def test_an_agent_finds_the_table_it_writes() -> None:
             totals[user] += 1
 
     assert isinstance(count, AgentProjection) and count.view is totals
-    assert count.not_rebuildable is None
+    assert count.not_rebuildable is None and count.repartition is None
+
+    by_amount = app.Table("by-amount", default=int, partitions=8)
+
+    @app.agent(topic)
+    async def amounts(stream):
+        async for order in stream.group_by(lambda order: str(order["amount"]), name="amount"):
+            by_amount[str(order["amount"])] += 1
+
+    assert amounts.by({"amount": 3}) == "3"
+    assert amounts.repartition.get_topic_name() == "shop-agent-amounts-repartition"
+    assert amounts.repartition.partitions == 8  # the table's, not the topic's
     assert isinstance(totals, Table) and app.views["totals"] is totals
     with pytest.raises(TableWriteOutsideAgent, match="written by its agent only"):
         totals["alice"] = 1
@@ -207,12 +233,19 @@ def test_what_the_engine_cannot_run_is_refused_at_declaration() -> None:
             async for key, value in stream.items():
                 one[key] = two[key] = value
 
-    with pytest.raises(TypeError, match=r"stream.group_by\(\) does not run on the engine"):
+    with pytest.raises(TypeError, match=r"stream.take\(\) does not run on the engine"):
+
+        @app.agent(topic)
+        async def batches(stream):
+            async for values in stream.take(100, within=1):
+                one["last"] = values
+
+    with pytest.raises(TypeError, match="group_by re-keys into the table the agent writes"):
 
         @app.agent(topic)
         async def regroup(stream):
-            async for value in stream.group_by(lambda v: v["user"]):
-                one[value["user"]] = value
+            async for value in stream.group_by("user"):
+                print(value)
 
     with pytest.raises(TypeError, match="yields"):
 

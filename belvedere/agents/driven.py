@@ -22,8 +22,12 @@ kills the worker. A body that raises rolls its event back, the event goes to the
 letters, and the next event starts the agent function again. An agent function that
 returns has ended: each later event goes to the dead letters (``AgentEnded``).
 
-``stream.group_by``, ``take``, ``through`` and the rest of faust's stream operators are
-refused on the engine (``engine=False`` keeps faust's per-event path, which has them).
+``stream.group_by(key)`` re-keys exactly, as ``app.projection(..., by=)`` does: the
+engine copies each event to an internal topic under its new key (at least once, each copy
+marked with its origin), and the agent folds that topic, skipping copies it has applied.
+The call is found by starting the agent function once at declaration, up to its first
+wait. ``take``, ``through`` and the rest of faust's stream operators are refused on the
+engine (``engine=False`` keeps faust's per-event path, which has them).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ __all__ = ["AgentEnded", "AgentProjection", "BatchStream", "StreamEvent", "Strea
 logger = logging.getLogger(__name__)
 
 #: faust stream operators that have no exact equivalent here (refused at declaration).
-REFUSED = ("group_by", "take", "through")
+REFUSED = ("take", "through")
 
 
 class _Wait:
@@ -133,6 +137,10 @@ class BatchStream:
         self.record: Any = None
         #: Its value, decoded.
         self.value: Any = None
+        #: The new key of each value, from ``group_by`` (found at declaration).
+        self.regroup: Callable[[Any], Any] | None = None
+        #: Set while the agent function is started at declaration, to find ``group_by``.
+        self.declaring = False
 
     def __aiter__(self) -> _Cursor:
         return _Cursor(self, _VALUES)
@@ -165,21 +173,63 @@ class BatchStream:
         )
         return StreamEvent(self.key, self.value, message)
 
+    def group_by(self, key: Any, *, name: str | None = None, partitions: int | None = None) -> Any:
+        """Re-key the stream by ``key`` (a function of the value, a field name, or a faust
+        field descriptor): each value then reaches the partition its new key hashes to."""
+        if self.declaring:
+            if self.regroup is not None:
+                raise TypeError(f"agent {self.agent}: one group_by per agent on the engine")
+            self.regroup = key_function(key)
+        elif self.regroup is None:
+            raise TypeError(
+                f"agent {self.agent}: stream.group_by() must come before the agent's first "
+                "await (it is found by starting the agent at declaration); or pass "
+                "engine=False to app.agent"
+            )
+        return self
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
         raise TypeError(_refusal(self.agent, name))
 
 
+def key_function(key: Any) -> Callable[[Any], Any]:
+    """``group_by``'s key as a function of the value."""
+    if isinstance(key, str):
+        field = key
+        return lambda value: value[field] if isinstance(value, dict) else getattr(value, field)
+    if hasattr(key, "getattr") and hasattr(key, "field"):  # a faust FieldDescriptor
+        return key.getattr  # type: ignore[no-any-return]
+    if inspect.iscoroutinefunction(key) or not callable(key):
+        raise TypeError(f"group_by takes a function of the value or a field name, not {key!r}")
+    return key  # type: ignore[no-any-return]
+
+
+def declared_regrouping(fn: Callable[[Any], Any], stream: BatchStream) -> None:
+    """Start the agent function once, up to its first wait, to find its ``group_by``."""
+    if "group_by" not in names_used(fn):
+        return
+    stream.declaring = True
+    coro = fn(stream)
+    try:
+        coro.send(None)
+    except StopIteration:
+        pass
+    except TypeError as exc:
+        if str(exc).startswith(f"agent {stream.agent}: "):
+            raise  # a second group_by
+    except Exception:  # the agent's own set-up: it runs for real when the agent starts
+        pass
+    finally:
+        coro.close()
+        stream.declaring = False
+
+
 def _refusal(agent: str, operator: str) -> str:
-    also = (
-        " (or, for an event topic, app.projection(..., by=) re-keys it exactly)"
-        if operator == "group_by"
-        else ""
-    )
     return (
         f"agent {agent}: stream.{operator}() does not run on the engine; pass "
-        f"engine=False to app.agent for faust's per-event path{also}"
+        "engine=False to app.agent for faust's per-event path"
     )
 
 
@@ -230,13 +280,22 @@ class AgentProjection(Projection):
     no table, a progress view ``agent-<name>``: one row per partition)."""
 
     def __init__(
-        self, source: Any, view: View, fn: Callable[[Any], Any], name: str, table: Table | None
+        self,
+        source: Any,
+        view: View,
+        fn: Callable[[Any], Any],
+        name: str,
+        table: Table | None,
+        stream: BatchStream,
+        repartition: Any = None,
     ) -> None:
-        super().__init__(source=source, view=view)
+        super().__init__(source=source, view=view, by=stream.regroup, repartition=repartition)
         self.fn = fn
         self.name = name
         self.table = table
-        self.stream = BatchStream(source, name)
+        self.stream = stream
+        if repartition is not None:  # the keys it sees are the copies' (the new keys)
+            stream.topic = repartition
         self._coro: Any = None
         #: Set while a step awaits something real: other steps wait for it.
         self._busy: asyncio.Event | None = None

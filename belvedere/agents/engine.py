@@ -745,7 +745,7 @@ class ProjectionEngine(Service):
         for record in records:
             try:
                 event = decode(record)
-                if type(event) not in projection.handlers:
+                if projection.every_event is None and type(event) not in projection.handlers:
                     continue  # not this view's: its key may not even exist
                 key = view.check_key(by(event))
             except BadEvent as exc:

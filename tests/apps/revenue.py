@@ -1,6 +1,7 @@
 """The agents tests' app: the README's first example on the engine, and agents around it.
 
 - ``total``: the README's example (``revenue[user] += order["amount"]``);
+- ``count_amounts``: the same orders re-keyed by amount (``stream.group_by``);
 - ``inspect``: ``stream.events()`` into ``seen``; raises on ``{"boom": true}``, writes
   the key ``{"write_to": ...}`` names (another partition's, for wrong-partition), and
   sends what it handled on to ``echoes`` (a real await inside the step);
@@ -26,6 +27,15 @@ revenue = app.Table("revenue", default=float, partitions=4)
 async def total(stream):
     async for user, order in stream.items():
         revenue[user] += order["amount"]
+
+
+orders_by_amount = app.Table("orders-by-amount", default=int, partitions=2)
+
+
+@app.agent(orders)
+async def count_amounts(stream):
+    async for order in stream.group_by(lambda order: str(order["amount"]), name="amount"):
+        orders_by_amount[str(order["amount"])] += 1
 
 
 audit = app.topic(f"{NAME}-audit", key_type=str, partitions=2)

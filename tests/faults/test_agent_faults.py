@@ -1,5 +1,6 @@
 """kill -9 of workers running the README's first example (``@app.agent`` into an
-``app.Table``, on the engine): the table totals every order exactly once.
+``app.Table``, on the engine): the table totals every order exactly once, and so does the
+agent that re-keys the same orders with ``stream.group_by``.
 
 On Kafka, two workers share the group while orders arrive and one of them is killed
 several times; on the embedded broker (one group member), the one worker is killed while
@@ -16,7 +17,7 @@ from belvedere.streams.clients import KafkaClient, NewRecord
 from tests.faults.test_worker_faults import REPLAY, SEED, Feeder
 from tests.support.brokers import Broker
 from tests.support.worker import Worker, wait_for
-from tests.test_agents import APP, orders, revenue
+from tests.test_agents import APP, by_amount, orders, revenue, scan
 
 EVENTS = 6_000
 KILLS = 3
@@ -80,4 +81,8 @@ def test_kill_9_of_agent_workers_totals_every_order_exactly_once(
             schedule.append(f"{time.monotonic() - started:.1f}s")
             crew[0].kill()
         crew[0].start()
-    converge(crew, expected, f"{EVENTS:,} orders after kills at {schedule}")
+    what = f"{EVENTS:,} orders after kills at {schedule}"
+    converge(crew, expected, what)
+    amounts = by_amount(EVENTS)  # re-keyed through group_by's topic: exact too
+    for worker in crew:
+        wait_for(lambda w=worker: scan(w, "orders-by-amount") == amounts, timeout=60, what=what)
