@@ -23,8 +23,8 @@ total equals N, then reports:
 
 Usage (from the repository root):
 
-    python bench/broker_throughput.py [--events N] [--only VARIANT ...] [--kafka HOST:PORT]
-                                      [--timeout S] [--json PATH] [--keep]
+    python bench/broker_throughput.py [--events N] [--keys K] [--only VARIANT ...]
+                                      [--kafka HOST:PORT] [--timeout S] [--json PATH] [--keep]
 
 ``--kafka`` names a running broker; without it the script starts its own from ci/kafka
 (Java 17+ and Maven) for the run, and reports the Kafka variants as skipped if that fails.
@@ -57,8 +57,8 @@ VARIANTS = ("belvedere-embedded", "belvedere-kafka", "faust-kafka", "quixstreams
 # -- the workload ------------------------------------------------------------------------
 
 
-def make_events(n: int) -> list[harness.Message]:
-    return [(f"key-{i % KEYS}".encode(), json.dumps({"seq": i}).encode()) for i in range(n)]
+def make_events(n: int, keys: int = KEYS) -> list[harness.Message]:
+    return [(f"key-{i % keys}".encode(), json.dumps({"seq": i}).encode()) for i in range(n)]
 
 
 # -- the worker apps (imported by the worker subprocesses, configured by BENCH_* variables) --
@@ -182,11 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def bench(argv: list[str]) -> int:
-    args = harness.parser(__doc__, 100_000, VARIANTS, json_default=None).parse_args(argv)
+    parser = harness.parser(__doc__, 100_000, VARIANTS, json_default=None)
+    parser.add_argument("--keys", type=int, default=KEYS, help="distinct keys (default 1,000)")
+    args = parser.parse_args(argv)
     variants = [v for v in VARIANTS if not args.only or v in args.only]
 
-    harness.describe_machine(args.events, KEYS, PARTITIONS)
-    events = make_events(args.events)
+    harness.describe_machine(args.events, args.keys, PARTITIONS)
+    events = make_events(args.events, args.keys)
     results: list[harness.Result] = []
     with harness.environment(args.kafka, variants, args.keep) as env:
         for variant in variants:
