@@ -210,7 +210,7 @@ def test_an_agent_finds_the_table_it_writes() -> None:
             sent[user] = value
             await topic.send(key=user, value=value)
 
-    assert "a rebuild replaying its history would send" in forward.not_rebuildable
+    assert forward.not_rebuildable is None  # a rebuild's sends go nowhere (the outbox)
 
     @app.agent(topic, engine=False)
     async def beside(stream):

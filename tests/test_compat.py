@@ -278,6 +278,19 @@ def test_faust_builds_transport_and_web_driver_in_private_factories() -> None:
     assert type(ours.transport.create_conductor()) is Conductor
 
 
+def test_faust_keeps_the_clients_it_built_where_clients_reads_them() -> None:
+    """For the test driver, which lends an app clients of its own and puts its own back."""
+    app = belvedere.App("clients")
+    assert compat_faust.clients(app) == (None, None, None, None)  # none built yet
+    transport = app.transport
+    assert compat_faust.clients(app)[0] is transport
+    compat_faust.set_clients(app, (None, None, None, None))
+    assert compat_faust.clients(app) == (None, None, None, None)
+    assert app.transport is not transport  # built again when asked for
+    compat_faust.set_clients(app, (transport, None, None, None))
+    assert app.transport is transport
+
+
 def test_faust_warns_of_a_rebalance_its_sensors_never_saw_start(caplog) -> None:
     """The reason for App._rebalance_started: a first assignment revokes nothing."""
     for app, warned in ((faust.App("plain"), True), (belvedere.App("ours"), False)):

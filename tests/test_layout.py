@@ -19,7 +19,7 @@ LAYERS = (
     ("belvedere.agents",),
     ("belvedere.views_api",),
     ("belvedere.worker", "belvedere.app"),
-    ("belvedere", "belvedere.cli", "belvedere.examples"),
+    ("belvedere", "belvedere.cli", "belvedere.examples", "belvedere.testing"),
 )
 
 

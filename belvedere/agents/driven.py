@@ -16,9 +16,10 @@ something real (``await topic.send(...)``, ``asyncio.sleep``) is awaited as asyn
 would, and the coroutine resumed until it waits for its next event.
 
 What the body writes to its table goes into the partition's transaction (the table is
-bound to it for the step), so the rows, the changelog and the source offset are written
-together at the checkpoint: the table is the fold of every event exactly once, whatever
-kills the worker. A body that raises rolls its event back, the event goes to the dead
+bound to it for the step), and what it sends or publishes into the partition's outbox
+(:mod:`belvedere.streams.outbox`), so the rows, the changelog, the sends and the source
+offset are written together at the checkpoint: the table is the fold of every event
+exactly once, and each send happens once, whatever kills the worker. A body that raises rolls its event back, the event goes to the dead
 letters, and the next event starts the agent function again. An agent function that
 returns has ended: each later event goes to the dead letters (``AgentEnded``).
 
@@ -277,7 +278,10 @@ def check_agent_function(fn: Callable[..., Any], name: str) -> None:
 
 class AgentProjection(Projection):
     """An ``@app.agent`` function folded by the engine into its table (or, when it writes
-    no table, a progress view ``agent-<name>``: one row per partition)."""
+    no table, a progress view ``agent-<name>``: one row per partition). What it sends or
+    publishes waits in the partition's outbox and is written with the checkpoint."""
+
+    buffers_sends = True
 
     def __init__(
         self,
@@ -305,11 +309,6 @@ class AgentProjection(Projection):
             self.not_rebuildable = (  # type: ignore[misc]
                 "an agent without a table keeps nothing to rebuild; its effects happened "
                 "when it first handled its events"
-            )
-        elif "send" in names_used(fn):  # publish() is suppressed in a rebuild; send() is not
-            self.not_rebuildable = (  # type: ignore[misc]
-                f"agent {name} sends to a topic: a rebuild replaying its history would send "
-                "it all again (publish to an event topic instead, which a rebuild suppresses)"
             )
 
     def __repr__(self) -> str:

@@ -57,6 +57,7 @@ from belvedere.console import DETAIL
 from belvedere.streams.context import enter_cause, leave_cause
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.failure_log import user_traceback
+from belvedere.streams.outbox import OutboxRecord, sending_to
 from belvedere.streams.readers import PartitionReader, reader_for
 from belvedere.streams.topics import EventTopic
 from belvedere.streams.transactions import (
@@ -198,7 +199,11 @@ async def _send_in_batches(
             sent.append((await kafka.send_batch(batch, topic, partition=partition), count))
             batch, count = record_batch(kafka, CHANGELOG_BATCH_BYTES), 0
             if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                raise ValueError(f"a record for {topic} is over {CHANGELOG_BATCH_BYTES} bytes")
+                # an output over the batch size (an event up to its topic's max_event_bytes)
+                size = len(key or b"") + len(value or b"") + sum(len(n) + len(v) for n, v in headers)  # fmt: skip
+                batch = record_batch(kafka, size + 1024)
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    raise ValueError(f"a record for {topic} does not fit a record batch")
         count += 1
     if count:
         sent.append((await kafka.send_batch(batch, topic, partition=partition), count))
@@ -280,16 +285,8 @@ class ProjectionEngine(Service):
         await self.rebuilds.load()
         changelogs: list[tuple[Any, int]] = []
         for projection in self.projections.values():
-            fold = projection.fold_topic
-            partitions = fold.partitions or self.app.conf.topic_partitions
+            self.size_view(projection)
             view = projection.view
-            if view.partitions is None:
-                view.partitions = partitions
-            elif view.partitions != partitions:
-                raise ValueError(
-                    f"view {view.name!r} has {view.partitions} partitions but {fold.get_topic_name()!r} has "
-                    f"{partitions}; a projection's view is partitioned like its source (or pass by=)"
-                )
             gen = self.rebuilds.generation(view.name)
             view.generation = gen.active
             changelogs += [(view, g) for g in (gen.active, gen.building) if g is not None]
@@ -314,6 +311,20 @@ class ProjectionEngine(Service):
         if self.app.strict:  # the fetcher's logger, and the (tapped) consumer's
             for log in (logging.getLogger("faust.transport.consumer"), self.app.consumer.logger):
                 log.addFilter(StrictStop.Logged())
+
+    def size_view(self, projection: Projection) -> None:
+        """Give ``projection``'s view the partition count of the topic it is folded from;
+        one declared otherwise cannot be folded into."""
+        fold = projection.fold_topic
+        partitions = fold.partitions or self.app.conf.topic_partitions
+        view = projection.view
+        if view.partitions is None:
+            view.partitions = partitions
+        elif view.partitions != partitions:
+            raise ValueError(
+                f"view {view.name!r} has {view.partitions} partitions but {fold.get_topic_name()!r} has "
+                f"{partitions}; a projection's view is partitioned like its source (or pass by=)"
+            )
 
     async def declare_changelog(self, view: Any, generation: int) -> None:
         name = view.changelog_topic_for(generation)
@@ -605,7 +616,7 @@ class ProjectionEngine(Service):
         mode = "live" if part.mode == "live" else "rebuild"
         started, first = time.perf_counter(), part.next_offset
         try:
-            with producing(self._transaction(part)):
+            with producing(self._transaction(part)), sending_to(part.outbox):
                 await self._fold(part, records, decode)
         except Fenced as exc:  # a handler's publish was refused
             self._drop_fenced(part, exc)
@@ -811,11 +822,18 @@ class ProjectionEngine(Service):
         rows = txn.encoded()
         offsets = part.offsets()
         index_changes, delta = store.plan(rows, part.projection.view.indexer())
-        store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
-        txn.clear()
-        self._checkpointed(part, offsets)
-        if rows:
-            await self._write_changelog(part, rows)
+        outputs = part.outbox.take() if part.outbox is not None else []
+        if outputs:  # the changelog and the outputs first, together; the store after them
+            sent = await self._send_with_changelog(part, changelog_records(rows, offsets), outputs)
+            store.write(rows, index_changes, delta, offsets, sent[-1] if sent else None)
+            txn.clear()
+            self._checkpointed(part, offsets)
+        else:
+            store.write(rows, index_changes, delta, offsets, None, pending=bool(rows))
+            txn.clear()
+            self._checkpointed(part, offsets)
+            if rows:
+                await self._write_changelog(part, rows)
         part.projection.after_checkpoint(part)
         if part.mode != "live":
             return  # the live generation's offsets are the group's
@@ -845,7 +863,16 @@ class ProjectionEngine(Service):
                     await each.projection.before_checkpoint(each)
                     rows, offsets = each.txn.encoded(), each.offsets()
                     sent: list[int] = []
-                    if rows:
+                    outputs = each.outbox.take() if each.outbox is not None else []
+                    if outputs:  # every partition's at once, in the transaction begun here
+                        await producer.begin()
+                        sends = [send_all(producer, *output) for output in outputs]
+                        if rows:
+                            records = changelog_records(rows, offsets)
+                            sends.append(send_all(producer, each.changelog, tp.partition, records))
+                        offsets_sent = await asyncio.gather(*sends)
+                        sent = offsets_sent[-1] if rows else []
+                    elif rows:
                         records = changelog_records(rows, offsets)
                         sent = await send_all(producer, each.changelog, tp.partition, records)
                     done.append((each, rows, offsets, sent))
@@ -913,6 +940,24 @@ class ProjectionEngine(Service):
             await commit_offsets(self.app.consumer, {tp: min(done)})
         except Exception as exc:
             logger.warning("committing %s failed: %r", tp, exc)
+
+    async def _send_with_changelog(
+        self,
+        part: PartitionState,
+        changelog: Sequence[OutboxRecord],
+        outputs: Sequence[tuple[str, int, Sequence[OutboxRecord]]],
+    ) -> list[int]:
+        """Write a checkpoint's changelog records with what its fold sent; returns the
+        changelog records' offsets. The embedded broker appends them all in one write batch
+        (all or nothing); elsewhere (a Kafka partition without its transaction) the outputs
+        go first, so a crash repeats outputs (same event ids) and never loses one."""
+        producer = self.app.producer if self.changelog_producer is None else self.changelog_producer
+        appends = [*outputs, (part.changelog, part.tp.partition, changelog)]
+        send_batches = getattr(producer, "send_batches", None)
+        if send_batches is not None:
+            return [meta.offset for meta in send_batches(appends)[-1]]
+        await asyncio.gather(*(send_all(producer, *output) for output in outputs))
+        return await send_all(producer, part.changelog, part.tp.partition, changelog)
 
     async def _write_changelog(
         self, part: PartitionState, rows: Mapping[bytes, bytes | None], *, repair: bool = False

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 from faust.types import TP
 
+from belvedere.streams.outbox import Outbox
 from belvedere.streams.readers import PartitionReader
 from belvedere.streams.records import Event
 from belvedere.streams.topics import EventTopic
@@ -84,6 +85,9 @@ class Projection:
     eager: ClassVar[bool] = False
     #: Why the view cannot be rebuilt by replaying its source (None: it can).
     not_rebuildable: ClassVar[str | None] = None
+    #: What its handlers publish (or send to a plain topic) waits in the partition's
+    #: outbox and is written with the checkpoint, not sent at once (transforms, agents).
+    buffers_sends: ClassVar[bool] = False
 
     async def on_start(self) -> None:
         """Called when the worker starts, before any partition is assigned."""
@@ -190,6 +194,8 @@ class PartitionState:
         self.replay_start = self.replay_from = 0
         self.replay_began = 0.0
         self.txn = PartitionTransaction(projection.view, store, tp.partition, partitions)
+        #: What its handlers sent since the last checkpoint, if the projection buffers sends.
+        self.outbox = Outbox(self.txn.on_rollback) if projection.buffers_sends else None
         offsets = store.source_offsets()
         self.next_offset = offsets.pop((tp.topic, tp.partition), 0)
         #: For a repartitioned view: next offset to apply per original source partition.

@@ -32,21 +32,39 @@ from belvedere.agents.aggregates import (
 from belvedere.agents.declared import DeclaredApp
 from belvedere.agents.sagas import Saga, Sent
 from belvedere.streams.records import Command, Event
+from belvedere.streams.stamp import stamped
 
-__all__ = ["AggregateFixture", "Outcome", "SagaFixture", "SagaOutcome", "SagaScenario", "Scenario"]
+__all__ = [
+    "AggregateFixture",
+    "Outcome",
+    "SagaFixture",
+    "SagaOutcome",
+    "SagaScenario",
+    "Scenario",
+    "run",
+]
 
 
-def run(coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """Run to completion, also from inside a running event loop (an async test)."""
+def run(coroutine: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop | None = None) -> Any:
+    """Run to completion on ``loop`` (default: a new one), also from inside a running event
+    loop (an async test): on a thread then, the caller's loop waiting."""
+
+    def complete() -> Any:
+        return asyncio.run(coroutine) if loop is None else loop.run_until_complete(coroutine)
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coroutine)
+        in_loop = False  # (run below, not here: its errors are not this one's)
+    else:
+        in_loop = True
+    if not in_loop:
+        return complete()
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["value"] = asyncio.run(coroutine)
+            box["value"] = complete()
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
@@ -86,8 +104,9 @@ class AggregateFixture:
                 )
 
     def given(self, *events: Event) -> Scenario:
-        """The aggregate's history so far (none: a new aggregate)."""
-        return Scenario(self, list(events))
+        """The aggregate's history so far (none: a new aggregate). Each event has the
+        envelope :func:`belvedere.testing.event` gave it, or a default one."""
+        return Scenario(self, [stamped(e) for e in events])
 
 
 class Scenario:
@@ -96,6 +115,8 @@ class Scenario:
         self.history = history
 
     def when(self, command: Command) -> Outcome:
+        """Decide ``command`` (with the envelope ``event()`` gave it, or a default one)."""
+        command = stamped(command)
         fixture = self.fixture
         handler = fixture.handlers.get(type(command))
         if handler is None:
@@ -181,11 +202,20 @@ class SagaFixture:
         self.saga_id = saga_id
 
     def given(self, *events: Event) -> SagaScenario:
-        """What already happened in this flow, in order (the first starts the saga)."""
+        """What already happened in this flow, in order (the first starts the saga). An
+        event without the envelope ``event()`` gives is in the fixture's flow, at its
+        clock's start, with the id ``given-<i>``."""
         row = None
         for i, event in enumerate(events):
-            row = self.saga.react(row, self.saga_id, event, f"given-{i}", T0)[0] or row
+            event, cause = self.stamp(event, f"given-{i}")
+            row = self.saga.react(row, self.saga_id, event, cause, T0)[0] or row
         return SagaScenario(self, row)
+
+    def stamp(self, event: Event, name: str) -> tuple[Event, str]:
+        """``event`` with an envelope, and the id the saga records it by."""
+        if event.meta is not None:
+            return event, event.meta.event_id
+        return stamped(event, correlation_id=self.saga_id, event_id=name, timestamp=T0 / 1000), name
 
 
 class SagaScenario:
@@ -195,7 +225,8 @@ class SagaScenario:
 
     def when(self, event: Event) -> SagaOutcome:
         saga, row = self.fixture.saga, self.row
-        new, sent = saga.react(row, self.fixture.saga_id, event, "when", T0)
+        event, cause = self.fixture.stamp(event, "when")
+        new, sent = saga.react(row, self.fixture.saga_id, event, cause, T0)
         return SagaOutcome(new or row, sent)
 
     def after(self, seconds: float) -> SagaOutcome:

@@ -44,11 +44,13 @@ __all__ = [
     "PartitionAssignor",
     "TableManager",
     "Topic",
+    "clients",
     "commit_offsets",
     "kafka_client",
     "kafka_producer",
     "note_seek",
     "replace_web_runner",
+    "set_clients",
     "web_runner",
 ]
 
@@ -97,6 +99,28 @@ async def commit_offsets(consumer: FaustConsumer, offsets: Mapping[TP, int]) -> 
     a batch taken off the consumer by the tap is never acked message by message.
     """
     return await consumer._commit(offsets)
+
+
+#: What :func:`clients` returns: an app's transport, producer transport, producer, consumer.
+Clients = tuple[Any, Any, Any, Any]
+
+
+def clients(app: faust.App) -> Clients:
+    """The transport, producer transport, producer and consumer ``app`` has built so far
+    (None for each not built yet), without building any; set them back with
+    :func:`set_clients`.
+
+    Works around: faust builds each lazily behind a public property whose getter builds one
+    when there is none (``_transport``, ``_producer_transport``, ``_producer``,
+    ``_consumer``); nothing public tells whether one was built, to put it back after a
+    test driver lent the app clients of its own.
+    """
+    return app._transport, app._producer_transport, app._producer, app._consumer
+
+
+def set_clients(app: faust.App, saved: Clients) -> None:
+    """Give ``app`` these clients (None: built again when next asked for)."""
+    app.transport, app.producer_transport, app.producer, app.consumer = saved
 
 
 def note_seek(consumer: FaustConsumer, tp: TP, offset: int) -> None:

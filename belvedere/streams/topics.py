@@ -7,13 +7,15 @@ the partition moves on.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from faust.exceptions import ValueDecodeError
-from faust.types import Message
+from faust.types import TP, Message
+from faust.types.tuples import RecordMetadata
 
 from belvedere.compat import faust as compat
 from belvedere.streams.context import current_cause, side_effects_suppressed
@@ -24,7 +26,8 @@ from belvedere.streams.envelope import (
     EventMeta,
     new_meta,
 )
-from belvedere.streams.partitioner import PARTITIONERS, crc32_partition
+from belvedere.streams.outbox import Outbox, current_outbox
+from belvedere.streams.partitioner import PARTITIONERS, crc32_partition, partition_for_key
 from belvedere.streams.plain_codec import PlainCodec, decode_failure
 from belvedere.streams.records import Event
 from belvedere.streams.surface import StreamsApp
@@ -63,6 +66,40 @@ class DeadLetteringTopic(compat.Topic):
 
     async def on_key_decode_error(self, exc: Exception, message: Message) -> None:
         await self.app.dead_letters.send(message, "bad-key", decode_failure(exc))
+
+    async def send(self, **kwargs: Any) -> Any:
+        """faust's send; inside a fold that buffers its sends, the record goes to the fold's
+        outbox, written with its checkpoint (the future's offset is then -1)."""
+        outbox = current_outbox()
+        if outbox is None:
+            return await super().send(**kwargs)
+        if side_effects_suppressed():  # a rebuild replays: sent when first handled
+            return self.buffered(None, None, None, kwargs.get("partition"), [])
+        schema = kwargs.get("schema")
+        headers = self.prepare_headers(kwargs.get("headers"))
+        key, headers = self.prepare_key(kwargs.get("key"), kwargs.get("key_serializer"), schema, headers)  # fmt: skip
+        value, headers = self.prepare_value(kwargs.get("value"), kwargs.get("value_serializer"), schema, headers)  # fmt: skip
+        items = headers.items() if isinstance(headers, Mapping) else headers or ()
+        encoded = [(k, v.encode() if isinstance(v, str) else bytes(v)) for k, v in items]
+        return self.buffered(outbox, key, value, kwargs.get("partition"), encoded)
+
+    def buffered(
+        self,
+        outbox: Outbox | None,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        headers: list[tuple[str, bytes]],
+    ) -> asyncio.Future[RecordMetadata]:
+        """Add a record to ``outbox`` (None: nowhere); a resolved future of where it goes."""
+        name = self.get_topic_name()
+        if partition is None:
+            partition = partition_for_key(key, self.partitions or self.app.conf.topic_partitions)
+        if outbox is not None:
+            outbox.add(name, partition, key, value, headers)
+        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        fut.set_result(RecordMetadata(name, partition, TP(name, partition), -1, None, 0))
+        return fut
 
     async def on_value_decode_error(self, exc: Exception, message: Message) -> None:
         await self.app.dead_letters.send(message, "bad-value", decode_failure(exc))
@@ -184,7 +221,9 @@ class EventTopic(DeadLetteringTopic):
         ``event_id`` names it (a command's id, for deduplication); ``partition`` overrides
         the key's. Published while a live source partition is folded or checkpointed (on
         Kafka), it is part of that partition's transaction: visible once the checkpoint
-        commits, never if the worker was fenced first.
+        commits, never if the worker was fenced first. Published from a fold that buffers
+        its sends (a transform's, an engine agent's), it goes to the fold's outbox and is
+        written with the checkpoint (:mod:`belvedere.streams.outbox`): its offset is then -1.
         """
         known = self.codec.types.get(type(event).event_type)
         if known is not type(event):
@@ -205,8 +244,16 @@ class EventTopic(DeadLetteringTopic):
         value, headers = self.codec.encode(event, meta), self.codec.headers(event)
         if partition is None:
             partition = self.partition_for(wire_key)
+        outbox = current_outbox()
         transaction = current_producer()
-        if transaction is not None:  # a live source partition's, on Kafka: fenced with it
+        if outbox is not None:  # a fold's: written with its checkpoint
+            if len(value) > self.max_event_bytes:  # refused here, not by the checkpoint
+                raise ValueError(
+                    f"{type(event).__name__} of {len(value)} bytes is over "
+                    f"{self.get_topic_name()!r}'s limit ({self.max_event_bytes} bytes)"
+                )
+            fut = self.buffered(outbox, wire_key, value, partition, headers)
+        elif transaction is not None:  # a live source partition's, on Kafka: fenced with it
             fut = await transaction.send(
                 self.get_topic_name(), wire_key, value, partition, None, headers
             )

@@ -281,22 +281,34 @@ class Log:
 
     def append(self, topic: str, partition: int, records: Sequence[NewRecord]) -> int:
         """Append records atomically; returns the offset of the first."""
-        meta = self._check(topic, partition)
-        tp = _tp(topic, partition)
-        base = self.end_offset(topic, partition)
+        return self.append_atomic([(topic, partition, records)])[0]
+
+    def append_atomic(self, appends: Sequence[tuple[str, int, Sequence[NewRecord]]]) -> list[int]:
+        """Append to several partitions in one write batch: all of it or, after a crash,
+        none of it (a checkpoint's changelog with the events its fold sent). Returns the
+        offset of each append's first record."""
         batch = rocksdict.WriteBatch(raw_mode=True)
-        for i, record in enumerate(records):
-            if meta.compacting and record.key is None:
-                raise BrokerError(f"compacted topic {topic!r} cannot take a record without a key")
-            batch.put(b"r" + tp + _OFFSET.pack(base + i), _encode(record))
-        end = base + len(records)
-        batch.put(b"e" + tp, _OFFSET.pack(end))
+        ends: dict[tuple[str, int], int] = {}
+        bases, compacting = [], []
+        for topic, partition, records in appends:
+            meta = self._check(topic, partition)
+            tp = _tp(topic, partition)
+            base = ends.get((topic, partition), self.end_offset(topic, partition))
+            for i, record in enumerate(records):
+                if meta.compacting and record.key is None:
+                    raise BrokerError(f"compacted topic {topic!r} cannot take a record without a key")  # fmt: skip
+                batch.put(b"r" + tp + _OFFSET.pack(base + i), _encode(record))
+            end = ends[(topic, partition)] = base + len(records)
+            batch.put(b"e" + tp, _OFFSET.pack(end))
+            bases.append(base)
+            if meta.compacting:
+                compacting.append((topic, partition, len(records)))
         self._db.write(batch, self._write_options)
-        self._end[(topic, partition)] = end
-        if meta.compacting:
-            self._maybe_compact(topic, partition, len(records))
+        self._end.update(ends)
+        for topic, partition, appended in compacting:
+            self._maybe_compact(topic, partition, appended)
         self._wake()
-        return base
+        return bases
 
     def read(
         self, topic: str, partition: int, offset: int, max_records: int = 500

@@ -107,13 +107,29 @@ class Producer(FaustProducer):
         self, topic: str, partition: int, records: Sequence[tuple[bytes | None, bytes | None, Any]]
     ) -> list[RecordMetadata]:
         """Append ``(key, value, headers)`` records to one partition in one write batch."""
+        return self.send_batches([(topic, partition, records)])[0]
+
+    def send_batches(
+        self,
+        batches: Sequence[tuple[str, int, Sequence[tuple[bytes | None, bytes | None, Any]]]],
+    ) -> list[list[RecordMetadata]]:
+        """Append ``(key, value, headers)`` records to several partitions in one write
+        batch: all or nothing (a checkpoint's changelog with its fold's outbox)."""
         ts = time.time()
         ms = int(ts * 1000)
-        base = self.broker_log.append(
-            topic, partition, [NewRecord(k, v, ms, _headers(h)) for k, v, h in records]
+        bases = self.broker_log.append_atomic(
+            [
+                (topic, partition, [NewRecord(k, v, ms, _headers(h)) for k, v, h in records])
+                for topic, partition, records in batches
+            ]
         )
-        tp = TP(topic, partition)
-        return [RecordMetadata(topic, partition, tp, base + i, ts, 0) for i in range(len(records))]
+        return [
+            [
+                RecordMetadata(topic, partition, TP(topic, partition), base + i, ts, 0)
+                for i in range(len(records))
+            ]
+            for (topic, partition, records), base in zip(batches, bases, strict=True)
+        ]
 
     async def flush(self) -> None:
         await self.buffer.flush()
