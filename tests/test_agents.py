@@ -16,6 +16,7 @@ import belvedere
 from belvedere.agents.driven import AgentEnded, AgentProjection
 from belvedere.streams.partitioner import partition_for_key
 from belvedere.tables.table import Table, TableWriteOutsideAgent
+from belvedere.testing import TestDriver
 from tests.support.brokers import Broker
 from tests.support.http import EventStream
 from tests.support.worker import Worker, run_cli, wait_for
@@ -329,3 +330,27 @@ def test_a_body_that_raises_starts_over_and_one_that_returns_has_ended() -> None
     assert step(Txn(), "return") is None  # it took the event, then ended
     with pytest.raises(AgentEnded, match="returned"):
         step(Txn(), "ok")
+
+
+def test_the_test_driver_runs_the_readme_example() -> None:
+    app = belvedere.App("shop-driven")
+    orders = app.topic("orders", key_type=str, partitions=4)
+    revenue = app.Table("revenue", default=float, partitions=4)
+
+    @app.agent(orders)
+    async def total(stream):
+        async for user, order in stream.items():
+            revenue[user] += order["amount"]
+
+    with TestDriver(app) as driver:
+        for user, amount in (("alice", 3), ("bob", 2), ("alice", 4)):
+            driver.send_raw(
+                orders,
+                orjson.dumps({"amount": amount}),
+                key=user,
+                partition=partition_for_key(user.encode(), 4),
+            )
+        driver.send_raw(orders, b"{not json", key="carol", partition=0)
+        driver.run()
+        assert driver.rows(revenue) == {"alice": 7.0, "bob": 2.0}
+        assert [letter.kind for letter in driver.dead_letters()] == ["bad-value"]
