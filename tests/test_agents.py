@@ -304,6 +304,16 @@ def test_a_step_that_awaits_is_awaited_and_the_agent_resumes() -> None:
     asyncio.run(run())
     assert seen == [1, 2, 3]
 
+    async def interleaved() -> None:
+        first = asyncio.ensure_future(slow.every_event.fn(Txn(), 4))
+        await asyncio.sleep(0)  # the first step now awaits its sleep
+        second = slow.every_event.fn(Txn(), 5)  # another partition's fold meanwhile
+        assert second is not None  # it waits for the first step to finish
+        await asyncio.gather(first, second)
+
+    asyncio.run(interleaved())
+    assert seen == [1, 2, 3, 4, 5]
+
 
 def test_a_body_that_raises_starts_over_and_one_that_returns_has_ended() -> None:
     app = belvedere.App("shop")
