@@ -118,6 +118,8 @@ def _failure(exc: Exception) -> tuple[str, str]:
         return "wrong-partition", str(exc)
     if isinstance(exc, UnencodableState):
         return "unencodable-state", str(exc)
+    if isinstance(exc, BadEvent):  # an agent reading a key its topic cannot decode
+        return exc.kind, exc.reason
     return "handler-error", repr(exc)
 
 
