@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 
@@ -159,9 +160,15 @@ def test_a_table_is_rebuilt_and_reset(broker: Broker, shop: Worker, unique_name:
     assert revenue(shop) == expected
     assert shop.stop() == 0
 
-    reset = run_cli(
-        "reset", APP, "revenue", "--broker", broker.url, "--data-dir", str(shop.data_dir), env=env
-    )
+    def reset_once() -> subprocess.CompletedProcess | None:
+        done = run_cli(
+            "reset", APP, "revenue", "--broker", broker.url, "--data-dir", str(shop.data_dir),
+            env=env,
+        )  # fmt: skip
+        # a process the stopped worker forked may hold its data dir a moment longer
+        return None if "is in use by process" in done.stderr else done
+
+    reset = wait_for(reset_once, timeout=30, what="the data dir to be released")
     assert reset.returncode == 0, reset.stderr
     assert "reset view revenue" in reset.stdout
     shop.start()
