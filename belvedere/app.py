@@ -17,6 +17,13 @@ from mode.utils.objects import cached_property
 from belvedere import settings
 from belvedere.agents.aggregates import Aggregate
 from belvedere.agents.commands import CommandProjection
+from belvedere.agents.driven import (
+    AgentProjection,
+    BatchStream,
+    check_agent_function,
+    declared_regrouping,
+    tables_written,
+)
 from belvedere.agents.engine import ProjectionEngine
 from belvedere.agents.flows import TransformProjection
 from belvedere.agents.projection import Projection
@@ -32,6 +39,7 @@ from belvedere.streams.records import Event
 from belvedere.streams.security import BrokerSecurity
 from belvedere.streams.tap import Tap, transport_for
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
+from belvedere.tables.table import Table as EngineTable
 from belvedere.tables.view import View
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
 from belvedere.views_api.connections import WebLimits, default_max_connections
@@ -319,6 +327,171 @@ class App(compat.App):
         :meth:`projection`; query it with ``get``/``scan``/``lookup``/``count``.
         """
         return self._declare_view(View(self.conf.id, name, value, key, tuple(indexes), partitions))
+
+    def Table(
+        self,
+        name: str,
+        *,
+        default: Callable[[], Any] | None = None,
+        partitions: int | None = None,
+        key_type: type = str,
+        value_type: Any = None,
+        engine: bool = True,
+        **options: Any,
+    ) -> Any:
+        """A table one ``@app.agent`` writes with faust's mapping API (``table[k] += v``),
+        on the engine: exact under kill -9, and served like a view (``/views``, key reads,
+        scans, change feeds, rebuild, reset). ``default`` makes a missing key's value;
+        ``key_type`` is ``str`` or ``int``; ``value_type`` any row type a view takes
+        (None: plain JSON values). ``engine=False`` makes faust's table instead (with
+        faust's ``options``: windows and the rest; per event, at least once, not served).
+        """
+        if not engine:
+            return super().Table(
+                name,
+                default=default,
+                partitions=partitions,
+                key_type=key_type,
+                value_type=value_type,
+                **options,
+            )
+        refused = sorted(k for k, v in options.items() if v is not None and k != "help")
+        if refused:
+            raise TypeError(
+                f"table {name!r}: {', '.join(refused)} are faust table options (windows, "
+                "changelogs...): pass engine=False for faust's table"
+            )
+        table = EngineTable(
+            self.conf.id,
+            name,
+            Any if value_type is None else value_type,
+            default=default,
+            key_type=key_type,
+            partitions=partitions,
+        )
+        self._declare_view(table)
+        return table
+
+    def agent(  # type: ignore[override]
+        self,
+        channel: Any = None,
+        *,
+        name: str | None = None,
+        engine: bool = True,
+        table: EngineTable | None = None,
+        concurrency: int = 1,
+        **options: Any,
+    ) -> Callable[[Any], Any]:
+        """faust's ``@app.agent``, run by the engine a fetched batch at a time
+        (:mod:`belvedere.agents.driven`): what it writes to its ``app.Table`` is exact
+        under kill -9. Its table is found from the names its code uses, or given with
+        ``table=``. ``engine=False`` keeps faust's per-event agent (``concurrency``,
+        ``sink``, ``take``, ``through``, async generators for ``ask``); ``stream.group_by``
+        runs on the engine, exactly.
+        """
+        if not engine or (name or "").startswith("faust."):  # faust's own (SetTable)
+            if table is not None:
+                raise TypeError("table= is for agents on the engine (engine=True)")
+            return super().agent(channel, name=name, concurrency=concurrency, **options)
+
+        def register(fn: Any) -> AgentProjection:
+            return self._engine_agent(channel, fn, name, table, concurrency, options)
+
+        return register
+
+    def _engine_agent(
+        self,
+        channel: Any,
+        fn: Any,
+        name: str | None,
+        table: EngineTable | None,
+        concurrency: int,
+        options: dict[str, Any],
+    ) -> AgentProjection:
+        label = name or fn.__name__
+        refused = sorted(k for k, v in options.items() if v is not None)
+        if concurrency != 1:
+            refused.insert(0, "concurrency")
+        if refused:
+            raise TypeError(
+                f"agent {label}: {', '.join(refused)} run on faust's per-event path only: "
+                "pass engine=False"
+            )
+        check_agent_function(fn, label)
+        if isinstance(channel, str):
+            channel = self.topic(channel)
+        names = list(getattr(channel, "topics", None) or ())
+        if len(names) != 1 or not isinstance(channel, DeadLetteringTopic):
+            raise TypeError(
+                f"agent {label}: on the engine an agent reads one topic (app.topic or "
+                "app.event_topic); pass engine=False for faust's channels"
+            )
+        if getattr(channel, "partitioner", "murmur2") == "any":
+            raise TypeError(
+                f"agent {label}: {names[0]!r} has partitioner='any', so a key's events may be "
+                "in any partition; re-key it with app.projection(..., by=), or pass engine=False"
+            )
+        tables = [table] if table is not None else tables_written(fn)
+        if table is not None and not isinstance(table, EngineTable):
+            raise TypeError(f"agent {label}: table= takes an app.Table, not {table!r}")
+        if len(tables) > 1:
+            raise TypeError(
+                f"agent {label} writes {len(tables)} tables ({', '.join(t.name for t in tables)}); "
+                "an agent on the engine writes one (pass table= to name it, if it only reads "
+                "the others)"
+            )
+        written = tables[0] if tables else None
+        stream = BatchStream(channel, label)
+        declared_regrouping(fn, stream)
+        if stream.regroup is not None and written is None:
+            raise TypeError(
+                f"agent {label}: group_by re-keys into the table the agent writes; this agent "
+                "names none (pass table=), or pass engine=False"
+            )
+        repartition = None
+        if written is not None:
+            other = self.engine.projections.get(written.name)
+            if other is not None:
+                raise TypeError(
+                    f"agent {label}: table {written.name!r} is already written by "
+                    f"{getattr(other, 'name', other)!r}; a table has one writing agent"
+                )
+            counts = (written.declared_partitions, channel.partitions)
+            if stream.regroup is not None:
+                repartition = self._agent_repartition(label, channel, counts[0] or counts[1])
+            elif None not in counts and counts[0] != counts[1]:
+                raise ValueError(
+                    f"agent {label}: table {written.name!r} has {counts[0]} partitions but "
+                    f"{names[0]!r} has {counts[1]}; a table is partitioned like its agent's "
+                    "topic (or re-keyed with stream.group_by)"
+                )
+            else:
+                written.hash_keys_with(getattr(channel, "partitioner", "murmur2"))
+            view: View = written
+        else:
+            view = self._internal_view(f"agent-{label}", key=int, partitions=None)
+        agent = AgentProjection(channel, view, fn, label, written, stream, repartition)
+        self.engine.add(agent)
+        self.topics.add(channel)
+        return agent
+
+    def _agent_repartition(self, label: str, channel: Any, partitions: int | None) -> Any:
+        """The internal topic ``group_by`` re-keys an agent's events through: the source's
+        values under their new keys (murmur2, like the table's)."""
+        name = f"{self.conf.id}-agent-{label}-repartition"
+        if isinstance(channel, EventTopic):
+            return self._internal_topic(name, channel.event_types, partitions)
+        topic = self.topic(
+            name,
+            partitions=partitions or self.conf.topic_partitions,
+            internal=True,
+            key_type=str,
+            key_serializer="raw",
+            value_type=channel.value_type,
+            value_serializer=channel.value_serializer,
+        )
+        self.topics.add(topic)
+        return topic
 
     def _internal_view(
         self, name: str, *, key: type = str, partitions: int | None, partitioner: str = "murmur2"

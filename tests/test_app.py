@@ -183,7 +183,7 @@ def test_faust_decorators_still_work() -> None:
     app = belvedere.App("shop")
     topic = app.topic("orders", partitions=2)
 
-    @app.agent(topic)
+    @app.agent(topic, engine=False)
     async def handle(stream):
         async for _ in stream:
             pass
@@ -192,7 +192,7 @@ def test_faust_decorators_still_work() -> None:
     async def tick():
         pass
 
-    table = app.Table("totals", default=int, partitions=2)
+    table = app.Table("totals", default=int, partitions=2, engine=False)
     assert "tests.test_app.handle" in app.agents
     assert table.partitions == 2
     assert app._app_tasks  # the timer is registered
@@ -201,7 +201,7 @@ def test_faust_decorators_still_work() -> None:
 #: faust.App methods belvedere.App overrides on purpose.
 OVERRIDES = {
     "_new_transport", "_new_web", "on_init_dependencies", "on_webserver_init",
-    "logger", "_abc_impl", "on_rebalance_return", "on_rebalance_end",
+    "logger", "_abc_impl", "on_rebalance_return", "on_rebalance_end", "agent", "Table",
 }  # fmt: skip
 #: What belvedere.App adds per instance.
 INSTANCE_ATTRIBUTES = [

@@ -332,7 +332,7 @@ def test_readme_example_serves_its_table_and_says_so_in_one_line(tmp_path: Path)
     worker = Worker("examples.hello.app:app", broker_url="embedded://", data_dir=data, env={})
     where = data.resolve()
     ready = (
-        f"hello ready at http://127.0.0.1:{worker.port}/ — views: none; "
+        f"hello ready at http://127.0.0.1:{worker.port}/ — views: visits-per-page; "
         f"broker: embedded ({where / 'broker'}); data: {where}"
     )
     worker.start()

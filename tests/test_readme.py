@@ -1,7 +1,11 @@
-"""The README's two commands are the ones the project actually runs."""
+"""The README's two commands are the ones the project actually runs, and its first
+example is the one the engine's tests run."""
 
 import re
 from pathlib import Path
+
+from belvedere.agents.driven import AgentProjection
+from belvedere.tables.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +34,17 @@ def test_readme_main_command_runs_the_demo_of_an_example_that_exists() -> None:
     assert (
         REPO / "belvedere" / "examples" / "shop" / "demo.py"
     ).is_file()  # run by tests/test_demo.py
+
+
+def test_writing_an_app_leads_with_an_agent_on_the_engine() -> None:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Writing an app", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.+?)\n```", section, flags=re.S)[0]
+    namespace: dict = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    total, revenue = namespace["total"], namespace["revenue"]
+    assert isinstance(total, AgentProjection) and isinstance(revenue, Table)
+    assert total.table is revenue
+    # tests/test_agents.py and tests/faults/test_agent_faults.py run this very agent
+    agent = code[code.index("@app.agent(orders)") :]
+    assert agent in (REPO / "tests" / "apps" / "revenue.py").read_text()

@@ -59,6 +59,7 @@ from belvedere.streams.envelope import BadEvent
 from belvedere.streams.failure_log import user_traceback
 from belvedere.streams.outbox import OutboxRecord, sending_to
 from belvedere.streams.readers import PartitionReader, reader_for
+from belvedere.streams.topics import EventTopic
 from belvedere.streams.transactions import (
     Fenced,
     PartitionProducer,
@@ -117,6 +118,8 @@ def _failure(exc: Exception) -> tuple[str, str]:
         return "wrong-partition", str(exc)
     if isinstance(exc, UnencodableState):
         return "unencodable-state", str(exc)
+    if isinstance(exc, BadEvent):  # an agent reading a key its topic cannot decode
+        return exc.kind, exc.reason
     return "handler-error", repr(exc)
 
 
@@ -642,7 +645,8 @@ class ProjectionEngine(Service):
         projection = part.projection
         if decode is None:
             decode = _decoder(part.projection.fold_topic.codec, shared=False)
-        handlers = projection.handlers
+        handlers, every_event = projection.handlers, projection.every_event
+        metas = isinstance(projection.fold_topic, EventTopic)  # else plain values: no envelope
         txn = part.txn
         origins = part.origins if projection.repartition is not None else None
         reports_bad_input = self._reports_bad_input(projection, part.tp.topic)
@@ -675,14 +679,15 @@ class ProjectionEngine(Service):
                 if reports_bad_input:
                     await self.app.dead_letters.send(record, exc.kind, exc.reason)
             else:
-                handler = handlers.get(type(event))
+                handler = handlers.get(type(event), every_event)
                 if handler is not None:
                     txn.savepoint()
                     txn.record = record
-                    cause = enter_cause(event.meta)  # what the handler publishes continues it
+                    # what the handler publishes continues it
+                    cause = enter_cause(event.meta if metas else None)
                     try:
                         result = handler.fn(txn, event)
-                        if handler.is_async:
+                        if result is not None and handler.is_async:  # an agent's: when it awaits
                             await result
                         txn.release()  # encodes its writes: UnencodableState
                     except Fenced:
@@ -755,7 +760,7 @@ class ProjectionEngine(Service):
         for record in records:
             try:
                 event = decode(record)
-                if type(event) not in projection.handlers:
+                if projection.every_event is None and type(event) not in projection.handlers:
                     continue  # not this view's: its key may not even exist
                 key = view.check_key(by(event))
             except BadEvent as exc:

@@ -78,6 +78,8 @@ class Projection:
     handlers: dict[type[Event], Handler] = field(default_factory=dict)
     #: More topics re-keyed into ``repartition`` besides ``source`` (a saga's).
     more_sources: tuple[EventTopic, ...] = ()
+    #: The handler of every event no handler's type takes (an agent's, which takes all).
+    every_event: Handler | None = None
 
     #: Checkpoint at the end of every batch, not on the interval: someone waits on it.
     eager: ClassVar[bool] = False

@@ -30,7 +30,7 @@ from faust.types import TP, Message, TopicT
 from belvedere.streams.clients import BrokerClient, NewRecord
 from belvedere.streams.context import rebuild_target, side_effects_suppressed
 from belvedere.streams.converters import format_timestamp
-from belvedere.streams.envelope import BadEvent
+from belvedere.streams.envelope import BadEvent, EnvelopeCodec
 from belvedere.streams.failure_log import FailureLog
 from belvedere.streams.readers import reader_for
 from belvedere.streams.surface import StreamsApp
@@ -391,7 +391,7 @@ def replay(
     for record in client.read(name, start=start):
         done[(name, record.partition)] = record.offset + 1
         letter = DeadLetter.from_record(record.key, record.value, record.headers)
-        if not hasattr(topic, "codec"):  # a plain topic: its bytes again, for today's code
+        if not isinstance(getattr(topic, "codec", None), EnvelopeCodec):  # plain: its bytes again
             out.setdefault(None, []).append(NewRecord(letter.key, letter.value, 0, letter.headers))
             continue
         try:

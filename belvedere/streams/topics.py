@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from faust.exceptions import ValueDecodeError
@@ -27,6 +28,7 @@ from belvedere.streams.envelope import (
 )
 from belvedere.streams.outbox import Outbox, current_outbox
 from belvedere.streams.partitioner import PARTITIONERS, crc32_partition, partition_for_key
+from belvedere.streams.plain_codec import PlainCodec, decode_failure
 from belvedere.streams.records import Event
 from belvedere.streams.surface import StreamsApp
 from belvedere.streams.transactions import current_producer
@@ -53,8 +55,17 @@ class DeadLetteringTopic(compat.Topic):
     which stops the agent: one bad message lost, and the agent's partitions with it.
     """
 
+    @cached_property
+    def codec(self) -> Any:
+        """How the engine decodes its records (an agent on the engine reads it)."""
+        return PlainCodec(self)
+
+    def key_of(self, raw: bytes | None) -> Any:
+        """A record's key, as an agent's ``stream.items()`` gives it."""
+        return self.codec.key(raw)
+
     async def on_key_decode_error(self, exc: Exception, message: Message) -> None:
-        await self.app.dead_letters.send(message, "bad-key", _reason(exc))
+        await self.app.dead_letters.send(message, "bad-key", decode_failure(exc))
 
     async def send(self, **kwargs: Any) -> Any:
         """faust's send; inside a fold that buffers its sends, the record goes to the fold's
@@ -91,13 +102,7 @@ class DeadLetteringTopic(compat.Topic):
         return fut
 
     async def on_value_decode_error(self, exc: Exception, message: Message) -> None:
-        await self.app.dead_letters.send(message, "bad-value", _reason(exc))
-
-
-def _reason(exc: Exception) -> str:
-    """faust's decode error, or the serializer's under it, in one line."""
-    cause = exc.__cause__ or exc.__context__ or exc
-    return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
+        await self.app.dead_letters.send(message, "bad-value", decode_failure(exc))
 
 
 class EventTopic(DeadLetteringTopic):
@@ -142,6 +147,14 @@ class EventTopic(DeadLetteringTopic):
         }
 
     # -- reading -----------------------------------------------------------------------
+
+    def key_of(self, raw: bytes | None) -> Any:
+        if raw is None:
+            return None
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise BadEvent("bad-key", "the key is not UTF-8") from None
 
     def own_decoder(self) -> Callable[..., Awaitable[Any]]:
         return self._decode_event

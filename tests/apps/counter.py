@@ -1,5 +1,9 @@
 """The app the broker tests run as a worker: it folds keyed, numbered events into tables.
 
+It runs on faust's per-event path on purpose (``engine=False``): the broker tests check the
+transports under faust's consumer, agents and RocksDB tables (tests/apps/revenue.py is the
+same kind of app on the engine).
+
 Each event is ``{"seq": n}``, numbered from 0 per key. The fold keeps, per key, the count,
 the last seq and how many events arrived out of order (or twice), so order and
 exactly-once-per-commit can be checked from the outside. Names come from the environment,
@@ -26,13 +30,13 @@ singles = app.topic(
     f"{NAME}-singles", partitions=1, key_type=str, key_serializer="raw", value_serializer="json"
 )
 
-folds = app.Table("folds", partitions=PARTITIONS)
-single_counts = app.Table("single-counts", default=int, partitions=1)
+folds = app.Table("folds", partitions=PARTITIONS, engine=False)
+single_counts = app.Table("single-counts", default=int, partitions=1, engine=False)
 
 processed = 0
 
 
-@app.agent(events)
+@app.agent(events, engine=False)
 async def fold(stream):
     global processed
     async for key, event in stream.items():
@@ -46,7 +50,7 @@ async def fold(stream):
         processed += 1
 
 
-@app.agent(singles)
+@app.agent(singles, engine=False)
 async def count_singles(stream):
     global processed
     async for key, _event in stream.items():

@@ -1,4 +1,5 @@
-"""An app whose faust agent reads the same topic as a projection: it would get no events."""
+"""An app whose faust agent (``engine=False``) reads the same topic as a projection: it
+would get no events."""
 
 import belvedere
 
@@ -18,7 +19,7 @@ def on_seen(view, event: Seen) -> None:
     view[event.id] = event.id
 
 
-@app.agent(seen)
+@app.agent(seen, engine=False)
 async def also_reads(stream):
     async for _ in stream:
         pass
