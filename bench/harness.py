@@ -192,6 +192,9 @@ def worker_command(
         return [*belvedere, "--broker", "embedded://"], {}
     if variant == "belvedere-kafka":
         return [*belvedere, "--broker", f"kafka://{bootstrap}"], {}
+    if variant == "belvedere-agent-kafka":  # the same job written with @app.agent + app.Table
+        belvedere[4] = f"{module}:agent_app"
+        return [*belvedere, "--broker", f"kafka://{bootstrap}"], {}
     if variant == "faust-kafka":
         argv = [sys.executable, "-m", "faust", "--datadir", str(data_dir)]
         argv += ["-A", f"{module}:faust_app", "worker", "-l", "info", "--web-port", str(port)]

@@ -117,10 +117,17 @@ EVENTS = 200_000
 KEYS = 1000
 EVENT_TYPE = "OrderPlaced"
 VIEW = "revenue"
-VARIANTS = ("belvedere-kafka", "faust-kafka", "quixstreams-kafka", "belvedere-embedded")
+VARIANTS = (
+    "belvedere-kafka",
+    "belvedere-agent-kafka",
+    "faust-kafka",
+    "quixstreams-kafka",
+    "belvedere-embedded",
+)
 SWEEP_VARIANTS = ("belvedere-kafka", "quixstreams-kafka")
 SUMMARY_KEYS = {
     "belvedere-kafka": "belvedere_events_per_s",
+    "belvedere-agent-kafka": "belvedere_agent_events_per_s",
     "faust-kafka": "faust_events_per_s",
     "quixstreams-kafka": "quix_events_per_s",
     "belvedere-embedded": "embedded_events_per_s",
@@ -214,6 +221,39 @@ def _belvedere_app() -> Any:
     return app
 
 
+def _belvedere_agent_app() -> Any:
+    """The same fold written as the README's first example: ``@app.agent`` over a plain
+    topic, ``revenue[user] += amount`` into ``app.Table``, on the engine."""
+    import belvedere
+
+    topic_name = os.environ["BENCH_TOPIC"]
+    app = belvedere.App(os.environ["BENCH_NAME"])
+    orders = harness.input_topic(app, PARTITIONS, "json")
+    revenue = app.Table(VIEW, default=int, partitions=PARTITIONS)
+    progress = harness.Progress()
+
+    @app.agent(orders, name="fold")
+    async def fold(stream: Any) -> None:
+        async for user, envelope in stream.items():
+            revenue[user] += envelope["data"]["amount"]
+            progress.tick()
+
+    @app.page("/bench/")
+    async def status(web: Any, request: Any) -> Any:
+        body = progress.as_dict()
+        body["checkpointed"] = sum(
+            store.source_offsets().get((topic_name, partition), 0)
+            for partition, store in list(revenue.stores.items())
+        )
+        body["view"] = view_status(revenue)
+        body["generation"] = revenue.generation
+        if request.query.get("dump"):
+            body["dumped"] = write_dump(dict(revenue.scan(limit=1 << 40)[0]))
+        return web.json(body)
+
+    return app
+
+
 def view_status(view: Any) -> dict[str, dict[str, Any]]:
     """Per view partition: its state and restore figures (PartitionStatus), times as wall clock."""
     now_wall, now_mono = time.time(), time.monotonic()
@@ -261,7 +301,10 @@ def _faust_app() -> Any:
     return app
 
 
-__getattr__ = harness.lazy_apps(__name__, {"app": _belvedere_app, "faust_app": _faust_app})
+__getattr__ = harness.lazy_apps(
+    __name__,
+    {"app": _belvedere_app, "agent_app": _belvedere_agent_app, "faust_app": _faust_app},
+)
 
 
 def quix_worker() -> None:
@@ -859,13 +902,14 @@ def summary(main: list[Runs], sweep: list[Runs], args: argparse.Namespace) -> di
     for runs in main:
         out[SUMMARY_KEYS[runs.variant]] = runs.median("events_per_s")
     mine = by_variant.get("belvedere-kafka")
-    for other, key in (
-        ("faust-kafka", "belvedere_vs_faust"),
-        ("quixstreams-kafka", "belvedere_vs_quix"),
+    for ours, other, key in (
+        ("belvedere-kafka", "faust-kafka", "belvedere_vs_faust"),
+        ("belvedere-kafka", "quixstreams-kafka", "belvedere_vs_quix"),
+        ("belvedere-agent-kafka", "quixstreams-kafka", "belvedere_agent_vs_quix"),
     ):
-        theirs = by_variant.get(other)
-        if mine and theirs and mine.median("events_per_s") and theirs.median("events_per_s"):
-            out[key] = round(mine.median("events_per_s") / theirs.median("events_per_s"), 2)
+        us, theirs = by_variant.get(ours), by_variant.get(other)
+        if us and theirs and us.median("events_per_s") and theirs.median("events_per_s"):
+            out[key] = round(us.median("events_per_s") / theirs.median("events_per_s"), 2)
     out["peak_rss_mb"] = {r.variant: r.median("peak_rss_mb") for r in main}
     kafka = [r for r in main + sweep if r.variant == "belvedere-kafka"]
     # recovery: at the most keys measured (the changelog holds about a record per changed key
