@@ -19,8 +19,9 @@ What the body writes to its table goes into the partition's transaction (the tab
 bound to it for the step), and what it sends or publishes into the partition's outbox
 (:mod:`belvedere.streams.outbox`), so the rows, the changelog, the sends and the source
 offset are written together at the checkpoint: the table is the fold of every event
-exactly once, and each send happens once, whatever kills the worker. A body that raises rolls its event back, the event goes to the dead
-letters, and the next event starts the agent function again. An agent function that
+exactly once, and each send happens once, whatever kills the worker. A body that raises
+rolls its event back, the event goes to the dead letters, and the next event starts the
+agent function again. An agent function that
 returns has ended: each later event goes to the dead letters (``AgentEnded``).
 
 ``stream.group_by(key)`` re-keys exactly, as ``app.projection(..., by=)`` does: the
