@@ -22,8 +22,8 @@ what it publishes on Kafka is in the partition's transaction. With more, the fol
 each event to a lane (one per key: a key's events run one after another, in order, and
 different keys at once), at most ``concurrency`` events of a partition running at once and
 ``TAKEN_PER_SLOT`` times as many handed over; the fold waits for room (while the worker
-gives partitions up, ``drain_timeout`` at most, then the events in flight are cancelled). The offset a checkpoint stores is then the low watermark, the first
-event not finished, so a crash repeats unfinished events (and those finished after it) and
+gives partitions up, ``drain_timeout`` at most, then the events in flight are cancelled).
+The offset a checkpoint stores is then the low watermark, the first event not finished, so a crash repeats unfinished events (and those finished after it) and
 skips none. Either way delivery is at least once; ``ctx.idempotency_key`` is the same for
 every delivery of one event to one reactor, for the service called to drop repeats.
 """
