@@ -204,21 +204,7 @@ def _belvedere_app() -> Any:
         view[event.user_id] = view.get(event.user_id, 0) + event.amount
         progress.tick()
 
-    @app.page("/bench/")
-    async def status(web: Any, request: Any) -> Any:
-        body = progress.as_dict()
-        # the source offsets in the view's stores: events folded *and* checkpointed
-        body["checkpointed"] = sum(
-            store.source_offsets().get((topic_name, partition), 0)
-            for partition, store in list(revenue.stores.items())
-        )
-        body["view"] = view_status(revenue)
-        body["generation"] = revenue.generation
-        if request.query.get("dump"):
-            body["dumped"] = write_dump(dict(revenue.scan(limit=1 << 40)[0]))
-        return web.json(body)
-
-    return app
+    return status_page(app, progress, revenue, topic_name)
 
 
 def _belvedere_agent_app() -> Any:
@@ -238,9 +224,17 @@ def _belvedere_agent_app() -> Any:
             revenue[user] += envelope["data"]["amount"]
             progress.tick()
 
+    return status_page(app, progress, revenue, topic_name)
+
+
+def status_page(app: Any, progress: Any, revenue: Any, topic_name: str) -> Any:
+    """The bench's page on a belvedere worker: progress, what is checkpointed, the view's
+    partitions, and on ``?dump=1`` every row written to ``BENCH_DUMP``."""
+
     @app.page("/bench/")
     async def status(web: Any, request: Any) -> Any:
         body = progress.as_dict()
+        # the source offsets in the view's stores: events folded *and* checkpointed
         body["checkpointed"] = sum(
             store.source_offsets().get((topic_name, partition), 0)
             for partition, store in list(revenue.stores.items())
