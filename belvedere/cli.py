@@ -418,12 +418,20 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             args.view, args.from_timestamp, accept_failures=args.accept_failures
         )
         target = started["building"]
-        print(
-            f"rebuilding view {args.view} into generation {target} "
-            f"(generation {started['generation']} serves meanwhile)"
-            + ("; events failing under the new code are accepted" if args.accept_failures else ""),
-            file=sys.stderr,
-        )
+        if target is None:  # accepted a rebuild that had caught up: it switched at once
+            target = started["generation"]
+            print(f"view {args.view}: generation {target} accepted", file=sys.stderr)
+        else:
+            print(
+                f"rebuilding view {args.view} into generation {target} "
+                f"(generation {started['generation']} serves meanwhile)"
+                + (
+                    "; events failing under the new code are accepted"
+                    if args.accept_failures
+                    else ""
+                ),
+                file=sys.stderr,
+            )
         if args.no_wait:
             return 0
         began = time.monotonic()
