@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
+import sys
 import time
 from typing import Any
 
 import aiokafka
 import faust
 import mode
+import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiokafka.cluster import ClusterMetadata
@@ -37,6 +40,7 @@ from belvedere.compat import aiohttp as compat_aiohttp
 from belvedere.compat import aiokafka as compat_kafka
 from belvedere.compat import faust as compat_faust
 from belvedere.compat import mode as compat_mode
+from belvedere.compat import orjson as compat_orjson
 from belvedere.streams import tap
 from belvedere.streams.assignor import BalancedCopartitionedAssignor, BalancedPartitionAssignor
 from belvedere.streams.conductor import Conductor
@@ -405,3 +409,32 @@ def test_the_defining_scope_of_a_class_in_a_function_is_found_through_inspect() 
     assert scope is not None and scope["local"] is marker
     assert _defining_scope() is not None  # here too: a test function's locals
     assert inspect.currentframe() is not None  # CPython: frames are there to walk
+
+
+_KEPT_RESULTS = """
+import resource, sys
+import orjson
+from belvedere.compat.orjson import dumps
+encode = orjson.dumps if sys.argv[1] == "upstream" else dumps
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+kept = [encode(i) for i in range(50_000)]
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def _rss_growth_keeping_results(encoder: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _KEPT_RESULTS, encoder], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
+def test_orjson_results_kept_alive_still_pin_a_4_kib_buffer_each() -> None:
+    """The canary: 50,000 kept results of ``orjson.dumps`` (1-5 bytes each) grow the process
+    by ~200 MB. Under 100 MB, orjson sizes its results and the copy can go."""
+    assert _rss_growth_keeping_results("upstream") > 100 << 20
+
+
+def test_belvedere_s_dumps_keeps_a_result_in_a_block_of_its_size() -> None:
+    assert _rss_growth_keeping_results("compat") < 20 << 20
+    assert compat_orjson.dumps({"a": [1, None]}) == orjson.dumps({"a": [1, None]})

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from belvedere.compat.orjson import dumps
 from belvedere.streams.converters import FieldError, format_timestamp, parse_timestamp
 from belvedere.streams.records import Event, codec
 from belvedere.streams.upcasters import UpcastError, upcast
@@ -166,7 +167,7 @@ class EnvelopeCodec:
         ]
 
     def encode(self, event: Event, meta: EventMeta) -> bytes:
-        return orjson.dumps(
+        return dumps(
             {
                 "eventId": meta.event_id,
                 "eventType": meta.event_type,

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from belvedere.compat.orjson import dumps
 from belvedere.streams.converters import INT_MAX, INT_MIN, converter_for
 from belvedere.streams.partitioner import partitioner_named
 from belvedere.tables.store import PartitionStore
@@ -189,7 +190,7 @@ class View:
         converter = converter_for(value_type)
         define("_encode", converter.encode)
         if converter.plain:  # nothing to convert: orjson alone (every event's write)
-            define("encode_value", orjson.dumps)
+            define("encode_value", dumps)
         define("always_encodes", converter.always_encodes and not indexes)
         define("_decode", converter.decode)
         define("_check", converter.check)
@@ -296,7 +297,7 @@ class View:
     # -- values ----------------------------------------------------------------------------
 
     def encode_value(self, value: Any) -> bytes:
-        return orjson.dumps(self._encode(value))
+        return dumps(self._encode(value))
 
     def decode_value(self, data: bytes) -> Any:
         return self._decode(orjson.loads(data))
