@@ -101,8 +101,10 @@ def test_kill_9_mid_projection_then_restart_gives_the_exact_fold(
     owners = deposits_by_owner(records)
     state = ledger.wait_until(
         "/state",
-        lambda s: sum(s["owners"].values()) >= sum(owners.values())
-        and sum(s["activity"].values()) >= 30_000,
+        lambda s: (
+            sum(s["owners"].values()) >= sum(owners.values())
+            and sum(s["activity"].values()) >= 30_000
+        ),
         timeout=120,
         what="every deposit in the re-keyed view and every event in activity",
     )
