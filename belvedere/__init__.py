@@ -10,6 +10,7 @@ from belvedere.streams.envelope import EventMeta
 from belvedere.streams.records import Command, Document, Event, Record
 from belvedere.streams.topics import EventTopic, Published
 from belvedere.streams.upcasters import upcaster
+from belvedere.tables.windows import Hopping, Tumbling
 
 __all__ = [
     "Aggregate",
@@ -20,6 +21,7 @@ __all__ = [
     "Event",
     "EventMeta",
     "EventTopic",
+    "Hopping",
     "Published",
     "ReactorContext",
     "Record",
@@ -28,6 +30,7 @@ __all__ = [
     "SagaFixture",
     "SagaState",
     "Step",
+    "Tumbling",
     "__version__",
     "caused_by",
     "upcaster",

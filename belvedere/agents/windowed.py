@@ -1,0 +1,135 @@
+"""The projection of a windowed view: each event's handler runs once per window the event
+falls in, and checkpoints delete the windows past retention.
+
+Per event: its time (:meth:`Window.event_ms`) moves the partition's stream time forward;
+the windows it falls in that still take events (stream time < end + grace) each get one call
+of the handler, with the view bound to that window (:class:`WindowView`). An event whose
+windows have all closed is late: a dead letter of kind ``late`` naming the windows and the
+stream time, or one more on the partition's late count (``on_late="count"``).
+
+Retention: before each checkpoint, up to :data:`SWEEP_ROWS` rows of the partition are
+looked at, from where the last sweep stopped (round the end to the first row), and the windows that ended at or before
+stream time - retention are deleted in the checkpoint's transaction (and so are those the
+checkpoint's own events wrote and its later events expired), so the changelog gets
+their tombstones with the checkpoint and a restore brings none back. Reads hide an expired
+window the sweep has not reached yet, so what a read sees never depends on checkpoint timing.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from belvedere.agents.projection import Handler, PartitionState, Projection
+from belvedere.streams.envelope import BadEvent
+from belvedere.streams.records import Event
+from belvedere.tables.window_keys import parse_window_key
+from belvedere.tables.windows import (
+    LATE_COUNT,
+    STREAM_TIME,
+    Window,
+    WindowView,
+    decode_ms,
+    encode_ms,
+    is_window_row,
+)
+
+__all__ = ["SWEEP_ROWS", "WindowedProjection"]
+
+#: Rows a checkpoint looks at for expired windows: bounded work per checkpoint.
+SWEEP_ROWS = 2000
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(eq=False)
+class WindowedProjection(Projection):
+    """Folds ``source`` into the windowed view ``view`` (``view.window`` is set)."""
+
+    def __post_init__(self) -> None:
+        #: Where each partition's retention sweep goes on from (its store key).
+        self._sweeps: WeakKeyDictionary[PartitionState, bytes] = WeakKeyDictionary()
+
+    @property
+    def window(self) -> Window:
+        window: Window = self.view.window
+        return window
+
+    def add(self, fn: Callable[..., Any], events: Iterable[type[Event]] | None = None) -> None:
+        before = set(self.handlers)
+        super().add(fn, events)
+        for cls in set(self.handlers) - before:
+            handler = self.handlers[cls]
+            self.handlers[cls] = Handler(
+                self._per_window(handler.fn, handler.is_async), handler.is_async, handler.name
+            )
+
+    def open_windows(self, txn: Any, event: Any) -> list[WindowView]:
+        """The windows ``event`` goes in, stream time moved forward by it; [] for a late
+        event counted; BadEvent ``late`` for one to dead-letter."""
+        window = self.window
+        ms = window.event_ms(event)
+        clock = decode_ms(txn.get_raw(STREAM_TIME))
+        if clock is None or ms > clock:
+            txn.put_raw(STREAM_TIME, encode_ms(ms))
+            clock = ms
+        falls_in = window.windows_of(ms)
+        taking = [(start, end) for start, end in falls_in if clock < end + window.grace_ms]
+        if taking:
+            return [WindowView(txn, start, end) for start, end in taking]
+        if window.on_late == "count":
+            txn.put_raw(LATE_COUNT, encode_ms((decode_ms(txn.get_raw(LATE_COUNT)) or 0) + 1))
+            return []
+        spans = ", ".join(f"[{_when(start)}, {_when(end)})" for start, end in falls_in)
+        raise BadEvent(
+            "late",
+            f"event time {_when(ms)} falls in window {spans} of view {self.view.name!r}, "
+            f"closed: the partition's stream time is {_when(clock)}, past the window's end "
+            f"plus the grace of {window.grace_ms} ms",
+        )
+
+    def _per_window(self, fn: Callable[[Any, Any], Any], is_async: bool) -> Callable[..., Any]:
+        open_windows = self.open_windows
+        if is_async:
+
+            async def each_window_async(txn: Any, event: Any) -> None:
+                for bound in open_windows(txn, event):
+                    result = fn(bound, event)
+                    if inspect.isawaitable(result):
+                        await result
+
+            return each_window_async
+
+        def each_window(txn: Any, event: Any) -> None:
+            for bound in open_windows(txn, event):
+                fn(bound, event)
+
+        return each_window
+
+    async def before_checkpoint(self, part: PartitionState) -> None:
+        txn = part.txn
+        clock = decode_ms(txn.get_raw(STREAM_TIME))
+        if clock is None:
+            return
+        horizon = clock - self.window.retention_ms
+        key_from_store = self.view.key_from_store
+        # windows this checkpoint wrote that its events' stream time has already expired
+        for row in [row for row, _ in txn.items() if row[2] <= horizon]:
+            del txn[row]
+        start = self._sweeps.get(part, b"")
+        rows = itertools.chain(part.store.rows(start), part.store.rows(b"", start))
+        self._sweeps[part] = start
+        for store_key, _ in itertools.islice(rows, SWEEP_ROWS):
+            self._sweeps[part] = store_key + b"\0"
+            if not is_window_row(store_key):
+                continue
+            key, begins, ends = parse_window_key(store_key)
+            if ends <= horizon:
+                del txn[(key_from_store(key), begins, ends)]

@@ -1,0 +1,275 @@
+"""Windows of a view: which windows an event falls in, by its event time, and how long
+each is kept.
+
+A windowed view's row is a (key, window) pair, stored under
+:func:`belvedere.tables.window_keys.window_key`. Beside its rows each partition keeps its
+*stream time* (the largest event time it has applied) and how many late events it counted,
+as two bookkeeping rows (:data:`STREAM_TIME`, :data:`LATE_COUNT`: store keys shorter than
+any windowed row's, so :func:`is_window_row` tells them apart). They are written with the
+checkpoint and its changelog, so a restart, a restore and a rebuild see the same clock.
+
+Grace and retention are measured against stream time, never the wall clock: replaying the
+same events gives the same windows, the same late events and the same expiries.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from belvedere.tables.window_keys import SEPARATOR, parse_window_key, window_key
+
+__all__ = [
+    "LATE_COUNT",
+    "STREAM_TIME",
+    "Hopping",
+    "Tumbling",
+    "Window",
+    "WindowView",
+    "is_window_row",
+    "window_store_key",
+]
+
+#: Store keys of a windowed partition's bookkeeping rows (0xFE: never in a UTF-8 key).
+STREAM_TIME = b"\xfestream-time"
+LATE_COUNT = b"\xfelate-count"
+_I64 = struct.Struct(">q")
+_ON_LATE = ("dead-letter", "count")
+
+
+def is_window_row(store_key: bytes) -> bool:
+    """True for a windowed row's store key, False for a partition's bookkeeping row."""
+    return len(store_key) >= 17 and store_key[-17:-16] == SEPARATOR
+
+
+def encode_ms(ms: int) -> bytes:
+    return _I64.pack(ms)
+
+
+def decode_ms(data: bytes | None) -> int | None:
+    return None if data is None else _I64.unpack(data)[0]
+
+
+def window_store_key(view: Any, row: tuple[Any, int, int]) -> bytes:
+    """The store key of a transaction's windowed row key ``(key, start, end)``."""
+    key, start, end = row
+    return window_key(view.store_key(key), start, end)
+
+
+def _ms(what: str, value: timedelta | float | None, **units: float | None) -> int | None:
+    given = [(name, v) for name, v in units.items() if v is not None]
+    if value is not None and given:
+        raise ValueError(f"window: give {what} as a timedelta or as keywords, not both")
+    if value is None and not given:
+        return None
+    if isinstance(value, timedelta):
+        ms = value / timedelta(milliseconds=1)
+    elif value is not None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"window: {what} must be a timedelta or seconds, not {value!r}")
+        ms = value * 1000.0
+    else:
+        scale = {"seconds": 1000, "minutes": 60_000, "hours": 3_600_000, "days": 86_400_000}
+        ms = sum(scale[name] * float(v) for name, v in given)  # type: ignore[arg-type]
+    if ms != int(ms):
+        raise ValueError(f"window: {what} must be a whole number of milliseconds, not {ms} ms")
+    return int(ms)
+
+
+class Window:
+    """What every window kind shares: event time, grace, retention, what late events do.
+
+    ``time`` is where an event's time comes from: None for the envelope's timestamp
+    (``event.meta.timestamp``), a field name, or a function of the event; either gives
+    seconds since the epoch as a number or a ``datetime``.
+    """
+
+    #: The size of each window, ms.
+    size_ms: int
+    #: How far apart windows start, ms (the size for tumbling windows).
+    step_ms: int
+
+    def __init__(
+        self,
+        *,
+        grace: timedelta | float = 0,
+        retention: timedelta | float | None = None,
+        time: str | Callable[[Any], Any] | None = None,
+        on_late: str = "dead-letter",
+    ) -> None:
+        self.grace_ms = _ms("grace", grace) or 0
+        if self.grace_ms < 0:
+            raise ValueError(f"window: grace must not be negative, not {grace!r}")
+        retention_ms = _ms("retention", retention)
+        if retention_ms is None:
+            retention_ms = self.size_ms + self.grace_ms
+        if retention_ms < self.size_ms + self.grace_ms:
+            raise ValueError(
+                f"window: retention ({retention_ms} ms) must be at least the size plus the grace "
+                f"({self.size_ms + self.grace_ms} ms): a window would be deleted while it still "
+                "takes events"
+            )
+        self.retention_ms = retention_ms
+        if on_late not in _ON_LATE:
+            raise ValueError(f"window: on_late must be one of {_ON_LATE}, not {on_late!r}")
+        self.on_late = on_late
+        if time is not None and not (isinstance(time, str) or callable(time)):
+            raise TypeError(f"window: time must be a field name or a function, not {time!r}")
+        self.time = time
+
+    def event_ms(self, event: Any) -> int:
+        """The event's time, ms since the epoch."""
+        time = self.time
+        if time is None:
+            value = event.meta.timestamp
+        elif isinstance(time, str):
+            value = getattr(event, time)
+        else:
+            value = time(event)
+        if hasattr(value, "timestamp"):  # a datetime
+            value = value.timestamp()
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"event time must be seconds (a number) or a datetime, not {value!r}")
+        return round(value * 1000)
+
+    def windows_of(self, ms: int) -> list[tuple[int, int]]:
+        """The windows ``[start, end)`` an instant falls in, oldest first."""
+        size, step = self.size_ms, self.step_ms
+        last = ms - ms % step
+        return [
+            (start, start + size)
+            for start in range(last - size + step, last + 1, step)
+            if start <= ms < start + size
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size_ms={self.size_ms}, step_ms={self.step_ms}, "
+            f"grace_ms={self.grace_ms}, retention_ms={self.retention_ms})"
+        )
+
+
+class Tumbling(Window):
+    """Windows of one ``size``, end to end: each event falls in exactly one."""
+
+    def __init__(
+        self,
+        size: timedelta | float | None = None,
+        *,
+        seconds: float | None = None,
+        minutes: float | None = None,
+        hours: float | None = None,
+        **options: Any,
+    ) -> None:
+        size_ms = _ms("size", size, seconds=seconds, minutes=minutes, hours=hours)
+        if size_ms is None or size_ms <= 0:
+            raise ValueError(f"Tumbling: the size must be positive, not {size_ms} ms")
+        self.size_ms = self.step_ms = size_ms
+        super().__init__(**options)
+
+
+class Hopping(Window):
+    """Windows of one ``size`` starting every ``step``: an event falls in ``size / step``
+    of them (the handler runs once per window)."""
+
+    def __init__(
+        self,
+        size: timedelta | float | None = None,
+        step: timedelta | float | None = None,
+        *,
+        seconds: float | None = None,
+        minutes: float | None = None,
+        hours: float | None = None,
+        **options: Any,
+    ) -> None:
+        size_ms = _ms("size", size, seconds=seconds, minutes=minutes, hours=hours)
+        step_ms = _ms("step", step)
+        if size_ms is None or size_ms <= 0:
+            raise ValueError(f"Hopping: the size must be positive, not {size_ms} ms")
+        if step_ms is None or step_ms <= 0:
+            raise ValueError(f"Hopping: the step must be positive, not {step_ms} ms")
+        if step_ms > size_ms:
+            raise ValueError(
+                f"Hopping: the step ({step_ms} ms) is larger than the size ({size_ms} ms): "
+                "events between windows would fall in none"
+            )
+        if size_ms % step_ms:
+            raise ValueError(
+                f"Hopping: the size ({size_ms} ms) must be a multiple of the step ({step_ms} ms)"
+            )
+        self.size_ms, self.step_ms = size_ms, step_ms
+        super().__init__(**options)
+
+
+class WindowView:
+    """A windowed view as one event's handler sees it, bound to one window: ``get``, ``[]``,
+    ``in`` and ``del`` read and write the rows of that window only."""
+
+    __slots__ = ("_txn", "end", "start")
+
+    def __init__(self, txn: Any, start: int, end: int) -> None:
+        self._txn = txn
+        #: The window, ``[start, end)``, ms since the epoch.
+        self.start = start
+        self.end = end
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._txn.get((key, self.start, self.end), default)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._txn[(key, self.start, self.end)]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._txn[(key, self.start, self.end)] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._txn[(key, self.start, self.end)]
+
+    def __contains__(self, key: Any) -> bool:
+        return (key, self.start, self.end) in self._txn
+
+    def __repr__(self) -> str:
+        return f"WindowView(start={self.start}, end={self.end})"
+
+
+def retention_horizon(window: Window, store: Any) -> int | None:
+    """Windows ending at or before this (ms) are past retention in ``store``'s partition:
+    reads hide them until a checkpoint deletes them (None: no event yet)."""
+    clock = decode_ms(store.get(STREAM_TIME))
+    return None if clock is None else clock - window.retention_ms
+
+
+def key_windows(
+    window: Window, store: Any, key_bytes: bytes, from_ms: int | None, to_ms: int | None
+) -> list[tuple[int, int, bytes]]:
+    """(start, end, stored value) of one key's windows starting in ``[from_ms, to_ms)``,
+    oldest first, without those past retention."""
+    prefix = key_bytes + SEPARATOR
+    low = window_key(key_bytes, from_ms, -(1 << 63)) if from_ms is not None else prefix
+    high = window_key(key_bytes, to_ms, -(1 << 63)) if to_ms is not None else None
+    horizon = retention_horizon(window, store)
+    out = []
+    for row_key, value in store.rows(low, high, prefix):
+        if len(row_key) != len(prefix) + 16:
+            continue  # another key's window that shares this prefix
+        _, start, end = parse_window_key(row_key)
+        if horizon is None or end > horizon:
+            out.append((start, end, value))
+    return out
+
+
+def window_rows(window: Window, store: Any, start_ms: int) -> list[tuple[bytes, bytes]]:
+    """(key's store bytes, stored value) of every key's row in the window starting at
+    ``start_ms``, in key order (a scan of the partition: one window across keys)."""
+    horizon = retention_horizon(window, store)
+    end_ms = start_ms + window.size_ms
+    if horizon is not None and end_ms <= horizon:
+        return []
+    bounds = window_key(b"", start_ms, end_ms)[1:]
+    return [
+        (row_key[:-17], value)
+        for row_key, value in store.rows()
+        if is_window_row(row_key) and row_key[-16:] == bounds
+    ]

@@ -1,0 +1,240 @@
+"""Windowed views: tumbling and hopping windows by event time, grace and late events,
+retention (store and changelog), kill -9 and restores, against a fold computed here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import shutil
+from collections.abc import Callable
+from datetime import timedelta
+
+import orjson
+import pytest
+
+import belvedere
+from belvedere.streams.clients import NewRecord
+from belvedere.streams.partitioner import partition_for_key
+from belvedere.testing import TestDriver
+from tests.support.brokers import Broker
+from tests.support.worker import Worker
+
+PARTITIONS = 2  # tests/apps/clicks.py
+MINUTE = 60_000
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+URLS = [f"/page/{i}" for i in range(12)]
+
+
+def iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def window_fold(
+    clicks: list[tuple[str, int]], size: int, step: int, grace: int, retention: int
+) -> tuple[dict[str, list[list[int]]], int, int]:
+    """Each URL's windows ``[start, end, count]`` as a windowed view should hold them, with
+    stream time per partition in arrival order; the late events; the rows kept."""
+    clock: dict[int, int] = {}
+    counts: dict[tuple[str, int], int] = {}
+    late = 0
+    for url, ms in clicks:
+        p = partition_for_key(url.encode(), PARTITIONS)
+        now = clock[p] = max(clock.get(p, ms), ms)
+        starts = [
+            s for s in range(ms - ms % step - size + step, ms + 1, step) if s <= ms < s + size
+        ]
+        taking = [s for s in starts if now < s + size + grace]
+        late += not taking
+        for s in taking:
+            counts[(url, s)] = counts.get((url, s), 0) + 1
+    out: dict[str, list[list[int]]] = {}
+    for (url, s), n in sorted(counts.items()):
+        horizon = clock[partition_for_key(url.encode(), PARTITIONS)] - retention
+        if s + size > horizon:
+            out.setdefault(url, []).append([s, s + size, n])
+    return out, late, sum(len(v) for v in out.values())
+
+
+def clicks_stream(n: int, seed: int) -> list[tuple[str, int]]:
+    """``n`` clicks over 30 minutes of event time, a few out of order (some within the
+    grace, some beyond), then a click per URL at the end (the last stream time)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ms = T0 + i * (30 * MINUTE // n)
+        if rng.random() < 0.05:
+            ms -= rng.randrange(0, 150_000)
+        out.append((rng.choice(URLS), ms))
+    end = T0 + 31 * MINUTE
+    return out + [(url, end) for url in URLS]
+
+
+def records(clicks: list[tuple[str, int]], first: int = 0) -> list[NewRecord]:
+    return [
+        NewRecord(
+            url.encode(),
+            orjson.dumps(
+                {
+                    "eventId": f"c-{first + i}",
+                    "eventType": "Clicked",
+                    "eventVersion": 1,
+                    "timestamp": iso(ms),
+                    "data": {"url": url, "at": ms / 1000},  # the hopping view's time
+                }
+            ),
+            0,
+        )
+        for i, (url, ms) in enumerate(clicks)
+    ]
+
+
+def expected(clicks: list[tuple[str, int]]) -> dict:
+    minutes, late_minutes, kept_minutes = window_fold(clicks, MINUTE, MINUTE, 30_000, 10 * MINUTE)
+    hopping, late_hopping, kept_hopping = window_fold(clicks, 2 * MINUTE, MINUTE, 0, 4 * MINUTE)
+    return {
+        "minutes": minutes,
+        "hopping": hopping,
+        "late": late_hopping,
+        "deadLetters": late_minutes,
+        "stored": {"minutes": kept_minutes, "hopping": kept_hopping},
+    }
+
+
+STATE = "/state?urls=" + ",".join(URLS)
+
+
+def settled(want: dict) -> Callable[[dict], bool]:
+    return lambda s: s["ready"] and s["stored"] == want["stored"] and s["late"] == want["late"]
+
+
+@pytest.fixture
+def clicks_app(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
+    broker.create_topic(f"{unique_name}-clicks", PARTITIONS)
+    return workers("tests.apps.clicks:app", {"CLICKS_NAME": unique_name})
+
+
+@pytest.fixture
+def slow_clicks_app(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
+    broker.create_topic(f"{unique_name}-clicks", PARTITIONS)
+    return workers("tests.apps.clicks:app", {"CLICKS_NAME": unique_name, "CLICKS_DELAY": "0.001"})
+
+
+def test_windows_equal_the_fold_and_retention_deletes_old_ones_from_the_changelog_too(
+    broker: Broker, clicks_app: Worker, unique_name: str
+) -> None:
+    clicks = clicks_stream(2_000, seed=1)
+    want = expected(clicks)
+    assert want["deadLetters"] > 0 and want["late"] > 0  # the input has late events
+    broker.produce(f"{unique_name}-clicks", records(clicks))
+    clicks_app.start()
+    state = clicks_app.wait_until(STATE, settled(want), timeout=120, what="every click folded")
+    assert {k: state[k] for k in want} == want
+
+    # A restore from the changelog alone brings no deleted window back.
+    assert clicks_app.stop() == 0
+    shutil.rmtree(clicks_app.data_dir / "views")
+    clicks_app.start()
+    restored = clicks_app.wait_until(STATE, lambda s: s["ready"], timeout=120, what="restored")
+    assert restored["stored"] == want["stored"]
+    assert restored["minutes"] == want["minutes"] and restored["hopping"] == want["hopping"]
+
+
+def test_kill_9_mid_stream_gives_the_exact_windows(
+    broker: Broker, slow_clicks_app: Worker, unique_name: str
+) -> None:
+    clicks = clicks_stream(3_000, seed=2)
+    want = expected(clicks)
+    broker.produce(f"{unique_name}-clicks", records(clicks))
+    clicks_app = slow_clicks_app
+    clicks_app.start()
+    progress = clicks_app.wait_until(
+        STATE,
+        lambda s: s["ready"] and s["hoppingStreamTime"] > T0 + 5 * MINUTE,
+        timeout=120,
+        what="some progress",
+    )
+    assert progress["hoppingStreamTime"] < T0 + 25 * MINUTE  # killed mid-stream
+    clicks_app.kill()
+    clicks_app.start()
+    state = clicks_app.wait_until(STATE, settled(want), timeout=120, what="every click folded")
+    # dead letters are counted per process: the events refolded after the kill count again
+    assert {k: state[k] for k in want if k != "deadLetters"} == {
+        k: v for k, v in want.items() if k != "deadLetters"
+    }
+
+
+# -- declarations and local reads, in process ----------------------------------------------
+
+
+class Viewed(belvedere.Event, key="page"):
+    page: str
+    at: float
+
+
+@pytest.mark.parametrize(
+    ("declare", "error"),
+    [
+        (lambda: belvedere.Tumbling(seconds=0), "size must be positive"),
+        (lambda: belvedere.Tumbling(timedelta(minutes=1), seconds=5), "not both"),
+        (lambda: belvedere.Hopping(minutes=1, step=timedelta(minutes=2)), "larger than the size"),
+        (lambda: belvedere.Hopping(minutes=1, step=timedelta(seconds=25)), "multiple of the step"),
+        (lambda: belvedere.Hopping(minutes=1), "step must be positive"),
+        (lambda: belvedere.Tumbling(minutes=5, retention=60), "retention .* at least the size"),
+        (lambda: belvedere.Tumbling(minutes=1, grace=-1), "grace must not be negative"),
+        (lambda: belvedere.Tumbling(minutes=1, on_late="drop"), "on_late must be one of"),
+        (lambda: belvedere.Tumbling(minutes=1, time=3), "time must be a field name or a function"),
+    ],
+)
+def test_a_bad_window_is_one_clear_error(declare: Callable[[], object], error: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=error):
+        declare()
+
+
+def test_a_window_on_a_table_or_with_indexes_is_refused() -> None:
+    app = belvedere.App("windows-refused")
+    with pytest.raises(TypeError, match="windows are declared on a view"):
+        app.Table("t", window=belvedere.Tumbling(minutes=1))
+    with pytest.raises(ValueError, match="a windowed view has no indexes"):
+        app.view("v", value=dict, indexes=["x"], window=belvedere.Tumbling(minutes=1))
+    with pytest.raises(TypeError, match=r"window must be belvedere\.Tumbling"):
+        app.view("w", value=int, window=timedelta(minutes=1))
+    plain = app.view("plain", value=int)
+    with pytest.raises(TypeError, match="not windowed"):
+        plain.windows("k")
+
+
+def test_local_reads_and_the_late_dead_letter() -> None:
+    app = belvedere.App("windows-reads")
+    views = app.event_topic("windows-reads-views", Viewed, partitions=1)
+    hourly = app.view(
+        "hourly",
+        value=list,
+        window=belvedere.Hopping(hours=1, step=timedelta(minutes=30), time="at", grace=60),
+    )
+
+    @app.projection(views, view=hourly)
+    def seen(view, event: Viewed) -> None:
+        view[event.page] = [*view.get(event.page, []), event.at]
+
+    hour = 3_600
+    with TestDriver(app) as driver:
+        for page, at in [("a", 10), ("b", 20), ("a", 1_900), ("a", 2 * hour + 5), ("a", 1_750)]:
+            driver.send(views, Viewed(page=page, at=at))  # the last: too late for its windows
+        driver.run()
+        ms = 1000
+        # [-30 min, 30 min) ended past the retention (size + grace): hidden, then deleted
+        assert hourly.windows("a") == [
+            (0, hour * ms, [10.0, 1_900.0]),
+            (1_800 * ms, 5_400 * ms, [1_900.0]),
+            (5_400 * ms, 9_000 * ms, [7_205.0]),
+            (7_200 * ms, 10_800 * ms, [7_205.0]),
+        ]
+        assert hourly.windows("a", from_ms=0, to_ms=5_400 * ms) == hourly.windows("a")[:2]
+        assert hourly.window_at("a", 1_900 * ms) == (0, hour * ms, [10.0, 1_900.0])
+        assert hourly.window_at("a", 4 * hour * ms) is None
+        assert hourly.window_rows(0) == [("a", [10.0, 1_900.0]), ("b", [20.0])]
+        assert hourly.stream_time(0) == (2 * hour + 5) * ms
+        (late,) = driver.dead_letters()
+        assert late.kind == "late" and late.view == "hourly"
+        assert "1970-01-01T00:00:00.000+00:00, 1970-01-01T01:00:00.000+00:00" in late.reason
+        assert "stream time is 1970-01-01T02:00:05.000+00:00" in late.reason
