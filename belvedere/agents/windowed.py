@@ -26,12 +26,12 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from belvedere.agents.projection import Handler, PartitionState, Projection
-from belvedere.streams.envelope import BadEvent
 from belvedere.streams.records import Event
 from belvedere.tables.window_keys import parse_window_key
 from belvedere.tables.windows import (
     LATE_COUNT,
     STREAM_TIME,
+    LateEvent,
     Window,
     WindowView,
     decode_ms,
@@ -88,8 +88,7 @@ class WindowedProjection(Projection):
             txn.put_raw(LATE_COUNT, encode_ms((decode_ms(txn.get_raw(LATE_COUNT)) or 0) + 1))
             return []
         spans = ", ".join(f"[{_when(start)}, {_when(end)})" for start, end in falls_in)
-        raise BadEvent(
-            "late",
+        raise LateEvent(
             f"event time {_when(ms)} falls in window {spans} of view {self.view.name!r}, "
             f"closed: the partition's stream time is {_when(clock)}, past the window's end "
             f"plus the grace of {window.grace_ms} ms",

@@ -19,12 +19,14 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from belvedere.streams.envelope import BadEvent
 from belvedere.tables.window_keys import SEPARATOR, parse_window_key, window_key
 
 __all__ = [
     "LATE_COUNT",
     "STREAM_TIME",
     "Hopping",
+    "LateEvent",
     "Tumbling",
     "Window",
     "WindowView",
@@ -37,6 +39,14 @@ STREAM_TIME = b"\xfestream-time"
 LATE_COUNT = b"\xfelate-count"
 _I64 = struct.Struct(">q")
 _ON_LATE = ("dead-letter", "count")
+
+
+class LateEvent(BadEvent):
+    """An event whose windows all closed: a dead letter of kind ``late``, never a reason
+    for a ``strict`` worker to stop (late input is the input's, not the code's)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("late", reason)
 
 
 def is_window_row(store_key: bytes) -> bool:

@@ -82,6 +82,7 @@ async def state(web, request):
             "minutes": {u: per_minute.windows(u) for u in urls if u},
             "hopping": {u: per_two_minutes.windows(u) for u in urls if u},
             "late": per_two_minutes.late_count(),
+            "generation": per_minute.generation,
             "deadLetters": app.dead_letters.total,
             "stored": {"minutes": _stored(per_minute), "hopping": _stored(per_two_minutes)},
             "hoppingStreamTime": max(
