@@ -15,6 +15,7 @@ import pytest
 import belvedere
 from belvedere.streams.clients import NewRecord
 from belvedere.streams.partitioner import partition_for_key
+from belvedere.tables.windows import is_window_row
 from belvedere.testing import TestDriver
 from tests.support.brokers import Broker
 from tests.support.worker import Worker, run_cli
@@ -250,3 +251,30 @@ def test_local_reads_and_the_late_dead_letter() -> None:
         assert late.kind == "late" and late.view == "hourly"
         assert "1970-01-01T00:00:00.000+00:00, 1970-01-01T01:00:00.000+00:00" in late.reason
         assert "stream time is 1970-01-01T02:00:05.000+00:00" in late.reason
+
+
+def test_retention_keeps_the_store_bounded_however_long_the_stream() -> None:
+    app = belvedere.App("windows-bounded", checkpoint_events=100)
+    views = app.event_topic("windows-bounded-views", Viewed, partitions=1)
+    per_second = app.view(
+        "per-second",
+        value=int,
+        window=belvedere.Tumbling(seconds=1, time="at", retention=timedelta(seconds=30)),
+    )
+
+    @app.projection(views, view=per_second)
+    def seen(view, event: Viewed) -> None:
+        view[event.page] = view.get(event.page, 0) + 1
+
+    with TestDriver(app) as driver:
+        for second in range(3_000):  # 3,000 windows of 5 pages each, 30 s kept
+            for page in "abcde":
+                driver.send(views, Viewed(page=page, at=second + 0.5))
+        driver.run()
+        (store,) = per_second.stores.values()
+        stored = sum(1 for key, _ in store.rows() if is_window_row(key))
+        assert 5 * 30 <= stored <= 2 * 5 * 31 + 500  # what retention keeps, and one checkpoint's
+        assert [start for start, _, _ in per_second.windows("c")] == [
+            s * 1000
+            for s in range(2_969, 3_000)  # ending after stream time - 30 s
+        ]

@@ -7,8 +7,8 @@ of the handler, with the view bound to that window (:class:`WindowView`). An eve
 windows have all closed is late: a dead letter of kind ``late`` naming the windows and the
 stream time, or one more on the partition's late count (``on_late="count"``).
 
-Retention: before each checkpoint, up to :data:`SWEEP_ROWS` rows of the partition are
-looked at, from where the last sweep stopped (round the end to the first row), and the windows that ended at or before
+Retention: before each checkpoint, :data:`SWEEP_ROWS` rows of the partition and twice as
+many as the checkpoint writes are looked at, from where the last sweep stopped (round the end to the first row), and the windows that ended at or before
 stream time - retention are deleted in the checkpoint's transaction (and so are those the
 checkpoint's own events wrote and its later events expired), so the changelog gets
 their tombstones with the checkpoint and a restore brings none back. Reads hide an expired
@@ -41,7 +41,8 @@ from belvedere.tables.windows import (
 
 __all__ = ["SWEEP_ROWS", "WindowedProjection"]
 
-#: Rows a checkpoint looks at for expired windows: bounded work per checkpoint.
+#: Rows a checkpoint looks at for expired windows, besides twice the rows it writes:
+#: bounded work per checkpoint.
 SWEEP_ROWS = 2000
 
 
@@ -125,7 +126,9 @@ class WindowedProjection(Projection):
         start = self._sweeps.get(part, b"")
         rows = itertools.chain(part.store.rows(start), part.store.rows(b"", start))
         self._sweeps[part] = start
-        for store_key, _ in itertools.islice(rows, SWEEP_ROWS):
+        # twice the rows this checkpoint writes: the sweep goes round faster than windows
+        # are made, so the store holds at most about twice the windows within retention
+        for store_key, _ in itertools.islice(rows, SWEEP_ROWS + 2 * len(txn)):
             self._sweeps[part] = store_key + b"\0"
             if not is_window_row(store_key):
                 continue
