@@ -10,7 +10,7 @@ from belvedere.streams.envelope import EventMeta
 from belvedere.streams.records import Command, Document, Event, Record
 from belvedere.streams.topics import EventTopic, Published
 from belvedere.streams.upcasters import upcaster
-from belvedere.tables.windows import Hopping, Tumbling
+from belvedere.tables.windows import Hopping, Session, Tumbling
 
 __all__ = [
     "Aggregate",
@@ -29,6 +29,7 @@ __all__ = [
     "Reply",
     "SagaFixture",
     "SagaState",
+    "Session",
     "Step",
     "Tumbling",
     "__version__",

@@ -4,6 +4,7 @@ retention (store and changelog), kill -9 and restores, against a fold computed h
 from __future__ import annotations
 
 import datetime as dt
+import operator
 import random
 import shutil
 from collections.abc import Callable
@@ -56,6 +57,40 @@ def window_fold(
     return out, late, sum(len(v) for v in out.values())
 
 
+def session_fold(
+    clicks: list[tuple[str, int]],
+    gap: int,
+    grace: int,
+    retention: int,
+    partitions: int = PARTITIONS,
+) -> tuple[dict[str, list[list[int]]], int, int]:
+    """Each URL's sessions ``[start, end, count]``: a click within ``gap`` of a session joins
+    it, one bridging two merges them; late when neither its own gap nor a session it joins
+    ends (plus the grace) after stream time."""
+    clock: dict[int, int] = {}
+    sessions: dict[str, list[list[int]]] = {}
+    late = 0
+    for url, ms in clicks:
+        p = partition_for_key(url.encode(), partitions)
+        now = clock[p] = max(clock.get(p, ms), ms)
+        mine = sessions.setdefault(url, [])
+        joined = [x for x in mine if x[0] - gap <= ms < x[1]]
+        if ms + gap + grace <= now and all(x[1] + grace <= now for x in joined):
+            late += 1
+            continue
+        for x in joined:
+            mine.remove(x)
+        start = min([ms] + [x[0] for x in joined])
+        end = max([ms + gap] + [x[1] for x in joined])
+        mine.append([start, end, 1 + sum(x[2] for x in joined)])
+    out = {}
+    for url, mine in sessions.items():
+        horizon = clock[partition_for_key(url.encode(), partitions)] - retention
+        if kept := sorted(x for x in mine if x[1] > horizon):
+            out[url] = kept
+    return out, late, sum(len(v) for v in out.values())
+
+
 def clicks_stream(n: int, seed: int) -> list[tuple[str, int]]:
     """``n`` clicks over 30 minutes of event time, a few out of order (some within the
     grace, some beyond), then a click per URL at the end (the last stream time)."""
@@ -92,12 +127,15 @@ def records(clicks: list[tuple[str, int]], first: int = 0) -> list[NewRecord]:
 def expected(clicks: list[tuple[str, int]]) -> dict:
     minutes, late_minutes, kept_minutes = window_fold(clicks, MINUTE, MINUTE, 30_000, 10 * MINUTE)
     hopping, late_hopping, kept_hopping = window_fold(clicks, 2 * MINUTE, MINUTE, 0, 4 * MINUTE)
+    sessions, late_sessions, kept_sessions = session_fold(clicks, 20_000, 10_000, 10 * MINUTE)
     return {
         "minutes": minutes,
         "hopping": hopping,
+        "sessions": sessions,
         "late": late_hopping,
+        "sessionsLate": late_sessions,
         "deadLetters": late_minutes,
-        "stored": {"minutes": kept_minutes, "hopping": kept_hopping},
+        "stored": {"minutes": kept_minutes, "hopping": kept_hopping, "sessions": kept_sessions},
     }
 
 
@@ -105,7 +143,7 @@ STATE = "/state?urls=" + ",".join(URLS)
 
 
 def settled(want: dict) -> Callable[[dict], bool]:
-    return lambda s: s["ready"] and s["stored"] == want["stored"] and s["late"] == want["late"]
+    return lambda s: s["ready"] and all(s[k] == want[k] for k in ("stored", "late", "sessionsLate"))
 
 
 @pytest.fixture
@@ -196,6 +234,8 @@ class Viewed(belvedere.Event, key="page"):
         (lambda: belvedere.Tumbling(minutes=1, grace=-1), "grace must not be negative"),
         (lambda: belvedere.Tumbling(minutes=1, on_late="drop"), "on_late must be one of"),
         (lambda: belvedere.Tumbling(minutes=1, time=3), "time must be a field name or a function"),
+        (lambda: belvedere.Session(minutes=5), "give merge=fn"),
+        (lambda: belvedere.Session(0, merge=max), "gap must be positive"),
     ],
 )
 def test_a_bad_window_is_one_clear_error(declare: Callable[[], object], error: str) -> None:
@@ -278,3 +318,42 @@ def test_retention_keeps_the_store_bounded_however_long_the_stream() -> None:
             s * 1000
             for s in range(2_969, 3_000)  # ending after stream time - 30 s
         ]
+
+
+def test_sessions_merge_when_an_event_bridges_them() -> None:
+    app = belvedere.App("windows-sessions")
+    views = app.event_topic("windows-sessions-views", Viewed, partitions=1)
+    visits = app.view(
+        "visits",
+        value=int,
+        window=belvedere.Session(
+            seconds=10, merge=operator.add, time="at", grace=5, retention=timedelta(hours=1)
+        ),
+    )
+
+    @app.projection(views, view=visits)
+    def seen(view, event: Viewed) -> None:
+        view[event.page] = view.get(event.page, 0) + 1
+
+    rng = random.Random(7)
+    clicks = [("c", 0), ("c", 18_000), ("c", 9_000)]  # the third bridges the first two
+    clicks += [
+        (rng.choice("ab"), 60_000 + i * 2_000 - rng.choice([0, 0, 0, 5_000, 20_000]))
+        for i in range(400)
+    ]
+    clicks += [("c", 100)]  # late: its session closed long ago
+    want, late, _ = session_fold(
+        [(f"/page/{u}", ms) for u, ms in clicks], 10_000, 5_000, 3_600_000, partitions=1
+    )
+    assert late > 0
+    with TestDriver(app) as driver:
+        for page, ms in clicks:
+            driver.send(views, Viewed(page=f"/page/{page}", at=ms / 1000))
+        driver.run()
+        for page in ("/page/a", "/page/b", "/page/c"):
+            assert [list(w) for w in visits.windows(page)] == want.get(page, []), page
+        assert want["/page/c"] == [[0, 28_000, 3]]  # the click at 100 ms came too late
+        assert visits.window_at("/page/c", 27_999) == (0, 28_000, 3)
+        assert visits.window_rows(0) == [("/page/c", 3)]
+        assert len(want["/page/a"]) > 5 and any(w[2] > 1 for w in want["/page/a"])
+        assert sum(1 for d in driver.dead_letters() if d.kind == "late") == late

@@ -21,7 +21,6 @@ import inspect
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -32,11 +31,13 @@ from belvedere.tables.windows import (
     LATE_COUNT,
     STREAM_TIME,
     LateEvent,
+    SessionView,
     Window,
     WindowView,
     decode_ms,
     encode_ms,
     is_window_row,
+    when,
 )
 
 __all__ = ["SWEEP_ROWS", "WindowedProjection"]
@@ -46,10 +47,6 @@ __all__ = ["SWEEP_ROWS", "WindowedProjection"]
 SWEEP_ROWS = 2000
 
 
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
 @dataclass(eq=False)
 class WindowedProjection(Projection):
     """Folds ``source`` into the windowed view ``view`` (``view.window`` is set)."""
@@ -57,6 +54,10 @@ class WindowedProjection(Projection):
     def __post_init__(self) -> None:
         #: Where each partition's retention sweep goes on from (its store key).
         self._sweeps: WeakKeyDictionary[PartitionState, bytes] = WeakKeyDictionary()
+        #: Sessions each partition's open checkpoint wrote, per key (session windows).
+        self._sessions: WeakKeyDictionary[Any, dict[Any, set[tuple[int, int]]]] = (
+            WeakKeyDictionary()
+        )
 
     @property
     def window(self) -> Window:
@@ -72,7 +73,7 @@ class WindowedProjection(Projection):
                 self._per_window(handler.fn, handler.is_async), handler.is_async, handler.name
             )
 
-    def open_windows(self, txn: Any, event: Any) -> list[WindowView]:
+    def open_windows(self, txn: Any, event: Any) -> list[Any]:
         """The windows ``event`` goes in, stream time moved forward by it; [] for a late
         event counted; BadEvent ``late`` for one to dead-letter."""
         window = self.window
@@ -81,37 +82,60 @@ class WindowedProjection(Projection):
         if clock is None or ms > clock:
             txn.put_raw(STREAM_TIME, encode_ms(ms))
             clock = ms
+        if window.sessions:  # late or not depends on the key's sessions: SessionView says
+            pending = self._sessions.setdefault(txn, {})
+            return [SessionView(txn, self.view, txn.store, ms, clock, pending)]
         falls_in = window.windows_of(ms)
         taking = [(start, end) for start, end in falls_in if clock < end + window.grace_ms]
         if taking:
             return [WindowView(txn, start, end) for start, end in taking]
         if window.on_late == "count":
-            txn.put_raw(LATE_COUNT, encode_ms((decode_ms(txn.get_raw(LATE_COUNT)) or 0) + 1))
+            self.count_late(txn)
             return []
-        spans = ", ".join(f"[{_when(start)}, {_when(end)})" for start, end in falls_in)
+        spans = ", ".join(f"[{when(start)}, {when(end)})" for start, end in falls_in)
         raise LateEvent(
-            f"event time {_when(ms)} falls in window {spans} of view {self.view.name!r}, "
-            f"closed: the partition's stream time is {_when(clock)}, past the window's end "
+            f"event time {when(ms)} falls in window {spans} of view {self.view.name!r}, "
+            f"closed: the partition's stream time is {when(clock)}, past the window's end "
             f"plus the grace of {window.grace_ms} ms",
         )
 
+    @staticmethod
+    def count_late(txn: Any) -> None:
+        txn.put_raw(LATE_COUNT, encode_ms((decode_ms(txn.get_raw(LATE_COUNT)) or 0) + 1))
+
     def _per_window(self, fn: Callable[[Any, Any], Any], is_async: bool) -> Callable[..., Any]:
         open_windows = self.open_windows
+        counts_late = self.window.on_late == "count"
         if is_async:
 
             async def each_window_async(txn: Any, event: Any) -> None:
-                for bound in open_windows(txn, event):
-                    result = fn(bound, event)
-                    if inspect.isawaitable(result):
-                        await result
+                try:
+                    for bound in open_windows(txn, event):
+                        result = fn(bound, event)
+                        if inspect.isawaitable(result):
+                            await result
+                except LateEvent:  # a session's: found once the handler names its key
+                    if counts_late:
+                        self.count_late(txn)
+                        return
+                    raise
 
             return each_window_async
 
         def each_window(txn: Any, event: Any) -> None:
-            for bound in open_windows(txn, event):
-                fn(bound, event)
+            try:
+                for bound in open_windows(txn, event):
+                    fn(bound, event)
+            except LateEvent:
+                if counts_late:
+                    self.count_late(txn)
+                    return
+                raise
 
         return each_window
+
+    def after_checkpoint(self, part: PartitionState) -> None:
+        self._sessions.pop(part.txn, None)
 
     async def before_checkpoint(self, part: PartitionState) -> None:
         txn = part.txn

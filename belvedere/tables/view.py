@@ -504,15 +504,17 @@ class View:
     def window_at(self, key: Any, at_ms: int) -> tuple[int, int, Any] | None:
         """``key``'s window containing the instant ``at_ms`` (the earliest-starting one
         of hopping windows), or None."""
-        size = self._window().size_ms
-        for start, end, value in self.windows(key, at_ms - size + 1, at_ms + 1):
+        window = self._window()
+        since = None if window.sessions else at_ms - window.size_ms + 1
+        for start, end, value in self.windows(key, since, at_ms + 1):
             if start <= at_ms < end:
                 return start, end, value
         return None
 
     def window_rows(self, start_ms: int) -> list[tuple[Any, Any]]:
-        """Every key's row in the window starting at ``start_ms``, in the partitions this
-        worker serves, in key order: ``(key, value)``."""
+        """Every key's row in the window starting at ``start_ms`` (of sessions: each key's
+        session starting then), in the partitions this worker serves, in key order:
+        ``(key, value)``."""
         window = self._window()
         rows = heapq.merge(
             *(window_rows(window, self._serving(p), start_ms) for p in self._served())

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from belvedere.streams.envelope import BadEvent
@@ -27,6 +27,8 @@ __all__ = [
     "STREAM_TIME",
     "Hopping",
     "LateEvent",
+    "Session",
+    "SessionView",
     "Tumbling",
     "Window",
     "WindowView",
@@ -47,6 +49,11 @@ class LateEvent(BadEvent):
 
     def __init__(self, reason: str) -> None:
         super().__init__("late", reason)
+
+
+def when(ms: int) -> str:
+    """An instant in ms, as ISO-8601 in UTC (what a late event's reason says)."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def is_window_row(store_key: bytes) -> bool:
@@ -96,10 +103,12 @@ class Window:
     seconds since the epoch as a number or a ``datetime``.
     """
 
-    #: The size of each window, ms.
+    #: The size of each window, ms (a session's gap: its shortest).
     size_ms: int
     #: How far apart windows start, ms (the size for tumbling windows).
     step_ms: int
+    #: Whether windows are made by the events' gaps, not the clock (sessions).
+    sessions = False
 
     def __init__(
         self,
@@ -274,12 +283,136 @@ def window_rows(window: Window, store: Any, start_ms: int) -> list[tuple[bytes, 
     """(key's store bytes, stored value) of every key's row in the window starting at
     ``start_ms``, in key order (a scan of the partition: one window across keys)."""
     horizon = retention_horizon(window, store)
-    end_ms = start_ms + window.size_ms
-    if horizon is not None and end_ms <= horizon:
-        return []
-    bounds = window_key(b"", start_ms, end_ms)[1:]
+    start = window_key(b"", start_ms, 0)[1:9]
     return [
         (row_key[:-17], value)
         for row_key, value in store.rows()
-        if is_window_row(row_key) and row_key[-16:] == bounds
+        if is_window_row(row_key)
+        and row_key[-16:-8] == start
+        and (horizon is None or parse_window_key(row_key)[2] > horizon)
     ]
+
+
+class Session(Window):
+    """A window per key per burst of activity: an event within ``gap`` of a key's session
+    joins it (the session is ``[first event, last event + gap)``), and an event that bridges
+    two sessions merges them into one, their values combined by ``merge(a, b) -> value``
+    (earlier session first) before the handler sees it."""
+
+    sessions = True
+
+    def __init__(
+        self,
+        gap: timedelta | float | None = None,
+        *,
+        merge: Callable[[Any, Any], Any] | None = None,
+        seconds: float | None = None,
+        minutes: float | None = None,
+        hours: float | None = None,
+        **options: Any,
+    ) -> None:
+        gap_ms = _ms("gap", gap, seconds=seconds, minutes=minutes, hours=hours)
+        if gap_ms is None or gap_ms <= 0:
+            raise ValueError(f"Session: the gap must be positive, not {gap_ms} ms")
+        if not callable(merge):
+            raise TypeError(
+                "Session: give merge=fn(a, b) -> value: it combines two sessions' values "
+                "when an event bridges them"
+            )
+        self.merge = merge
+        self.size_ms = self.step_ms = gap_ms
+        super().__init__(**options)
+
+    def windows_of(self, ms: int) -> list[tuple[int, int]]:
+        """The session an event alone would make (sessions are found per key)."""
+        return [(ms, ms + self.size_ms)]
+
+
+class SessionView:
+    """A session-windowed view as one event's handler sees it: ``view[key]`` is ``key``'s
+    session that the event joins (the sessions it bridges merged); writing it writes that
+    session, the merged ones deleted."""
+
+    __slots__ = ("_at", "_clock", "_pending", "_store", "_txn", "_view", "_window")
+
+    def __init__(
+        self,
+        txn: Any,
+        view: Any,
+        store: Any,
+        at: int,
+        clock: int,
+        pending: dict[Any, set[tuple[int, int]]],
+    ) -> None:
+        self._txn = txn
+        self._view = view
+        self._store = store
+        self._window: Session = view.window
+        self._at = at
+        self._clock = clock
+        #: Sessions this checkpoint wrote per key (not in the store yet).
+        self._pending = pending
+
+    def _session(self, key: Any) -> tuple[int, int, list[tuple[int, int]]]:
+        """The session the event makes of ``key``'s sessions, and those it joins;
+        LateEvent if neither the event's own gap nor any session it joins still takes
+        events (stream time before its end plus the grace)."""
+        at, gap, txn = self._at, self._window.size_ms, self._txn
+        key_bytes = self._view.store_key(self._view.check_key(key))
+        candidates = {
+            (start, end)
+            for start, end, _ in key_windows(
+                self._window, self._store, key_bytes, None, at + gap + 1
+            )
+        }
+        candidates.update(self._pending.get(key, ()))
+        joined = sorted(
+            (start, end)
+            for start, end in candidates
+            if start - gap <= at < end and (key, start, end) in txn
+        )
+        start = min([at, *(s for s, _ in joined)])
+        end = max([at + gap, *(e for _, e in joined)])
+        grace, clock = self._window.grace_ms, self._clock
+        if at + gap + grace <= clock and all(e + grace <= clock for _, e in joined):
+            raise LateEvent(
+                f"event time {when(at)} of key {key!r} of view {self._view.name!r} joins no "
+                f"session still open: the partition's stream time is {when(clock)}, past "
+                f"the end plus the grace of {grace} ms"
+            )
+        return start, end, joined
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        _, _, joined = self._session(key)
+        if not joined:
+            return default
+        values = [self._txn[(key, start, end)] for start, end in joined]
+        merged = values[0]
+        for value in values[1:]:
+            merged = self._window.merge(merged, value)
+        return merged
+
+    def __getitem__(self, key: Any) -> Any:
+        missing = object()
+        value = self.get(key, missing)
+        if value is missing:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: Any) -> bool:
+        return bool(self._session(key)[2])
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        start, end, joined = self._session(key)
+        for old in joined:
+            if old != (start, end):
+                del self._txn[(key, *old)]
+        self._txn[(key, start, end)] = value
+        self._pending.setdefault(key, set()).add((start, end))
+
+    def __delitem__(self, key: Any) -> None:
+        _, _, joined = self._session(key)
+        if not joined:
+            raise KeyError(key)
+        for old in joined:
+            del self._txn[(key, *old)]

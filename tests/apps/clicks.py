@@ -4,7 +4,9 @@
   events dead-lettered, windows kept 10 minutes;
 - ``per-two-minutes``: hopping 2-minute windows every minute, by the ``at`` field (seconds),
   no grace, late events counted; kept 4 minutes; an async handler, slowed down by
-  ``CLICKS_DELAY`` seconds per window (so a test can kill it mid-stream).
+  ``CLICKS_DELAY`` seconds per window (so a test can kill it mid-stream);
+- ``visits``: sessions of 20 s of inactivity, merged by adding their counts, by the
+  envelope's timestamp, 10 s of grace, late events counted; kept 10 minutes.
 
 ``/state`` answers every window of every URL the test asks about, read through the view's
 own local reads. Names come from the environment, so tests sharing one Kafka broker never
@@ -12,6 +14,7 @@ share a topic.
 """
 
 import asyncio
+import operator
 import os
 from datetime import timedelta
 
@@ -50,6 +53,24 @@ per_two_minutes = app.view(
 )
 
 
+visits = app.view(
+    "visits",
+    value=int,
+    window=belvedere.Session(
+        seconds=20,
+        merge=operator.add,
+        grace=timedelta(seconds=10),
+        retention=timedelta(minutes=10),
+        on_late="count",
+    ),
+)
+
+
+@app.projection(clicks, view=visits)
+def visit(view, event: Clicked) -> None:
+    view[event.url] = view.get(event.url, 0) + 1
+
+
 @app.projection(clicks, view=per_minute)
 def count(view, event: Clicked) -> None:
     view[event.url] = view.get(event.url, 0) + 1
@@ -81,10 +102,16 @@ async def state(web, request):
             "ready": True,
             "minutes": {u: per_minute.windows(u) for u in urls if u},
             "hopping": {u: per_two_minutes.windows(u) for u in urls if u},
+            "sessions": {u: visits.windows(u) for u in urls if u},
+            "sessionsLate": visits.late_count(),
             "late": per_two_minutes.late_count(),
             "generation": per_minute.generation,
             "deadLetters": app.dead_letters.total,
-            "stored": {"minutes": _stored(per_minute), "hopping": _stored(per_two_minutes)},
+            "stored": {
+                "minutes": _stored(per_minute),
+                "hopping": _stored(per_two_minutes),
+                "sessions": _stored(visits),
+            },
             "hoppingStreamTime": max(
                 (per_two_minutes.stream_time(p) or 0 for p in per_two_minutes.stores), default=0
             ),
