@@ -287,6 +287,7 @@ def test_local_reads_and_the_late_dead_letter() -> None:
         assert hourly.window_at("a", 4 * hour * ms) is None
         assert hourly.window_rows(0) == [("a", [10.0, 1_900.0]), ("b", [20.0])]
         assert hourly.stream_time(0) == (2 * hour + 5) * ms
+        assert hourly.count() == 5  # its windows: a, 4 of them (one past retention); b, 1
         (late,) = driver.dead_letters()
         assert late.kind == "late" and late.view == "hourly"
         assert "1970-01-01T00:00:00.000+00:00, 1970-01-01T01:00:00.000+00:00" in late.reason

@@ -27,7 +27,14 @@ from belvedere.compat.orjson import dumps
 from belvedere.streams.converters import INT_MAX, INT_MIN, converter_for
 from belvedere.streams.partitioner import partitioner_named
 from belvedere.tables.store import PartitionStore
-from belvedere.tables.windows import LATE_COUNT, STREAM_TIME, decode_ms, key_windows, window_rows
+from belvedere.tables.windows import (
+    BOOKKEEPING,
+    LATE_COUNT,
+    STREAM_TIME,
+    decode_ms,
+    key_windows,
+    window_rows,
+)
 
 __all__ = ["LocalPartition", "NotLocal", "PartitionStatus", "View", "ViewState", "key_codec"]
 
@@ -405,8 +412,12 @@ class View:
         return self._serving(self.partition_for(key)).get(self.store_key(key))
 
     def count(self) -> int:
-        """Rows in the partitions this worker serves."""
-        return sum(self._serving(p).count() for p in self._served())
+        """Rows in the partitions this worker serves (of a windowed view: its windows)."""
+        stores = [self._serving(p) for p in self._served()]
+        rows = sum(store.count() for store in stores)
+        if self.window is not None:  # not its partitions' bookkeeping rows
+            rows -= sum(store.get(k) is not None for store in stores for k in BOOKKEEPING)
+        return rows
 
     def scan(
         self,

@@ -23,6 +23,7 @@ from belvedere.streams.envelope import BadEvent
 from belvedere.tables.window_keys import SEPARATOR, parse_window_key, window_key
 
 __all__ = [
+    "BOOKKEEPING",
     "LATE_COUNT",
     "STREAM_TIME",
     "Hopping",
@@ -39,6 +40,7 @@ __all__ = [
 #: Store keys of a windowed partition's bookkeeping rows (0xFE: never in a UTF-8 key).
 STREAM_TIME = b"\xfestream-time"
 LATE_COUNT = b"\xfelate-count"
+BOOKKEEPING = (STREAM_TIME, LATE_COUNT)
 _I64 = struct.Struct(">q")
 _ON_LATE = ("dead-letter", "count")
 
