@@ -378,7 +378,8 @@ class App(compat.App):
         if options.get("window") is not None:
             raise TypeError(
                 f"table {name!r}: windows are declared on a view: "
-                "app.view(..., window=belvedere.Tumbling(...)) filled by app.projection"
+                "app.view(..., window=belvedere.Tumbling(...)) filled by app.projection "
+                "(engine=False gives faust's windowed table)"
             )
         refused = sorted(k for k, v in options.items() if v is not None and k != "help")
         if refused:
