@@ -14,10 +14,11 @@ same events gives the same windows, the same late events and the same expiries.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import orjson
 
 from belvedere.streams.envelope import BadEvent
 from belvedere.tables.window_keys import SEPARATOR, parse_window_key, window_key
@@ -41,7 +42,6 @@ __all__ = [
 STREAM_TIME = b"\xfestream-time"
 LATE_COUNT = b"\xfelate-count"
 BOOKKEEPING = (STREAM_TIME, LATE_COUNT)
-_I64 = struct.Struct(">q")
 _ON_LATE = ("dead-letter", "count")
 
 
@@ -64,11 +64,12 @@ def is_window_row(store_key: bytes) -> bool:
 
 
 def encode_ms(ms: int) -> bytes:
-    return _I64.pack(ms)
+    """A bookkeeping row's value: JSON, like every row (what reads the changelog parses)."""
+    return orjson.dumps(ms)
 
 
 def decode_ms(data: bytes | None) -> int | None:
-    return None if data is None else _I64.unpack(data)[0]
+    return None if data is None else int(orjson.loads(data))
 
 
 def window_store_key(view: Any, row: tuple[Any, int, int]) -> bytes:
