@@ -32,10 +32,16 @@ def iso(ms: int) -> str:
 
 
 def window_fold(
-    clicks: list[tuple[str, int]], size: int, step: int, grace: int, retention: int
+    clicks: list[tuple[str, int]],
+    size: int,
+    step: int,
+    grace: int,
+    retention: int,
+    closed: list[list[object]] | None = None,
 ) -> tuple[dict[str, list[list[int]]], int, int]:
     """Each URL's windows ``[start, end, count]`` as a windowed view should hold them, with
-    stream time per partition in arrival order; the late events; the rows kept."""
+    stream time per partition in arrival order; the late events; the rows kept. Adds the
+    windows closed by the last stream time to ``closed``, as ``[url, start, end, count]``."""
     clock: dict[int, int] = {}
     counts: dict[tuple[str, int], int] = {}
     late = 0
@@ -51,8 +57,10 @@ def window_fold(
             counts[(url, s)] = counts.get((url, s), 0) + 1
     out: dict[str, list[list[int]]] = {}
     for (url, s), n in sorted(counts.items()):
-        horizon = clock[partition_for_key(url.encode(), PARTITIONS)] - retention
-        if s + size > horizon:
+        now = clock[partition_for_key(url.encode(), PARTITIONS)]
+        if closed is not None and s + size + grace <= now:
+            closed.append([url, s, s + size, n])
+        if s + size > now - retention:
             out.setdefault(url, []).append([s, s + size, n])
     return out, late, sum(len(v) for v in out.values())
 
@@ -125,7 +133,10 @@ def records(clicks: list[tuple[str, int]], first: int = 0) -> list[NewRecord]:
 
 
 def expected(clicks: list[tuple[str, int]]) -> dict:
-    minutes, late_minutes, kept_minutes = window_fold(clicks, MINUTE, MINUTE, 30_000, 10 * MINUTE)
+    closed: list[list[object]] = []
+    minutes, late_minutes, kept_minutes = window_fold(
+        clicks, MINUTE, MINUTE, 30_000, 10 * MINUTE, closed
+    )
     hopping, late_hopping, kept_hopping = window_fold(clicks, 2 * MINUTE, MINUTE, 0, 4 * MINUTE)
     sessions, late_sessions, kept_sessions = session_fold(clicks, 20_000, 10_000, 10 * MINUTE)
     return {
@@ -135,11 +146,22 @@ def expected(clicks: list[tuple[str, int]]) -> dict:
         "late": late_hopping,
         "sessionsLate": late_sessions,
         "deadLetters": late_minutes,
+        "final": sorted(closed),
         "stored": {"minutes": kept_minutes, "hopping": kept_hopping, "sessions": kept_sessions},
     }
 
 
 STATE = "/state?urls=" + ",".join(URLS)
+
+
+def finals(broker: Broker, name: str) -> list[list[object]]:
+    """What per-minute sent to its final topic: [url, start, end, count] per record."""
+    out = []
+    for record in broker.read(f"{name}-minutes-final"):
+        body = orjson.loads(record.value)
+        assert record.key == body["key"].encode()
+        out.append([body["key"], body["start"], body["end"], body["value"]])
+    return sorted(out)
 
 
 def settled(want: dict) -> Callable[[dict], bool]:
@@ -149,12 +171,14 @@ def settled(want: dict) -> Callable[[dict], bool]:
 @pytest.fixture
 def clicks_app(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
     broker.create_topic(f"{unique_name}-clicks", PARTITIONS)
+    broker.create_topic(f"{unique_name}-minutes-final", PARTITIONS)
     return workers("tests.apps.clicks:app", {"CLICKS_NAME": unique_name})
 
 
 @pytest.fixture
 def slow_clicks_app(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
     broker.create_topic(f"{unique_name}-clicks", PARTITIONS)
+    broker.create_topic(f"{unique_name}-minutes-final", PARTITIONS)
     return workers("tests.apps.clicks:app", {"CLICKS_NAME": unique_name, "CLICKS_DELAY": "0.001"})
 
 
@@ -167,10 +191,13 @@ def test_windows_equal_the_fold_and_survive_a_restore_and_a_rebuild(
     broker.produce(f"{unique_name}-clicks", records(clicks))
     clicks_app.start()
     state = clicks_app.wait_until(STATE, settled(want), timeout=120, what="every click folded")
-    assert {k: state[k] for k in want} == want
+    assert {k: state[k] for k in want if k != "final"} == {
+        k: v for k, v in want.items() if k != "final"
+    }
 
     # A restore from the changelog alone brings no deleted window back.
     assert clicks_app.stop() == 0
+    assert finals(broker, unique_name) == want["final"]  # each closed window, once
     shutil.rmtree(clicks_app.data_dir / "views")
     clicks_app.start()
     restored = clicks_app.wait_until(STATE, lambda s: s["ready"], timeout=120, what="restored")
@@ -188,6 +215,8 @@ def test_windows_equal_the_fold_and_survive_a_restore_and_a_rebuild(
     )
     assert rebuilt["stored"] == want["stored"] and rebuilt["late"] == want["late"]
     assert rebuilt["minutes"] == want["minutes"] and rebuilt["hopping"] == want["hopping"]
+    assert clicks_app.stop() == 0
+    assert finals(broker, unique_name) == want["final"]  # none sent again
 
 
 def test_kill_9_mid_stream_gives_the_exact_windows(
@@ -209,9 +238,11 @@ def test_kill_9_mid_stream_gives_the_exact_windows(
     clicks_app.start()
     state = clicks_app.wait_until(STATE, settled(want), timeout=120, what="every click folded")
     # dead letters are counted per process: the events refolded after the kill count again
-    assert {k: state[k] for k in want if k != "deadLetters"} == {
-        k: v for k, v in want.items() if k != "deadLetters"
+    assert {k: state[k] for k in want if k not in ("deadLetters", "final")} == {
+        k: v for k, v in want.items() if k not in ("deadLetters", "final")
     }
+    assert clicks_app.stop() == 0
+    assert finals(broker, unique_name) == want["final"]  # each closed window, once
 
 
 # -- declarations and local reads, in process ----------------------------------------------
@@ -235,6 +266,7 @@ class Viewed(belvedere.Event, key="page"):
         (lambda: belvedere.Tumbling(minutes=1, on_late="drop"), "on_late must be one of"),
         (lambda: belvedere.Tumbling(minutes=1, time=3), "time must be a field name or a function"),
         (lambda: belvedere.Session(minutes=5), "give merge=fn"),
+        (lambda: belvedere.Tumbling(minutes=1, final_to="out"), "final_to must be a plain topic"),
         (lambda: belvedere.Session(0, merge=max), "gap must be positive"),
     ],
 )

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import orjson
+
 from belvedere.agents.projection import Handler, PartitionState, Projection
 from belvedere.streams.records import Event
 from belvedere.tables.window_keys import parse_window_key
@@ -58,6 +60,12 @@ class WindowedProjection(Projection):
         self._sessions: WeakKeyDictionary[Any, dict[Any, set[tuple[int, int]]]] = (
             WeakKeyDictionary()
         )
+        #: With ``final_to``: each partition's windows not closed yet, by when they close.
+        self._open: WeakKeyDictionary[PartitionState, list[tuple[int, Any, int, int]]] = (
+            WeakKeyDictionary()
+        )
+        if self.view.window.final_to is not None:
+            self.buffers_sends = True  # type: ignore[misc]
 
     @property
     def window(self) -> Window:
@@ -134,6 +142,44 @@ class WindowedProjection(Projection):
 
         return each_window
 
+    def _send_closed(self, part: PartitionState, clock: int) -> None:
+        """Send each window that closed by ``clock`` to ``final_to``, through the
+        partition's outbox: written with the checkpoint that stores ``clock``, so each
+        window is sent once. The windows still open are found in the store the first
+        time (after a restart: those that had not closed by the stored stream time)."""
+        window, txn, view = self.window, part.txn, self.view
+        grace = window.grace_ms
+        pending = self._open.get(part)
+        if pending is None:
+            sent_by = decode_ms(part.store.get(STREAM_TIME))  # the last checkpoint's clock
+            pending = []
+            for store_key, _ in part.store.rows():
+                if is_window_row(store_key):
+                    key, start, end = parse_window_key(store_key)
+                    if sent_by is None or end + grace > sent_by:
+                        pending.append((end + grace, view.key_from_store(key), start, end))
+            self._open[part] = pending
+        known = {(key, start, end) for _, key, start, end in pending}
+        pending.extend((row[2] + grace, *row) for row, _ in txn.items() if row not in known)
+        pending.sort(key=lambda item: item[0])
+        closed = 0
+        for closes, key, start, end in pending:
+            if closes > clock:
+                break
+            closed += 1
+            value = txn.get((key, start, end))
+            if value is None:
+                continue  # merged into a later session, or deleted by the handler
+            body = {
+                "key": key,
+                "start": start,
+                "end": end,
+                "value": orjson.Fragment(view.encode_value(value)),
+            }
+            data = orjson.dumps(body)
+            window.final_to.buffered(part.outbox, view.wire_key(key), data, None, [])
+        del pending[:closed]
+
     def after_checkpoint(self, part: PartitionState) -> None:
         self._sessions.pop(part.txn, None)
 
@@ -142,6 +188,8 @@ class WindowedProjection(Projection):
         clock = decode_ms(txn.get_raw(STREAM_TIME))
         if clock is None:
             return
+        if self.window.final_to is not None and part.mode == "live":
+            self._send_closed(part, clock)
         horizon = clock - self.window.retention_ms
         key_from_store = self.view.key_from_store
         # windows this checkpoint wrote that its events' stream time has already expired

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from belvedere.streams.envelope import BadEvent
+from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.window_keys import SEPARATOR, parse_window_key, window_key
 
 __all__ = [
@@ -120,6 +121,7 @@ class Window:
         retention: timedelta | float | None = None,
         time: str | Callable[[Any], Any] | None = None,
         on_late: str = "dead-letter",
+        final_to: Any = None,
     ) -> None:
         self.grace_ms = _ms("grace", grace) or 0
         if self.grace_ms < 0:
@@ -140,6 +142,15 @@ class Window:
         if time is not None and not (isinstance(time, str) or callable(time)):
             raise TypeError(f"window: time must be a field name or a function, not {time!r}")
         self.time = time
+        if final_to is not None and (
+            not isinstance(final_to, DeadLetteringTopic) or isinstance(final_to, EventTopic)
+        ):
+            raise TypeError(
+                f"window: final_to must be a plain topic (app.topic(...)), not {final_to!r}: "
+                "each closed window is sent there as JSON {key, start, end, value}"
+            )
+        #: Where each window's final value is sent once it closes (None: nowhere).
+        self.final_to = final_to
 
     def event_ms(self, event: Any) -> int:
         """The event's time, ms since the epoch."""

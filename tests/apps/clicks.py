@@ -1,7 +1,8 @@
 """The windows tests' app: clicks counted per URL in windows of event time.
 
 - ``per-minute``: tumbling minutes, by the envelope's timestamp, 30 s of grace, late
-  events dead-lettered, windows kept 10 minutes;
+  events dead-lettered, windows kept 10 minutes, each window's count sent to
+  ``<name>-minutes-final`` once it closes;
 - ``per-two-minutes``: hopping 2-minute windows every minute, by the ``at`` field (seconds),
   no grace, late events counted; kept 4 minutes; an async handler, slowed down by
   ``CLICKS_DELAY`` seconds per window (so a test can kill it mid-stream);
@@ -33,11 +34,15 @@ class Clicked(belvedere.Event, key="url"):
 
 clicks = app.event_topic(f"{NAME}-clicks", Clicked, partitions=PARTITIONS)
 
+minutes_final = app.topic(f"{NAME}-minutes-final", partitions=PARTITIONS, key_type=str)
 per_minute = app.view(
     "per-minute",
     value=int,
     window=belvedere.Tumbling(
-        minutes=1, grace=timedelta(seconds=30), retention=timedelta(minutes=10)
+        minutes=1,
+        grace=timedelta(seconds=30),
+        retention=timedelta(minutes=10),
+        final_to=minutes_final,
     ),
 )
 per_two_minutes = app.view(
