@@ -148,7 +148,8 @@ class WindowedProjection(Projection):
         window is sent once. The windows still open are found in the store the first
         time (after a restart: those that had not closed by the stored stream time)."""
         window, txn, view = self.window, part.txn, self.view
-        grace = window.grace_ms
+        grace, final_to = window.grace_ms, window.final_to
+        assert final_to is not None
         pending = self._open.get(part)
         if pending is None:
             sent_by = decode_ms(part.store.get(STREAM_TIME))  # the last checkpoint's clock
@@ -177,7 +178,7 @@ class WindowedProjection(Projection):
                 "value": orjson.Fragment(view.encode_value(value)),
             }
             data = orjson.dumps(body)
-            window.final_to.buffered(part.outbox, view.wire_key(key), data, None, [])
+            final_to.buffered(part.outbox, view.wire_key(key), data, None, [])
         del pending[:closed]
 
     def after_checkpoint(self, part: PartitionState) -> None:
