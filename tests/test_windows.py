@@ -16,6 +16,7 @@ import pytest
 import belvedere
 from belvedere.streams.clients import NewRecord
 from belvedere.streams.partitioner import partition_for_key
+from belvedere.tables.view import View
 from belvedere.tables.windows import is_window_row
 from belvedere.testing import TestDriver
 from tests.support.brokers import Broker
@@ -288,13 +289,18 @@ def test_a_window_on_a_table_or_with_indexes_is_refused() -> None:
         plain.windows("k")
 
 
+def one_view(
+    name: str, value: type, window: belvedere.Tumbling | belvedere.Hopping | belvedere.Session
+) -> tuple[belvedere.App, belvedere.EventTopic, View]:
+    """An app with one topic of ``Viewed`` events, one partition, and one windowed view."""
+    app = belvedere.App(f"windows-{name}", checkpoint_events=100)
+    views = app.event_topic(f"windows-{name}-views", Viewed, partitions=1)
+    return app, views, app.view(name, value=value, window=window)
+
+
 def test_local_reads_and_the_late_dead_letter() -> None:
-    app = belvedere.App("windows-reads")
-    views = app.event_topic("windows-reads-views", Viewed, partitions=1)
-    hourly = app.view(
-        "hourly",
-        value=list,
-        window=belvedere.Hopping(hours=1, step=timedelta(minutes=30), time="at", grace=60),
+    app, views, hourly = one_view(
+        "hourly", list, belvedere.Hopping(hours=1, step=timedelta(minutes=30), time="at", grace=60)
     )
 
     @app.projection(views, view=hourly)
@@ -327,12 +333,8 @@ def test_local_reads_and_the_late_dead_letter() -> None:
 
 
 def test_retention_keeps_the_store_bounded_however_long_the_stream() -> None:
-    app = belvedere.App("windows-bounded", checkpoint_events=100)
-    views = app.event_topic("windows-bounded-views", Viewed, partitions=1)
-    per_second = app.view(
-        "per-second",
-        value=int,
-        window=belvedere.Tumbling(seconds=1, time="at", retention=timedelta(seconds=30)),
+    app, views, per_second = one_view(
+        "per-second", int, belvedere.Tumbling(seconds=1, time="at", retention=timedelta(seconds=30))
     )
 
     @app.projection(views, view=per_second)
@@ -354,12 +356,10 @@ def test_retention_keeps_the_store_bounded_however_long_the_stream() -> None:
 
 
 def test_sessions_merge_when_an_event_bridges_them() -> None:
-    app = belvedere.App("windows-sessions")
-    views = app.event_topic("windows-sessions-views", Viewed, partitions=1)
-    visits = app.view(
+    app, views, visits = one_view(
         "visits",
-        value=int,
-        window=belvedere.Session(
+        int,
+        belvedere.Session(
             seconds=10, merge=operator.add, time="at", grace=5, retention=timedelta(hours=1)
         ),
     )

@@ -99,6 +99,13 @@ def _ms(what: str, value: timedelta | float | None, **units: float | None) -> in
     return int(ms)
 
 
+def _positive(kind: str, what: str, value: Any, **units: float | None) -> int:
+    ms = _ms(what, value, **units)
+    if ms is None or ms <= 0:
+        raise ValueError(f"{kind}: the {what} must be positive, not {ms} ms")
+    return ms
+
+
 class Window:
     """What every window kind shares: event time, grace, retention, what late events do.
 
@@ -196,9 +203,7 @@ class Tumbling(Window):
         hours: float | None = None,
         **options: Any,
     ) -> None:
-        size_ms = _ms("size", size, seconds=seconds, minutes=minutes, hours=hours)
-        if size_ms is None or size_ms <= 0:
-            raise ValueError(f"Tumbling: the size must be positive, not {size_ms} ms")
+        size_ms = _positive("Tumbling", "size", size, seconds=seconds, minutes=minutes, hours=hours)
         self.size_ms = self.step_ms = size_ms
         super().__init__(**options)
 
@@ -217,12 +222,8 @@ class Hopping(Window):
         hours: float | None = None,
         **options: Any,
     ) -> None:
-        size_ms = _ms("size", size, seconds=seconds, minutes=minutes, hours=hours)
-        step_ms = _ms("step", step)
-        if size_ms is None or size_ms <= 0:
-            raise ValueError(f"Hopping: the size must be positive, not {size_ms} ms")
-        if step_ms is None or step_ms <= 0:
-            raise ValueError(f"Hopping: the step must be positive, not {step_ms} ms")
+        size_ms = _positive("Hopping", "size", size, seconds=seconds, minutes=minutes, hours=hours)
+        step_ms = _positive("Hopping", "step", step)
         if step_ms > size_ms:
             raise ValueError(
                 f"Hopping: the step ({step_ms} ms) is larger than the size ({size_ms} ms): "
@@ -325,9 +326,7 @@ class Session(Window):
         hours: float | None = None,
         **options: Any,
     ) -> None:
-        gap_ms = _ms("gap", gap, seconds=seconds, minutes=minutes, hours=hours)
-        if gap_ms is None or gap_ms <= 0:
-            raise ValueError(f"Session: the gap must be positive, not {gap_ms} ms")
+        gap_ms = _positive("Session", "gap", gap, seconds=seconds, minutes=minutes, hours=hours)
         if not callable(merge):
             raise TypeError(
                 "Session: give merge=fn(a, b) -> value: it combines two sessions' values "
