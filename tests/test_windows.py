@@ -325,6 +325,8 @@ def test_local_reads_and_the_late_dead_letter() -> None:
         assert hourly.window_at("a", 4 * hour * ms) is None
         assert hourly.window_rows(0) == [("a", [10.0, 1_900.0]), ("b", [20.0])]
         assert hourly.stream_time(0) == (2 * hour + 5) * ms
+        with pytest.raises(TypeError, match="is windowed"):  # a plain scan: 400 over HTTP
+            hourly.scan()
         assert hourly.count() == 5  # its windows: a, 4 of them (one past retention); b, 1
         (late,) = driver.dead_letters()
         assert late.kind == "late" and late.view == "hourly"

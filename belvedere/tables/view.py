@@ -450,6 +450,11 @@ class View:
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
         """(store key, stored JSON) of ``partitions``' rows in key order, past the store key
         ``after``; and whether there are more."""
+        if self.window is not None:
+            raise TypeError(
+                f"view {self.name!r} is windowed: read a key's windows, or one window's rows "
+                "across keys, not its rows by key"
+            )
         if prefix is not None and self.key_type is not str:
             raise TypeError(f"view {self.name!r}: prefix scans need str keys")
         low = self.store_key(start) if start is not None else b""
