@@ -10,6 +10,7 @@ from belvedere.streams.envelope import EventMeta
 from belvedere.streams.records import Command, Document, Event, Record
 from belvedere.streams.topics import EventTopic, Published
 from belvedere.streams.upcasters import upcaster
+from belvedere.tables.windows import Hopping, Session, Tumbling
 
 __all__ = [
     "Aggregate",
@@ -20,6 +21,7 @@ __all__ = [
     "Event",
     "EventMeta",
     "EventTopic",
+    "Hopping",
     "Published",
     "ReactorContext",
     "Record",
@@ -27,7 +29,9 @@ __all__ = [
     "Reply",
     "SagaFixture",
     "SagaState",
+    "Session",
     "Step",
+    "Tumbling",
     "__version__",
     "caused_by",
     "upcaster",

@@ -31,6 +31,7 @@ from belvedere.agents.reactors import ReactorProjection
 from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.agents.sagas import Saga, SagaProjection, SagaState, Step
 from belvedere.agents.trace import TraceProjection
+from belvedere.agents.windowed import WindowedProjection
 from belvedere.compat import faust as compat
 from belvedere.streams.assignor import BalancedPartitionAssignor
 from belvedere.streams.dead_letters import DeadLetters
@@ -41,6 +42,7 @@ from belvedere.streams.tap import Tap, transport_for
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.table import Table as EngineTable
 from belvedere.tables.view import View
+from belvedere.tables.windows import Window
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
 from belvedere.views_api.connections import WebLimits, default_max_connections
 from belvedere.views_api.http_publish import Publishing, declared
@@ -323,14 +325,28 @@ class App(compat.App):
         key: type = str,
         indexes: Sequence[str] = (),
         partitions: int | None = None,
+        window: Window | None = None,
     ) -> View:
         """A read model kept in RocksDB per partition, with a compacted changelog.
 
         ``value`` is the row type (a Record, a number, ``dict`` ...); ``key`` is ``str`` or
         ``int``; ``indexes`` names fields to look rows up by. Fill it with
         :meth:`projection`; query it with ``get``/``scan``/``lookup``/``count``.
+
+        ``window`` (``belvedere.Tumbling``, ``belvedere.Hopping``, ``belvedere.Session``)
+        keeps a row per key and window, by event time: its projection's handlers run once per window an event
+        falls in; read it with ``windows``/``window_at``/``window_rows`` (docs/windows.md).
         """
-        return self._declare_view(View(self.conf.id, name, value, key, tuple(indexes), partitions))
+        if window is not None:
+            if not isinstance(window, Window):
+                raise TypeError(
+                    f"view {name!r}: window must be belvedere.Tumbling, belvedere.Hopping or "
+                    f"belvedere.Session, not {window!r}"
+                )
+            if indexes:
+                raise ValueError(f"view {name!r}: a windowed view has no indexes")
+        made = View(self.conf.id, name, value, key, tuple(indexes), partitions, window=window)
+        return self._declare_view(made)
 
     def Table(
         self,
@@ -358,6 +374,12 @@ class App(compat.App):
                 key_type=key_type,
                 value_type=value_type,
                 **options,
+            )
+        if options.get("window") is not None:
+            raise TypeError(
+                f"table {name!r}: windows are declared on a view: "
+                "app.view(..., window=belvedere.Tumbling(...)) filled by app.projection "
+                "(engine=False gives faust's windowed table)"
             )
         refused = sorted(k for k, v in options.items() if v is not None and k != "help")
         if refused:
@@ -534,7 +556,8 @@ class App(compat.App):
                 key_of = _event_key(source)
             elif key_of is None:
                 view.hash_keys_with(source.partitioner)
-            found = Projection(source, view, by=key_of)
+            kind = Projection if view.window is None else WindowedProjection
+            found = kind(source, view, by=key_of)
             if found.by is not None:
                 found.repartition = self._internal_topic(
                     f"{self.conf.id}-view-{view.name}-repartition",

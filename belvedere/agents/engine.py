@@ -72,6 +72,7 @@ from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.transaction import UnencodableState, WrongPartition
 from belvedere.tables.view import PartitionStatus
+from belvedere.tables.windows import LateEvent
 
 __all__ = ["HEADER_ORIGIN", "ProjectionEngine", "StrictStop", "origin_of", "send_all"]
 
@@ -703,7 +704,7 @@ class ProjectionEngine(Service):
                         kind, reason = _failure(exc)
                         reason = f"{handler.name}: {reason}"
                         txn.rollback(reason)
-                        if self.app.strict and live:
+                        if self.app.strict and live and not isinstance(exc, LateEvent):
                             stop = StrictStop(projection.view.name, handler.name, record)
                             logger.critical("%s\n%s", stop, user_traceback(exc))
                             raise stop from None  # its traceback is logged above

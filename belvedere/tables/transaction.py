@@ -13,11 +13,13 @@ A checkpoint that failed would fail again on every restart: a crash loop.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from belvedere.streams.partitioner import explain_partition
 from belvedere.tables.store import PartitionStore
 from belvedere.tables.view import View
+from belvedere.tables.windows import window_store_key
 
 __all__ = ["MAX_ROW_BYTES", "PartitionTransaction", "UnencodableState", "WrongPartition"]
 
@@ -57,6 +59,16 @@ class PartitionTransaction:
         self._encode_value = view.encode_value
         self._indexer = view.indexer()
         self._always_encodes = view.always_encodes
+        #: A windowed view's keys are (key, start, end): its rows are routed by the key.
+        windowed = view.window is not None
+        self._store_key: Callable[[Any], bytes] = (
+            partial(window_store_key, view) if windowed else view.store_key
+        )
+        self._route: Callable[[Any], Any] = _first if windowed else _same
+        #: Bookkeeping rows written as bytes (a windowed partition's stream time), and
+        #: those read or written before this checkpoint.
+        self._raw: dict[bytes, bytes | None] = {}
+        self._raw_reads: dict[bytes, bytes | None] = {}
 
     def __len__(self) -> int:
         return len(self._values)
@@ -68,7 +80,8 @@ class PartitionTransaction:
         if value is _ABSENT:
             value = self._reads.get(key, _ABSENT)
             if value is _ABSENT:
-                data = self.store.get(self.view.store_key(self.view.check_key(key)))
+                self.view.check_key(self._route(key))
+                data = self.store.get(self._store_key(key))
                 value = _DELETED if data is None else self.view.decode_value(data)
                 self._reads[key] = value
         return default if value is _DELETED else value
@@ -93,6 +106,20 @@ class PartitionTransaction:
         self._remember(key, self._values.get(key, _ABSENT))
         self._values[key] = value
 
+    def get_raw(self, store_key: bytes) -> bytes | None:
+        """A bookkeeping row's bytes (see :meth:`put_raw`)."""
+        if store_key in self._raw:
+            return self._raw[store_key]
+        if store_key not in self._raw_reads:
+            self._raw_reads[store_key] = self.store.get(store_key)
+        return self._raw_reads[store_key]
+
+    def put_raw(self, store_key: bytes, data: bytes | None) -> None:
+        """Write a bookkeeping row as bytes, under a store key no row of the view has; kept
+        by the checkpoint and its changelog whatever the event does (not undone by a
+        rollback)."""
+        self._raw[store_key] = data
+
     def __delitem__(self, key: Any) -> None:
         self._write(key, _DELETED)
 
@@ -100,10 +127,10 @@ class PartitionTransaction:
         values = self._values
         previous = values.get(key, _ABSENT)
         if previous is _ABSENT:
-            self.view.check_key(key)
-            owner = self.view.partition_of(key, self.partitions)
+            routed = self.view.check_key(self._route(key))
+            owner = self.view.partition_of(routed, self.partitions)
             if owner != self.partition:
-                raise WrongPartition(self._wrong_partition(key, owner))
+                raise WrongPartition(self._wrong_partition(routed, owner))
         if self._undo is None:
             self._encoded.pop(key, None)  # written outside an event: encoded at the checkpoint
         else:
@@ -197,11 +224,14 @@ class PartitionTransaction:
 
     def encoded(self) -> dict[bytes, bytes | None]:
         """Each changed key once: store key -> encoded value (None for a delete)."""
-        store_key, encoded = self.view.store_key, self._encoded
-        return {
+        store_key, encoded = self._store_key, self._encoded
+        rows = {
             store_key(key): encoded[key] if key in encoded else self._encode(key)
             for key in self._values
         }
+        if self._raw:
+            rows.update(self._raw)
+        return rows
 
     def clear(self) -> None:
         """Start the next checkpoint (after a flush). What it wrote stays cached for reads,
@@ -210,6 +240,17 @@ class PartitionTransaction:
         self._reads = self._values
         self._values = {}
         self._encoded.clear()
+        if self._raw:
+            self._raw_reads.update(self._raw)
+            self._raw = {}
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         return ((k, v) for k, v in self._values.items() if v is not _DELETED)
+
+
+def _same(key: Any) -> Any:
+    return key
+
+
+def _first(key: tuple[Any, ...]) -> Any:
+    return key[0]

@@ -27,6 +27,14 @@ from belvedere.compat.orjson import dumps
 from belvedere.streams.converters import INT_MAX, INT_MIN, converter_for
 from belvedere.streams.partitioner import partitioner_named
 from belvedere.tables.store import PartitionStore
+from belvedere.tables.windows import (
+    BOOKKEEPING,
+    LATE_COUNT,
+    STREAM_TIME,
+    decode_ms,
+    key_windows,
+    window_rows,
+)
 
 __all__ = ["LocalPartition", "NotLocal", "PartitionStatus", "View", "ViewState", "key_codec"]
 
@@ -163,6 +171,8 @@ class View:
     declared_partitions: int | None
     #: Every value written (and checked) encodes: no need to encode each event's.
     always_encodes: bool
+    #: A windowed view's window (:mod:`belvedere.tables.windows`); None for a plain view.
+    window: Any
     state: ViewState
 
     def __init__(
@@ -176,8 +186,10 @@ class View:
         generation: int = 1,
         partitioner: str = "murmur2",
         internal: bool = False,
+        window: Any = None,
     ) -> None:
         define = super().__setattr__
+        define("window", window)
         define("app_id", app_id)
         define("name", name)
         define("value_type", value_type)
@@ -213,7 +225,7 @@ class View:
             f"View(app_id={self.app_id!r}, name={self.name!r}, value_type={self.value_type!r}, "
             f"key_type={self.key_type!r}, indexes={self.indexes!r}, "
             f"partitions={self.partitions!r}, generation={self.generation!r}, "
-            f"partitioner={self.partitioner!r}, internal={self.internal!r})"
+            f"partitioner={self.partitioner!r}, internal={self.internal!r}, window={self.window!r})"
         )
 
     # -- what this worker holds (the state's) -------------------------------------------
@@ -400,8 +412,12 @@ class View:
         return self._serving(self.partition_for(key)).get(self.store_key(key))
 
     def count(self) -> int:
-        """Rows in the partitions this worker serves."""
-        return sum(self._serving(p).count() for p in self._served())
+        """Rows in the partitions this worker serves (of a windowed view: its windows)."""
+        stores = [self._serving(p) for p in self._served()]
+        rows = sum(store.count() for store in stores)
+        if self.window is not None:  # not its partitions' bookkeeping rows
+            rows -= sum(store.get(k) is not None for store in stores for k in BOOKKEEPING)
+        return rows
 
     def scan(
         self,
@@ -434,6 +450,11 @@ class View:
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
         """(store key, stored JSON) of ``partitions``' rows in key order, past the store key
         ``after``; and whether there are more."""
+        if self.window is not None:
+            raise TypeError(
+                f"view {self.name!r} is windowed: read a key's windows, or one window's rows "
+                "across keys, not its rows by key"
+            )
         if prefix is not None and self.key_type is not str:
             raise TypeError(f"view {self.name!r}: prefix scans need str keys")
         low = self.store_key(start) if start is not None else b""
@@ -477,3 +498,51 @@ class View:
 
         merged = heapq.merge(*(rows(self._serving(p)) for p in partitions))
         return list(itertools.islice(merged, limit))
+
+    # -- windows -----------------------------------------------------------------------------
+
+    def _window(self) -> Any:
+        if self.window is None:
+            raise TypeError(f"view {self.name!r} is not windowed (declare it with window=)")
+        return self.window
+
+    def windows(
+        self, key: Any, from_ms: int | None = None, to_ms: int | None = None
+    ) -> list[tuple[int, int, Any]]:
+        """``key``'s windows starting in ``[from_ms, to_ms)`` (ms since the epoch), oldest
+        first, as ``(start, end, value)``; NotLocal if another worker owns the key. Windows
+        past retention are left out, whether or not a checkpoint deleted them yet."""
+        window = self._window()
+        store = self._serving(self.partition_for(key))
+        found = key_windows(window, store, self.store_key(key), from_ms, to_ms)
+        return [(start, end, self.decode_value(data)) for start, end, data in found]
+
+    def window_at(self, key: Any, at_ms: int) -> tuple[int, int, Any] | None:
+        """``key``'s window containing the instant ``at_ms`` (the earliest-starting one
+        of hopping windows), or None."""
+        window = self._window()
+        since = None if window.sessions else at_ms - window.size_ms + 1
+        for start, end, value in self.windows(key, since, at_ms + 1):
+            if start <= at_ms < end:
+                return start, end, value
+        return None
+
+    def window_rows(self, start_ms: int) -> list[tuple[Any, Any]]:
+        """Every key's row in the window starting at ``start_ms`` (of sessions: each key's
+        session starting then), in the partitions this worker serves, in key order:
+        ``(key, value)``."""
+        window = self._window()
+        rows = heapq.merge(
+            *(window_rows(window, self._serving(p), start_ms) for p in self._served())
+        )
+        return [(self.key_from_store(k), self.decode_value(v)) for k, v in rows]
+
+    def stream_time(self, partition: int) -> int | None:
+        """The largest event time (ms) a served partition of a windowed view has applied."""
+        self._window()
+        return decode_ms(self._serving(partition).get(STREAM_TIME))
+
+    def late_count(self) -> int:
+        """Late events counted (``on_late="count"``) in the partitions this worker serves."""
+        self._window()
+        return sum(decode_ms(self._serving(p).get(LATE_COUNT)) or 0 for p in self._served())
