@@ -1,0 +1,227 @@
+"""Windowed views' rows read back: from a store (a key's windows in a range, at an instant,
+one window of every key, paged), and over HTTP from a worker on both brokers."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from belvedere.tables.store import PartitionStore, StoreBudget
+from belvedere.tables.view import View
+from belvedere.tables.window_keys import SEPARATOR, window_key
+from belvedere.tables.window_reads import (
+    EARLIEST,
+    LATEST,
+    WindowRow,
+    key_windows,
+    windows_at,
+    windows_starting,
+)
+from tests.support.brokers import Broker
+from tests.support.http import EventStream, call
+from tests.support.worker import Worker, wait_for
+
+SIZE, HOP = 10_000, 5_000
+
+
+def _written(store: PartitionStore, rows: dict[bytes, bytes]) -> None:
+    """``rows`` written as a checkpoint writes them."""
+    changes, delta = store.plan(rows, None)
+    store.write(rows, changes, delta, {("source", 0): 1}, None)
+
+
+def _hopping(keys: list[bytes], rng: random.Random) -> dict[bytes, list[tuple[int, int, bytes]]]:
+    """Per key, hopping windows (10 s, every 5 s) at random starts, some before the epoch."""
+    out = {}
+    for key in keys:
+        starts = sorted(rng.sample(range(-20, 60), 25))
+        out[key] = [(s * HOP, s * HOP + SIZE, b"%d" % rng.randrange(1000)) for s in starts]
+    return out
+
+
+def _store_with(path: Path, windows: dict[bytes, list[tuple[int, int, bytes]]]) -> PartitionStore:
+    store = PartitionStore(path, StoreBudget(8 << 20, 8 << 20))
+    rows = {window_key(k, s, e): v for k, found in windows.items() for s, e, v in found}
+    rows[b"a-plain-row"] = b"1"  # not a window's: never read as one
+    _written(store, rows)
+    return store
+
+
+STR_KEYS = [b"a", b"ab", b"abc", b"b", "\u00e9t\u00e9".encode()]
+INT_KEYS = [View("app", "v", int, int).store_key(k) for k in (-(2**63), -1, 0, 255, 2**63 - 1)]
+
+
+@pytest.mark.parametrize("keys", [STR_KEYS, INT_KEYS], ids=["str", "int"])
+def test_a_keys_windows_in_a_range_and_at_an_instant_are_its_own_overlapping_ones(
+    tmp_path: Path, keys: list[bytes]
+) -> None:
+    rng = random.Random(21)
+    windows = _hopping(keys, rng)
+    store = _store_with(tmp_path / "0.db", windows)
+    try:
+        for _ in range(300):
+            key = rng.choice(keys)
+            low = rng.randrange(-150_000, 350_000)
+            high = low + rng.randrange(1, 60_000)
+            expected = [WindowRow(key, s, e, v) for s, e, v in windows[key] if s < high and e > low]
+            assert key_windows(store, key, low, high) == expected
+            assert key_windows(store, key, low, high, longest=SIZE) == expected
+            at = [WindowRow(key, s, e, v) for s, e, v in windows[key] if s <= low < e]
+            assert windows_at(store, key, low) == windows_at(store, key, low, longest=SIZE) == at
+            assert len(at) <= 2  # hopping: an instant is in up to two of them
+        for key in keys:
+            everything = [WindowRow(key, s, e, v) for s, e, v in windows[key]]
+            assert key_windows(store, key) == everything
+            assert key_windows(store, key, EARLIEST, LATEST, longest=SIZE) == everything
+        assert key_windows(store, b"zz") == []
+    finally:
+        store.close()
+
+
+def test_one_window_of_every_key_pages_in_store_order_across_partitions(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    keys = [k.encode() for k in ("a", "ab", "abc", "b", "ba", "c", "d", "da", "e")]
+    windows = _hopping(keys, rng)
+    parts = [
+        _store_with(tmp_path / f"{p}.db", {k: windows[k] for k in keys[p::2]}) for p in range(2)
+    ]
+    try:
+        for start in {s for found in windows.values() for s, _, _ in found}:
+            expected = sorted(
+                (WindowRow(k, s, e, v) for k in keys for s, e, v in windows[k] if s == start),
+                key=lambda row: row.key + SEPARATOR,
+            )
+            for limit in (1, 2, 100):
+                got, after = [], None
+                while True:
+                    page, more = windows_starting(parts, start, limit, after)
+                    got += page
+                    if not more:
+                        break
+                    after = page[-1].key
+                assert got == expected
+        assert windows_starting(parts, 123, 10) == ([], False)
+    finally:
+        for store in parts:
+            store.close()
+
+
+# -- over HTTP ---------------------------------------------------------------------------
+
+#: 2023-11-14T22:13:20Z, 20 s into its minute.
+BASE = 1_700_000_000_000
+MINUTE = 60_000
+URLS = ["a", "ab", "b", "home", "shop"]
+
+
+def _clicks(n: int, seed: int) -> tuple[list[dict], Counter]:
+    rng = random.Random(seed)
+    events, counts = [], Counter()
+    for _ in range(n):
+        url, at = rng.choice(URLS), BASE + rng.randrange(5 * MINUTE)
+        counts[(url, at - at % MINUTE)] += 1
+        events.append({"eventType": "Clicked", "eventVersion": 1, "data": {"url": url, "atMs": at}})
+    return events, counts
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _window(start: int, count: int) -> dict:
+    return {"start": _iso(start), "end": _iso(start + MINUTE), "value": count}
+
+
+@pytest.fixture
+def windowed(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
+    broker.create_topic(f"{unique_name}-clicks", 4)
+    return workers("tests.apps.windowed:app", {"WINDOWED_NAME": unique_name})
+
+
+def test_a_windowed_view_is_read_by_key_range_instant_and_window_over_http(
+    windowed: Worker, unique_name: str
+) -> None:
+    windowed.start()
+    windowed.wait_until("/ready", lambda _: True, what="the worker ready")
+    url = windowed.url
+    feed = EventStream(f"{url}/views/clicks/changes")
+    events, counts = _clicks(300, seed=3)
+    posted = call(f"{url}/events/{unique_name}-clicks", "POST", events)
+    assert posted.status == 201, posted.raw
+    token = posted.body["token"]
+    minutes = sorted({start for _, start in counts})
+
+    for key in URLS:
+        mine = [(start, n) for (u, start), n in sorted(counts.items()) if u == key]
+        every = call(f"{url}/views/clicks/windows/{key}?after={token}&timeout=20")
+        assert every.status == 200, every.raw
+        assert every.body == {"key": key, "windows": [_window(s, n) for s, n in mine]}
+        assert every.headers["X-Belvedere-Worker"] == url
+        assert every.headers["X-Belvedere-Generation"] == "1"
+        assert "X-Belvedere-Position" in every.headers
+        # [from, to): the windows overlapping it, from ms or ISO-8601
+        low, high = minutes[1] + 1, minutes[3]
+        ranged = call(f"{url}/views/clicks/windows/{key}?from={low}&to={_iso(high)}&max_lag=0")
+        assert ranged.status == 200, ranged.raw
+        expected = [_window(s, n) for s, n in mine if s < high and s + MINUTE > low]
+        assert ranged.body["windows"] == expected
+        at = call(f"{url}/views/clicks/windows/{key}?at={_iso(minutes[2] + 59_999)}")
+        assert at.body["windows"] == [_window(s, n) for s, n in mine if s == minutes[2]]
+
+    # one window of every key, a page at a time, from every partition
+    for limit in (2, 100):
+        rows, cursor = [], None
+        while True:
+            query = f"start={_iso(minutes[0])}&limit={limit}" + (
+                f"&cursor={cursor}" if cursor else ""
+            )
+            page = call(f"{url}/views/clicks/windows?{query}")
+            assert page.status == 200, page.raw
+            rows += page.body["rows"]
+            cursor = page.body["next"]
+            if cursor is None:
+                break
+        expected_keys = sorted(
+            (u for (u, s) in counts if s == minutes[0]), key=lambda u: u.encode() + SEPARATOR
+        )
+        assert rows == [
+            {"key": u, **_window(minutes[0], counts[(u, minutes[0])])} for u in expected_keys
+        ]
+
+    # the change feed names each change's key and window
+    wait_for(lambda: len(feed.events) >= len(counts), timeout=30, what="every window's change")
+    last = {}
+    for event in feed.events:
+        data = event["data"]
+        last[(data["key"], data["start"], data["end"])] = data["value"]
+    feed.close()
+    assert last == {(u, _iso(s), _iso(s + MINUTE)): n for (u, s), n in counts.items()}
+
+    # what is not a windowed read is said so, in JSON
+    for path, code in [
+        ("/views/pages/windows/home", "not-windowed"),
+        (f"/views/pages/windows?start={BASE}", "not-windowed"),
+        ("/views/clicks/home", "windowed-view"),
+        ("/views/clicks?key=home", "windowed-view"),
+        ("/views/clicks", "windowed-view"),
+        ("/views/clicks/windows", "bad-parameter"),
+        ("/views/clicks/windows/home?from=yesterday", "bad-parameter"),
+        (f"/views/clicks/windows/home?at={BASE}&from={BASE}", "bad-parameter"),
+        (f"/views/clicks/windows/home?from={BASE}&to={BASE}", "bad-parameter"),
+    ]:
+        answer = call(url + path)
+        assert (answer.status, answer.body["error"]) == (400, code), (path, answer.raw)
+    assert call(f"{url}/views/nothing/windows/home").status == 404
+    assert call(f"{url}/views/pages/home?after={token}&timeout=20").body == sum(
+        n for (u, _), n in counts.items() if u == "home"
+    )
+
+    # the catalog (and so the status page) says which views are windowed, and how
+    views = {v["name"]: v for v in call(f"{url}/views").body["views"]}
+    assert views["clicks"]["window"] == "tumbling 60s"
+    assert views["pages"]["window"] is None
