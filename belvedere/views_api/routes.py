@@ -209,7 +209,7 @@ ROUTES: tuple[Route, ...] = (
         windows.one_window,
         READ,
         "One window of every key of a windowed view (by its start), across every worker",
-        (VIEW, windows.START, scans.LIMIT, scans.CURSOR, AFTER, TIMEOUT),
+        (windows.WINDOWED, windows.START, scans.LIMIT, scans.CURSOR, AFTER, TIMEOUT),
         answers=(ok("a page of windows", schema=WINDOW_PAGE), *refusals(400, 404, 503, 504)),
     ),
     Route(
@@ -219,7 +219,7 @@ ROUTES: tuple[Route, ...] = (
         READ,
         "A key's windows in a time range, or those containing an instant",
         (
-            VIEW,
+            windows.WINDOWED,
             windows.WINDOW_KEY,
             windows.FROM,
             windows.TO,

@@ -31,7 +31,7 @@ from belvedere.tables.window_reads import (
     windows_starting,
 )
 from belvedere.views_api.errors import error, json
-from belvedere.views_api.params import BadParam, Instant, Key
+from belvedere.views_api.params import BadParam, Instant, Key, Name
 from belvedere.views_api.positions import format_ms
 from belvedere.views_api.reads import read_here, view_or_404
 from belvedere.views_api.scans import gather
@@ -42,6 +42,7 @@ __all__ = [
     "FROM",
     "START",
     "TO",
+    "WINDOWED",
     "WINDOW_KEY",
     "describe_window",
     "feed_key",
@@ -49,6 +50,12 @@ __all__ = [
     "one_window",
 ]
 
+WINDOWED = Name(
+    "view",
+    "a windowed view's name",
+    "path",
+    known=lambda app: sorted(n for n, v in app.views.items() if describe_window(v) is not None),
+)
 WINDOW_KEY = Key("key", "the key whose windows to read, as text", "path", {"type": "string"})
 FROM = Instant("from", "windows ending after this instant (ms since the epoch, or ISO-8601)")
 TO = Instant("to", "windows starting before this instant (ms since the epoch, or ISO-8601)")
