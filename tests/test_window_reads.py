@@ -79,6 +79,14 @@ def test_a_keys_windows_in_a_range_and_at_an_instant_are_its_own_overlapping_one
             assert key_windows(store, key) == everything
             assert key_windows(store, key, EARLIEST, LATEST, longest=SIZE) == everything
         assert key_windows(store, b"zz") == []
+        # past retention: windows ending at or before the horizon are left out
+        for key in keys:
+            horizon = rng.randrange(-100_000, 300_000)
+            kept = [WindowRow(key, s, e, v) for s, e, v in windows[key] if e > horizon]
+            assert key_windows(store, key, horizon=horizon) == kept
+            assert windows_at(store, key, horizon, horizon=horizon) == [
+                row for row in kept if row.start <= horizon
+            ]
     finally:
         store.close()
 
@@ -106,6 +114,12 @@ def test_one_window_of_every_key_pages_in_store_order_across_partitions(tmp_path
                     after = page[-1].key
                 assert got == expected
         assert windows_starting(parts, 123, 10) == ([], False)
+        start = windows[b"a"][3][0]  # a: partition 0, ab: partition 1
+        page, _ = windows_starting(parts, start, 100, horizons=[start + SIZE, None])
+        assert b"a" not in [row.key for row in page]
+        assert page == [
+            row for row in windows_starting(parts, start, 100)[0] if row.key in keys[1::2]
+        ]
     finally:
         for store in parts:
             store.close()

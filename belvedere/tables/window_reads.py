@@ -8,7 +8,9 @@ per key (to that start within the key's windows, then past the key), so a key wi
 windows costs one seek, not a read of each.
 
 Each read yields :class:`WindowRow`: the key's store bytes, the window ``[start, end)`` in
-milliseconds since the epoch, and the row's stored JSON.
+milliseconds since the epoch, and the row's stored JSON. Rows that are not a window's (a
+partition's bookkeeping beside them) are never read as one. Given a ``horizon``, windows
+ending at or before it (past retention, not deleted yet) are left out.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def key_windows(
     end: int = LATEST,
     *,
     longest: int | None = None,
+    horizon: int | None = None,
 ) -> list[WindowRow]:
     """The windows of ``key`` (its store bytes) overlapping ``[start, end)``, by start.
 
@@ -54,6 +57,8 @@ def key_windows(
     seek = prefix
     if longest is not None and start > EARLIEST + longest:
         seek = window_key(key, start - longest, EARLIEST)
+    if horizon is not None:
+        start = max(start, horizon)
     found = []
     for row_key, value in store.rows(seek, prefix=prefix):
         _, first, last = parse_window_key(row_key)
@@ -65,10 +70,15 @@ def key_windows(
 
 
 def windows_at(
-    store: PartitionStore, key: bytes, instant: int, *, longest: int | None = None
+    store: PartitionStore,
+    key: bytes,
+    instant: int,
+    *,
+    longest: int | None = None,
+    horizon: int | None = None,
 ) -> list[WindowRow]:
     """The windows of ``key`` containing ``instant`` (several when windows hop)."""
-    return key_windows(store, key, instant, instant + 1, longest=longest)
+    return key_windows(store, key, instant, instant + 1, longest=longest, horizon=horizon)
 
 
 def _starting(store: PartitionStore, start: int, after: bytes | None) -> Iterator[WindowRow]:
@@ -94,17 +104,31 @@ def _starting(store: PartitionStore, start: int, after: bytes | None) -> Iterato
 
 
 def windows_starting(
-    stores: Sequence[PartitionStore], start: int, limit: int, after: bytes | None = None
+    stores: Sequence[PartitionStore],
+    start: int,
+    limit: int,
+    after: bytes | None = None,
+    *,
+    horizons: Sequence[int | None] | None = None,
 ) -> tuple[list[WindowRow], bool]:
     """Every key's window starting at ``start`` across ``stores`` (partitions), in key
     order past the key ``after`` (store bytes): at most ``limit``, and whether there are
     more. A key has one window per start, whatever the kind: the shortest is taken if the
-    store holds several."""
-    merged = heapq.merge(*(_starting(s, start, after) for s in stores), key=_store_order)
+    store holds several. ``horizons``: each store's (None: keep every window)."""
+    kept = horizons or [None] * len(stores)
+    streams = [
+        _kept(_starting(store, start, after), h) for store, h in zip(stores, kept, strict=True)
+    ]
+    merged = heapq.merge(*streams, key=_store_order)
     page = list(itertools.islice(merged, limit + 1))
     return page[:limit], len(page) > limit
 
 
+def _kept(rows: Iterator[WindowRow], horizon: int | None) -> Iterator[WindowRow]:
+    return rows if horizon is None else (row for row in rows if row.end > horizon)
+
+
 def _store_order(row: WindowRow) -> bytes:
-    """A key's place among a store's windows: ``ab`` sorts before ``a``, its 0xFF after b."""
+    """A key's place among a store's windows: after every longer key it begins (``ab``
+    before ``a``: 0xFF sorts after every byte of a text key)."""
     return windows_prefix(row.key)

@@ -363,8 +363,11 @@ async def _stream(
                 if i < skip:
                     continue
                 resume[p] = (found.start, i + 1) if i + 1 < count else (found.end, 0)
+                named = feed_key(view, key)
+                if named is None:
+                    continue
                 data = {
-                    **feed_key(view, key),
+                    **named,
                     "value": None if value is None else orjson.Fragment(value),
                     "deleted": value is None,
                     "partition": p,

@@ -64,18 +64,35 @@ START = Instant("start", "required: the window start (ms since the epoch, or ISO
 
 
 def describe_window(view: View) -> str | None:
-    """What the status page and ``GET /views`` say of a view's windows (None: not windowed)."""
+    """What the status page and ``GET /views`` say of a view's windows, such as
+    ``tumbling 1m`` or ``hopping 10m every 1m`` (None: not windowed)."""
     window = getattr(view, "window", None)
     if window is None:
         return None
     describe = getattr(window, "describe", None)
-    return str(describe() if callable(describe) else window)
+    if callable(describe):
+        return str(describe())
+    size, step = getattr(window, "size_ms", None), getattr(window, "step_ms", None)
+    if not isinstance(size, int):
+        return str(window)
+    said = f"{type(window).__name__.lower()} {_duration(size)}"
+    if isinstance(step, int) and step != size:
+        said += f" every {_duration(step)}"
+    return said
+
+
+def _duration(ms: int) -> str:
+    for unit, length in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= length and ms % length == 0:
+            return f"{ms // length}{unit}"
+    return f"{ms}ms"
 
 
 def _longest(view: View) -> int | None:
-    """The longest window of the view in ms, if its windows say (sessions have none)."""
-    longest = getattr(getattr(view, "window", None), "longest_ms", None)
-    return longest if isinstance(longest, int) and longest > 0 else None
+    """The view's windows' length in ms, where they have one (sessions have none): no
+    window starting longer ago than that before an instant can hold it."""
+    size = getattr(getattr(view, "window", None), "size_ms", None)
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def instant(ms: int) -> str | int:
@@ -86,11 +103,15 @@ def instant(ms: int) -> str | int:
         return ms
 
 
-def feed_key(view: View, store_key: bytes) -> dict[str, Any]:
-    """A change's key as a change feed sends it: with its window's bounds when windowed."""
+def feed_key(view: View, store_key: bytes) -> dict[str, Any] | None:
+    """A change's key as a change feed sends it: with its window's bounds when windowed
+    (None: a windowed view's bookkeeping row, not sent)."""
     if getattr(view, "window", None) is None:
         return {"key": view.key_from_store(store_key)}
-    key, start, end = parse_window_key(store_key)
+    try:
+        key, start, end = parse_window_key(store_key)
+    except ValueError:
+        return None
     return {"key": view.key_from_store(key), "start": instant(start), "end": instant(end)}
 
 

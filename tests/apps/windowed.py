@@ -1,7 +1,8 @@
 """The app of the HTTP tests of windows: clicks per URL per minute, by the click's own time.
 
 ``clicks`` stores its rows as a windowed view does (tests/support/windowed.py, until
-``app.view`` declares windowed views); ``pages`` is a plain view, for the refusals.
+``app.view`` declares windowed views), and beside them, as a windowed view keeps its stream
+time, a row that is no window's; ``pages`` is a plain view, for the refusals.
 """
 
 import os
@@ -29,6 +30,7 @@ pages = app.view("pages", value=int, key=str)
 def count(view, event: Clicked) -> None:
     start, end = MINUTE.bounds(event.at_ms)
     view[(event.url, start, end)] = view.get((event.url, start, end), 0) + 1
+    view.put_local("stream-time", max(view.get("stream-time", 0), event.at_ms))
 
 
 @app.projection(clicked, view=pages)
