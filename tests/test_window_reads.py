@@ -22,7 +22,7 @@ from belvedere.tables.window_reads import (
     windows_at,
     windows_starting,
 )
-from tests.support.brokers import Broker
+from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import EventStream, call
 from tests.support.worker import Worker, wait_for
 
@@ -133,11 +133,11 @@ MINUTE = 60_000
 URLS = ["a", "ab", "b", "home", "shop"]
 
 
-def _clicks(n: int, seed: int) -> tuple[list[dict], Counter]:
+def _clicks(n: int, seed: int, urls: list[str] = URLS) -> tuple[list[dict], Counter]:
     rng = random.Random(seed)
     events, counts = [], Counter()
     for _ in range(n):
-        url, at = rng.choice(URLS), BASE + rng.randrange(5 * MINUTE)
+        url, at = rng.choice(urls), BASE + rng.randrange(5 * MINUTE)
         counts[(url, at - at % MINUTE)] += 1
         events.append({"eventType": "Clicked", "eventVersion": 1, "data": {"url": url, "atMs": at}})
     return events, counts
@@ -239,3 +239,49 @@ def test_a_windowed_view_is_read_by_key_range_instant_and_window_over_http(
     views = {v["name"]: v for v in call(f"{url}/views").body["views"]}
     assert views["clicks"]["window"] == "tumbling 60s"
     assert views["pages"]["window"] is None
+
+
+@KAFKA_ONLY
+def test_two_workers_answer_any_keys_windows_and_every_keys_window(
+    windowed: Worker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    pair = [windowed.start()]
+    pair.append(workers("tests.apps.windowed:app", dict(windowed.env), data_dir="second").start())
+
+    def split() -> bool:
+        views = pair[0].get("/views")
+        if views is None:
+            return False
+        parts = next(v for v in views["views"] if v["name"] == "clicks")["partitions"]
+        serving = {p: s["worker"] for p, s in parts.items() if s["state"] == "serving"}
+        return len(serving) == 4 and set(serving.values()) == {w.url for w in pair}
+
+    wait_for(split, timeout=120, what="the partitions split over two serving workers")
+    urls = [f"page-{i}" for i in range(12)]
+    events, counts = _clicks(400, seed=5, urls=urls)
+    posted = call(f"{pair[0].url}/events/{unique_name}-clicks", "POST", events)
+    assert posted.status == 201, posted.raw
+    token = posted.body["token"]
+    first = min(start for _, start in counts)
+    for worker in pair:
+        answered_by = set()
+        for key in urls:
+            read = call(f"{worker.url}/views/clicks/windows/{key}?after={token}&timeout=20")
+            assert read.status == 200, read.raw
+            mine = [(start, n) for (u, start), n in sorted(counts.items()) if u == key]
+            assert read.body["windows"] == [_window(s, n) for s, n in mine]
+            answered_by.add(read.headers["X-Belvedere-Worker"])
+        assert answered_by == {w.url for w in pair}  # some answered here, some forwarded
+        rows, cursor = [], None
+        while True:
+            more = f"&cursor={cursor}" if cursor else ""
+            page = call(f"{worker.url}/views/clicks/windows?start={first}&limit=3{more}")
+            assert page.status == 200, page.raw
+            rows += page.body["rows"]
+            cursor = page.body["next"]
+            if cursor is None:
+                break
+        assert [(r["key"], r["value"]) for r in rows] == sorted(
+            ((u, n) for (u, s), n in counts.items() if s == first),
+            key=lambda r: r[0].encode() + SEPARATOR,
+        )
