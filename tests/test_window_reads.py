@@ -151,6 +151,19 @@ def _window(start: int, count: int) -> dict:
     return {"start": _iso(start), "end": _iso(start + MINUTE), "value": count}
 
 
+def _every_window(url: str, start: str, limit: int) -> list[dict]:
+    """Every key's window starting at ``start``, page by page."""
+    rows, cursor = [], None
+    while True:
+        more = f"&cursor={cursor}" if cursor else ""
+        page = call(f"{url}/views/clicks/windows?start={start}&limit={limit}{more}")
+        assert page.status == 200, page.raw
+        rows += page.body["rows"]
+        cursor = page.body["next"]
+        if cursor is None:
+            return rows
+
+
 @pytest.fixture
 def windowed(broker: Broker, workers: Callable[..., Worker], unique_name: str) -> Worker:
     broker.create_topic(f"{unique_name}-clicks", 4)
@@ -189,17 +202,7 @@ def test_a_windowed_view_is_read_by_key_range_instant_and_window_over_http(
 
     # one window of every key, a page at a time, from every partition
     for limit in (2, 100):
-        rows, cursor = [], None
-        while True:
-            query = f"start={_iso(minutes[0])}&limit={limit}" + (
-                f"&cursor={cursor}" if cursor else ""
-            )
-            page = call(f"{url}/views/clicks/windows?{query}")
-            assert page.status == 200, page.raw
-            rows += page.body["rows"]
-            cursor = page.body["next"]
-            if cursor is None:
-                break
+        rows = _every_window(url, _iso(minutes[0]), limit)
         expected_keys = sorted(
             (u for (u, s) in counts if s == minutes[0]), key=lambda u: u.encode() + SEPARATOR
         )
@@ -272,15 +275,7 @@ def test_two_workers_answer_any_keys_windows_and_every_keys_window(
             assert read.body["windows"] == [_window(s, n) for s, n in mine]
             answered_by.add(read.headers["X-Belvedere-Worker"])
         assert answered_by == {w.url for w in pair}  # some answered here, some forwarded
-        rows, cursor = [], None
-        while True:
-            more = f"&cursor={cursor}" if cursor else ""
-            page = call(f"{worker.url}/views/clicks/windows?start={first}&limit=3{more}")
-            assert page.status == 200, page.raw
-            rows += page.body["rows"]
-            cursor = page.body["next"]
-            if cursor is None:
-                break
+        rows = _every_window(worker.url, str(first), 3)
         assert [(r["key"], r["value"]) for r in rows] == sorted(
             ((u, n) for (u, s), n in counts.items() if s == first),
             key=lambda r: r[0].encode() + SEPARATOR,
