@@ -22,8 +22,10 @@ from belvedere.tables.window_reads import (
     windows_at,
     windows_starting,
 )
+from belvedere.views_api.windows import describe_window
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import EventStream, call
+from tests.support.windowed import Tumbling, WindowedRows
 from tests.support.worker import Worker, wait_for
 
 SIZE, HOP = 10_000, 5_000
@@ -123,6 +125,24 @@ def test_one_window_of_every_key_pages_in_store_order_across_partitions(tmp_path
     finally:
         for store in parts:
             store.close()
+
+
+def test_a_window_is_described_by_its_kind_size_and_step() -> None:
+    class Hopping:
+        size_ms, step_ms = 600_000, 60_000
+
+    class Session:
+        def __repr__(self) -> str:
+            return "Session(gap_ms=30000)"
+
+    def described(window: object) -> str | None:
+        return describe_window(WindowedRows("app", "v", int, str, window))
+
+    assert described(Tumbling(60_000)) == "tumbling 1m"
+    assert described(Tumbling(1_500)) == "tumbling 1500ms"
+    assert described(Hopping()) == "hopping 10m every 1m"
+    assert described(Session()) == "Session(gap_ms=30000)"
+    assert describe_window(View("app", "v", int)) is None
 
 
 # -- over HTTP ---------------------------------------------------------------------------
@@ -240,7 +260,7 @@ def test_a_windowed_view_is_read_by_key_range_instant_and_window_over_http(
 
     # the catalog (and so the status page) says which views are windowed, and how
     views = {v["name"]: v for v in call(f"{url}/views").body["views"]}
-    assert views["clicks"]["window"] == "tumbling 60s"
+    assert views["clicks"]["window"] == "tumbling 1m"
     assert views["pages"]["window"] is None
 
 

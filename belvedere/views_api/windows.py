@@ -89,10 +89,14 @@ def _duration(ms: int) -> str:
 
 
 def _longest(view: View) -> int | None:
-    """The view's windows' length in ms, where they have one (sessions have none): no
-    window starting longer ago than that before an instant can hold it."""
-    size = getattr(getattr(view, "window", None), "size_ms", None)
-    return size if isinstance(size, int) and size > 0 else None
+    """The view's windows' length in ms, for windows of one size on a grid (a size and a
+    step; a session has neither): no window starting longer ago than that before an
+    instant can hold it."""
+    window = getattr(view, "window", None)
+    size, step = getattr(window, "size_ms", None), getattr(window, "step_ms", None)
+    if isinstance(size, int) and isinstance(step, int) and size > 0:
+        return size
+    return None
 
 
 def instant(ms: int) -> str | int:

@@ -5,7 +5,7 @@ real one and this goes).
 Its handler writes ``view[(key, start, end)]``; the row is stored through the view's normal
 path (transaction, checkpoint, changelog) under ``window_key(store_key(key), start, end)``
 and lives in the partition of ``key``. ``window`` is :class:`Tumbling`, standing in for the
-window a windowed view declares.
+window a windowed view declares (with its ``size_ms`` and ``step_ms``).
 """
 
 from __future__ import annotations
@@ -20,15 +20,11 @@ __all__ = ["Tumbling", "WindowedRows"]
 
 class Tumbling:
     def __init__(self, size_ms: int) -> None:
-        self.size_ms = size_ms
-        self.longest_ms = size_ms
+        self.size_ms = self.step_ms = size_ms
 
     def bounds(self, ms: int) -> tuple[int, int]:
         start = ms - ms % self.size_ms
         return start, start + self.size_ms
-
-    def describe(self) -> str:
-        return f"tumbling {self.size_ms // 1000}s"
 
 
 class WindowedRows(View):
