@@ -22,6 +22,7 @@ from belvedere.tables.window_reads import (
     windows_at,
     windows_starting,
 )
+from belvedere.views_api import windows as windows_api
 from belvedere.views_api.windows import describe_window
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import EventStream, call
@@ -127,13 +128,17 @@ def test_one_window_of_every_key_pages_in_store_order_across_partitions(tmp_path
             store.close()
 
 
-def test_a_window_is_described_by_its_kind_size_and_step() -> None:
+def test_a_window_is_described_and_bounds_a_read_by_its_size_unless_sessions() -> None:
     class Hopping:
         size_ms, step_ms = 600_000, 60_000
 
     class Session:
+        sessions = True
+        size_ms = step_ms = 30_000  # the gap: a session may last longer
+
+    class Custom:
         def __repr__(self) -> str:
-            return "Session(gap_ms=30000)"
+            return "Custom()"
 
     def described(window: object) -> str | None:
         return describe_window(WindowedRows("app", "v", int, str, window))
@@ -141,7 +146,13 @@ def test_a_window_is_described_by_its_kind_size_and_step() -> None:
     assert described(Tumbling(60_000)) == "tumbling 1m"
     assert described(Tumbling(1_500)) == "tumbling 1500ms"
     assert described(Hopping()) == "hopping 10m every 1m"
-    assert described(Session()) == "Session(gap_ms=30000)"
+    assert described(Session()) == "session, gap 30s"
+    assert described(Custom()) == "Custom()"
+    longest = [
+        windows_api._longest(WindowedRows("app", "v", int, str, w))
+        for w in (Tumbling(60_000), Hopping(), Session(), Custom())
+    ]
+    assert longest == [60_000, 600_000, None, None]
     assert describe_window(View("app", "v", int)) is None
 
 

@@ -59,8 +59,10 @@ def key_windows(
         seek = window_key(key, start - longest, EARLIEST)
     if horizon is not None:
         start = max(start, horizon)
-    found = []
+    found, length = [], len(prefix) + 16
     for row_key, value in store.rows(seek, prefix=prefix):
+        if len(row_key) != length:
+            continue  # not a window of this key
         _, first, last = parse_window_key(row_key)
         if first >= end:
             break

@@ -65,7 +65,8 @@ START = Instant("start", "required: the window start (ms since the epoch, or ISO
 
 def describe_window(view: View) -> str | None:
     """What the status page and ``GET /views`` say of a view's windows, such as
-    ``tumbling 1m`` or ``hopping 10m every 1m`` (None: not windowed)."""
+    ``tumbling 1m``, ``hopping 10m every 1m`` or ``session, gap 30s`` (None: not
+    windowed)."""
     window = getattr(view, "window", None)
     if window is None:
         return None
@@ -75,6 +76,8 @@ def describe_window(view: View) -> str | None:
     size, step = getattr(window, "size_ms", None), getattr(window, "step_ms", None)
     if not isinstance(size, int):
         return str(window)
+    if getattr(window, "sessions", False):
+        return f"session, gap {_duration(size)}"
     said = f"{type(window).__name__.lower()} {_duration(size)}"
     if isinstance(step, int) and step != size:
         said += f" every {_duration(step)}"
@@ -90,13 +93,13 @@ def _duration(ms: int) -> str:
 
 def _longest(view: View) -> int | None:
     """The view's windows' length in ms, for windows of one size on a grid (a size and a
-    step; a session has neither): no window starting longer ago than that before an
-    instant can hold it."""
+    step; not sessions): no window starting longer ago than that before an instant can
+    hold it."""
     window = getattr(view, "window", None)
     size, step = getattr(window, "size_ms", None), getattr(window, "step_ms", None)
-    if isinstance(size, int) and isinstance(step, int) and size > 0:
-        return size
-    return None
+    if getattr(window, "sessions", False) or not isinstance(step, int):
+        return None  # a session's size is its gap: sessions grow past it
+    return size if isinstance(size, int) and size > 0 else None
 
 
 def instant(ms: int) -> str | int:
