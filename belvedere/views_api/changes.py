@@ -8,9 +8,10 @@ reconnects to any worker with the last event id it saw (``Last-Event-ID``, or
 Each event is ``event: change`` with ``data: {"key", "value", "deleted", "partition"}``
 (a windowed view's also ``start`` and ``end``, its window's) and an ``id`` that resumes
 right after it. The id says, per partition, the checkpoint to read from and how many of
-its changes were already sent. Without an id the feed starts at the end (``?from=start``: at the beginning, the whole view as it was built). A rebuild
-switching the view to a new generation ends the feed with ``event: rebuilt``; a position
-the changelog no longer holds answers 410: start again without an id.
+its changes were already sent. Without an id the feed starts at the end (``?from=start``:
+at the beginning, the whole view as it was built). A rebuild switching the view to a new
+generation ends the feed with ``event: rebuilt``; a position the changelog no longer holds
+answers 410: start again without an id.
 
 ``?after=`` may instead be a consistency token (a scan's ``X-Belvedere-Position``): once
 every partition has applied it (else 504, as a scan), the feed starts with the changes of
