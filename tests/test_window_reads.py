@@ -23,6 +23,7 @@ from belvedere.tables.window_reads import (
     windows_starting,
 )
 from belvedere.views_api import windows as windows_api
+from belvedere.views_api.positions import decode_token, encode_token
 from belvedere.views_api.windows import describe_window
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.http import EventStream, call
@@ -250,6 +251,15 @@ def test_a_windowed_view_is_read_by_key_range_instant_and_window_over_http(
     feed.close()
     assert last == {(u, _iso(s), _iso(s + MINUTE)): n for (u, s), n in counts.items()}
 
+    # a token for a write not made yet: 504 with where the view is, for one key or every key
+    ahead = encode_token(
+        {t: {p: o + 1000 for p, o in parts.items()} for t, parts in decode_token(token).items()}
+    )
+    for path in ("/views/clicks/windows/home", f"/views/clicks/windows?start={BASE}"):
+        late = call(f"{url}{path}{'&' if '?' in path else '?'}after={ahead}&timeout=0.3")
+        assert (late.status, late.body["error"]) == (504, "not-yet-applied"), late.raw
+        assert late.headers["X-Belvedere-Position"]
+
     # what is not a windowed read is said so, in JSON
     for path, code in [
         ("/views/pages/windows/home", "not-windowed"),
@@ -257,6 +267,7 @@ def test_a_windowed_view_is_read_by_key_range_instant_and_window_over_http(
         ("/views/clicks/home", "windowed-view"),
         ("/views/clicks?key=home", "windowed-view"),
         ("/views/clicks", "windowed-view"),
+        ("/views/clicks/by/url/home", "windowed-view"),
         ("/views/clicks/windows", "bad-parameter"),
         ("/views/clicks/windows/home?from=yesterday", "bad-parameter"),
         (f"/views/clicks/windows/home?at={BASE}&from={BASE}", "bad-parameter"),

@@ -185,12 +185,12 @@ async def one_window(app: ServedApp, request: web.Request) -> web.StreamResponse
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
-    if _not_windowed(view) is None:
-        start = START.parse(request)
-        if start is None:
-            raise BadParam("start is required: the window start (ms or ISO-8601)")
-    else:
-        start = 0
+    refused = _not_windowed(view)
+    if refused is not None:
+        return refused
+    start = START.parse(request)
+    if start is None:
+        raise BadParam("start is required: the window start (ms or ISO-8601)")
 
     def run(
         view: View, partitions: list[int], limit: int, after: bytes | None
