@@ -26,11 +26,20 @@ from belvedere.views_api import windows as windows_api
 from belvedere.views_api.positions import decode_token, encode_token
 from belvedere.views_api.windows import describe_window
 from tests.support.brokers import KAFKA_ONLY, Broker
+from tests.support.chromium import Browser
 from tests.support.http import EventStream, call
 from tests.support.windowed import Tumbling, WindowedRows
 from tests.support.worker import Worker, wait_for
 
 SIZE, HOP = 10_000, 5_000
+#: Each view's heading on the status page, and whether it links to a scan of its rows.
+HEADINGS = """(() => {
+  const views = [...document.querySelectorAll('section.view')];
+  if (!views.length) return null;
+  const out = Object.fromEntries(views.map(s => [s.dataset.view, s.querySelector('h2').textContent]));
+  out.links = Object.fromEntries(views.map(s => [s.dataset.view, !!s.querySelector('a.rows')]));
+  return out;
+})()"""
 
 
 def _written(store: PartitionStore, rows: dict[bytes, bytes]) -> None:
@@ -322,3 +331,21 @@ def test_two_workers_answer_any_keys_windows_and_every_keys_window(
             ((u, n) for (u, s), n in counts.items() if s == first),
             key=lambda r: r[0].encode() + SEPARATOR,
         )
+
+
+@pytest.mark.parametrize("broker", ["embedded"], indirect=True)
+def test_the_status_page_says_how_a_view_is_windowed(
+    windowed: Worker, unique_name: str, chromium: str
+) -> None:
+    windowed.start()
+    windowed.wait_until("/ready", lambda _: True, what="the worker ready")
+    browser = Browser(chromium, windowed.url + "/")
+    try:
+        shown = wait_for(
+            lambda: browser.evaluate(HEADINGS) or None, timeout=30, what="the page's views"
+        )
+    finally:
+        browser.close()
+    assert "windows tumbling 1m" in shown["clicks"] and "rows (windows)" in shown["clicks"]
+    assert "windows" not in shown["pages"] and " keys " in shown["pages"]
+    assert shown["links"] == {"clicks": False, "pages": True}  # no scan of a windowed view
