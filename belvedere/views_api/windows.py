@@ -133,6 +133,15 @@ def _not_windowed(view: View) -> web.Response | None:
     )
 
 
+def _windowed_view(app: ServedApp, request: web.Request) -> View | web.Response:
+    """The windowed view the path names, or the 404 or 400 instead."""
+    view = view_or_404(app, request)
+    if isinstance(view, web.Response):
+        return view
+    refused = _not_windowed(view)
+    return view if refused is None else refused
+
+
 def _window(row: WindowRow) -> dict[str, Any]:
     return {
         "start": instant(row.start),
@@ -143,12 +152,9 @@ def _window(row: WindowRow) -> dict[str, Any]:
 
 async def key_windows_read(app: ServedApp, request: web.Request) -> web.StreamResponse:
     """``GET /views/{view}/windows/{key}?from=&to=`` or ``?at=``: the key's windows."""
-    view = view_or_404(app, request)
+    view = _windowed_view(app, request)
     if isinstance(view, web.Response):
         return view
-    refused = _not_windowed(view)
-    if refused is not None:
-        return refused
     key = WINDOW_KEY.parse(view, request.match_info[WINDOW_KEY.name])
     at, low, high = AT.parse(request), FROM.parse(request), TO.parse(request)
     if at is not None and (low is not None or high is not None):
@@ -182,12 +188,9 @@ def _as_is(key: Any, value: Any) -> Any:
 
 async def one_window(app: ServedApp, request: web.Request) -> web.StreamResponse:
     """``GET /views/{view}/windows?start=``: every key's window starting at ``start``."""
-    view = view_or_404(app, request)
+    view = _windowed_view(app, request)
     if isinstance(view, web.Response):
         return view
-    refused = _not_windowed(view)
-    if refused is not None:
-        return refused
     start = START.parse(request)
     if start is None:
         raise BadParam("start is required: the window start (ms or ISO-8601)")
