@@ -22,6 +22,7 @@ from belvedere.views_api.errors import json
 from belvedere.views_api.forwarding import ask_members, members_of, self_url
 from belvedere.views_api.reads import lag_of, lineage
 from belvedere.views_api.surface import ServedApp
+from belvedere.views_api.windows import describe_window
 
 __all__ = ["list_views", "local_views"]
 
@@ -140,6 +141,7 @@ async def list_views(app: ServedApp, request: web.Request) -> web.StreamResponse
                 "generation": view.generation,
                 "state": _state(view, partitions, rebuild),
                 "keyType": view.key_type.__name__,
+                "window": describe_window(view),
                 "indexes": list(view.indexes),
                 "partitionCount": view.partitions,
                 "keys": sum(rows),

@@ -6,11 +6,12 @@ reconnects to any worker with the last event id it saw (``Last-Event-ID``, or
 ``?after=``) gets every later change exactly once.
 
 Each event is ``event: change`` with ``data: {"key", "value", "deleted", "partition"}``
-and an ``id`` that resumes right after it. The id says, per partition, the checkpoint to
-read from and how many of its changes were already sent. Without an id the feed starts at
-the end (``?from=start``: at the beginning, the whole view as it was built). A rebuild
-switching the view to a new generation ends the feed with ``event: rebuilt``; a position
-the changelog no longer holds answers 410: start again without an id.
+(a windowed view's also ``start`` and ``end``, its window's) and an ``id`` that resumes
+right after it. The id says, per partition, the checkpoint to read from and how many of
+its changes were already sent. Without an id the feed starts at the end (``?from=start``:
+at the beginning, the whole view as it was built). A rebuild switching the view to a new
+generation ends the feed with ``event: rebuilt``; a position the changelog no longer holds
+answers 410: start again without an id.
 
 ``?after=`` may instead be a consistency token (a scan's ``X-Belvedere-Position``): once
 every partition has applied it (else 504, as a scan), the feed starts with the changes of
@@ -42,6 +43,7 @@ from belvedere.views_api.positions import BadToken, Positions, decode_token
 from belvedere.views_api.reads import lineage, view_or_404
 from belvedere.views_api.scans import wait_everywhere
 from belvedere.views_api.surface import ServedApp
+from belvedere.views_api.windows import feed_key
 
 __all__ = ["FEED_AFTER", "FROM", "LAST_EVENT_ID", "changes"]
 
@@ -361,8 +363,11 @@ async def _stream(
                 if i < skip:
                     continue
                 resume[p] = (found.start, i + 1) if i + 1 < count else (found.end, 0)
+                named = feed_key(view, key)
+                if named is None:
+                    continue
                 data = {
-                    "key": view.key_from_store(key),
+                    **named,
                     "value": None if value is None else orjson.Fragment(value),
                     "deleted": value is None,
                     "partition": p,

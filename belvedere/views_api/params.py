@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
+from belvedere.streams.converters import INT_MAX, INT_MIN, FieldError, timestamp_ms
 from belvedere.tables.view import View
 from belvedere.views_api.errors import BadRequest
 from belvedere.views_api.opaque import pack, unpack
@@ -29,8 +30,10 @@ __all__ = [
     "STRING",
     "TIMEOUT",
     "TOKEN",
+    "WHEN",
     "BadParam",
     "Choice",
+    "Instant",
     "Integer",
     "Key",
     "KeyCursor",
@@ -53,6 +56,8 @@ TOKEN: Schema = MappingProxyType(
     {"type": "string", "pattern": "^[A-Za-z0-9_-]*$", "maxLength": 4096}
 )
 DATE_TIME: Schema = {"type": "string", "format": "date-time"}
+#: A point in time as the API takes it: milliseconds since the epoch, or ISO-8601.
+WHEN = [{"type": "string", "pattern": "^[0-9]{1,18}$"}, DATE_TIME]
 #: What a ``cursor`` of a listing read a page at a time is.
 PAGE_CURSOR = "the `next` of the previous page (empty: the first)"
 
@@ -185,6 +190,29 @@ class Choice(Param):
             # a BadRequest, not a BadParam: its answer has always said bad-request
             raise BadRequest(f"{self.name} must be {' or '.join(self.choices)}, not {text[:20]!r}")
         return text
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Instant(Param):
+    """A point in time: milliseconds since the epoch, or ISO-8601 (as ``fromTimestamp``)."""
+
+    schema: Schema = field(default_factory=lambda: {"anyOf": WHEN})
+
+    def parse(self, request: web.Request) -> int | None:
+        """Milliseconds since the epoch (None: not sent, or empty)."""
+        text = request.query.get(self.name)
+        if not text:
+            return None
+        try:
+            ms = timestamp_ms(text)
+        except (FieldError, ValueError, OverflowError):
+            ms = None
+        if ms is None or not INT_MIN < ms < INT_MAX:
+            raise BadParam(
+                f"{self.name} must be milliseconds since the epoch or an ISO-8601 time, "
+                f"not {text[:40]!r}"
+            )
+        return ms
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from faust.types import TP
 
-from belvedere.tables.view import NotLocal, PartitionStatus, View
+from belvedere.tables.view import LocalPartition, NotLocal, PartitionStatus, View
 from belvedere.views_api.errors import error
 from belvedere.views_api.forwarding import (
     HEADER_WORKER,
@@ -50,8 +50,10 @@ __all__ = [
     "lag_of",
     "lineage",
     "not_here",
+    "read_here",
     "stored_row",
     "view_or_404",
+    "windowed_refused",
 ]
 
 HEADER_GENERATION = "X-Belvedere-Generation"
@@ -150,15 +152,13 @@ async def stored_row(
     return data
 
 
-async def get_row(app: ServedApp, request: web.Request) -> web.StreamResponse:
-    """The row's JSON as stored (encoded once, when it was written)."""
-    view = view_or_404(app, request)
-    if isinstance(view, web.Response):
-        return view
-    text = request.match_info.get("key")
-    if text is None:
-        text = request.query["key"]
-    key = KEY.parse(view, text)
+async def read_here(
+    app: ServedApp, request: web.Request, view: View, key: Any
+) -> tuple[LocalPartition, dict[str, str]] | web.Response:
+    """The copy of ``key``'s partition to answer from, once it has applied the request's
+    ``?after=`` (within ``?timeout=``; ``?max_lag=`` accepts a copy behind), and the
+    headers that say how current it is; or the answer instead: the owner's, forwarded
+    there, a 503 or a 504."""
     max_lag = MAX_LAG.parse(request)
     token = AFTER.parse(request)
     timeout = TIMEOUT.parse(request)  # refused when bad, even if unused
@@ -197,6 +197,38 @@ async def get_row(app: ServedApp, request: web.Request) -> web.StreamResponse:
     headers = staleness_headers(topics, partition, local, status, lag)
     headers[HEADER_GENERATION] = str(view.generation)
     headers[HEADER_WORKER] = self_url(app)
+    return local, headers
+
+
+def windowed_refused(view: View) -> web.Response | None:
+    """The 400 a read of rows by key answers on a windowed view (None: not windowed)."""
+    if getattr(view, "window", None) is None:
+        return None
+    return error(
+        400,
+        "windowed-view",
+        f"view {view.name!r} is windowed: read a key's windows with "
+        f"GET /views/{view.name}/windows/{{key}}, one window of every key with "
+        f"GET /views/{view.name}/windows?start=",
+    )
+
+
+async def get_row(app: ServedApp, request: web.Request) -> web.StreamResponse:
+    """The row's JSON as stored (encoded once, when it was written)."""
+    view = view_or_404(app, request)
+    if isinstance(view, web.Response):
+        return view
+    text = request.match_info.get("key")
+    if text is None:
+        text = request.query["key"]
+    key = KEY.parse(view, text)
+    refused = windowed_refused(view)
+    if refused is not None:
+        return refused
+    found = await read_here(app, request, view, key)
+    if isinstance(found, web.Response):
+        return found
+    local, headers = found
     data = local.store.get(view.store_key(key))
     if data is None:
         return error(404, "no-such-key", f"view {view.name!r} has no row {text!r}", headers)

@@ -2,9 +2,10 @@
 installed on faust's aiohttp application when its server starts, and the one the OpenAPI
 spec is written from.
 
-Paths under ``/views/{view}/`` that are not keys: ``rebuild``, ``changes`` and ``by``. A
-row whose key is one of those is read with ``GET /views/{view}?key=...``. Order matters:
-aiohttp tries the paths in this order, so those come before ``/views/{view}/{key}``.
+Paths under ``/views/{view}/`` that are not keys: ``rebuild``, ``changes``, ``by`` and
+``windows``. A row whose key is one of those is read with ``GET /views/{view}?key=...``.
+Order matters: aiohttp tries the paths in this order, so those come before
+``/views/{view}/{key}``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import functools
 from aiohttp import web
 
 from belvedere.streams.converters import INT_MAX
-from belvedere.views_api import aggregates, changes, commands, dead_letters, events, sagas, scans
+from belvedere.views_api import (
+    aggregates,
+    changes,
+    commands,
+    dead_letters,
+    events,
+    sagas,
+    scans,
+    windows,
+)
 from belvedere.views_api.auth import ADMIN, OPEN, READ, WRITE, tokens_required
 from belvedere.views_api.browsers import browser_rules
 from belvedere.views_api.catalog import list_views
@@ -31,7 +41,7 @@ from belvedere.views_api.identity import announce_app
 from belvedere.views_api.metrics import metrics, timed
 from belvedere.views_api.openapi import spec
 from belvedere.views_api.operations import ERROR, Answer, Body, Route, ok, refusals
-from belvedere.views_api.params import AFTER, DATE_TIME, TIMEOUT
+from belvedere.views_api.params import AFTER, TIMEOUT, WHEN
 from belvedere.views_api.reads import KEY, MAX_LAG, VIEW, get_row
 from belvedere.views_api.rebuilds import rebuild_status, start_rebuild
 from belvedere.views_api.status_page import status_page
@@ -47,9 +57,33 @@ async def openapi(app: ServedApp, request: web.Request) -> web.StreamResponse:
 
 
 PAGE = {"$ref": "#/components/schemas/Page"}
-#: A point in time as the API takes it: milliseconds since the epoch, or ISO-8601.
-WHEN = [{"type": "string", "pattern": "^[0-9]{1,18}$"}, DATE_TIME]
 ENVELOPE = {"$ref": "#/components/schemas/Envelope"}
+_WINDOW = {
+    "start": {"type": "string", "format": "date-time"},
+    "end": {"type": "string", "format": "date-time", "description": "exclusive"},
+    "value": {},
+}
+KEY_WINDOWS = {
+    "type": "object",
+    "properties": {
+        "key": {},
+        "windows": {
+            "type": "array",
+            "items": {"type": "object", "properties": _WINDOW},
+            "description": "oldest first",
+        },
+    },
+}
+WINDOW_PAGE = {
+    "type": "object",
+    "properties": {
+        "rows": {
+            "type": "array",
+            "items": {"type": "object", "properties": {"key": {}, **_WINDOW}},
+        },
+        "next": {"type": ["string", "null"]},
+    },
+}
 REBUILD = Body(
     {
         "type": "object",
@@ -168,6 +202,33 @@ ROUTES: tuple[Route, ...] = (
             Answer(200, "an event stream", media="text/event-stream"),
             *refusals(400, 404, 410, 503, 504),
         ),
+    ),
+    Route(
+        "GET",
+        "/views/{view}/windows",
+        windows.one_window,
+        READ,
+        "One window of every key of a windowed view (by its start), across every worker",
+        (windows.WINDOWED, windows.START, scans.LIMIT, scans.CURSOR, AFTER, TIMEOUT),
+        answers=(ok("a page of windows", schema=WINDOW_PAGE), *refusals(400, 404, 503, 504)),
+    ),
+    Route(
+        "GET",
+        "/views/{view}/windows/{key}",
+        windows.key_windows_read,
+        READ,
+        "A key's windows in a time range, or those containing an instant",
+        (
+            windows.WINDOWED,
+            windows.WINDOW_KEY,
+            windows.FROM,
+            windows.TO,
+            windows.AT,
+            AFTER,
+            TIMEOUT,
+            MAX_LAG,
+        ),
+        answers=(ok("the key's windows", schema=KEY_WINDOWS), *refusals(400, 404, 503, 504)),
     ),
     Route(
         "GET",

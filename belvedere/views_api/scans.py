@@ -48,6 +48,7 @@ from belvedere.views_api.reads import (
     lag_of,
     lineage,
     view_or_404,
+    windowed_refused,
 )
 from belvedere.views_api.surface import ServedApp
 
@@ -60,6 +61,7 @@ __all__ = [
     "ROW_KEY",
     "START",
     "VALUE",
+    "gather",
     "lookup_rows",
     "scan_rows",
     "wait_everywhere",
@@ -213,10 +215,29 @@ async def wait_everywhere(
     return found if isinstance(found, web.Response) else None
 
 
-async def _gather(app: ServedApp, request: web.Request, local: Local) -> web.StreamResponse:
+def _row(key: Any, value: Any) -> Any:
+    return {"key": key, "value": value}
+
+
+async def gather(
+    app: ServedApp,
+    request: web.Request,
+    local: Local,
+    *,
+    order: Callable[[View, Any], Any] | None = None,
+    row: Callable[[Any, Any], Any] = _row,
+    refuse: Callable[[View], web.Response | None] = windowed_refused,
+) -> web.StreamResponse:
+    """A page of ``local``'s rows from every partition, wherever each is served, merged in
+    key order: the keys' own, or ``order(view, key)`` where the parts come in another (it
+    must be the order ``local`` pages in past its ``after``). Each row of the answer is
+    ``row(key, value)``; ``refuse(view)`` answers instead for a view the read is not for."""
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
+    refused = refuse(view)
+    if refused is not None:
+        return refused
     if view.partitions is None:
         return error(503, "not-serving", f"view {view.name!r} is not started", {"Retry-After": "1"})
     if request.query.get("scope") == "local":
@@ -232,7 +253,8 @@ async def _gather(app: ServedApp, request: web.Request, local: Local) -> web.Str
     if isinstance(parts, web.Response):
         return parts
     topics = lineage(app, view)
-    merged = list(heapq.merge(*(part["rows"] for part in parts.values()), key=lambda r: r[0]))
+    by = (lambda r: r[0]) if order is None else (lambda r: order(view, r[0]))
+    merged = list(heapq.merge(*(part["rows"] for part in parts.values()), key=by))
     page = merged[:limit]
     more = len(merged) > limit or any(part["more"] for part in parts.values())
     position = topics.combine(part["position"] for part in parts.values() if part["served"])
@@ -245,7 +267,7 @@ async def _gather(app: ServedApp, request: web.Request, local: Local) -> web.Str
     if last:
         headers[HEADER_LAST_EVENT] = format_ms(max(last))
     body = {
-        "rows": [{"key": key, "value": value} for key, value in page],
+        "rows": [row(key, value) for key, value in page],
         "next": encode_cursor(page[-1][0]) if more and page else None,
     }
     return json(body, headers=headers)
@@ -279,7 +301,7 @@ async def scan_rows(app: ServedApp, request: web.Request) -> web.StreamResponse:
     (``?key=K`` reads the one row, as ``GET /views/{view}/{key}`` does)."""
     if ROW_KEY.name in request.query:
         return await get_row(app, request)
-    return await _gather(app, request, _scan(request))
+    return await gather(app, request, _scan(request))
 
 
 async def lookup_rows(app: ServedApp, request: web.Request) -> web.StreamResponse:
@@ -293,4 +315,4 @@ async def lookup_rows(app: ServedApp, request: web.Request) -> web.StreamRespons
         found = view.lookup_encoded(partitions, index, value, limit + 1, after)
         return found[:limit], len(found) > limit
 
-    return await _gather(app, request, run)
+    return await gather(app, request, run)
