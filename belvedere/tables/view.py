@@ -17,9 +17,10 @@ import heapq
 import itertools
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import FrozenInstanceError, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -28,7 +29,16 @@ from belvedere.streams.converters import INT_MAX, INT_MIN, converter_for
 from belvedere.streams.partitioner import partitioner_named
 from belvedere.tables.store import PartitionStore
 
-__all__ = ["LocalPartition", "NotLocal", "PartitionStatus", "View", "ViewState", "key_codec"]
+__all__ = [
+    "LocalPartition",
+    "NotLocal",
+    "PartitionStatus",
+    "UndeclaredRead",
+    "View",
+    "ViewState",
+    "key_codec",
+    "reading_only",
+]
 
 
 class NotLocal(LookupError):
@@ -38,6 +48,32 @@ class NotLocal(LookupError):
         super().__init__(f"view {view!r} partition {partition} is {state}")
         self.partition = partition
         self.state = state
+
+
+class UndeclaredRead(LookupError):
+    """A projection's handler read a view it did not declare in ``reads=``: nothing checked
+    that the view is partitioned like the handler's source, so the row it wants may live
+    on another worker, and the answer would depend on where the partition happens to be."""
+
+    def __init__(self, view: str, allowed: Collection[str]) -> None:
+        super().__init__(
+            f"read of view {view!r}, which the projection does not declare "
+            f"(reads={sorted(allowed)}): add it to reads= of app.projection"
+        )
+
+
+#: The views a projection's handler may read while it folds (None: not in such a fold).
+_READS: ContextVar[frozenset[str] | None] = ContextVar("belvedere_reads", default=None)
+
+
+def reading_only(names: frozenset[str] | None) -> Token[frozenset[str] | None]:
+    """Until reset with the token returned, reads of views other than ``names`` (and
+    replicated views) raise :class:`UndeclaredRead`; None lifts the check."""
+    return _READS.set(names)
+
+
+def stop_reading_only(token: Token[frozenset[str] | None]) -> None:
+    _READS.reset(token)
 
 
 @dataclass
@@ -147,6 +183,8 @@ class View:
 
     #: Assignable after ``__init__``: they are the state's (``generation``, ``partitions``).
     _STATE = frozenset({"partitions", "generation"})
+    #: Every worker holds all of it (a global view): readable from any handler.
+    replicated: ClassVar[bool] = False
 
     app_id: str
     name: str
@@ -321,7 +359,13 @@ class View:
 
     # -- local queries -----------------------------------------------------------------------
 
+    def _check_read(self) -> None:
+        allowed = _READS.get()
+        if allowed is not None and self.name not in allowed and not self.replicated:
+            raise UndeclaredRead(self.name, allowed)
+
     def _serving(self, partition: int) -> PartitionStore:
+        self._check_read()
         store = self.stores.get(partition)
         status = self.status.get(partition)
         if store is None or status is None:
