@@ -1,0 +1,178 @@
+"""Joins (tests/apps/joins.py): a lookup of a co-partitioned view, global views on every
+worker (two on Kafka), their restart, and the co-partitioning mistake refused at start."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from tests.support.brokers import Broker
+from tests.support.http import call
+from tests.support.worker import Worker, run_cli, wait_for
+
+APP = "tests.apps.joins:app"
+
+
+def post(worker: Worker, topic: str, event_type: str, events: list[dict[str, Any]]) -> None:
+    body = [{"eventType": event_type, "eventVersion": 1, "data": data} for data in events]
+    answer = call(f"{worker.url}/events/{topic}", "POST", body)
+    assert answer.status == 201, answer.raw
+
+
+def rows(worker: Worker, view: str, keys: list[str]) -> dict[str, Any]:
+    """Each key's row as this worker answers it (global views: from its own copy)."""
+    found = {}
+    for key in keys:
+        answer = call(f"{worker.url}/views/{view}/{key}")
+        if answer.status == 200:
+            found[key] = answer.body
+    return found
+
+
+def wait_rows(worker: Worker, view: str, expected: dict[str, Any], what: str) -> None:
+    try:
+        wait_for(
+            lambda: rows(worker, view, list(expected)) == expected,
+            timeout=60,
+            what=f"{what} on {worker.url}",
+        )
+    except AssertionError:
+        got = rows(worker, view, list(expected))
+        wrong = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+        raise AssertionError(f"{what}: (got, expected) {wrong}\n{worker.log_tail()}") from None
+
+
+def ready(worker: Worker) -> None:
+    worker.wait_until("/ready", lambda body: body.get("ready") is True, what="ready")
+
+
+class Market:
+    """Prices, customers and orders posted, and what the views must hold, computed here."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.name = name
+        self.rng = random.Random(seed)
+        self.prices: dict[str, dict[str, Any]] = {}
+        self.changes: dict[str, int] = {}
+        self.names: dict[str, str] = {}
+        self.totals: dict[str, dict[str, Any]] = {}
+
+    def set_prices(self, worker: Worker, n: int, products: int) -> None:
+        events = []
+        for _ in range(n):
+            product = f"p{self.rng.randrange(products)}"
+            event = {"productId": product, "price": self.rng.randrange(1, 1000)}
+            events.append(event)
+            self.prices[product] = event  # one key's events stay in order (one partition)
+            self.changes[product] = self.changes.get(product, 0) + 1
+        post(worker, f"{self.name}-prices", "PriceSet", events)
+
+    def name_customers(self, worker: Worker, n: int) -> None:
+        events = [{"customerId": f"c{i}", "name": f"customer {i}"} for i in range(n)]
+        self.names.update({e["customerId"]: e["name"] for e in events})
+        post(worker, f"{self.name}-customers", "CustomerNamed", events)
+
+    def place_orders(self, worker: Worker, n: int) -> None:
+        events = []
+        for _ in range(n):
+            customer = self.rng.choice(sorted(self.names))
+            product = self.rng.choice(sorted(self.prices))
+            quantity = self.rng.randrange(1, 5)
+            events.append(
+                {
+                    "orderId": f"o{self.rng.getrandbits(40)}",
+                    "customerId": customer,
+                    "productId": product,
+                    "quantity": quantity,
+                }
+            )
+            before = self.totals.get(customer, {"name": self.names[customer], "spent": 0, "orders": 0})  # fmt: skip
+            self.totals[customer] = {
+                "name": before["name"],
+                "spent": before["spent"] + self.prices[product]["price"] * quantity,
+                "orders": before["orders"] + 1,
+            }
+        post(worker, f"{self.name}-orders", "OrderPlaced", events)
+
+    def check_global(self, worker: Worker, what: str) -> None:
+        wait_rows(worker, "prices", self.prices, f"prices ({what})")
+        wait_rows(worker, "price-changes", self.changes, f"price-changes ({what})")
+
+
+def test_lookup_and_global_views(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    env = {"JOINS_NAME": unique_name}
+    count = 2 if broker.name == "kafka" else 1  # the embedded broker's group has one member
+    running = [workers(APP, env, data_dir=f"data-{i}").start() for i in range(count)]
+    for worker in running:
+        ready(worker)
+    first, last = running[0], running[-1]
+    market = Market(unique_name, seed=21)
+
+    market.set_prices(first, 120, products=15)
+    for worker in running:  # each reads every partition of the topic into its own copy
+        market.check_global(worker, "first prices")
+        views = {v["name"]: v for v in worker.get("/views")["views"]}
+        assert views["prices"]["partitionCount"] == 1
+        assert views["prices"]["sourceTopics"] == [f"{unique_name}-prices"]
+    market.name_customers(last, 12)
+    wait_rows(first, "customers", market.names, "customers")
+
+    # Enrichment: each order folded on the worker owning its customer's partition, reading
+    # the customer there (a lookup) and the product's price from that worker's global copy.
+    market.place_orders(first, 150)
+    wait_rows(first, "totals", market.totals, "totals")
+    if count > 1:
+        views = {v["name"]: v for v in first.get("/views")["views"]}
+        owners = {p["worker"] for p in views["totals"]["partitions"].values()}
+        assert owners == {w.url for w in running}, "both workers fold orders"
+
+    market.set_prices(last, 30, products=15)  # updated live
+    for worker in running:
+        market.check_global(worker, "prices updated")
+    market.place_orders(last, 60)
+    wait_rows(last, "totals", market.totals, "totals at the new prices")
+
+    # Reading a view not declared in reads= is refused, each time, as a dead letter.
+    def sneaky_kinds() -> Any:
+        kinds = {v["name"]: v for v in first.get("/views")["views"]}["sneaky"]["deadLetters"]
+        return kinds if kinds["total"] == 210 else None
+
+    assert wait_for(sneaky_kinds, timeout=60, what="sneaky's dead letters")["kinds"] == {
+        "undeclared-read": 210
+    }
+    assert rows(first, "sneaky", sorted(market.names)) == {}
+
+    # A worker killed resumes its copies from their stored offsets: a fold applied twice
+    # would show in price-changes.
+    first.kill()
+    first.start()
+    ready(first)
+    market.check_global(first, "after kill -9 and restart")
+    market.set_prices(first, 20, products=15)
+    for worker in running:
+        market.check_global(worker, "prices after the restart")
+
+
+def test_co_partitioning_mistake_ends_the_worker_in_one_line(
+    broker: Broker, unique_name: str, tmp_path: Any
+) -> None:
+    partitions = "3"
+    done = run_cli(
+        "worker",
+        APP,
+        "--broker",
+        broker.url,
+        "--data-dir",
+        str(tmp_path / "data"),
+        env={"JOINS_NAME": unique_name, "JOINS_CUSTOMER_PARTITIONS": partitions},
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"belvedere: {APP}: view 'totals' reads view 'customers', which is not co-partitioned "
+        f"with its source: '{unique_name}-orders' has 4 partition(s) hashed by murmur2, view "
+        f"'customers' has {partitions} hashed by murmur2; give both sources the same partition "
+        "count and partitioner, or make 'customers' a global view"
+    ]
