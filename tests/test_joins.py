@@ -7,11 +7,32 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+import belvedere
+from belvedere.agents.engine import NotCoPartitioned
 from tests.support.brokers import Broker
 from tests.support.http import call
 from tests.support.worker import Worker, run_cli, wait_for
 
 APP = "tests.apps.joins:app"
+
+
+class CustomerNamed(belvedere.Event, key="customer_id"):
+    customer_id: str
+    name: str
+
+
+class OrderPlaced(belvedere.Event, key="customer_id"):
+    order_id: str
+    customer_id: str
+    product_id: str
+    quantity: int
+
+
+class PriceSet(belvedere.Event, key="product_id"):
+    product_id: str
+    price: int
 
 
 def post(worker: Worker, topic: str, event_type: str, events: list[dict[str, Any]]) -> None:
@@ -176,3 +197,37 @@ def test_co_partitioning_mistake_ends_the_worker_in_one_line(
         f"'customers' has {partitions} hashed by murmur2; give both sources the same partition "
         "count and partitioner, or make 'customers' a global view"
     ]
+
+
+def test_check_refuses_a_lookup_hashed_otherwise_and_lets_global_views_be(tmp_path: Any) -> None:
+    """The keys of a crc32 topic land elsewhere than murmur2 ones, even with as many
+    partitions; a global view is on every worker, so it needs no co-partitioning."""
+    app = belvedere.App("joins-check", data_dir=tmp_path / "data")
+    orders = app.event_topic("orders", OrderPlaced, partitions=4)
+    named = app.event_topic("names", CustomerNamed, partitions=4, partitioner="crc32")
+    price_events = app.event_topic("prices", PriceSet, partitions=3)
+    customers = app.view("customers", value=str)
+    totals = app.view("totals", value=int)
+    prices = app.global_view("prices", topic=price_events, value=PriceSet)
+
+    @app.projection(named, view=customers)
+    def name(view, event: CustomerNamed) -> None:
+        view[event.customer_id] = event.name
+
+    @app.projection(orders, view=totals, reads=[customers, prices])
+    def placed(view, event: OrderPlaced) -> None:
+        view[event.customer_id] = event.quantity
+
+    refused = "'orders' has 4 partition.* murmur2, view 'customers' has 4 hashed by crc32"
+    with pytest.raises(NotCoPartitioned, match=refused):
+        app.check()
+
+    fine = belvedere.App("joins-check-global", data_dir=tmp_path / "fine")
+    fine_orders = fine.event_topic("orders", OrderPlaced, partitions=4)
+    fine_prices = fine.event_topic("prices", PriceSet, partitions=3)
+    fine_global = fine.global_view("prices", topic=fine_prices, value=PriceSet)
+    fine_totals = fine.view("totals", value=int)
+    fine.projection(fine_orders, view=fine_totals, reads=[fine_global])(placed)
+    fine.check()
+    with pytest.raises(TypeError, match="by= and reads= do not apply"):
+        fine.projection(fine_prices, view=fine_global, reads=[fine_totals])

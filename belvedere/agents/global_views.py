@@ -124,7 +124,9 @@ class GlobalViews(Service):
             view.status[0] = PartitionStatus(restore_started=time.monotonic())
             await view.topic.maybe_declare()
 
-    async def on_stop(self) -> None:
+    async def on_shutdown(self) -> None:
+        # After the follow task has ended (mode cancels it after on_stop): never a write
+        # to a closed store.
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
