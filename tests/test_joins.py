@@ -119,6 +119,8 @@ class Market:
     def check_global(self, worker: Worker, what: str) -> None:
         wait_rows(worker, "prices", self.prices, f"prices ({what})")
         wait_rows(worker, "price-changes", self.changes, f"price-changes ({what})")
+        scanned = call(f"{worker.url}/views/prices?limit=1000").body["rows"]
+        assert scanned == [{"key": k, "value": self.prices[k]} for k in sorted(self.prices)]
 
 
 def test_lookup_and_global_views(
