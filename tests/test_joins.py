@@ -11,28 +11,12 @@ import pytest
 
 import belvedere
 from belvedere.agents.engine import NotCoPartitioned
+from tests.apps.joins_events import CustomerNamed, OrderPlaced, PriceSet
 from tests.support.brokers import Broker
 from tests.support.http import call
 from tests.support.worker import Worker, run_cli, wait_for
 
 APP = "tests.apps.joins:app"
-
-
-class CustomerNamed(belvedere.Event, key="customer_id"):
-    customer_id: str
-    name: str
-
-
-class OrderPlaced(belvedere.Event, key="customer_id"):
-    order_id: str
-    customer_id: str
-    product_id: str
-    quantity: int
-
-
-class PriceSet(belvedere.Event, key="product_id"):
-    product_id: str
-    price: int
 
 
 def post(worker: Worker, topic: str, event_type: str, events: list[dict[str, Any]]) -> None:

@@ -14,28 +14,12 @@ mistake when set otherwise.
 import os
 
 import belvedere
+from tests.apps.joins_events import CustomerNamed, OrderPlaced, PriceSet
 
 NAME = os.environ["JOINS_NAME"]
 CUSTOMER_PARTITIONS = int(os.environ.get("JOINS_CUSTOMER_PARTITIONS", "4"))
 
 app = belvedere.App(NAME, checkpoint_interval=0.2)
-
-
-class CustomerNamed(belvedere.Event, key="customer_id"):
-    customer_id: str
-    name: str
-
-
-class OrderPlaced(belvedere.Event, key="customer_id"):
-    order_id: str
-    customer_id: str
-    product_id: str
-    quantity: int
-
-
-class PriceSet(belvedere.Event, key="product_id"):
-    product_id: str
-    price: int
 
 
 class Total(belvedere.Record):
