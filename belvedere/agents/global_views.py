@@ -84,13 +84,15 @@ class GlobalView(View):
             )
         return lambda target: self.folds.register(target, events)
 
-    def row_of(self, txn: PartitionTransaction, event: Any) -> None:
+    async def row_of(self, txn: PartitionTransaction, event: Any) -> None:
         """Apply one event: its fold handler's writes, or the event as its key's row."""
         handlers = self.folds.handlers
         if handlers:
             handler = handlers.get(type(event))
             if handler is not None:
-                handler.fn(txn, event)
+                result = handler.fn(txn, event)
+                if handler.is_async:
+                    await result
             return
         txn[self.key_of(event)] = event
 
@@ -219,7 +221,7 @@ class GlobalViews(Service):
         txn.savepoint()
         txn.record = record
         try:
-            view.row_of(txn, event)
+            await view.row_of(txn, event)
             txn.release()
         except Exception as exc:  # a bad event must not stop the view
             txn.rollback()

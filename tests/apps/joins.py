@@ -7,10 +7,11 @@ of its 3-partition topic, read by ``totals`` under any product. ``price_changes`
 global view with a fold handler (how many prices each product had). ``sneaky`` reads
 ``customers`` without declaring it: each such read is dead-lettered ``undeclared-read``.
 
-``JOINS_CUSTOMER_PARTITIONS`` (default 4, as orders) makes the lookup's co-partitioning
+``JOINS_FOLD_DELAY`` slows ``price-changes`` down. ``JOINS_CUSTOMER_PARTITIONS`` (default 4, as orders) makes the lookup's co-partitioning
 mistake when set otherwise.
 """
 
+import asyncio
 import os
 
 import belvedere
@@ -18,6 +19,8 @@ from tests.apps.joins_events import CustomerNamed, OrderPlaced, PriceSet
 
 NAME = os.environ["JOINS_NAME"]
 CUSTOMER_PARTITIONS = int(os.environ.get("JOINS_CUSTOMER_PARTITIONS", "4"))
+#: Seconds the fold into ``price-changes`` takes per event (a slow catch-up, to watch).
+FOLD_DELAY = float(os.environ.get("JOINS_FOLD_DELAY", "0"))
 
 app = belvedere.App(NAME, checkpoint_interval=0.2)
 
@@ -65,5 +68,7 @@ def peeked(view, event: OrderPlaced) -> None:
 
 
 @app.projection(price_events, view=price_changes)
-def changed(view, event: PriceSet) -> None:
+async def changed(view, event: PriceSet) -> None:
+    if FOLD_DELAY:
+        await asyncio.sleep(FOLD_DELAY)
     view[event.product_id] = view.get(event.product_id, 0) + 1
