@@ -185,7 +185,8 @@ class GlobalViews(Service):
                 status.restore_done += len(records)
         # Read to each range's end: what follows its last record (a transaction's commit
         # marker, an aborted one) is done with too.
-        self._write(view, txn, {(name, tp.partition): end for tp, (_, end) in ranges.items()})
+        if ranges:
+            self._write(view, txn, {(name, tp.partition): end for tp, (_, end) in ranges.items()})
         if view.name not in self._caught_up:
             status.state = "serving"
             status.restore_finished = time.monotonic()
