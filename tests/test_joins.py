@@ -137,6 +137,9 @@ def test_lookup_and_global_views(
         views = {v["name"]: v for v in worker.get("/views")["views"]}
         assert views["prices"]["partitionCount"] == 1
         assert views["prices"]["sourceTopics"] == [f"{unique_name}-prices"]
+    for method, status in (("GET", 404), ("POST", 400)):  # each worker folds its own copy
+        answer = call(f"{first.url}/views/prices/rebuild", method, {} if method == "POST" else None)
+        assert (answer.status, answer.body["error"]) == (status, "not-rebuildable")
     market.name_customers(last, 12)
     wait_rows(first, "customers", market.names, "customers")
 
