@@ -13,6 +13,7 @@ import pytest
 import belvedere
 from belvedere.agents.engine import NotCoPartitioned
 from belvedere.streams.clients import NewRecord
+from belvedere.testing import TestDriver
 from tests.apps.joins_events import CustomerNamed, OrderPlaced, PriceSet
 from tests.support.brokers import Broker
 from tests.support.http import call
@@ -241,3 +242,44 @@ def test_check_refuses_a_lookup_hashed_otherwise_and_lets_global_views_be(tmp_pa
     fine.check()
     with pytest.raises(TypeError, match="by= and reads= do not apply"):
         fine.projection(fine_prices, view=fine_global, reads=[fine_totals])
+
+
+def test_the_test_driver_reads_global_views_before_each_fold(tmp_path: Any) -> None:
+    """In process: the prices sent in the same run as the orders are in the global view
+    before any order is folded; a read not declared is dead-lettered there too."""
+    app = belvedere.App("joins-driver", data_dir=tmp_path / "data")
+    orders = app.event_topic("orders", OrderPlaced, partitions=4)
+    price_events = app.event_topic("prices", PriceSet, partitions=3)
+    prices = app.global_view("prices", topic=price_events, value=PriceSet)
+    spent = app.view("spent", value=int)
+    other = app.view("other", value=int)
+
+    @app.projection(orders, view=spent)
+    def placed(view, event: OrderPlaced) -> None:
+        price = prices.get(event.product_id).price
+        view[event.customer_id] = view.get(event.customer_id, 0) + price * event.quantity
+
+    @app.projection(orders, view=other)
+    def peeked(view, event: OrderPlaced) -> None:
+        view[event.customer_id] = spent.get(event.customer_id, 0)
+
+    rng = random.Random(7)
+    latest: dict[str, int] = {}
+    expected: dict[str, int] = {}
+    with TestDriver(app, data_dir=tmp_path / "driver") as driver:
+        for i in range(40):
+            product, price = f"p{i % 6}", rng.randrange(1, 100)
+            driver.send(price_events, PriceSet(product_id=product, price=price))
+            latest[product] = price
+        for i in range(50):
+            customer, product = f"c{i % 7}", f"p{rng.randrange(6)}"
+            driver.send(orders, OrderPlaced(order_id=f"o{i}", customer_id=customer, product_id=product, quantity=2))  # fmt: skip
+            expected[customer] = expected.get(customer, 0) + latest[product] * 2
+        driver.run()
+        assert driver.rows(prices) == {
+            k: PriceSet(product_id=k, price=v) for k, v in latest.items()
+        }
+        assert driver.rows(spent) == expected
+        assert driver.rows(other) == {}
+        assert {d.kind for d in driver.dead_letters()} == {"undeclared-read"}
+        assert len(driver.dead_letters()) == 50

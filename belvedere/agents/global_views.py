@@ -154,6 +154,11 @@ class GlobalViews(Service):
             if not read:
                 await self.sleep(POLL)
 
+    async def catch_up(self, reader: PartitionReader) -> int:
+        """Read every global view to its topic's end now (the test driver's step, before
+        the projections fold); returns the records read."""
+        return sum([await self._read(view, reader) for view in self.views.values()])
+
     async def _read(self, view: GlobalView, reader: PartitionReader) -> int:
         """Apply what the topic has past the copy's offsets, up to its end now; returns
         the records read."""
