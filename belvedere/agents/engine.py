@@ -77,6 +77,7 @@ from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.transaction import UnencodableState, WrongPartition
 from belvedere.tables.view import (
+    LookupElsewhere,
     PartitionStatus,
     UndeclaredRead,
     reading_only,
@@ -137,6 +138,8 @@ def _failure(exc: Exception) -> tuple[str, str]:
         return "unencodable-state", str(exc)
     if isinstance(exc, UndeclaredRead):
         return "undeclared-read", str(exc)
+    if isinstance(exc, LookupElsewhere):
+        return "wrong-partition", str(exc)
     if isinstance(exc, BadEvent):  # an agent reading a key its topic cannot decode
         return exc.kind, exc.reason
     return "handler-error", repr(exc)
@@ -682,7 +685,7 @@ class ProjectionEngine(Service):
         txn = part.txn
         origins = part.origins if projection.repartition is not None else None
         reports_bad_input = self._reports_bad_input(projection, part.tp.topic)
-        reads = reading_only(projection.allowed_reads)
+        reads = reading_only(projection.allowed_reads, part.tp.partition)
         try:
             await self._fold_records(part, records, decode, txn, origins, reports_bad_input)
         finally:

@@ -31,6 +31,7 @@ from belvedere.tables.store import PartitionStore
 
 __all__ = [
     "LocalPartition",
+    "LookupElsewhere",
     "NotLocal",
     "PartitionStatus",
     "UndeclaredRead",
@@ -62,17 +63,26 @@ class UndeclaredRead(LookupError):
         )
 
 
-#: The views a projection's handler may read while it folds (None: not in such a fold).
-_READS: ContextVar[frozenset[str] | None] = ContextVar("belvedere_reads", default=None)
+class LookupElsewhere(LookupError):
+    """A projection's handler read a key of a partition other than the one its event is
+    in: the row is on this worker only by chance (the lookup is not by the key the source
+    is partitioned by)."""
 
 
-def reading_only(names: frozenset[str] | None) -> Token[frozenset[str] | None]:
+#: While a projection's handler folds: the views it may read, and the partition folded
+#: (None: not in such a fold).
+_READS: ContextVar[tuple[frozenset[str], int] | None] = ContextVar("belvedere_reads", default=None)
+Reads = Token[tuple[frozenset[str], int] | None]
+
+
+def reading_only(names: frozenset[str] | None, partition: int) -> Reads:
     """Until reset with the token returned, reads of views other than ``names`` (and
-    replicated views) raise :class:`UndeclaredRead`; None lifts the check."""
-    return _READS.set(names)
+    replicated views) raise :class:`UndeclaredRead`, and key reads in another partition
+    than ``partition`` :class:`LookupElsewhere`; ``names`` None lifts both checks."""
+    return _READS.set(None if names is None else (names, partition))
 
 
-def stop_reading_only(token: Token[frozenset[str] | None]) -> None:
+def stop_reading_only(token: Reads) -> None:
     _READS.reset(token)
 
 
@@ -360,9 +370,18 @@ class View:
     # -- local queries -----------------------------------------------------------------------
 
     def _check_read(self) -> None:
-        allowed = _READS.get()
-        if allowed is not None and self.name not in allowed and not self.replicated:
-            raise UndeclaredRead(self.name, allowed)
+        reads = _READS.get()
+        if reads is not None and self.name not in reads[0] and not self.replicated:
+            raise UndeclaredRead(self.name, reads[0])
+
+    def _check_lookup(self, key: Any, partition: int) -> None:
+        reads = _READS.get()
+        if reads is not None and partition != reads[1] and not self.replicated:
+            raise LookupElsewhere(
+                f"view {self.name!r}: key {key!r} lives in partition {partition} "
+                f"({self.partitioner}), but this event is in partition {reads[1]}: a lookup "
+                "reads the key its source is partitioned by"
+            )
 
     def _serving(self, partition: int) -> PartitionStore:
         self._check_read()
@@ -441,7 +460,9 @@ class View:
 
     def get_encoded(self, key: Any) -> bytes | None:
         """The row's JSON bytes, as stored (what an HTTP answer sends)."""
-        return self._serving(self.partition_for(key)).get(self.store_key(key))
+        partition = self.partition_for(key)
+        self._check_lookup(key, partition)
+        return self._serving(partition).get(self.store_key(key))
 
     def count(self) -> int:
         """Rows in the partitions this worker serves."""
