@@ -175,13 +175,23 @@ def test_lookup_and_global_views(
     }
     assert rows(first, "sneaky", sorted(market.names)) == {}
 
-    # A worker killed resumes its copies from their stored offsets (a fold applied twice
-    # would show in price-changes), and is ready only once caught up: what came while it
-    # was down is there as soon as it says so.
+    # A worker killed, even in the middle of catching up, resumes its copies from their
+    # stored offsets (a fold applied twice would show in price-changes), and is ready only
+    # once caught up: what came while it was down is there as soon as it says so.
     for worker in running:
         worker.kill()
     market.produce_prices(broker, 2000, products=15)
     first.env["JOINS_FOLD_DELAY"] = "0.001"  # a catch-up of seconds, while it could serve
+    first.start()
+
+    def caught_up_to() -> int | None:  # records of price-changes read since it started
+        body = first.get("/views")
+        views = {v["name"]: v for v in body["views"]} if body else {}
+        part = views.get("price-changes", {}).get("partitions", {}).get("0")
+        return part["restore"]["done"] if part else None
+
+    wait_for(lambda: (caught_up_to() or 0) >= 300, timeout=60, what="a catch-up under way")
+    first.kill()  # mid-way
     first.start()
     ready(first)
     assert rows(first, "prices", list(market.prices)) == market.prices
