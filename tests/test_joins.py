@@ -143,6 +143,7 @@ def test_lookup_and_global_views(
         market.check_global(worker, "first prices")
         views = {v["name"]: v for v in worker.get("/views")["views"]}
         assert views["prices"]["partitionCount"] == 1
+        assert views["prices"]["lag"] == 0  # what the status page shows
         assert views["prices"]["sourceTopics"] == [f"{unique_name}-prices"]
     for method, status in (("GET", 404), ("POST", 400)):  # each worker folds its own copy
         answer = call(f"{first.url}/views/prices/rebuild", method, {} if method == "POST" else None)
@@ -184,13 +185,14 @@ def test_lookup_and_global_views(
     first.env["JOINS_FOLD_DELAY"] = "0.001"  # a catch-up of seconds, while it could serve
     first.start()
 
-    def caught_up_to() -> int | None:  # records of price-changes read since it started
+    def catching_up() -> tuple[int, int] | None:  # price-changes: records read, and lag
         body = first.get("/views")
         views = {v["name"]: v for v in body["views"]} if body else {}
         part = views.get("price-changes", {}).get("partitions", {}).get("0")
-        return part["restore"]["done"] if part else None
+        return (part["restore"]["done"], part["lag"]) if part else None
 
-    wait_for(lambda: (caught_up_to() or 0) >= 300, timeout=60, what="a catch-up under way")
+    wait_for(lambda: (catching_up() or (0, 0))[0] >= 300, timeout=60, what="a catch-up")
+    assert catching_up()[1] > 0  # on the status page
     first.kill()  # mid-way
     first.start()
     ready(first)
