@@ -26,6 +26,7 @@ from belvedere.agents.driven import (
 )
 from belvedere.agents.engine import ProjectionEngine
 from belvedere.agents.flows import TransformProjection
+from belvedere.agents.global_views import GlobalView, GlobalViews
 from belvedere.agents.projection import Projection
 from belvedere.agents.reactors import ReactorProjection
 from belvedere.agents.replay_processes import ReplayHelpers
@@ -191,6 +192,8 @@ class App(compat.App):
         #: The correlation index, once :meth:`trace_flows` has turned it on.
         self.flow_trace: TraceProjection | None = None
         self.engine = ProjectionEngine(self)
+        #: The global views, each followed from its topic on this worker.
+        self.global_views = GlobalViews(self)
         self.engine.checkpoint_interval = checkpoint_interval
         self.engine.checkpoint_events = checkpoint_events
         #: Set by the projection engine: takes fetched batches of its partitions.
@@ -347,6 +350,33 @@ class App(compat.App):
                 raise ValueError(f"view {name!r}: a windowed view has no indexes")
         made = View(self.conf.id, name, value, key, tuple(indexes), partitions, window=window)
         return self._declare_view(made)
+
+    def global_view(
+        self,
+        name: str,
+        *,
+        topic: EventTopic,
+        value: Any,
+        key: type = str,
+        by: str | Callable[[Any], Any] | None = None,
+    ) -> GlobalView:
+        """A view every worker holds in full, read from every partition of ``topic``
+        (reference data: products, prices): readable under any key from any handler,
+        without ``reads=``, and over HTTP from the worker asked.
+
+        Its rows are the latest event of each key (``by``: a field name or a function;
+        by default the event's key field), unless handlers fold ``topic`` into it:
+        ``@app.projection(topic, view=...)``, as for a view. Each worker keeps its copy
+        in RocksDB with the offsets it reflects, and is ready once it has read the topic
+        to its end (:mod:`belvedere.agents.global_views`).
+        """
+        if not isinstance(topic, EventTopic):
+            raise TypeError(f"global view {name!r}: topic= takes an app.event_topic")
+        key_of = _key_function(by) or _event_key(topic)
+        view = GlobalView(self.conf.id, name, value, key, topic, key_of)
+        self._declare_view(view)
+        self.global_views.add(view)
+        return view
 
     def Table(
         self,
@@ -539,6 +569,7 @@ class App(compat.App):
         view: View,
         by: str | Callable[[Any], Any] | None = None,
         events: Sequence[type[Event]] | None = None,
+        reads: Sequence[View] = (),
     ) -> Any:
         """Decorate the handlers (a function, or a class of methods) that fold ``source``
         into ``view``. Several decorations for one view add to one projection.
@@ -546,9 +577,25 @@ class App(compat.App):
         ``by`` gives the view key of an event (a field name, or a function) when the view is
         keyed differently from the source: events are then re-keyed through an internal
         topic, so each lands in the partition its view key hashes to.
+
+        ``reads`` names the other views the handlers look rows up in (a lookup join). Each
+        must be co-partitioned with the topic folded (same partition count and key
+        hashing), which the worker checks when it starts. A handler reading a view not
+        named there fails on that event (dead letter ``undeclared-read``); global views
+        (:meth:`global_view`) are readable from any handler without it.
         """
         if not isinstance(source, EventTopic):
             raise TypeError("a projection's source must be an event topic (app.event_topic)")
+        if isinstance(view, GlobalView):
+            if by is not None or reads:
+                raise TypeError(
+                    f"global view {view.name!r}: by= and reads= do not apply (its key is "
+                    "global_view's by=, and any handler may read it)"
+                )
+            return view.fold_with(source, events)
+        for other in reads:
+            if not isinstance(other, View):
+                raise TypeError(f"view {view.name!r}: reads= takes views, not {other!r}")
         found = self.engine.projections.get(view.name)
         if found is None:
             key_of = _key_function(by)
@@ -557,7 +604,7 @@ class App(compat.App):
             elif key_of is None:
                 view.hash_keys_with(source.partitioner)
             kind = Projection if view.window is None else WindowedProjection
-            found = kind(source, view, by=key_of)
+            found = kind(source, view, by=key_of, checks_reads=True)
             if found.by is not None:
                 found.repartition = self._internal_topic(
                     f"{self.conf.id}-view-{view.name}-repartition",
@@ -571,6 +618,7 @@ class App(compat.App):
             )
         if source not in self.topics:
             self.topics.add(source)
+        found.reads += tuple(v for v in reads if v not in found.reads and v is not view)
 
         def register(target: Any) -> Any:
             return found.register(target, events)
@@ -919,7 +967,8 @@ class App(compat.App):
         """Refuse what cannot work, before a worker starts: a faust agent on a topic a
         projection reads would never see an event (the projection takes every batch of
         its source off the consumer first); views without faust's assignor could not be
-        routed to; a web server other machines reach with a scope no token guards."""
+        routed to; a web server other machines reach with a scope no token guards; a
+        lookup join (``reads=``) of a view not partitioned like the projection's source."""
         exposed = exposure_problem(self)
         if exposed is not None and not self.insecure_open:
             raise ValueError(f"{exposed}: {EXPOSURE_REMEDY}")
@@ -934,6 +983,7 @@ class App(compat.App):
                 "tells no worker who holds which partition: views could not be read across "
                 "workers. Keep it at 1 or more (standbys are also what makes a takeover fast)"
             )
+        self.engine.check_co_partitioning()
         for agent in self.agents.values():
             for name in getattr(agent.channel, "topics", ()):
                 if name in claimed:
@@ -947,6 +997,8 @@ class App(compat.App):
         services = list(super().on_init_dependencies())
         if self.engine.projections and self.producer in services:
             services.insert(services.index(self.producer) + 1, self.engine)
+        if self.global_views.views and self.producer in services:
+            services.insert(services.index(self.producer) + 1, self.global_views)
         return services
 
     def on_webserver_init(self, web: Any) -> None:
@@ -982,6 +1034,7 @@ class App(compat.App):
             self.tables.recovery.completed.is_set()
             and not (self.rebalancing or self.in_recovery)
             and self.engine.all_served()
+            and self.global_views.caught_up()
         )
 
 

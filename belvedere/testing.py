@@ -42,6 +42,7 @@ from belvedere.compat.faust import clients, set_clients
 from belvedere.streams.dead_letters import DeadLetter, DeadLetters, dead_letter_topic
 from belvedere.streams.embedded.log import Log
 from belvedere.streams.embedded.producer import Producer
+from belvedere.streams.readers import EmbeddedReader
 from belvedere.streams.records import Event
 from belvedere.streams.stamp import event, given_key
 from belvedere.streams.topics import EventTopic
@@ -139,6 +140,8 @@ class TestDriver:
         #: Per topic partition: the next offset to hand to the engine.
         self._position: dict[TP, int] = {}
         self._served: set[tuple[str, TP]] = set()
+        #: What the global views read their topics with.
+        self._globals: EmbeddedReader | None = None
         try:
             self._call(self._start())
         except BaseException:
@@ -196,6 +199,8 @@ class TestDriver:
                 topics[topic.get_topic_name()] = topic
         for topic in topics.values():
             await topic.maybe_declare()
+        await app.global_views.on_start()  # opened here, read before each round's fold
+        self._globals = EmbeddedReader(Log.acquire(broker))
         for projection in engine.projections.values():
             engine.size_view(projection)
             view = projection.view
@@ -220,6 +225,9 @@ class TestDriver:
         app, engine, saved = self.app, self.app.engine, self._saved
         try:
             await engine.on_stop()
+            await app.global_views.on_shutdown()
+            if self._globals is not None:
+                await self._globals.close()
             for name, tp in self._served:
                 view = app.views[name]
                 view.stores.pop(tp.partition, None)
@@ -326,7 +334,8 @@ class TestDriver:
             }
         )
         for _ in range(self.max_rounds):
-            moved = False
+            assert self._globals is not None
+            moved = await self.app.global_views.catch_up(self._globals) > 0
             for name in names:
                 for tp in self._partitions(name):
                     while records := self._read(tp):

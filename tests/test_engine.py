@@ -81,7 +81,7 @@ def test_a_replay_helper_stops_at_a_handler_reading_a_view_it_does_not_serve(
     totals = app.view("totals", value=int, key=str)
     limits = app.view("limits", value=int, key=str)
 
-    @app.projection(payments, view=totals)
+    @app.projection(payments, view=totals, reads=[limits])
     def paid(view, event: Paid) -> None:
         view[event.account] = view.get(event.account, 0) + event.amount
         if event.amount == 50:

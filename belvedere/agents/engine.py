@@ -47,7 +47,12 @@ from mode import Service
 
 from belvedere.agents.engine_surface import Decode
 from belvedere.agents.partitions import Partitions
-from belvedere.agents.projection import PartitionState, Projection, slot
+from belvedere.agents.projection import (
+    PartitionState,
+    Projection,
+    co_partitioning_problem,
+    slot,
+)
 from belvedere.agents.rebuild import Rebuilder
 from belvedere.agents.standby import Standbys
 from belvedere.agents.surface import AgentsApp
@@ -71,10 +76,23 @@ from belvedere.tables.changelog import CHANGELOG_CONFIG, changelog_records
 from belvedere.tables.recovery import Target, catch_up
 from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.transaction import UnencodableState, WrongPartition
-from belvedere.tables.view import PartitionStatus
+from belvedere.tables.view import (
+    LookupElsewhere,
+    PartitionStatus,
+    UndeclaredRead,
+    reading_only,
+    stop_reading_only,
+)
 from belvedere.tables.windows import LateEvent
 
-__all__ = ["HEADER_ORIGIN", "ProjectionEngine", "StrictStop", "origin_of", "send_all"]
+__all__ = [
+    "HEADER_ORIGIN",
+    "NotCoPartitioned",
+    "ProjectionEngine",
+    "StrictStop",
+    "origin_of",
+    "send_all",
+]
 
 #: On a repartitioned copy: the original record's topic, partition and offset.
 HEADER_ORIGIN = "bv-origin"
@@ -119,9 +137,18 @@ def _failure(exc: Exception) -> tuple[str, str]:
         return "wrong-partition", str(exc)
     if isinstance(exc, UnencodableState):
         return "unencodable-state", str(exc)
+    if isinstance(exc, UndeclaredRead):
+        return "undeclared-read", str(exc)
+    if isinstance(exc, LookupElsewhere):
+        return "wrong-partition", str(exc)
     if isinstance(exc, BadEvent):  # an agent reading a key its topic cannot decode
         return exc.kind, exc.reason
     return "handler-error", repr(exc)
+
+
+class NotCoPartitioned(ValueError):
+    """A projection reads (``reads=``) a view partitioned unlike its source: the worker
+    does not start, since its lookups would find rows only by chance."""
 
 
 class StrictStop(Exception):
@@ -294,6 +321,7 @@ class ProjectionEngine(Service):
             view.generation = gen.active
             changelogs += [(view, g) for g in (gen.active, gen.building) if g is not None]
             self.rebuilds.remove_stale_files(view)
+        self.check_co_partitioning()  # a worker started without the CLI's check()
         await asyncio.gather(  # at once: ~25 ms a topic on Kafka, one by one
             *(self.declare_changelog(view, generation) for view, generation in changelogs),
             *(projection.on_start() for projection in self.projections.values()),
@@ -314,6 +342,16 @@ class ProjectionEngine(Service):
         if self.app.strict:  # the fetcher's logger, and the (tapped) consumer's
             for log in (logging.getLogger("faust.transport.consumer"), self.app.consumer.logger):
                 log.addFilter(StrictStop.Logged())
+
+    def check_co_partitioning(self) -> None:
+        """Raise NotCoPartitioned when a projection reads (``reads=``) a view partitioned
+        unlike the topic it folds, with every view sized as the worker will size it."""
+        for projection in self.projections.values():
+            self.size_view(projection)
+        for projection in self.projections.values():
+            problem = co_partitioning_problem(projection, self.app.conf.topic_partitions)
+            if problem is not None:
+                raise NotCoPartitioned(problem)
 
     def size_view(self, projection: Projection) -> None:
         """Give ``projection``'s view the partition count of the topic it is folded from;
@@ -642,15 +680,31 @@ class ProjectionEngine(Service):
     ) -> None:
         if part.fenced:
             return
-        live = part.mode == "live"
         projection = part.projection
         if decode is None:
             decode = _decoder(part.projection.fold_topic.codec, shared=False)
-        handlers, every_event = projection.handlers, projection.every_event
-        metas = isinstance(projection.fold_topic, EventTopic)  # else plain values: no envelope
         txn = part.txn
         origins = part.origins if projection.repartition is not None else None
         reports_bad_input = self._reports_bad_input(projection, part.tp.topic)
+        reads = reading_only(projection.allowed_reads, part.tp.partition)
+        try:
+            await self._fold_records(part, records, decode, txn, origins, reports_bad_input)
+        finally:
+            stop_reading_only(reads)
+
+    async def _fold_records(
+        self,
+        part: PartitionState,
+        records: Sequence[Any],
+        decode: Decode,
+        txn: Any,
+        origins: dict[tuple[str, int], int] | None,
+        reports_bad_input: bool,
+    ) -> None:
+        live = part.mode == "live"
+        projection = part.projection
+        handlers, every_event = projection.handlers, projection.every_event
+        metas = isinstance(projection.fold_topic, EventTopic)  # else plain values: no envelope
         for i, record in enumerate(records):
             if i & 255 == 255 and part.dirty:
                 if live and self.app.rebalancing:

@@ -38,7 +38,15 @@ from belvedere.tables.store import PartitionStore
 from belvedere.tables.transaction import PartitionTransaction
 from belvedere.tables.view import PartitionStatus, View
 
-__all__ = ["Handler", "PartitionState", "Projection", "Slot", "by_correlation", "slot"]
+__all__ = [
+    "Handler",
+    "PartitionState",
+    "Projection",
+    "Slot",
+    "by_correlation",
+    "co_partitioning_problem",
+    "slot",
+]
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,12 @@ class Projection:
     more_sources: tuple[EventTopic, ...] = ()
     #: The handler of every event no handler's type takes (an agent's, which takes all).
     every_event: Handler | None = None
+    #: Other views its handlers read (``reads=``): each must be co-partitioned with the
+    #: folded topic, checked at start (:func:`co_partitioning_problem`).
+    reads: tuple[View, ...] = ()
+    #: Whether a handler's read of a view not in ``reads`` (nor replicated) is refused
+    #: (``app.projection``'s; the other kinds read what their own code says).
+    checks_reads: bool = False
 
     #: Checkpoint at the end of every batch, not on the interval: someone waits on it.
     eager: ClassVar[bool] = False
@@ -122,6 +136,13 @@ class Projection:
         the engine's lock (a timer may change the partition's state here)."""
 
     @property
+    def allowed_reads(self) -> frozenset[str] | None:
+        """What its handlers may read outside their own view (None: unchecked)."""
+        if not self.checks_reads:
+            return None
+        return frozenset((self.view.name, *(v.name for v in self.reads)))
+
+    @property
     def fold_topic(self) -> EventTopic:
         """The topic the handlers are applied from."""
         return self.repartition if self.repartition is not None else self.source
@@ -155,6 +176,29 @@ class Projection:
         else:
             self.add(target, events)
         return target
+
+
+def co_partitioning_problem(projection: Projection, default_partitions: int) -> str | None:
+    """Why a view ``projection``'s handlers read (``reads=``) is not partitioned like the
+    topic they fold, once partition counts are known (None: every one is). A lookup reads
+    the local partition of the same number: a key there only if both hash keys alike into
+    as many partitions."""
+    fold = projection.fold_topic.get_topic_name()
+    count = projection.view.partitions or default_partitions
+    hashing = projection.view.partitioner
+    for other in projection.reads:
+        if other.replicated:
+            continue
+        theirs = other.partitions or default_partitions
+        if (theirs, other.partitioner) != (count, hashing):
+            return (
+                f"view {projection.view.name!r} reads view {other.name!r}, which is not "
+                f"co-partitioned with its source: {fold!r} has {count} partition(s) hashed by "
+                f"{hashing}, view {other.name!r} has {theirs} hashed by {other.partitioner}; "
+                "give both sources the same partition count and partitioner, or make "
+                f"{other.name!r} a global view"
+            )
+    return None
 
 
 def by_correlation(sources: Iterable[EventTopic], inbox: EventTopic) -> dict[str, Any]:

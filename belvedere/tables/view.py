@@ -17,9 +17,10 @@ import heapq
 import itertools
 import struct
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import FrozenInstanceError, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -36,7 +37,17 @@ from belvedere.tables.windows import (
     window_rows,
 )
 
-__all__ = ["LocalPartition", "NotLocal", "PartitionStatus", "View", "ViewState", "key_codec"]
+__all__ = [
+    "LocalPartition",
+    "LookupElsewhere",
+    "NotLocal",
+    "PartitionStatus",
+    "UndeclaredRead",
+    "View",
+    "ViewState",
+    "key_codec",
+    "reading_only",
+]
 
 
 class NotLocal(LookupError):
@@ -46,6 +57,41 @@ class NotLocal(LookupError):
         super().__init__(f"view {view!r} partition {partition} is {state}")
         self.partition = partition
         self.state = state
+
+
+class UndeclaredRead(LookupError):
+    """A projection's handler read a view it did not declare in ``reads=``: nothing checked
+    that the view is partitioned like the handler's source, so the row it wants may live
+    on another worker, and the answer would depend on where the partition happens to be."""
+
+    def __init__(self, view: str, allowed: Collection[str]) -> None:
+        super().__init__(
+            f"read of view {view!r}, which the projection does not declare "
+            f"(reads={sorted(allowed)}): add it to reads= of app.projection"
+        )
+
+
+class LookupElsewhere(LookupError):
+    """A projection's handler read a key of a partition other than the one its event is
+    in: the row is on this worker only by chance (the lookup is not by the key the source
+    is partitioned by)."""
+
+
+#: While a projection's handler folds: the views it may read, and the partition folded
+#: (None: not in such a fold).
+_READS: ContextVar[tuple[frozenset[str], int] | None] = ContextVar("belvedere_reads", default=None)
+Reads = Token[tuple[frozenset[str], int] | None]
+
+
+def reading_only(names: frozenset[str] | None, partition: int) -> Reads:
+    """Until reset with the token returned, reads of views other than ``names`` (and
+    replicated views) raise :class:`UndeclaredRead`, and key reads in another partition
+    than ``partition`` :class:`LookupElsewhere`; ``names`` None lifts both checks."""
+    return _READS.set(None if names is None else (names, partition))
+
+
+def stop_reading_only(token: Reads) -> None:
+    _READS.reset(token)
 
 
 @dataclass
@@ -155,6 +201,8 @@ class View:
 
     #: Assignable after ``__init__``: they are the state's (``generation``, ``partitions``).
     _STATE = frozenset({"partitions", "generation"})
+    #: Every worker holds all of it (a global view): readable from any handler.
+    replicated: ClassVar[bool] = False
 
     app_id: str
     name: str
@@ -333,7 +381,22 @@ class View:
 
     # -- local queries -----------------------------------------------------------------------
 
+    def _check_read(self) -> None:
+        reads = _READS.get()
+        if reads is not None and self.name not in reads[0] and not self.replicated:
+            raise UndeclaredRead(self.name, reads[0])
+
+    def _check_lookup(self, key: Any, partition: int) -> None:
+        reads = _READS.get()
+        if reads is not None and partition != reads[1] and not self.replicated:
+            raise LookupElsewhere(
+                f"view {self.name!r}: key {key!r} lives in partition {partition} "
+                f"({self.partitioner}), but this event is in partition {reads[1]}: a lookup "
+                "reads the key its source is partitioned by"
+            )
+
     def _serving(self, partition: int) -> PartitionStore:
+        self._check_read()
         store = self.stores.get(partition)
         status = self.status.get(partition)
         if store is None or status is None:
@@ -409,7 +472,9 @@ class View:
 
     def get_encoded(self, key: Any) -> bytes | None:
         """The row's JSON bytes, as stored (what an HTTP answer sends)."""
-        return self._serving(self.partition_for(key)).get(self.store_key(key))
+        partition = self.partition_for(key)
+        self._check_lookup(key, partition)
+        return self._serving(partition).get(self.store_key(key))
 
     def count(self) -> int:
         """Rows in the partitions this worker serves (of a windowed view: its windows)."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from belvedere.agents.global_views import GlobalView
 from belvedere.tables.view import View
 from belvedere.views_api.errors import json
 from belvedere.views_api.forwarding import ask_members, members_of, self_url
@@ -38,7 +39,7 @@ def _partition(app: ServedApp, view: View, partition: int, now: float) -> dict[s
         "state": status.state,
         "generation": status.generation,
         "position": topics.position(status, partition)[topics.source],
-        "lag": lag_of(app, topics, partition, status),
+        "lag": view.lag if isinstance(view, GlobalView) else lag_of(app, topics, partition, status),
         "lastEvent": status.last_event_ms,
         "rows": store.count() if serving and store is not None else None,
         "restore": {
@@ -68,6 +69,8 @@ def local_views(app: ServedApp) -> dict[str, Any]:
 
 
 def _sources(app: ServedApp, view: View) -> list[str]:
+    if isinstance(view, GlobalView):
+        return [view.topic.get_topic_name()]
     projection = app.engine.projections.get(view.name)
     if projection is None:
         return []

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from belvedere.agents.rebuild import RebuildConflict
 from belvedere.streams.converters import INT_MAX, FieldError, timestamp_ms
+from belvedere.tables.view import View
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.reads import view_or_404
 from belvedere.views_api.surface import ServedApp
@@ -22,6 +23,8 @@ async def start_rebuild(app: ServedApp, request: web.Request) -> web.StreamRespo
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
+    if view.replicated:
+        return _not_rebuilt(view)
     raw = await request.read()
     try:
         body = orjson.loads(raw) if raw.strip() else {}
@@ -57,8 +60,19 @@ async def start_rebuild(app: ServedApp, request: web.Request) -> web.StreamRespo
     return json(await app.engine.rebuilds.status(view.name), 202)
 
 
+def _not_rebuilt(view: View, status: int = 400) -> web.Response:
+    return error(
+        status,
+        "not-rebuildable",
+        f"global view {view.name!r} is folded by each worker from its topic, not rebuilt "
+        "(docs/windows.md, Global views)",
+    )
+
+
 async def rebuild_status(app: ServedApp, request: web.Request) -> web.StreamResponse:
     view = view_or_404(app, request)
     if isinstance(view, web.Response):
         return view
+    if view.replicated:  # no rebuild to report: 404, as for an unknown view
+        return _not_rebuilt(view, 404)
     return json(await app.engine.rebuilds.status(view.name))

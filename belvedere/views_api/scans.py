@@ -149,8 +149,9 @@ async def _parts(
     token = AFTER.parse(request)
     if token is not None:
         topics.wanted(token, 0)  # refuse a foreign token here, not once per worker
-    members = members_of(app, topics.folded)
     me = self_url(app)
+    # A global view is whole on every worker: this one answers for all of it.
+    members = {me: [0]} if view.replicated else members_of(app, topics.folded)
     if list(members) == [me] and not members[me]:
         members = {me: list(range(view.partitions))}
     parts: dict[str, Any] = {}
