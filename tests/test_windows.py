@@ -321,6 +321,9 @@ def test_local_reads_and_the_late_dead_letter() -> None:
             (7_200 * ms, 10_800 * ms, [7_205.0]),
         ]
         assert hourly.windows("a", from_ms=0, to_ms=5_400 * ms) == hourly.windows("a")[:2]
+        # overlapping [from, to), as over HTTP: a window starting before from_ms is in
+        assert hourly.windows("a", from_ms=3_599 * ms, to_ms=5_401 * ms) == hourly.windows("a")[:3]
+        assert hourly.window_at("a", 5_400 * ms) == hourly.windows("a")[2]
         assert hourly.window_at("a", 1_900 * ms) == (0, hour * ms, [10.0, 1_900.0])
         assert hourly.window_at("a", 4 * hour * ms) is None
         assert hourly.window_rows(0) == [("a", [10.0, 1_900.0]), ("b", [20.0])]

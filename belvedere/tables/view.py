@@ -16,6 +16,7 @@ import contextlib
 import heapq
 import itertools
 import struct
+import sys
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextvars import ContextVar, Token
@@ -28,13 +29,13 @@ from belvedere.compat.orjson import dumps
 from belvedere.streams.converters import INT_MAX, INT_MIN, converter_for
 from belvedere.streams.partitioner import partitioner_named
 from belvedere.tables.store import PartitionStore
+from belvedere.tables.window_reads import EARLIEST, LATEST, key_windows, windows_starting
 from belvedere.tables.windows import (
     BOOKKEEPING,
     LATE_COUNT,
     STREAM_TIME,
     decode_ms,
-    key_windows,
-    window_rows,
+    retention_horizon,
 )
 
 __all__ = [
@@ -125,6 +126,8 @@ class PartitionStatus:
 
 
 _INT = struct.Struct(">Q")
+#: A page size that is every row (islice's largest stop, less the one more it reads).
+_EVERY = sys.maxsize - 1
 
 
 @dataclass(frozen=True)
@@ -574,33 +577,39 @@ class View:
     def windows(
         self, key: Any, from_ms: int | None = None, to_ms: int | None = None
     ) -> list[tuple[int, int, Any]]:
-        """``key``'s windows starting in ``[from_ms, to_ms)`` (ms since the epoch), oldest
-        first, as ``(start, end, value)``; NotLocal if another worker owns the key. Windows
-        past retention are left out, whether or not a checkpoint deleted them yet."""
+        """``key``'s windows overlapping ``[from_ms, to_ms)`` (ms since the epoch; ending
+        after ``from_ms``, starting before ``to_ms``), oldest first, as ``(start, end,
+        value)``: what ``GET /views/{view}/windows/{key}`` answers. NotLocal if another
+        worker owns the key. Windows past retention are left out, whether or not a
+        checkpoint deleted them yet."""
         window = self._window()
         store = self._serving(self.partition_for(key))
-        found = key_windows(window, store, self.store_key(key), from_ms, to_ms)
-        return [(start, end, self.decode_value(data)) for start, end, data in found]
+        found = key_windows(
+            store,
+            self.store_key(key),
+            EARLIEST if from_ms is None else from_ms,
+            LATEST if to_ms is None else to_ms,
+            longest=window.longest_ms,
+            horizon=retention_horizon(window, store),
+        )
+        return [(row.start, row.end, self.decode_value(row.value)) for row in found]
 
     def window_at(self, key: Any, at_ms: int) -> tuple[int, int, Any] | None:
         """``key``'s window containing the instant ``at_ms`` (the earliest-starting one
         of hopping windows), or None."""
-        window = self._window()
-        since = None if window.sessions else at_ms - window.size_ms + 1
-        for start, end, value in self.windows(key, since, at_ms + 1):
-            if start <= at_ms < end:
-                return start, end, value
-        return None
+        found = self.windows(key, at_ms, at_ms + 1)
+        return found[0] if found else None
 
     def window_rows(self, start_ms: int) -> list[tuple[Any, Any]]:
         """Every key's row in the window starting at ``start_ms`` (of sessions: each key's
         session starting then), in the partitions this worker serves, in key order:
         ``(key, value)``."""
         window = self._window()
-        rows = heapq.merge(
-            *(window_rows(window, self._serving(p), start_ms) for p in self._served())
-        )
-        return [(self.key_from_store(k), self.decode_value(v)) for k, v in rows]
+        stores = [self._serving(p) for p in self._served()]
+        horizons = [retention_horizon(window, store) for store in stores]
+        found, _ = windows_starting(stores, start_ms, _EVERY, horizons=horizons)
+        found.sort(key=lambda row: row.key)  # store order puts "ab" before "a"
+        return [(self.key_from_store(row.key), self.decode_value(row.value)) for row in found]
 
     def stream_time(self, partition: int) -> int | None:
         """The largest event time (ms) a served partition of a windowed view has applied."""

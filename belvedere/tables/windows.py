@@ -22,7 +22,8 @@ import orjson
 
 from belvedere.streams.envelope import BadEvent
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
-from belvedere.tables.window_keys import SEPARATOR, parse_window_key, window_key
+from belvedere.tables.window_keys import SEPARATOR, window_key
+from belvedere.tables.window_reads import key_windows
 
 __all__ = [
     "BOOKKEEPING",
@@ -120,6 +121,12 @@ class Window:
     step_ms: int
     #: Whether windows are made by the events' gaps, not the clock (sessions).
     sessions = False
+
+    @property
+    def longest_ms(self) -> int | None:
+        """No window is longer (ms), so a read seeks past those starting that long before
+        its range; None for sessions, which grow past their gap."""
+        return None if self.sessions else self.size_ms
 
     def __init__(
         self,
@@ -270,42 +277,10 @@ class WindowView:
 
 def retention_horizon(window: Window, store: Any) -> int | None:
     """Windows ending at or before this (ms) are past retention in ``store``'s partition:
-    reads hide them until a checkpoint deletes them (None: no event yet)."""
+    every read (local or HTTP) hides them until a checkpoint deletes them (None: no event
+    yet)."""
     clock = decode_ms(store.get(STREAM_TIME))
     return None if clock is None else clock - window.retention_ms
-
-
-def key_windows(
-    window: Window, store: Any, key_bytes: bytes, from_ms: int | None, to_ms: int | None
-) -> list[tuple[int, int, bytes]]:
-    """(start, end, stored value) of one key's windows starting in ``[from_ms, to_ms)``,
-    oldest first, without those past retention."""
-    prefix = key_bytes + SEPARATOR
-    low = window_key(key_bytes, from_ms, -(1 << 63)) if from_ms is not None else prefix
-    high = window_key(key_bytes, to_ms, -(1 << 63)) if to_ms is not None else None
-    horizon = retention_horizon(window, store)
-    out = []
-    for row_key, value in store.rows(low, high, prefix):
-        if len(row_key) != len(prefix) + 16:
-            continue  # another key's window that shares this prefix
-        _, start, end = parse_window_key(row_key)
-        if horizon is None or end > horizon:
-            out.append((start, end, value))
-    return out
-
-
-def window_rows(window: Window, store: Any, start_ms: int) -> list[tuple[bytes, bytes]]:
-    """(key's store bytes, stored value) of every key's row in the window starting at
-    ``start_ms``, in key order (a scan of the partition: one window across keys)."""
-    horizon = retention_horizon(window, store)
-    start = window_key(b"", start_ms, 0)[1:9]
-    return [
-        (row_key[:-17], value)
-        for row_key, value in store.rows()
-        if is_window_row(row_key)
-        and row_key[-16:-8] == start
-        and (horizon is None or parse_window_key(row_key)[2] > horizon)
-    ]
 
 
 class Session(Window):
@@ -372,12 +347,9 @@ class SessionView:
         events (stream time before its end plus the grace)."""
         at, gap, txn = self._at, self._window.size_ms, self._txn
         key_bytes = self._view.store_key(self._view.check_key(key))
-        candidates = {
-            (start, end)
-            for start, end, _ in key_windows(
-                self._window, self._store, key_bytes, None, at + gap + 1
-            )
-        }
+        horizon = retention_horizon(self._window, self._store)
+        found = key_windows(self._store, key_bytes, end=at + gap + 1, horizon=horizon)
+        candidates = {(row.start, row.end) for row in found}
         candidates.update(self._pending.get(key, ()))
         joined = sorted(
             (start, end)
