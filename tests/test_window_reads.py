@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import belvedere
 from belvedere.tables.store import PartitionStore, StoreBudget
 from belvedere.tables.view import View
 from belvedere.tables.window_keys import SEPARATOR, window_key
@@ -28,7 +29,6 @@ from belvedere.views_api.windows import describe_window
 from tests.support.brokers import KAFKA_ONLY, Broker
 from tests.support.chromium import Browser
 from tests.support.http import EventStream, call
-from tests.support.windowed import Tumbling, WindowedRows
 from tests.support.worker import Worker, wait_for
 
 SIZE, HOP = 10_000, 5_000
@@ -139,30 +139,24 @@ def test_one_window_of_every_key_pages_in_store_order_across_partitions(tmp_path
 
 
 def test_a_window_is_described_and_bounds_a_read_by_its_size_unless_sessions() -> None:
-    class Hopping:
-        size_ms, step_ms = 600_000, 60_000
-
-    class Session:
-        sessions = True
-        size_ms = step_ms = 30_000  # the gap: a session may last longer
-
     class Custom:
         def __repr__(self) -> str:
             return "Custom()"
 
-    def described(window: object) -> str | None:
-        return describe_window(WindowedRows("app", "v", int, str, window))
+    tumbling = belvedere.Tumbling(minutes=1)
+    hopping = belvedere.Hopping(minutes=10, step=60)
+    session = belvedere.Session(seconds=30, merge=max)  # the gap: a session may last longer
 
-    assert described(Tumbling(60_000)) == "tumbling 1m"
-    assert described(Tumbling(1_500)) == "tumbling 1500ms"
-    assert described(Hopping()) == "hopping 10m every 1m"
-    assert described(Session()) == "session, gap 30s"
-    assert described(Custom()) == "Custom()"
-    longest = [
-        windows_api._longest(WindowedRows("app", "v", int, str, w))
-        for w in (Tumbling(60_000), Hopping(), Session(), Custom())
-    ]
-    assert longest == [60_000, 600_000, None, None]
+    def windowed(window: object) -> View:
+        return View("app", "v", int, str, window=window)
+
+    assert describe_window(windowed(tumbling)) == "tumbling 1m"
+    assert describe_window(windowed(belvedere.Tumbling(1.5))) == "tumbling 1500ms"
+    assert describe_window(windowed(hopping)) == "hopping 10m every 1m"
+    assert describe_window(windowed(session)) == "session, gap 30s"
+    assert describe_window(windowed(Custom())) == "Custom()"
+    longest = [windows_api._longest(windowed(w)) for w in (tumbling, hopping, session)]
+    assert longest == [60_000, 600_000, None]
     assert describe_window(View("app", "v", int)) is None
 
 
