@@ -23,7 +23,7 @@ from belvedere.tables.window_reads import (
     windows_at,
     windows_starting,
 )
-from belvedere.views_api import windows as windows_api
+from belvedere.tables.windows import STREAM_TIME, encode_ms
 from belvedere.views_api.positions import decode_token, encode_token
 from belvedere.views_api.windows import describe_window
 from tests.support.brokers import KAFKA_ONLY, Broker
@@ -138,6 +138,31 @@ def test_one_window_of_every_key_pages_in_store_order_across_partitions(tmp_path
             store.close()
 
 
+def test_windows_past_retention_not_yet_deleted_are_hidden_from_every_read(
+    tmp_path: Path,
+) -> None:
+    """The view's reads and the HTTP routes (which read through ``stored_windows*``) hide
+    the same expired windows, whether or not a checkpoint deleted them yet."""
+    view = View("app", "v", int, str, window=belvedere.Tumbling(seconds=10, grace=5))
+    keys = [b"a", b"ab"]
+    windows = {k: [(s * SIZE, (s + 1) * SIZE, b"%d" % s) for s in range(6)] for k in keys}
+    store = _store_with(tmp_path / "0.db", windows)
+    try:
+        clock = 5 * SIZE + 1  # retention 15 s: windows ending at or before 35 s are expired
+        _written(store, {STREAM_TIME: encode_ms(clock)})
+        for key in keys:
+            kept = [WindowRow(key, s, e, v) for s, e, v in windows[key] if e > clock - 15_000]
+            assert [row.start for row in kept] == [3 * SIZE, 4 * SIZE, 5 * SIZE]
+            assert len(key_windows(store, key)) == 6  # still stored
+            assert view.stored_windows(store, key) == kept
+            assert view.stored_windows(store, key, 2 * SIZE, 2 * SIZE + 1) == []
+        assert view.stored_windows_starting([store], 2 * SIZE, 10) == ([], False)
+        page, more = view.stored_windows_starting([store], 3 * SIZE, 1)
+        assert (page, more) == ([WindowRow(b"ab", 3 * SIZE, 4 * SIZE, b"3")], True)
+    finally:
+        store.close()
+
+
 def test_a_window_is_described_and_bounds_a_read_by_its_size_unless_sessions() -> None:
     class Custom:
         def __repr__(self) -> str:
@@ -155,7 +180,7 @@ def test_a_window_is_described_and_bounds_a_read_by_its_size_unless_sessions() -
     assert describe_window(windowed(hopping)) == "hopping 10m every 1m"
     assert describe_window(windowed(session)) == "session, gap 30s"
     assert describe_window(windowed(Custom())) == "Custom()"
-    longest = [windows_api._longest(windowed(w)) for w in (tumbling, hopping, session)]
+    longest = [w.longest_ms for w in (tumbling, hopping, session)]
     assert longest == [60_000, 600_000, None]
     assert describe_window(View("app", "v", int)) is None
 

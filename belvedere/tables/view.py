@@ -29,7 +29,13 @@ from belvedere.compat.orjson import dumps
 from belvedere.streams.converters import INT_MAX, INT_MIN, converter_for
 from belvedere.streams.partitioner import partitioner_named
 from belvedere.tables.store import PartitionStore
-from belvedere.tables.window_reads import EARLIEST, LATEST, key_windows, windows_starting
+from belvedere.tables.window_reads import (
+    EARLIEST,
+    LATEST,
+    WindowRow,
+    key_windows,
+    windows_starting,
+)
 from belvedere.tables.windows import (
     BOOKKEEPING,
     LATE_COUNT,
@@ -574,6 +580,32 @@ class View:
             raise TypeError(f"view {self.name!r} is not windowed (declare it with window=)")
         return self.window
 
+    def stored_windows(
+        self, store: PartitionStore, key: bytes, start: int = EARLIEST, end: int = LATEST
+    ) -> list[WindowRow]:
+        """The windows of ``key`` (its store bytes) overlapping ``[start, end)`` in
+        ``store``, by start, without those past retention: the one read behind
+        :meth:`windows`, :meth:`window_at` and ``GET /views/{view}/windows/{key}``, so
+        they hide the same expired windows (``store`` may be a copy an HTTP read accepts)."""
+        window = self._window()
+        horizon = retention_horizon(window, store)
+        return key_windows(store, key, start, end, longest=window.longest_ms, horizon=horizon)
+
+    def stored_windows_starting(
+        self,
+        stores: Sequence[PartitionStore],
+        start: int,
+        limit: int,
+        after: bytes | None = None,
+    ) -> tuple[list[WindowRow], bool]:
+        """Every key's window starting at ``start`` across ``stores``, in store order past
+        the key ``after`` (store bytes), without those past retention: at most ``limit``,
+        and whether there are more (behind :meth:`window_rows` and
+        ``GET /views/{view}/windows?start=``)."""
+        window = self._window()
+        horizons = [retention_horizon(window, store) for store in stores]
+        return windows_starting(stores, start, limit, after, horizons=horizons)
+
     def windows(
         self, key: Any, from_ms: int | None = None, to_ms: int | None = None
     ) -> list[tuple[int, int, Any]]:
@@ -582,16 +614,11 @@ class View:
         value)``: what ``GET /views/{view}/windows/{key}`` answers. NotLocal if another
         worker owns the key. Windows past retention are left out, whether or not a
         checkpoint deleted them yet."""
-        window = self._window()
+        self._window()
         store = self._serving(self.partition_for(key))
-        found = key_windows(
-            store,
-            self.store_key(key),
-            EARLIEST if from_ms is None else from_ms,
-            LATEST if to_ms is None else to_ms,
-            longest=window.longest_ms,
-            horizon=retention_horizon(window, store),
-        )
+        start = EARLIEST if from_ms is None else from_ms
+        end = LATEST if to_ms is None else to_ms
+        found = self.stored_windows(store, self.store_key(key), start, end)
         return [(row.start, row.end, self.decode_value(row.value)) for row in found]
 
     def window_at(self, key: Any, at_ms: int) -> tuple[int, int, Any] | None:
@@ -604,10 +631,9 @@ class View:
         """Every key's row in the window starting at ``start_ms`` (of sessions: each key's
         session starting then), in the partitions this worker serves, in key order:
         ``(key, value)``."""
-        window = self._window()
+        self._window()
         stores = [self._serving(p) for p in self._served()]
-        horizons = [retention_horizon(window, store) for store in stores]
-        found, _ = windows_starting(stores, start_ms, _EVERY, horizons=horizons)
+        found, _ = self.stored_windows_starting(stores, start_ms, _EVERY)
         found.sort(key=lambda row: row.key)  # store order puts "ab" before "a"
         return [(self.key_from_store(row.key), self.decode_value(row.value)) for row in found]
 

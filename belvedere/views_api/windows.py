@@ -9,8 +9,9 @@
   a page at a time, from every worker, as a scan.
 
 Instants are milliseconds since the epoch or ISO-8601; answers give each window's
-``start`` and ``end`` (``[start, end)``) in ISO-8601 and its ``value`` as stored. A view
-that is not windowed answers 400 ``not-windowed``.
+``start`` and ``end`` (``[start, end)``) in ISO-8601 and its ``value`` as stored. Windows
+past retention are hidden, as the view's own reads hide them, until a checkpoint deletes
+them. A view that is not windowed answers 400 ``not-windowed``.
 """
 
 from __future__ import annotations
@@ -22,14 +23,7 @@ from aiohttp import web
 
 from belvedere.tables.view import View
 from belvedere.tables.window_keys import SEPARATOR, parse_window_key
-from belvedere.tables.window_reads import (
-    EARLIEST,
-    LATEST,
-    WindowRow,
-    key_windows,
-    windows_at,
-    windows_starting,
-)
+from belvedere.tables.window_reads import EARLIEST, LATEST, WindowRow
 from belvedere.views_api.errors import error, json
 from belvedere.views_api.params import BadParam, Instant, Key, Name
 from belvedere.views_api.positions import format_ms
@@ -89,17 +83,6 @@ def _duration(ms: int) -> str:
         if ms >= length and ms % length == 0:
             return f"{ms // length}{unit}"
     return f"{ms}ms"
-
-
-def _longest(view: View) -> int | None:
-    """The view's windows' length in ms, for windows of one size on a grid (a size and a
-    step; not sessions): no window starting longer ago than that before an instant can
-    hold it."""
-    window = getattr(view, "window", None)
-    size, step = getattr(window, "size_ms", None), getattr(window, "step_ms", None)
-    if getattr(window, "sessions", False) or not isinstance(step, int):
-        return None  # a session's size is its gap: sessions grow past it
-    return size if isinstance(size, int) and size > 0 else None
 
 
 def instant(ms: int) -> str | int:
@@ -167,11 +150,9 @@ async def key_windows_read(app: ServedApp, request: web.Request) -> web.StreamRe
     if isinstance(found, web.Response):
         return found
     local, headers = found
-    store_key = view.store_key(key)
     if at is not None:
-        rows = windows_at(local.store, store_key, at, longest=_longest(view))
-    else:
-        rows = key_windows(local.store, store_key, low, high, longest=_longest(view))
+        low, high = at, at + 1
+    rows = view.stored_windows(local.store, view.store_key(key), low, high)
     body = {"key": key, "windows": [_window(row) for row in rows]}
     return json(body, headers=headers)
 
@@ -199,7 +180,7 @@ async def one_window(app: ServedApp, request: web.Request) -> web.StreamResponse
         view: View, partitions: list[int], limit: int, after: bytes | None
     ) -> tuple[list[tuple[bytes, bytes]], bool]:
         stores = [view.local(p).store for p in partitions]  # NotLocal: the caller retries
-        rows, more = windows_starting(stores, start, limit, after)
+        rows, more = view.stored_windows_starting(stores, start, limit, after)
         return [
             (row.key, orjson.dumps({"key": view.key_from_store(row.key), **_window(row)}))
             for row in rows
