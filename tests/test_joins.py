@@ -145,9 +145,14 @@ def test_lookup_and_global_views(
         assert views["prices"]["partitionCount"] == 1
         assert views["prices"]["lag"] == 0  # what the status page shows
         assert views["prices"]["sourceTopics"] == [f"{unique_name}-prices"]
-    for method, status in (("GET", 404), ("POST", 400)):  # each worker folds its own copy
-        answer = call(f"{first.url}/views/prices/rebuild", method, {} if method == "POST" else None)
-        assert (answer.status, answer.body["error"]) == (status, "not-rebuildable")
+    # each worker folds its own copy of a global view; no projection fills "unfilled"
+    for name, method, status in [
+        (name, method, status)
+        for name in ("prices", "unfilled")
+        for method, status in (("GET", 404), ("POST", 400))
+    ]:
+        answer = call(f"{first.url}/views/{name}/rebuild", method, {} if method == "POST" else None)
+        assert (answer.status, answer.body["error"]) == (status, "not-rebuildable"), answer.raw
     market.name_customers(last, 12)
     wait_rows(first, "customers", market.names, "customers")
 

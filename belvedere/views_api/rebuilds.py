@@ -75,4 +75,8 @@ async def rebuild_status(app: ServedApp, request: web.Request) -> web.StreamResp
         return view
     if view.replicated:  # no rebuild to report: 404, as for an unknown view
         return _not_rebuilt(view, 404)
+    if view.name not in app.engine.projections:
+        return error(
+            404, "not-rebuildable", f"view {view.name!r} has no projection to rebuild it from"
+        )
     return json(await app.engine.rebuilds.status(view.name))

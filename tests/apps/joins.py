@@ -40,6 +40,7 @@ price_events = app.event_topic(f"{NAME}-prices", PriceSet, partitions=3, http_pu
 customers = app.view("customers", value=str)
 totals = app.view("totals", value=Total)
 sneaky = app.view("sneaky", value=str)
+unfilled = app.view("unfilled", value=int)  # no projection fills it: nothing to rebuild
 prices = app.global_view("prices", topic=price_events, value=PriceSet)
 price_changes = app.global_view("price-changes", topic=price_events, value=int)
 
