@@ -199,6 +199,8 @@ def test_windows_equal_the_fold_and_survive_a_restore_and_a_rebuild(
     # A restore from the changelog alone brings no deleted window back.
     assert clicks_app.stop() == 0
     assert finals(broker, unique_name) == want["final"]  # each closed window, once
+    log = clicks_app.logfile.read_text()
+    assert "(late): " in log and "Traceback" not in log  # late input: a line, no traceback
     shutil.rmtree(clicks_app.data_dir / "views")
     clicks_app.start()
     restored = clicks_app.wait_until(STATE, lambda s: s["ready"], timeout=120, what="restored")
@@ -244,6 +246,8 @@ def test_kill_9_mid_stream_gives_the_exact_windows(
     }
     assert clicks_app.stop() == 0
     assert finals(broker, unique_name) == want["final"]  # each closed window, once
+    log = clicks_app.logfile.read_text()
+    assert "(late): " in log and "Traceback" not in log  # late input: a line, no traceback
 
 
 # -- declarations and local reads, in process ----------------------------------------------

@@ -769,7 +769,8 @@ class ProjectionEngine(Service):
                             view=projection.view.name,
                             generation=part.generation,
                             handler=handler.name,
-                            error=exc,
+                            # late input is the input's: the framework's frames would say nothing
+                            error=None if isinstance(exc, LateEvent) else exc,
                         )
                     except BaseException:
                         # Cancelled while the handler awaited (the worker stopping): undo its
