@@ -312,6 +312,7 @@ def test_a_windowed_view_is_read_by_key_range_instant_and_window_over_http(
     views = {v["name"]: v for v in call(f"{url}/views").body["views"]}
     assert views["clicks"]["window"] == "tumbling 1m"
     assert views["pages"]["window"] is None
+    assert views["clicks"]["keys"] == len(counts)  # its windows, not its bookkeeping rows
 
 
 @KAFKA_ONLY

@@ -487,10 +487,13 @@ class View:
 
     def count(self) -> int:
         """Rows in the partitions this worker serves (of a windowed view: its windows)."""
-        stores = [self._serving(p) for p in self._served()]
-        rows = sum(store.count() for store in stores)
-        if self.window is not None:  # not its partitions' bookkeeping rows
-            rows -= sum(store.get(k) is not None for store in stores for k in BOOKKEEPING)
+        return sum(self.stored_rows(self._serving(p)) for p in self._served())
+
+    def stored_rows(self, store: PartitionStore) -> int:
+        """One partition's rows (of a windowed view: its windows, not its bookkeeping)."""
+        rows = store.count()
+        if self.window is not None:
+            rows -= sum(store.get(k) is not None for k in BOOKKEEPING)
         return rows
 
     def scan(

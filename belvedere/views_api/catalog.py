@@ -41,7 +41,7 @@ def _partition(app: ServedApp, view: View, partition: int, now: float) -> dict[s
         "position": topics.position(status, partition)[topics.source],
         "lag": view.lag if isinstance(view, GlobalView) else lag_of(app, topics, partition, status),
         "lastEvent": status.last_event_ms,
-        "rows": store.count() if serving and store is not None else None,
+        "rows": view.stored_rows(store) if serving and store is not None else None,
         "restore": {
             "done": status.restore_done,
             "total": status.restore_total,
