@@ -20,7 +20,6 @@ from belvedere.tables.window_reads import (
     LATEST,
     WindowRow,
     key_windows,
-    windows_at,
     windows_starting,
 )
 from belvedere.tables.windows import STREAM_TIME, encode_ms
@@ -85,7 +84,8 @@ def test_a_keys_windows_in_a_range_and_at_an_instant_are_its_own_overlapping_one
             assert key_windows(store, key, low, high) == expected
             assert key_windows(store, key, low, high, longest=SIZE) == expected
             at = [WindowRow(key, s, e, v) for s, e, v in windows[key] if s <= low < e]
-            assert windows_at(store, key, low) == windows_at(store, key, low, longest=SIZE) == at
+            assert key_windows(store, key, low, low + 1) == at  # at an instant
+            assert key_windows(store, key, low, low + 1, longest=SIZE) == at
             assert len(at) <= 2  # hopping: an instant is in up to two of them
         for key in keys:
             everything = [WindowRow(key, s, e, v) for s, e, v in windows[key]]
@@ -97,7 +97,7 @@ def test_a_keys_windows_in_a_range_and_at_an_instant_are_its_own_overlapping_one
             horizon = rng.randrange(-100_000, 300_000)
             kept = [WindowRow(key, s, e, v) for s, e, v in windows[key] if e > horizon]
             assert key_windows(store, key, horizon=horizon) == kept
-            assert windows_at(store, key, horizon, horizon=horizon) == [
+            assert key_windows(store, key, horizon, horizon + 1, horizon=horizon) == [
                 row for row in kept if row.start <= horizon
             ]
     finally:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 from belvedere.tables.store import PartitionStore
 from belvedere.tables.window_keys import SEPARATOR, parse_window_key, window_key, windows_prefix
 
-__all__ = ["WindowRow", "key_windows", "windows_at", "windows_starting"]
+__all__ = ["WindowRow", "key_windows", "windows_starting"]
 
 #: The earliest and latest instants a window key holds.
 EARLIEST = -(1 << 63)
@@ -69,18 +69,6 @@ def key_windows(
         if last > start:
             found.append(WindowRow(key, first, last, value))
     return found
-
-
-def windows_at(
-    store: PartitionStore,
-    key: bytes,
-    instant: int,
-    *,
-    longest: int | None = None,
-    horizon: int | None = None,
-) -> list[WindowRow]:
-    """The windows of ``key`` containing ``instant`` (several when windows hop)."""
-    return key_windows(store, key, instant, instant + 1, longest=longest, horizon=horizon)
 
 
 def _starting(store: PartitionStore, start: int, after: bytes | None) -> Iterator[WindowRow]:
