@@ -127,6 +127,10 @@ class StreamJoinProjection(Projection):
     time reaches ``t + within + grace``), each with whether it has paired yet."""
 
     buffers_sends = True
+    not_rebuildable = (
+        "a join's outputs were sent when it first paired its events, and its view holds "
+        "only the events still in their windows, which no code of the app shapes"
+    )
 
     def __init__(
         self,
@@ -293,12 +297,14 @@ class StreamJoinProjection(Projection):
                     causation_id=event.meta.event_id,
                 )
         except Exception as exc:  # the user's function, or what it returned
+            side = f"{entry['side']}\0{entry['time']}\0{entry['origin']}".encode()
             stored = StoredRecord(
                 self.source.get_topic_name(),
                 part.tp.partition,
                 entry["offset"],
                 key.encode(),
                 entry["event"].encode(),
+                ((HEADER_SIDE, side),),
             )
             await self.dead_letters.send(
                 stored,
