@@ -200,6 +200,7 @@ class StreamJoinProjection(Projection):
         record = txn.record
         side, ms, origin = _side_of(record)
         key = record.key.decode()
+        closing = self._closing_of(txn)  # before this event's writes: they may roll back
         book = txn.get(BOOK) or {"streamTime": None, "late": 0}
         clock, span = book["streamTime"], self.span_ms
         if clock is not None and ms + span <= clock:
@@ -245,7 +246,7 @@ class StreamJoinProjection(Projection):
         txn[key] = {"events": events}
         if clock is None or ms > clock:
             txn.put_local(BOOK, {**book, "streamTime": ms})
-        heapq.heappush(self._closing_of(txn), (ms + span, key))
+        heapq.heappush(closing, (ms + span, key))
         await send_outputs(outputs, f"{origin}/{self.name}", record.key)
 
     async def after_restore(self, part: PartitionState, reader: Any) -> bool:
@@ -270,6 +271,8 @@ class StreamJoinProjection(Projection):
                 if row is None:
                     continue
                 keep = [e for e in row["events"] if e["time"] + span > clock]
+                if keep:  # the row's next close: an entry however stale the one popped
+                    heapq.heappush(closing, (min(e["time"] for e in keep) + span, key))
                 if len(keep) == len(row["events"]):
                     continue
                 for e in row["events"]:
@@ -277,7 +280,6 @@ class StreamJoinProjection(Projection):
                         await self._send_unmatched(part, key, e)
                 if keep:
                     txn[key] = {"events": keep}
-                    heapq.heappush(closing, (min(e["time"] for e in keep) + span, key))
                 else:
                     del txn[key]
 
