@@ -926,9 +926,11 @@ class App(compat.App):
         left: EventTopic,
         right: EventTopic,
         *,
-        within: timedelta | float,
+        within: timedelta | float | None = None,
         to: EventTopic | None = None,
         grace: timedelta | float = 0,
+        before: timedelta | float | None = None,
+        after: timedelta | float | None = None,
         how: str = "inner",
         on: str | Callable[[Any], Any] | tuple[Any, Any] | None = None,
         time: str | Callable[[Any], Any] | None = None,
@@ -940,8 +942,9 @@ class App(compat.App):
         ``left``'s and ``right``'s events (docs/windows.md, "Windowed stream-stream joins").
 
         Two events pair when their join keys are equal and their event times are at most
-        ``within`` apart; ``fn`` gets each pair once, when its second event comes, and what
-        it returns is sent to ``to``. With ``how="left"``, ``"right"`` or ``"outer"``, an
+        ``within`` apart (a right event at most ``before`` earlier and ``after`` later than
+        the left one, each ``within`` unless given); ``fn`` gets each pair once, when its
+        second event comes, and what it returns is sent to ``to``. With ``how="left"``, ``"right"`` or ``"outer"``, an
         event of that side that paired with none by the time its window closes (stream
         time at its time plus ``within`` plus ``grace``) is given with None for the other
         side, once. ``on``: the join key (a field name or a function, or one of each per
@@ -961,10 +964,21 @@ class App(compat.App):
         if how not in HOWS:
             raise ValueError(f"join: how must be one of {', '.join(HOWS)}, not {how!r}")
         within_ms = _ms("within", within)
-        if within_ms is None or within_ms <= 0:
+        if within_ms is not None and within_ms <= 0:
             raise ValueError(f"join: within must be positive, not {within!r}")
+        before_ms, after_ms = _ms("before", before), _ms("after", after)
+        before_ms = within_ms if before_ms is None else before_ms
+        after_ms = within_ms if after_ms is None else after_ms
+        if before_ms is None or after_ms is None:
+            raise TypeError("join: give within= (or both before= and after=)")
+        if min(before_ms, after_ms) < 0 or before_ms + after_ms <= 0:
+            raise ValueError(
+                f"join: before ({before_ms} ms) and after ({after_ms} ms) must not be "
+                "negative, nor both zero"
+            )
         try:  # its time, grace and late events are a window's
-            clock = Tumbling(timedelta(milliseconds=within_ms), grace=grace, time=time, on_late=on_late)  # fmt: skip
+            size = timedelta(milliseconds=before_ms + after_ms)
+            clock = Tumbling(size, grace=grace, time=time, on_late=on_late)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"join: {exc}") from None
         pair = on if isinstance(on, tuple) else (on, on)
@@ -1009,7 +1023,8 @@ class App(compat.App):
                     name=label,
                     fn=fn,
                     to=to,
-                    within_ms=within_ms,
+                    before_ms=before_ms,
+                    after_ms=after_ms,
                     clock=clock,
                     how=how,
                     dead_letters=self.dead_letters,

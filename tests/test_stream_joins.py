@@ -349,3 +349,38 @@ def test_pairs_unmatched_late_and_event_ids_in_process(unique_name: str) -> None
     # both name the join; by their offsets in the merged topic: h at 700, i at 730
     assert sorted(failed) == [("handler-error", 14, "ship"), ("handler-error", 16, "ship")]
     assert run() == (sent, late, failed)
+
+
+def test_before_and_after_bound_each_side_and_close_its_window(unique_name: str) -> None:
+    """A shipment may come up to 60 s after its order, never before (``before=0``), with
+    a grace of 30 s: a shipment 10 s early does not pair (it would within 60 s either
+    way), and closes 30 s after its time; an order closes 90 s after its time."""
+    app = belvedere.App(unique_name)
+    placed = app.event_topic(f"{unique_name}-placed", Placed, partitions=1)
+    shipped = app.event_topic(f"{unique_name}-shipped", Shipped, partitions=1)
+    out = app.event_topic(f"{unique_name}-out", Placed, partitions=1)
+
+    @app.join(placed, shipped, before=0, after=60, grace=30, how="outer", on="order_id", to=out, on_late="count")  # fmt: skip
+    def ship(order: Placed | None, shipment: Shipped | None) -> Placed:
+        either = order or shipment
+        assert either is not None
+        return Placed(order_id=f"{either.order_id}:{order is not None}:{shipment is not None}")
+
+    with TestDriver(app) as driver:
+        for order_id, t, what in [
+            ("a", 100, placed), ("a", 90, shipped), ("a", 160, shipped), ("b", 200, placed),
+            ("b", 170, shipped), ("c", 300, placed), ("c", 361, shipped),
+        ]:  # fmt: skip
+            event = Placed(order_id=order_id) if what is placed else Shipped(order_id=order_id)
+            driver.send(what, event, key=order_id, timestamp=T0 + t, event_id=f"{order_id}{t}")
+            driver.run()
+        assert driver.rows("join-ship")["\0"]["late"] == 1  # b at 170: closed at 200
+        sent = sorted((e.meta.causation_id, e.order_id) for e in driver.sent(out))
+        assert sent == [("a160", "a:True:True"), ("a90", "a:False:True"), ("b200", "b:True:False")]
+        open_events = {e["origin"] for row in driver.rows("join-ship").values() for e in row.get("events", ())}  # fmt: skip
+        assert open_events == {f"{unique_name}-placed-0-2", f"{unique_name}-shipped-0-3"}  # c's
+
+    with pytest.raises(TypeError, match="give within= \\(or both before= and after=\\)"):
+        app.join(placed, shipped, before=10, to=out)
+    with pytest.raises(ValueError, match="must not be negative, nor both zero"):
+        app.join(placed, shipped, before=0, after=0, to=out)

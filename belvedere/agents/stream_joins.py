@@ -123,8 +123,10 @@ class StoredRecord:
 
 class StreamJoinProjection(Projection):
     """Folds a join's merged topic into ``join-<name>``: per key, the events of both sides
-    whose windows are open (``[t - within, t + within]``, taking partners until stream
-    time reaches ``t + within + grace``), each with whether it has paired yet."""
+    whose windows are open, each with whether it has paired yet. A left event at ``t``
+    pairs with right events in ``[t - before, t + after]`` (``within`` either way unless
+    said), and so takes partners until stream time reaches ``t + after + grace``; a right
+    one, until ``t + before + grace``."""
 
     buffers_sends = True
     not_rebuildable = (
@@ -140,16 +142,17 @@ class StreamJoinProjection(Projection):
         name: str,
         fn: Callable[[Any, Any], Any],
         to: EventTopic,
-        within_ms: int,
+        before_ms: int,
+        after_ms: int,
         clock: Window,
         how: str,
         dead_letters: Any,
     ) -> None:
         super().__init__(source=merged, view=view)
         self.name, self.fn, self.to = name, fn, to
-        self.within_ms, self.grace_ms = within_ms, clock.grace_ms
-        #: An event's window closes this long after its time (in stream time).
-        self.span_ms = within_ms + clock.grace_ms
+        self.before_ms, self.after_ms, self.grace_ms = before_ms, after_ms, clock.grace_ms
+        #: Per side, how long after its time (in stream time) an event's window closes.
+        self.spans = {LEFT: after_ms + clock.grace_ms, RIGHT: before_ms + clock.grace_ms}
         self.on_late = clock.on_late
         self.unmatched = HOWS[how]
         self.dead_letters = dead_letters
@@ -173,13 +176,17 @@ class StreamJoinProjection(Projection):
                 for key, data in txn.store.rows()
             )
             found = [
-                (min(e["time"] for e in row["events"]) + self.span_ms, key)
+                (self._next_close(row["events"]), key)
                 for key, row in itertools.chain(stored, txn.items())
                 if key != BOOK and row.get("events")
             ]
             heapq.heapify(found)
             self._closing[txn] = found
         return found
+
+    def _next_close(self, events: list[dict[str, Any]]) -> int:
+        spans = self.spans
+        return min(e["time"] + spans[e["side"]] for e in events)
 
     def _decode(self, entry: dict[str, Any], partition: int) -> Event:
         """A stored event, as the merged topic's record gave it to the handler."""
@@ -202,26 +209,31 @@ class StreamJoinProjection(Projection):
         key = record.key.decode()
         closing = self._closing_of(txn)  # before this event's writes: they may roll back
         book = txn.get(BOOK) or {"streamTime": None, "late": 0}
-        clock, span = book["streamTime"], self.span_ms
-        if clock is not None and ms + span <= clock:
+        clock, spans = book["streamTime"], self.spans
+        if clock is not None and ms + spans[side] <= clock:
             if self.on_late == "count":
                 txn.put_local(BOOK, {**book, "late": book["late"] + 1})
                 return
             raise LateEvent(
                 f"event time {when(ms)} ({side}, key {key!r}) of join {self.name!r} is past "
                 f"its window: the partition's stream time is {when(clock)}, at or past the "
-                f"event time plus within ({self.within_ms} ms) plus the grace "
+                f"event time plus {spans[side] - self.grace_ms} ms plus the grace "
                 f"({self.grace_ms} ms)"
             )
         row = txn.get(key)
         stored = row["events"] if row else []
-        other, within = (RIGHT if side == LEFT else LEFT), self.within_ms
+        # how far a partner's time may be before this event's, and after it
+        other, behind, ahead = (
+            (RIGHT, self.before_ms, self.after_ms)
+            if side == LEFT
+            else (LEFT, self.after_ms, self.before_ms)
+        )
         partners = [
             e
             for e in stored
             if e["side"] == other
-            and abs(e["time"] - ms) <= within
-            and (clock is None or e["time"] + span > clock)  # closed, not deleted yet
+            and ms - behind <= e["time"] <= ms + ahead
+            and (clock is None or e["time"] + spans[other] > clock)  # closed, not deleted yet
         ]
         outputs = []
         for partner in partners:
@@ -246,7 +258,7 @@ class StreamJoinProjection(Projection):
         txn[key] = {"events": events}
         if clock is None or ms > clock:
             txn.put_local(BOOK, {**book, "streamTime": ms})
-        heapq.heappush(closing, (ms + span, key))
+        heapq.heappush(closing, (ms + spans[side], key))
         await send_outputs(outputs, f"{origin}/{self.name}", record.key)
 
     async def after_restore(self, part: PartitionState, reader: Any) -> bool:
@@ -261,7 +273,7 @@ class StreamJoinProjection(Projection):
         book = txn.get(BOOK)
         if not book or book["streamTime"] is None:
             return
-        clock, span = book["streamTime"], self.span_ms
+        clock, spans = book["streamTime"], self.spans
         closing = self._closing_of(txn)
         sends = self.unmatched if part.mode == "live" else ()
         with sending_to(part.outbox):
@@ -270,13 +282,14 @@ class StreamJoinProjection(Projection):
                 row = txn.get(key)
                 if row is None:
                     continue
-                keep = [e for e in row["events"] if e["time"] + span > clock]
+                keep = [e for e in row["events"] if e["time"] + spans[e["side"]] > clock]
                 if keep:  # the row's next close: an entry however stale the one popped
-                    heapq.heappush(closing, (min(e["time"] for e in keep) + span, key))
+                    heapq.heappush(closing, (self._next_close(keep), key))
                 if len(keep) == len(row["events"]):
                     continue
                 for e in row["events"]:
-                    if e["time"] + span <= clock and not e["matched"] and e["side"] in sends:
+                    closed = e["time"] + spans[e["side"]] <= clock
+                    if closed and not e["matched"] and e["side"] in sends:
                         await self._send_unmatched(part, key, e)
                 if keep:
                     txn[key] = {"events": keep}
