@@ -944,10 +944,11 @@ class App(compat.App):
         Two events pair when their join keys are equal and their event times are at most
         ``within`` apart (a right event at most ``before`` earlier and ``after`` later than
         the left one, each ``within`` unless given); ``fn`` gets each pair once, when its
-        second event comes, and what it returns is sent to ``to``. With ``how="left"``, ``"right"`` or ``"outer"``, an
-        event of that side that paired with none by the time its window closes (stream
-        time at its time plus ``within`` plus ``grace``) is given with None for the other
-        side, once. ``on``: the join key (a field name or a function, or one of each per
+        second event comes, and what it returns is sent to ``to``. With ``how="left"``,
+        ``"right"`` or ``"outer"``, an event of that side that paired with none by the
+        time its window closes (stream time at its time plus ``after`` for a left event,
+        ``before`` for a right one, plus ``grace``) is given with None for the other side,
+        once. ``on``: the join key (a field name or a function, or one of each per
         side as a pair; default: each event's key field). ``time``: the event time (a
         field or a function giving seconds or a datetime; default: the envelope's
         timestamp). An event later than its window is dead-lettered ``late``, or counted
@@ -987,6 +988,10 @@ class App(compat.App):
 
         def register(fn: Any) -> Any:
             label = name or fn.__name__
+            views = (f"join-{label}", f"flow-{label}-{LEFT}", f"flow-{label}-{RIGHT}")
+            taken = [view for view in views if view in self.views]
+            if taken:
+                raise ValueError(f"join {label!r}: view {taken[0]!r} is already declared")
             sides = {LEFT: side_types(fn, 0), RIGHT: side_types(fn, 1)}
             for types, topic, key in zip(sides.values(), (left, right), pair, strict=True):
                 carried = topic.codec.types.values()

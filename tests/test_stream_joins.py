@@ -287,6 +287,9 @@ def test_a_bad_join_declaration_is_refused_in_one_line(unique_name: str) -> None
         app.join(shipped, placed, within=minute, to=out, on="order_id")(both)
     with pytest.raises(TypeError, match="takes \\(left, right\\)"):
         app.join(placed, shipped, within=minute, to=out, on="order_id")(lambda a: None)
+    with pytest.raises(ValueError, match="view 'join-both' is already declared"):
+        app.join(placed, shipped, within=minute, to=out, on="order_id")(both)
+        app.join(placed, shipped, within=minute, to=out, on="order_id")(both)
     with pytest.raises(TypeError, match="a type on both sides of one topic"):
 
         @app.join(placed, placed, within=minute, to=out)
