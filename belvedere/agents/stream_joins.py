@@ -14,8 +14,8 @@ folds the merged topic: each partition keeps its key's events within their windo
 view ``join-<name>`` (changelogged, like every view) and its stream time, so a partition
 alone decides what pairs, what is late and what closed. The merged topic fixes the order
 in which both sides' events meet; everything after it depends on that order only, never
-on the wall clock or on when checkpoints run, so a replay (a rebuild, a reset, a restore
-after kill -9) makes the same pairs with the same event ids.
+on the wall clock or on when checkpoints run, so a replay (a restore after kill -9, the
+partition's next owner) makes the same pairs with the same event ids.
 
 What it sends goes through the partition's outbox (:mod:`belvedere.streams.outbox`) as a
 transform's does: a pair when its second event is folded, an unmatched event (``left``,
@@ -158,7 +158,7 @@ class StreamJoinProjection(Projection):
         self.dead_letters = dead_letters
         for cls in merged.codec.types.values():
             self.handlers[cls] = Handler(self._apply, True, name)
-        #: Per partition (its transaction): (when a key's oldest event closes, the key), a
+        #: Per partition (its transaction): (when a key's next event closes, the key), a
         #: heap; stale entries (a rolled-back event's, a key since emptied) are skipped.
         self._closing: WeakKeyDictionary[Any, list[tuple[int, str]]] = WeakKeyDictionary()
 
@@ -267,8 +267,8 @@ class StreamJoinProjection(Projection):
 
     async def before_checkpoint(self, part: PartitionState) -> None:
         """Delete the events whose windows the stream time closed, sending the unmatched
-        ones (live only: a rebuild sends nothing again) through the outbox, so they are
-        written with this checkpoint, once."""
+        ones through the outbox, so they are written with this checkpoint, once (a
+        partition being built, not live, would send nothing: its events were handled)."""
         txn = part.txn
         book = txn.get(BOOK)
         if not book or book["streamTime"] is None:
