@@ -7,6 +7,7 @@ import logging
 import operator
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import faust
@@ -31,6 +32,14 @@ from belvedere.agents.projection import Projection
 from belvedere.agents.reactors import ReactorProjection
 from belvedere.agents.replay_processes import ReplayHelpers
 from belvedere.agents.sagas import Saga, SagaProjection, SagaState, Step
+from belvedere.agents.stream_joins import (
+    HOWS,
+    LEFT,
+    RIGHT,
+    JoinInput,
+    StreamJoinProjection,
+    side_types,
+)
 from belvedere.agents.trace import TraceProjection
 from belvedere.agents.windowed import WindowedProjection
 from belvedere.compat import faust as compat
@@ -43,7 +52,7 @@ from belvedere.streams.tap import Tap, transport_for
 from belvedere.streams.topics import DeadLetteringTopic, EventTopic
 from belvedere.tables.table import Table as EngineTable
 from belvedere.tables.view import View
-from belvedere.tables.windows import Window
+from belvedere.tables.windows import Tumbling, Window, _ms
 from belvedere.views_api.auth import EXPOSURE_REMEDY, exposure_problem
 from belvedere.views_api.connections import WebLimits, default_max_connections
 from belvedere.views_api.http_publish import Publishing, declared
@@ -911,6 +920,124 @@ class App(compat.App):
         )
         self._transform("rekey", source, {"rekey": target}, None, label)(key_of)
         return target
+
+    def join(
+        self,
+        left: EventTopic,
+        right: EventTopic,
+        *,
+        within: timedelta | float | None = None,
+        to: EventTopic | None = None,
+        grace: timedelta | float = 0,
+        before: timedelta | float | None = None,
+        after: timedelta | float | None = None,
+        how: str = "inner",
+        on: str | Callable[[Any], Any] | tuple[Any, Any] | None = None,
+        time: str | Callable[[Any], Any] | None = None,
+        on_late: str = "dead-letter",
+        name: str | None = None,
+        partitions: int | None = None,
+    ) -> Callable[[Any], Any]:
+        """Decorate ``fn(left, right) -> Event | None`` (plain or async): a windowed join of
+        ``left``'s and ``right``'s events (docs/windows.md, "Windowed stream-stream joins").
+
+        Two events pair when their join keys are equal and their event times are at most
+        ``within`` apart (a right event at most ``before`` earlier and ``after`` later than
+        the left one, each ``within`` unless given); ``fn`` gets each pair once, when its
+        second event comes, and what it returns is sent to ``to``. With ``how="left"``,
+        ``"right"`` or ``"outer"``, an event of that side that paired with none by the
+        time its window closes (stream time at its time plus ``after`` for a left event,
+        ``before`` for a right one, plus ``grace``) is given with None for the other side,
+        once. ``on``: the join key (a field name or a function, or one of each per
+        side as a pair; default: each event's key field). ``time``: the event time (a
+        field or a function giving seconds or a datetime; default: the envelope's
+        timestamp). An event later than its window is dead-lettered ``late``, or counted
+        with ``on_late="count"``. The sides' types are ``fn``'s annotations. ``name``
+        (default: the function's) names the view ``join-<name>``; ``partitions``, the
+        merged topic's (default: ``left``'s)."""
+        for side, topic in ((LEFT, left), (RIGHT, right)):
+            if not isinstance(topic, EventTopic):
+                raise TypeError(f"join: the {side} source must be an event topic, not {topic!r}")
+        if not isinstance(to, EventTopic):
+            raise TypeError(f"join: to= must be the event topic its results go to, not {to!r}")
+        if not to.partitions:  # the outbox picks each output's partition itself
+            raise TypeError(f"join: declare {to.get_topic_name()!r} with partitions=")
+        if how not in HOWS:
+            raise ValueError(f"join: how must be one of {', '.join(HOWS)}, not {how!r}")
+        within_ms = _ms("within", within)
+        if within_ms is not None and within_ms <= 0:
+            raise ValueError(f"join: within must be positive, not {within!r}")
+        before_ms, after_ms = _ms("before", before), _ms("after", after)
+        before_ms = within_ms if before_ms is None else before_ms
+        after_ms = within_ms if after_ms is None else after_ms
+        if before_ms is None or after_ms is None:
+            raise TypeError("join: give within= (or both before= and after=)")
+        if min(before_ms, after_ms) < 0 or before_ms + after_ms <= 0:
+            raise ValueError(
+                f"join: before ({before_ms} ms) and after ({after_ms} ms) must not be "
+                "negative, nor both zero"
+            )
+        try:  # its time, grace and late events are a window's
+            size = timedelta(milliseconds=before_ms + after_ms)
+            clock = Tumbling(size, grace=grace, time=time, on_late=on_late)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"join: {exc}") from None
+        pair = on if isinstance(on, tuple) else (on, on)
+        if len(pair) != 2 or not all(k is None or isinstance(k, str) or callable(k) for k in pair):
+            raise TypeError(f"join: on= is a field name, a function, or a pair of them, not {on!r}")
+
+        def register(fn: Any) -> Any:
+            label = name or fn.__name__
+            views = (f"join-{label}", f"flow-{label}-{LEFT}", f"flow-{label}-{RIGHT}")
+            taken = [view for view in views if view in self.views]
+            if taken:
+                raise ValueError(f"join {label!r}: view {taken[0]!r} is already declared")
+            sides = {LEFT: side_types(fn, 0), RIGHT: side_types(fn, 1)}
+            for types, topic, key in zip(sides.values(), (left, right), pair, strict=True):
+                carried = topic.codec.types.values()
+                for cls in types:
+                    if cls not in carried:
+                        raise TypeError(
+                            f"join {label!r}: {cls.__name__} is not carried by {topic.get_topic_name()!r}"
+                        )
+                    if key is None and cls.event_key is None and topic.key_field is None:
+                        raise TypeError(
+                            f"join {label!r}: {cls.__name__} has no key field: give on="
+                        )
+            if left is right and set(sides[LEFT]) & set(sides[RIGHT]):
+                raise TypeError(
+                    f"join {label!r}: a type on both sides of one topic is not supported "
+                    "(each event would be copied twice, under one event id)"
+                )
+            merged = self._internal_topic(
+                f"{self.conf.id}-join-{label}",
+                list(dict.fromkeys((*sides[LEFT], *sides[RIGHT]))),
+                partitions or left.partitions,
+            )
+            view = self._internal_view(f"join-{label}", partitions=merged.partitions)
+            for (side, types), topic, key in zip(sides.items(), (left, right), pair, strict=True):
+                flow = self._internal_view(f"flow-{label}-{side}", key=int, partitions=None)
+                key_of = _key_function(key) or _event_key(topic)
+                made = JoinInput(topic, flow, join=label, side=side, key_of=key_of, clock=clock, merged=merged, types=types)  # fmt: skip
+                self.engine.add(made)
+                self.topics.add(topic)
+            self.engine.add(
+                StreamJoinProjection(
+                    merged,
+                    view,
+                    name=label,
+                    fn=fn,
+                    to=to,
+                    before_ms=before_ms,
+                    after_ms=after_ms,
+                    clock=clock,
+                    how=how,
+                    dead_letters=self.dead_letters,
+                )
+            )
+            return fn
+
+        return register
 
     def _transform(
         self,

@@ -25,7 +25,7 @@ does not carry, dead-letters its source event with the reason, and the transform
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from belvedere.agents.aggregates import annotated_types
@@ -35,7 +35,7 @@ from belvedere.streams.records import Event
 from belvedere.streams.topics import EventTopic
 from belvedere.tables.view import View
 
-__all__ = ["KINDS", "TransformProjection"]
+__all__ = ["KINDS", "TransformProjection", "send_outputs"]
 
 #: What each kind's function returns: filter a bool, map an event or None, flat_map an
 #: iterable of events, branch a key of ``to`` or None, rekey the new key.
@@ -113,17 +113,17 @@ class TransformProjection(Projection):
             if result is None:
                 raise ValueError("the new key is None")
             key = str(result).encode()
-            target.buffered(outbox, key, record.value, None, list(record.headers or ()))
+            target.buffered(outbox, key, record.value, None, self.copy_headers(record, event))
             self._count(txn.partition, 1)
             return
         origin = f"{record.topic}-{record.partition}-{record.offset}/{self.name}"
         outputs = self._outputs(event, result)
-        for n, (target, output) in enumerate(outputs):
-            if not isinstance(output, Event):
-                raise TypeError(f"returned {type(output).__name__}, not an event")
-            key = record.key if _keyless(target, output) else None
-            await target.publish(output, key=key, event_id=f"{origin}/{n}")
+        await send_outputs(outputs, origin, record.key)
         self._count(txn.partition, len(outputs))
+
+    def copy_headers(self, record: Any, event: Event) -> list[tuple[str, bytes]]:
+        """The headers of a re-keyed copy: its source's (a stream join adds its side)."""
+        return list(record.headers or ())
 
     def _outputs(self, event: Event, result: Any) -> list[tuple[EventTopic, Any]]:
         kind = self.kind
@@ -159,6 +159,30 @@ class TransformProjection(Projection):
         handled, sent = self._unsaved.pop(p, (0, 0))
         row = part.txn.get(p) or {"handled": 0, "sent": 0}
         part.txn.put_local(p, {"handled": row["handled"] + handled, "sent": row["sent"] + sent})
+
+
+async def send_outputs(
+    outputs: Sequence[tuple[EventTopic, Any]],
+    origin: str,
+    source_key: bytes | None,
+    *,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+) -> None:
+    """Publish each output with the event id ``<origin>/<n>``: the same on a repeat, so
+    that a reader can drop repeats by ``eventId``. Correlation and causation continue the
+    event being handled unless given (what a stream join sends for a stored event)."""
+    for n, (target, output) in enumerate(outputs):
+        if not isinstance(output, Event):
+            raise TypeError(f"returned {type(output).__name__}, not an event")
+        key = source_key if _keyless(target, output) else None
+        await target.publish(
+            output,
+            key=key,
+            event_id=f"{origin}/{n}",
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+        )
 
 
 def _keyless(topic: EventTopic, event: Event) -> bool:
