@@ -155,6 +155,48 @@ def test_windows_equal_the_definition_with_out_of_order_and_late_events() -> Non
         assert ("a", value) in view.window_rows(start)
 
 
+def test_a_view_keyed_by_another_field_slides_by_that_key() -> None:
+    app = belvedere.App("sliding-by", checkpoint_events=50)
+    topic = app.event_topic("sliding-by-readings", Reading, partitions=1)
+    view = app.view(
+        "by-site",
+        value=dict,
+        window=belvedere.Sliding(seconds=10, grace=5, time=at_ms, retention=3_600),
+    )
+
+    @app.projection(topic, view=view, by=lambda event: event.sensor[0])
+    def fold(view, event: Reading) -> None:
+        view[event.sensor[0]] = fold_step(view.get(event.sensor[0]), event)
+
+    events = readings(300, seed=4, sensors=["a1", "a2", "b1"])  # type: ignore[arg-type]
+    want, late, _ = brute_force([(s[0], ms, a) for s, ms, a in events], lambda _: 0, 3_600_000)
+    with TestDriver(app) as driver:
+        send(driver, topic, events)
+        driver.run()
+        assert view.windows("a") == want["a"] and view.windows("b") == want["b"]
+        assert len(driver.dead_letters()) == late
+
+
+def test_an_event_partly_late_goes_into_the_open_windows_only() -> None:
+    app, topic, view = one_view(
+        "partly", belvedere.Sliding(seconds=10, grace=5, time=at_ms, retention=3_600)
+    )
+    second = 1_000
+    with TestDriver(app) as driver:
+        # stream time 118 s; 104 s: each window it would be in closed (ends before 113 s);
+        # 109 s: its own [99, 109] and [101, 111] (100 s's right window) closed, [108, 118]
+        # open; its right window [109.001, 119.001] made as a copy of [108, 118] before it
+        send(driver, topic, [("a", T0 + t * second, 1) for t in (100, 118, 104, 109)])
+        driver.run()
+        assert [(s - T0, e - T0, v["ids"]) for s, e, v in view.windows("a")] == [
+            (90 * second, 100 * second + 1, ["r0"]),
+            (108 * second, 118 * second + 1, ["r1", "r3"]),
+            (109 * second + 1, 119 * second + 2, ["r1"]),
+        ]
+        (late,) = driver.dead_letters()
+        assert late.kind == "late" and "2026-01-01T00:01:44.000+00:00" in late.reason
+
+
 def test_the_handler_is_bound_to_the_events_key() -> None:
     app = belvedere.App("sliding-other-key", checkpoint_events=50)
     topic = app.event_topic("sliding-other-key-readings", Reading, partitions=1)

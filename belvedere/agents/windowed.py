@@ -150,14 +150,7 @@ class WindowedProjection(Projection):
         length = size + 1
         key = self._key_of(txn, event)
         if ms + length + grace <= clock:
-            if window.on_late == "count":
-                self.count_late(txn)
-                return []
-            raise LateEvent(
-                f"event time {when(ms)} of key {key!r} falls in sliding windows of view "
-                f"{view.name!r} ending by {when(ms + size)}, closed: the partition's stream "
-                f"time is {when(clock)}, past their end plus the grace of {grace} ms"
-            )
+            return self._late_slide(txn, key, ms, clock)
         key_bytes = view.store_key(key)
         close = clock - grace  # a window ending (inclusive) before this is closed
         horizon = clock - window.retention_ms
@@ -183,7 +176,7 @@ class WindowedProjection(Projection):
         updates: dict[int, tuple[int, int | None]] = {}  # start: (latest event, seed)
         right = left = previous = None
         right_latest = ms
-        left_made = right_made = complete = False
+        left_made = right_made = complete = copied = False
         for start in starts:
             end = start + size  # inclusive
             if start == ms + 1:
@@ -210,9 +203,10 @@ class WindowedProjection(Projection):
                 updates[previous + 1] = (ms, None)
             if not left_made:
                 seed = left if previous is not None and ms - size <= previous else None
-                updates[ms - size] = (ms, seed)  # the previous one's right window, if it is
+                updates[ms - size] = (ms, seed)  # replaces the previous one's right window if both
             # the window holding ms that holds later events too: the next window's value
-            if not right_made and right is not None and right_latest > ms:
+            copied = not right_made and right is not None and right_latest > ms
+            if copied:
                 self._copy(txn, key, right, ms + 1, length)
                 row = max_time_key(key_bytes, ms + 1, ms + 1 + length)
                 self._put_raw(txn, row, encode_ms(right_latest))
@@ -226,7 +220,21 @@ class WindowedProjection(Projection):
             self._put_raw(txn, max_time_key(key_bytes, start, start + length), encode_ms(held))
             written.add(start)
             bound.append(SlidingView(txn, key, start, start + length))
+        if not bound and not copied:
+            return self._late_slide(txn, key, ms, clock)  # every window it is in closed
         return bound
+
+    def _late_slide(self, txn: Any, key: Any, ms: int, clock: int) -> list[Any]:
+        window = self.window
+        if window.on_late == "count":
+            self.count_late(txn)
+            return []
+        raise LateEvent(
+            f"event time {when(ms)} of key {key!r} falls in sliding windows of view "
+            f"{self.view.name!r} ending by {when(ms + window.size_ms)}, closed: the "
+            f"partition's stream time is {when(clock)}, past their end plus the grace of "
+            f"{window.grace_ms} ms"
+        )
 
     def _copy(self, txn: Any, key: Any, source: int, target: int, length: int) -> None:
         """Seed window ``target`` with a copy of window ``source``'s value (decoded again:
