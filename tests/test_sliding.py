@@ -177,9 +177,11 @@ def test_a_view_keyed_by_another_field_slides_by_that_key() -> None:
         assert len(driver.dead_letters()) == late
 
 
-def test_an_event_partly_late_goes_into_the_open_windows_only() -> None:
+@pytest.mark.parametrize("on_late", ["dead-letter", "count"])
+def test_an_event_partly_late_goes_into_the_open_windows_only(on_late: str) -> None:
     app, topic, view = one_view(
-        "partly", belvedere.Sliding(seconds=10, grace=5, time=at_ms, retention=3_600)
+        f"partly-{on_late}",
+        belvedere.Sliding(seconds=10, grace=5, time=at_ms, retention=3_600, on_late=on_late),
     )
     second = 1_000
     with TestDriver(app) as driver:
@@ -193,8 +195,11 @@ def test_an_event_partly_late_goes_into_the_open_windows_only() -> None:
             (108 * second, 118 * second + 1, ["r1", "r3"]),
             (109 * second + 1, 119 * second + 2, ["r1"]),
         ]
-        (late,) = driver.dead_letters()
-        assert late.kind == "late" and "2026-01-01T00:01:44.000+00:00" in late.reason
+        if on_late == "count":
+            assert view.late_count() == 1 and driver.dead_letters() == []
+        else:
+            (late,) = driver.dead_letters()
+            assert late.kind == "late" and "2026-01-01T00:01:44.000+00:00" in late.reason
 
 
 def test_the_handler_is_bound_to_the_events_key() -> None:
@@ -311,12 +316,12 @@ def sliding_app(broker: Broker, workers: Callable[..., Worker], unique_name: str
     return workers("tests.apps.sliding:app", {"SLIDING_NAME": unique_name})
 
 
-def test_a_worker_folds_sliding_windows_and_a_restore_and_a_rebuild_give_them_again(
-    broker: Broker, sliding_app: Worker, unique_name: str
-) -> None:
-    events = readings(500, seed=5, sensors=SENSORS, partition_of=partition_of)
+def expected(n: int, seed: int) -> tuple[list[tuple[str, int, int]], dict, list[list[Any]], int]:
+    """A stream (ending with a reading per sensor a minute after the rest, which closes
+    every window before it), its windows, the closed ones, and how many windows in all."""
+    events = readings(n, seed=seed, sensors=SENSORS, partition_of=partition_of)
     end = max(ms for _, ms, _ in events) + 60_000
-    events += [(s, end, 1) for s in SENSORS]  # closes every window before
+    events += [(s, end, 1) for s in SENSORS]
     want, late, clock = brute_force(events, partition_of, 3 * 3_600_000)
     assert late > 0
     closed = sorted(
@@ -328,7 +333,13 @@ def test_a_worker_folds_sliding_windows_and_a_restore_and_a_rebuild_give_them_ag
         ),
         key=repr,
     )
-    stored = sum(len(w) for w in want.values())
+    return events, as_json(want), closed, sum(len(w) for w in want.values())
+
+
+def test_a_worker_folds_sliding_windows_and_a_restore_and_a_rebuild_give_them_again(
+    broker: Broker, sliding_app: Worker, unique_name: str
+) -> None:
+    events, want, closed, stored = expected(500, seed=5)
     broker.produce(f"{unique_name}-readings", records(events))
     worker = sliding_app.start()
 
@@ -336,11 +347,10 @@ def test_a_worker_folds_sliding_windows_and_a_restore_and_a_rebuild_give_them_ag
         return state["ready"] and state["stored"] == stored
 
     state = worker.wait_until(STATE, settled, timeout=120, what="every reading folded")
-    assert state["windows"] == as_json(want)
+    assert state["windows"] == want
     over_http = worker.get("/views/sliding/windows/a")
-    assert over_http is not None and [w["value"] for w in over_http["windows"]] == [
-        w[2] for w in want["a"]
-    ]
+    assert over_http is not None
+    assert [w["value"] for w in over_http["windows"]] == [w[2] for w in want["a"]]
 
     # A restore from the changelog alone gives the same windows, and sends none again.
     assert worker.stop() == 0
@@ -348,7 +358,7 @@ def test_a_worker_folds_sliding_windows_and_a_restore_and_a_rebuild_give_them_ag
     shutil.rmtree(worker.data_dir / "views")
     worker.start()
     restored = worker.wait_until(STATE, settled, timeout=120, what="restored")
-    assert restored["windows"] == as_json(want)
+    assert restored["windows"] == want
 
     # A rebuild replays the topic into a new generation: the same windows.
     result = run_cli(
@@ -359,6 +369,35 @@ def test_a_worker_folds_sliding_windows_and_a_restore_and_a_rebuild_give_them_ag
     rebuilt = worker.wait_until(
         STATE, lambda s: settled(s) and s["generation"] == 2, timeout=120, what="rebuilt"
     )
-    assert rebuilt["windows"] == as_json(want)
+    assert rebuilt["windows"] == want
     assert worker.stop() == 0
     assert finals(broker, unique_name) == closed  # none sent again
+
+
+def test_kill_9_mid_stream_gives_the_exact_sliding_windows(
+    broker: Broker, workers: Callable[..., Worker], unique_name: str
+) -> None:
+    broker.create_topic(f"{unique_name}-readings", PARTITIONS)
+    broker.create_topic(f"{unique_name}-final", PARTITIONS)
+    worker = workers(
+        "tests.apps.sliding:app", {"SLIDING_NAME": unique_name, "SLIDING_DELAY": "0.002"}
+    )
+    events, want, closed, stored = expected(800, seed=6)
+    broker.produce(f"{unique_name}-readings", records(events))
+    worker.start()
+    last = max(ms for _, ms, _ in events)
+    progress = worker.wait_until(
+        STATE,
+        lambda s: s["ready"] and s["streamTime"] > T0 + (last - T0) // 5,
+        timeout=120,
+        what="some progress",
+    )
+    assert progress["streamTime"] < last  # killed mid-stream
+    worker.kill()
+    worker.start()
+    state = worker.wait_until(
+        STATE, lambda s: s["ready"] and s["stored"] == stored, timeout=120, what="every reading"
+    )
+    assert state["windows"] == want
+    assert worker.stop() == 0
+    assert finals(broker, unique_name) == closed  # each closed window, once

@@ -2,11 +2,13 @@
 
 ``sliding``: by the reading's ``at_ms``, 5 s of grace, late readings dead-lettered,
 windows kept 3 hours (the tests compare every window), each sent to ``<name>-final`` once
-it closes. ``/state`` answers every window of the sensors a test asks about, read through
+it closes; an async handler, slowed down by ``SLIDING_DELAY`` seconds per window (so a
+test can kill it mid-stream). ``/state`` answers every window of the sensors a test asks about, read through
 the view's local reads. Names come from the environment, so tests sharing one Kafka broker
 never share a topic.
 """
 
+import asyncio
 import os
 from datetime import timedelta
 
@@ -52,8 +54,14 @@ def fold_step(value: dict | None, event: Reading) -> dict:
     return value
 
 
+#: Seconds the handler waits per window: slow enough for a test to kill it mid-way.
+DELAY = float(os.environ.get("SLIDING_DELAY", "0"))
+
+
 @app.projection(readings, view=sliding)
-def fold(view, event: Reading) -> None:
+async def fold(view, event: Reading) -> None:
+    if DELAY:
+        await asyncio.sleep(DELAY)
     view[event.sensor] = fold_step(view.get(event.sensor), event)
 
 
@@ -68,6 +76,7 @@ async def state(web, request):
             "ready": True,
             "windows": {s: sliding.windows(s) for s in sensors},
             "generation": sliding.generation,
+            "streamTime": max((sliding.stream_time(p) or 0 for p in sliding.stores), default=0),
             "stored": sum(
                 1
                 for p in sliding.stores
