@@ -301,12 +301,7 @@ def as_json(want: dict[str, list[tuple[int, int, dict]]]) -> dict[str, list[list
 
 
 def finals(broker: Broker, name: str) -> list[list[Any]]:
-    out = []
-    for record in broker.read(f"{name}-final"):
-        body = orjson.loads(record.value)
-        assert record.key == body["key"].encode()
-        out.append([body["key"], body["start"], body["end"], body["value"]])
-    return sorted(out, key=repr)
+    return sorted(broker.final_windows(f"{name}-final"), key=repr)
 
 
 @pytest.fixture

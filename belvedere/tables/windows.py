@@ -217,8 +217,8 @@ class Window:
         )
 
 
-class Tumbling(Window):
-    """Windows of one ``size``, end to end: each event falls in exactly one."""
+class _Sized(Window):
+    """A kind whose only shape is its ``size``."""
 
     def __init__(
         self,
@@ -229,9 +229,14 @@ class Tumbling(Window):
         hours: float | None = None,
         **options: Any,
     ) -> None:
-        size_ms = _positive("Tumbling", "size", size, seconds=seconds, minutes=minutes, hours=hours)
+        kind = type(self).__name__
+        size_ms = _positive(kind, "size", size, seconds=seconds, minutes=minutes, hours=hours)
         self.size_ms = self.step_ms = size_ms
         super().__init__(**options)
+
+
+class Tumbling(_Sized):
+    """Windows of one ``size``, end to end: each event falls in exactly one."""
 
 
 class Hopping(Window):
@@ -263,26 +268,13 @@ class Hopping(Window):
         super().__init__(**options)
 
 
-class Sliding(Window):
+class Sliding(_Sized):
     """Windows made per key by its events, as Kafka Streams' ``SlidingWindows``
     (``ofTimeDifferenceAndGrace``): an event at ``t`` has its window ``[t - size, t]``
     (both ends in), and ``[t + 1, t + 1 + size]`` exists when an event of the key falls in
     it. A window's value is the fold of its key's events within it, so the handler is a
     fold step on one window of the event's key. Stored half-open like every window:
     ``[start, start + size + 1)``."""
-
-    def __init__(
-        self,
-        size: timedelta | float | None = None,
-        *,
-        seconds: float | None = None,
-        minutes: float | None = None,
-        hours: float | None = None,
-        **options: Any,
-    ) -> None:
-        size_ms = _positive("Sliding", "size", size, seconds=seconds, minutes=minutes, hours=hours)
-        self.size_ms = self.step_ms = size_ms
-        super().__init__(**options)
 
     @property
     def longest_ms(self) -> int:
