@@ -156,7 +156,8 @@ class WindowedProjection(Projection):
         horizon = clock - window.retention_ms
         lowest, highest = ms - 2 * size, ms + 1
         written = self._sessions.setdefault(txn, {}).setdefault(key, set())
-        found = key_windows(txn.store, key_bytes, lowest, highest + 1, longest=length)
+        # those starting in [lowest, highest]: ending after lowest + size, starting before
+        found = key_windows(txn.store, key_bytes, lowest + size, highest + 1, longest=length)
         candidates = {row.start for row in found} | written
         starts = sorted(
             (
@@ -172,6 +173,12 @@ class WindowedProjection(Projection):
         def latest(start: int) -> int:
             held = decode_ms(txn.get_raw(max_time_key(key_bytes, start, start + length)))
             return start + size if held is None else held
+
+        def keep_latest(start: int, held: int) -> None:
+            """Only a window whose latest event is not at its end keeps a row saying so
+            (a right window): a left window ends at its latest event."""
+            data = None if held == start + size else encode_ms(held)
+            self._put_raw(txn, max_time_key(key_bytes, start, start + length), data)
 
         updates: dict[int, tuple[int, int | None]] = {}  # start: (latest event, seed)
         right = left = previous = None
@@ -208,8 +215,7 @@ class WindowedProjection(Projection):
             copied = not right_made and right is not None and right_latest > ms
             if copied:
                 self._copy(txn, key, right, ms + 1, length)
-                row = max_time_key(key_bytes, ms + 1, ms + 1 + length)
-                self._put_raw(txn, row, encode_ms(right_latest))
+                keep_latest(ms + 1, right_latest)
                 written.add(ms + 1)
         bound = []
         for start, (held, seed) in sorted(updates.items()):
@@ -217,7 +223,7 @@ class WindowedProjection(Projection):
                 continue
             if seed is not None:
                 self._copy(txn, key, seed, start, length)
-            self._put_raw(txn, max_time_key(key_bytes, start, start + length), encode_ms(held))
+            keep_latest(start, held)
             written.add(start)
             bound.append(SlidingView(txn, key, start, start + length))
         if not bound and not copied:
@@ -248,6 +254,8 @@ class WindowedProjection(Projection):
     def _put_raw(txn: Any, store_key: bytes, data: bytes | None) -> None:
         """A bookkeeping row written for the event: undone if the event rolls back."""
         before = txn.get_raw(store_key)
+        if before == data:
+            return
         txn.put_raw(store_key, data)
         txn.on_rollback(lambda _reason: txn.put_raw(store_key, before))
 
