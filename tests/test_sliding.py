@@ -346,6 +346,13 @@ def test_a_worker_folds_sliding_windows_and_a_restore_and_a_rebuild_give_them_ag
     over_http = worker.get("/views/sliding/windows/a")
     assert over_http is not None
     assert [w["value"] for w in over_http["windows"]] == [w[2] for w in want["a"]]
+    at = max((w[0] for w in want["a"]), key=lambda t: sum(s <= t < e for s, e, _ in want["a"]))
+    holding = worker.get(f"/views/sliding/windows/a?at={at}")  # where most windows overlap
+    assert holding is not None and len(holding["windows"]) > 1
+    assert [w["value"] for w in holding["windows"]] == [v for s, e, v in want["a"] if s <= at < e]
+    catalog = worker.get("/views")
+    assert catalog is not None
+    assert {v["name"]: v["window"] for v in catalog["views"]}["sliding"] == "sliding 10s"
 
     # A restore from the changelog alone gives the same windows, and sends none again.
     assert worker.stop() == 0
