@@ -158,7 +158,7 @@ class WindowedProjection(Projection):
         written = self._sessions.setdefault(txn, {}).setdefault(key, set())
         # those starting in [lowest, highest]: ending after lowest + size, starting before
         found = key_windows(txn.store, key_bytes, lowest + size, highest + 1, longest=length)
-        candidates = {row.start for row in found} | written
+        candidates = {row.start for row in found} | {start for start, _ in written}
         starts = sorted(
             (
                 start
@@ -181,7 +181,9 @@ class WindowedProjection(Projection):
             self._put_raw(txn, max_time_key(key_bytes, start, start + length), data)
 
         updates: dict[int, tuple[int, int | None]] = {}  # start: (latest event, seed)
-        right = left = previous = None
+        right: int | None = None
+        left: int | None = None
+        previous: int | None = None
         right_latest = ms
         left_made = right_made = complete = copied = False
         for start in starts:
@@ -212,11 +214,11 @@ class WindowedProjection(Projection):
                 seed = left if previous is not None and ms - size <= previous else None
                 updates[ms - size] = (ms, seed)  # replaces the previous one's right window if both
             # the window holding ms that holds later events too: the next window's value
-            copied = not right_made and right is not None and right_latest > ms
-            if copied:
+            if not right_made and right is not None and right_latest > ms:
+                copied = True
                 self._copy(txn, key, right, ms + 1, length)
                 keep_latest(ms + 1, right_latest)
-                written.add(ms + 1)
+                written.add((ms + 1, ms + 1 + length))
         bound = []
         for start, (held, seed) in sorted(updates.items()):
             if start + size < close:
@@ -224,7 +226,7 @@ class WindowedProjection(Projection):
             if seed is not None:
                 self._copy(txn, key, seed, start, length)
             keep_latest(start, held)
-            written.add(start)
+            written.add((start, start + length))
             bound.append(SlidingView(txn, key, start, start + length))
         if not bound and not copied:
             return self._late_slide(txn, key, ms, clock)  # every window it is in closed
