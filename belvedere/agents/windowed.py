@@ -7,11 +7,17 @@ of the handler, with the view bound to that window (:class:`WindowView`). An eve
 windows have all closed is late: a dead letter of kind ``late`` naming the windows and the
 stream time, or one more on the partition's late count (``on_late="count"``).
 
+Sliding windows are made by their key's events, so the event's key is found first (its
+record's key) and the windows of that key near the event are read to choose which to update,
+make and seed (Kafka Streams' algorithm); a right window keeps its latest event time in a
+bookkeeping row beside it (:func:`belvedere.tables.windows.max_time_key`).
+
 Retention: before each checkpoint, :data:`SWEEP_ROWS` rows of the partition and twice as
 many as the checkpoint writes are looked at, from where the last sweep stopped (round the end to the first row), and the windows that ended at or before
 stream time - retention are deleted in the checkpoint's transaction (and so are those the
 checkpoint's own events wrote and its later events expired), so the changelog gets
-their tombstones with the checkpoint and a restore brings none back. Reads hide an expired
+their tombstones with the checkpoint and a restore brings none back (a sliding window's
+latest-event-time row with it). Reads hide an expired
 window the sweep has not reached yet, so what a read sees never depends on checkpoint timing.
 """
 
