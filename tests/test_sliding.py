@@ -8,6 +8,7 @@ import random
 import shutil
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -241,11 +242,13 @@ def test_a_bad_sliding_window_is_one_clear_error(declare: Callable[[], Any], err
         declare()
 
 
-def test_retention_keeps_the_store_bounded() -> None:
+def test_retention_keeps_the_store_bounded_and_a_restore_brings_nothing_back(
+    tmp_path: Path,
+) -> None:
     app, topic, view = one_view(
         "bounded", belvedere.Sliding(seconds=1, time=at_ms, retention=timedelta(seconds=5))
     )
-    with TestDriver(app) as driver:
+    with TestDriver(app, data_dir=tmp_path) as driver:
         events = [(s, T0 + i * 400, 1) for i in range(3_000) for s in "ab"]
         send(driver, topic, events)
         driver.run()
@@ -262,6 +265,15 @@ def test_retention_keeps_the_store_bounded() -> None:
             for left in (True, False)
             if t + (1 if left else 1_002) > last - 5_000 and (left or t < last)
         )
+        rows = dict(store.rows())
+        windows_a = view.windows("a")
+    # the stores gone: restored from the changelog alone, with no window retention deleted
+    shutil.rmtree(tmp_path / "views")
+    with TestDriver(app, data_dir=tmp_path) as driver:
+        driver.run()
+        (store,) = view.stores.values()
+        assert dict(store.rows()) == rows
+        assert view.windows("a") == windows_a
 
 
 # -- on a worker, both brokers -------------------------------------------------------------
