@@ -362,6 +362,12 @@ def test_a_worker_folds_sliding_windows_and_a_restore_and_a_rebuild_give_them_ag
     holding = worker.get(f"/views/sliding/windows/a?at={at}")  # where most windows overlap
     assert holding is not None and len(holding["windows"]) > 1
     assert [w["value"] for w in holding["windows"]] == [v for s, e, v in want["a"] if s <= at < e]
+    first = want["a"][0][0]
+    page = worker.get(f"/views/sliding/windows?start={first}")  # one window of every key
+    assert page is not None
+    assert [(r["key"], r["value"]) for r in page["rows"]] == [
+        (sensor, w[2]) for sensor in SENSORS for w in want.get(sensor, []) if w[0] == first
+    ]
     catalog = worker.get("/views")
     assert catalog is not None
     assert {v["name"]: v["window"] for v in catalog["views"]}["sliding"] == "sliding 10s"
