@@ -150,7 +150,8 @@ class WindowedProjection(Projection):
         is made if missing, seeded with the window that holds its other events; the window
         right after it is made (a copy of the one holding its later events) if one of the
         key's events is in it; and so is the previous event's right window if this event
-        is in it. Each window keeps its latest event time beside it, what finds these."""
+        is in it. Which windows those are is found from each window's latest event time
+        (its end, or what its bookkeeping row says)."""
         window, view = self.window, self.view
         size, grace = window.size_ms, window.grace_ms
         length = size + 1
@@ -162,7 +163,8 @@ class WindowedProjection(Projection):
         horizon = clock - window.retention_ms
         lowest, highest = ms - 2 * size, ms + 1
         written = self._sessions.setdefault(txn, {}).setdefault(key, set())
-        # those starting in [lowest, highest]: ending after lowest + size, starting before
+        # the windows starting in [lowest, highest]: ending after lowest + size, and starting
+        # before highest + 1
         found = key_windows(txn.store, key_bytes, lowest + size, highest + 1, longest=length)
         candidates = {row.start for row in found} | {start for start, _ in written}
         starts = sorted(
@@ -358,8 +360,9 @@ class WindowedProjection(Projection):
         # windows this checkpoint wrote that its events' stream time has already expired
         for row in [row for row, _ in txn.items() if row[2] <= horizon]:
             del txn[row]
-            if sliding:
-                txn.put_raw(max_time_key(view.store_key(row[0]), row[1], row[2]), None)
+            latest = max_time_key(view.store_key(row[0]), row[1], row[2]) if sliding else b""
+            if sliding and txn.get_raw(latest) is not None:
+                txn.put_raw(latest, None)
         start = self._sweeps.get(part, b"")
         rows = itertools.chain(part.store.rows(start), part.store.rows(b"", start))
         self._sweeps[part] = start

@@ -6,7 +6,9 @@ A windowed view's row is a (key, window) pair, stored under
 *stream time* (the largest event time it has applied) and how many late events it counted,
 as two bookkeeping rows (:data:`STREAM_TIME`, :data:`LATE_COUNT`: store keys shorter than
 any windowed row's, so :func:`is_window_row` tells them apart). They are written with the
-checkpoint and its changelog, so a restart, a restore and a rebuild see the same clock.
+checkpoint and its changelog, so a restart, a restore and a rebuild see the same clock. A
+sliding window whose latest event is not at its end keeps that time in one more row, right
+after the window's (:func:`max_time_key`).
 
 Grace and retention are measured against stream time, never the wall clock: replaying the
 same events gives the same windows, the same late events and the same expiries.
