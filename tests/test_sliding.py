@@ -131,15 +131,16 @@ def send(
         driver.send(topic, Reading(sensor=sensor, at_ms=ms, amount=amount, rid=f"r{i}"))
 
 
-def test_windows_equal_the_definition_with_out_of_order_and_late_events() -> None:
+@pytest.mark.parametrize("seed", [3, 11, 29])
+def test_windows_equal_the_definition_with_out_of_order_and_late_events(seed: int) -> None:
     retention = 3 * 3_600_000  # every window kept: compared, not only the last minute's
     app, topic, view = one_view(
-        "equal",
+        f"equal-{seed}",
         belvedere.Sliding(
             seconds=SIZE / 1000, grace=GRACE / 1000, retention=retention / 1000, time=at_ms
         ),
     )
-    events = readings(600, seed=3)
+    events = readings(600, seed=seed)
     want, late, _ = brute_force(events, lambda _: 0, retention)
     assert late > 10
     with TestDriver(app) as driver:
@@ -149,7 +150,7 @@ def test_windows_equal_the_definition_with_out_of_order_and_late_events() -> Non
             assert view.windows(sensor) == want[sensor], sensor
         dead = driver.dead_letters()
         assert len(dead) == late and {d.kind for d in dead} == {"late"}
-        assert "sliding windows of view 'equal'" in dead[0].reason
+        assert f"sliding windows of view 'equal-{seed}'" in dead[0].reason
         # reads: an instant's windows, one window across keys
         start, end, value = want["a"][-1]
         assert view.window_at("a", end - 1) == view.windows("a", end - 1, end)[0]
