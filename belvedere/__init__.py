@@ -10,7 +10,7 @@ from belvedere.streams.envelope import EventMeta
 from belvedere.streams.records import Command, Document, Event, Record
 from belvedere.streams.topics import EventTopic, Published
 from belvedere.streams.upcasters import upcaster
-from belvedere.tables.windows import Hopping, Session, Tumbling
+from belvedere.tables.windows import Hopping, Session, Sliding, Tumbling
 
 __all__ = [
     "Aggregate",
@@ -30,6 +30,7 @@ __all__ = [
     "SagaFixture",
     "SagaState",
     "Session",
+    "Sliding",
     "Step",
     "Tumbling",
     "__version__",

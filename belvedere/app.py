@@ -345,15 +345,15 @@ class App(compat.App):
         ``int``; ``indexes`` names fields to look rows up by. Fill it with
         :meth:`projection`; query it with ``get``/``scan``/``lookup``/``count``.
 
-        ``window`` (``belvedere.Tumbling``, ``belvedere.Hopping``, ``belvedere.Session``)
+        ``window`` (``belvedere.Tumbling``, ``Hopping``, ``Sliding``, ``Session``)
         keeps a row per key and window, by event time: its projection's handlers run once per window an event
         falls in; read it with ``windows``/``window_at``/``window_rows`` (docs/windows.md).
         """
         if window is not None:
             if not isinstance(window, Window):
                 raise TypeError(
-                    f"view {name!r}: window must be belvedere.Tumbling, belvedere.Hopping or "
-                    f"belvedere.Session, not {window!r}"
+                    f"view {name!r}: window must be belvedere.Tumbling, belvedere.Hopping, "
+                    f"belvedere.Sliding or belvedere.Session, not {window!r}"
                 )
             if indexes:
                 raise ValueError(f"view {name!r}: a windowed view has no indexes")

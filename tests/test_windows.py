@@ -157,12 +157,7 @@ STATE = "/state?urls=" + ",".join(URLS)
 
 def finals(broker: Broker, name: str) -> list[list[object]]:
     """What per-minute sent to its final topic: [url, start, end, count] per record."""
-    out = []
-    for record in broker.read(f"{name}-minutes-final"):
-        body = orjson.loads(record.value)
-        assert record.key == body["key"].encode()
-        out.append([body["key"], body["start"], body["end"], body["value"]])
-    return sorted(out)
+    return sorted(broker.final_windows(f"{name}-minutes-final"))
 
 
 def settled(want: dict) -> Callable[[dict], bool]:

@@ -240,9 +240,10 @@ class PartitionTransaction:
         self._reads = self._values
         self._values = {}
         self._encoded.clear()
-        if self._raw:
-            self._raw_reads.update(self._raw)
-            self._raw = {}
+        # the same for bookkeeping rows: a sliding window has one, so keeping every one
+        # ever read or written would grow with the stream
+        self._raw_reads = self._raw
+        self._raw = {}
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         return ((k, v) for k, v in self._values.items() if v is not _DELETED)

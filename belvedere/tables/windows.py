@@ -6,7 +6,9 @@ A windowed view's row is a (key, window) pair, stored under
 *stream time* (the largest event time it has applied) and how many late events it counted,
 as two bookkeeping rows (:data:`STREAM_TIME`, :data:`LATE_COUNT`: store keys shorter than
 any windowed row's, so :func:`is_window_row` tells them apart). They are written with the
-checkpoint and its changelog, so a restart, a restore and a rebuild see the same clock.
+checkpoint and its changelog, so a restart, a restore and a rebuild see the same clock. A
+sliding window whose latest event is not at its end keeps that time in one more row, right
+after the window's (:func:`max_time_key`).
 
 Grace and retention are measured against stream time, never the wall clock: replaying the
 same events gives the same windows, the same late events and the same expiries.
@@ -33,10 +35,14 @@ __all__ = [
     "LateEvent",
     "Session",
     "SessionView",
+    "Sliding",
+    "SlidingView",
     "Tumbling",
     "Window",
     "WindowView",
+    "is_max_time_row",
     "is_window_row",
+    "max_time_key",
     "window_store_key",
 ]
 
@@ -63,6 +69,20 @@ def when(ms: int) -> str:
 def is_window_row(store_key: bytes) -> bool:
     """True for a windowed row's store key, False for a partition's bookkeeping row."""
     return len(store_key) >= 17 and store_key[-17:-16] == SEPARATOR
+
+
+def max_time_key(key: bytes, start: int, end: int) -> bytes:
+    """The store key of a sliding window's bookkeeping row: the latest event time it holds
+    (what Kafka Streams keeps with each sliding window to know which windows to make). It
+    sorts right after its window's row, under the key's prefix, and is never read as one."""
+    return window_key(key, start, end) + b"\0"
+
+
+def is_max_time_row(store_key: bytes) -> bool:
+    """True for the store key of a sliding window's latest-event-time row."""
+    return (
+        store_key[-1:] == b"\0" and store_key[-18:-17] == SEPARATOR and not is_window_row(store_key)
+    )
 
 
 def encode_ms(ms: int) -> bytes:
@@ -141,12 +161,13 @@ class Window:
         if self.grace_ms < 0:
             raise ValueError(f"window: grace must not be negative, not {grace!r}")
         retention_ms = _ms("retention", retention)
+        shortest = (self.longest_ms or self.size_ms) + self.grace_ms
         if retention_ms is None:
-            retention_ms = self.size_ms + self.grace_ms
-        if retention_ms < self.size_ms + self.grace_ms:
+            retention_ms = shortest
+        if retention_ms < shortest:
             raise ValueError(
                 f"window: retention ({retention_ms} ms) must be at least the size plus the grace "
-                f"({self.size_ms + self.grace_ms} ms): a window would be deleted while it still "
+                f"({shortest} ms): a window would be deleted while it still "
                 "takes events"
             )
         self.retention_ms = retention_ms
@@ -198,8 +219,8 @@ class Window:
         )
 
 
-class Tumbling(Window):
-    """Windows of one ``size``, end to end: each event falls in exactly one."""
+class _Sized(Window):
+    """A kind whose only shape is its ``size``."""
 
     def __init__(
         self,
@@ -210,9 +231,14 @@ class Tumbling(Window):
         hours: float | None = None,
         **options: Any,
     ) -> None:
-        size_ms = _positive("Tumbling", "size", size, seconds=seconds, minutes=minutes, hours=hours)
+        kind = type(self).__name__
+        size_ms = _positive(kind, "size", size, seconds=seconds, minutes=minutes, hours=hours)
         self.size_ms = self.step_ms = size_ms
         super().__init__(**options)
+
+
+class Tumbling(_Sized):
+    """Windows of one ``size``, end to end: each event falls in exactly one."""
 
 
 class Hopping(Window):
@@ -244,6 +270,25 @@ class Hopping(Window):
         super().__init__(**options)
 
 
+class Sliding(_Sized):
+    """Windows made per key by its events, as Kafka Streams' ``SlidingWindows``
+    (``ofTimeDifferenceAndGrace``): an event at ``t`` has its window ``[t - size, t]``
+    (both ends in), and ``[t + 1, t + 1 + size]`` exists when an event of the key falls in
+    it. A window's value is the fold of its key's events within it, so the handler is a
+    fold step on one window of the event's key. Stored half-open like every window:
+    ``[start, start + size + 1)``."""
+
+    @property
+    def longest_ms(self) -> int:
+        """Both ends are in a window: it lasts one millisecond more than ``size``."""
+        return self.size_ms + 1
+
+    def windows_of(self, ms: int) -> list[tuple[int, int]]:
+        """The window an event makes ending at it (which others it updates depends on the
+        key's events)."""
+        return [(ms - self.size_ms, ms + 1)]
+
+
 class WindowView:
     """A windowed view as one event's handler sees it, bound to one window: ``get``, ``[]``,
     ``in`` and ``del`` read and write the rows of that window only."""
@@ -273,6 +318,44 @@ class WindowView:
 
     def __repr__(self) -> str:
         return f"WindowView(start={self.start}, end={self.end})"
+
+
+class SlidingView(WindowView):
+    """A sliding window as one event's handler sees it: bound to the window and to the
+    event's key, the only key it reads or writes (the key's events define its windows)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, txn: Any, key: Any, start: int, end: int) -> None:
+        super().__init__(txn, start, end)
+        #: The event's key: the projection's view key of the event.
+        self.key = key
+
+    def _row(self, key: Any) -> tuple[Any, int, int]:
+        if key != self.key:
+            raise ValueError(
+                f"a sliding window is bound to its event's key {self.key!r}, not {key!r}: "
+                "its windows are made by that key's events (key the source, or by=, by it)"
+            )
+        return (key, self.start, self.end)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._txn.get(self._row(key), default)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._txn[self._row(key)]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._txn[self._row(key)] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._txn[self._row(key)]
+
+    def __contains__(self, key: Any) -> bool:
+        return self._row(key) in self._txn
+
+    def __repr__(self) -> str:
+        return f"SlidingView(key={self.key!r}, start={self.start}, end={self.end})"
 
 
 def retention_horizon(window: Window, store: Any) -> int | None:

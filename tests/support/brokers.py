@@ -8,7 +8,9 @@ uses Kafka's default partitioner on both, so a key lands in the same partition.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import orjson
 import pytest
 
 from belvedere.streams.clients import BrokerClient, NewRecord, StoredRecord
@@ -45,3 +47,13 @@ class Broker:
 
     def read(self, topic: str) -> list[StoredRecord]:
         return self.client.read(topic)
+
+    def final_windows(self, topic: str) -> list[list[Any]]:
+        """What a windowed view sent to its ``final_to`` topic: ``[key, start, end,
+        value]`` per record, each under its key."""
+        out = []
+        for record in self.read(topic):
+            body = orjson.loads(record.value)
+            assert record.key == str(body["key"]).encode()
+            out.append([body["key"], body["start"], body["end"], body["value"]])
+        return out
