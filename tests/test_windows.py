@@ -7,6 +7,9 @@ import datetime as dt
 import operator
 import random
 import shutil
+import subprocess
+import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -20,6 +23,7 @@ from belvedere.tables.view import View
 from belvedere.tables.windows import is_window_row
 from belvedere.testing import TestDriver
 from tests.support.brokers import Broker
+from tests.support.http import call
 from tests.support.worker import Worker, run_cli
 
 PARTITIONS = 2  # tests/apps/clicks.py
@@ -215,6 +219,55 @@ def test_windows_equal_the_fold_and_survive_a_restore_and_a_rebuild(
     assert rebuilt["minutes"] == want["minutes"] and rebuilt["hopping"] == want["hopping"]
     assert clicks_app.stop() == 0
     assert finals(broker, unique_name) == want["final"]  # none sent again
+
+
+def test_final_results_are_sent_once_across_a_rebuilds_switch(
+    broker: Broker, clicks_app: Worker, unique_name: str
+) -> None:
+    """Clicks keep coming, each a minute after the last (each closes a window), while the
+    rebuild replays and switches: the windows the old generation closed after its last
+    checkpoint are sent by it, before the new one serves, and none twice."""
+    before = clicks_stream(300, seed=4)
+    during = [(URLS[i % len(URLS)], T0 + (32 + i) * MINUTE) for i in range(6_000)]
+    want = expected(before + during)
+    topic = f"{unique_name}-clicks"
+    broker.produce(topic, records(before))
+    clicks_app.start()
+    clicks_app.wait_until(STATE, settled(expected(before)), timeout=120, what="the first clicks")
+    rebuilt: list[subprocess.CompletedProcess] = []
+    rebuild = threading.Thread(
+        target=lambda: rebuilt.append(
+            run_cli(
+                *("rebuild", "tests.apps.clicks:app", "per-minute", "--url", clicks_app.url),
+                env={"CLICKS_NAME": unique_name},
+                timeout=120,
+            )
+        )
+    )
+    rebuild.start()
+    sent, paced = 0, None
+    while sent < len(during):  # ~200 clicks/s until the switch, then the rest at once
+        if paced is None and (clicks_app.get(STATE) or {}).get("generation") == 2:
+            paced = sent
+        chunk = 1000 if paced is not None else 10
+        batch = records(during[sent : sent + chunk], first=len(before) + sent)
+        posted = call(
+            f"{clicks_app.url}/events/{topic}", "POST", [orjson.loads(r.value) for r in batch]
+        )
+        assert posted.status == 201, posted.raw  # the embedded broker is the worker's: POST
+        sent += chunk
+        time.sleep(0.05 if paced is None else 0)  # the feed's pace, not a wait for a condition
+    rebuild.join(150)
+    assert rebuilt and rebuilt[0].returncode == 0, rebuilt and rebuilt[0].stderr
+    assert paced, f"the switch came {'before' if paced == 0 else 'after'} the clicks during it"
+    clicks_app.wait_until(
+        STATE,  # the row counts settle long before the last click: the windows too
+        lambda s: settled(want)(s) and s["minutes"] == want["minutes"],
+        timeout=120,
+        what="every click folded",
+    )
+    assert clicks_app.stop() == 0
+    assert finals(broker, unique_name) == want["final"]
 
 
 def test_kill_9_mid_stream_gives_the_exact_windows(

@@ -72,6 +72,8 @@ class Partitions:
         """Serve ``new``, being built, instead of its slot's served partition (lock held,
         both at one offset); returns the one it replaced, for its files to be deleted."""
         old = self._active[new.slot]
+        if old.dirty:  # what it sends at a checkpoint (final results, outbox) goes out once
+            await self.checkpoint(old)
         if new.dirty:  # reads see the store: it must hold all the old one served, first
             await self.checkpoint(new)
         del self._building[new.slot]

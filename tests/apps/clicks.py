@@ -32,7 +32,7 @@ class Clicked(belvedere.Event, key="url"):
     at: float
 
 
-clicks = app.event_topic(f"{NAME}-clicks", Clicked, partitions=PARTITIONS)
+clicks = app.event_topic(f"{NAME}-clicks", Clicked, partitions=PARTITIONS, http_publish=True)
 
 minutes_final = app.topic(f"{NAME}-minutes-final", partitions=PARTITIONS, key_type=str)
 per_minute = app.view(
