@@ -165,10 +165,6 @@ def test_windows_past_retention_not_yet_deleted_are_hidden_from_every_read(
 
 
 def test_a_window_is_described_and_bounds_a_read_by_its_size_unless_sessions() -> None:
-    class Custom:
-        def __repr__(self) -> str:
-            return "Custom()"
-
     tumbling = belvedere.Tumbling(minutes=1)
     hopping = belvedere.Hopping(minutes=10, step=60)
     session = belvedere.Session(seconds=30, merge=max)  # the gap: a session may last longer
@@ -180,7 +176,7 @@ def test_a_window_is_described_and_bounds_a_read_by_its_size_unless_sessions() -
     assert describe_window(windowed(belvedere.Tumbling(1.5))) == "tumbling 1500ms"
     assert describe_window(windowed(hopping)) == "hopping 10m every 1m"
     assert describe_window(windowed(session)) == "session, gap 30s"
-    assert describe_window(windowed(Custom())) == "Custom()"
+    assert describe_window(windowed(belvedere.Sliding(seconds=90))) == "sliding 90s"
     longest = [w.longest_ms for w in (tumbling, hopping, session)]
     assert longest == [60_000, 600_000, None]
     assert describe_window(View("app", "v", int)) is None

@@ -127,6 +127,14 @@ def _positive(kind: str, what: str, value: Any, **units: float | None) -> int:
     return ms
 
 
+def duration(ms: int) -> str:
+    """``ms`` in its largest whole unit: ``1m``, ``90s``, ``1500ms``."""
+    for unit, length in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= length and ms % length == 0:
+            return f"{ms // length}{unit}"
+    return f"{ms}ms"
+
+
 class Window:
     """What every window kind shares: event time, grace, retention, what late events do.
 
@@ -211,6 +219,12 @@ class Window:
             for start in range(last - size + step, last + 1, step)
             if start <= ms < start + size
         ]
+
+    def describe(self) -> str:
+        """How the status page and ``GET /views`` name it: ``tumbling 1m``,
+        ``hopping 10m every 1m``, ``sliding 10s``."""
+        said = f"{type(self).__name__.lower()} {duration(self.size_ms)}"
+        return said if self.step_ms == self.size_ms else f"{said} every {duration(self.step_ms)}"
 
     def __repr__(self) -> str:
         return (
@@ -393,6 +407,9 @@ class Session(Window):
         self.merge = merge
         self.size_ms = self.step_ms = gap_ms
         super().__init__(**options)
+
+    def describe(self) -> str:
+        return f"session, gap {duration(self.size_ms)}"
 
     def windows_of(self, ms: int) -> list[tuple[int, int]]:
         """The session an event alone would make (sessions are found per key)."""

@@ -59,30 +59,8 @@ START = Instant("start", "required: the window start (ms since the epoch, or ISO
 
 def describe_window(view: View) -> str | None:
     """What the status page and ``GET /views`` say of a view's windows, such as
-    ``tumbling 1m``, ``hopping 10m every 1m`` or ``session, gap 30s`` (None: not
-    windowed)."""
-    window = getattr(view, "window", None)
-    if window is None:
-        return None
-    describe = getattr(window, "describe", None)
-    if callable(describe):
-        return str(describe())
-    size, step = getattr(window, "size_ms", None), getattr(window, "step_ms", None)
-    if not isinstance(size, int):
-        return str(window)
-    if getattr(window, "sessions", False):
-        return f"session, gap {_duration(size)}"
-    said = f"{type(window).__name__.lower()} {_duration(size)}"
-    if isinstance(step, int) and step != size:
-        said += f" every {_duration(step)}"
-    return said
-
-
-def _duration(ms: int) -> str:
-    for unit, length in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if ms >= length and ms % length == 0:
-            return f"{ms // length}{unit}"
-    return f"{ms}ms"
+    ``tumbling 1m`` or ``session, gap 30s`` (None: not windowed)."""
+    return None if view.window is None else view.window.describe()
 
 
 def instant(ms: int) -> str | int:
