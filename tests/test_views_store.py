@@ -99,6 +99,13 @@ def test_keys_of_another_partition_are_refused(tmp_path: Path, budget: StoreBudg
         txn[other] = Row(owner="x", total=1)
 
 
+def test_level_0_filters_and_indexes_are_pinned(tmp_path: Path, budget: StoreBudget) -> None:
+    store = open_partition(view(), tmp_path, budget)
+    store.close()
+    (options,) = (tmp_path / "0.db").glob("OPTIONS-*")
+    assert "pin_l0_filter_and_index_blocks_in_cache=true" in options.read_text()
+
+
 def test_a_checked_key_is_remembered_a_refused_one_is_not(
     tmp_path: Path, budget: StoreBudget
 ) -> None:
