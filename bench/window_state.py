@@ -51,7 +51,8 @@ if str(REPO) not in sys.path:  # run as a script: the repository root holds the 
     sys.path.insert(0, str(REPO))
 
 from bench import harness  # noqa: E402
-from bench.window_throughput import START, write_dump  # noqa: E402
+from bench.projection_throughput import write_dump  # noqa: E402
+from bench.window_throughput import START, count_app, url_windows  # noqa: E402
 
 MODULE = "bench.window_state"
 PARTITIONS = 4
@@ -94,20 +95,9 @@ def events(n: int, days: int, keys: int, truth: Counter[str]) -> Iterator[harnes
             truth[f"{url}|{at - at % WINDOW_MS}"] += 1
 
 
-async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
-
-
 def produce(bootstrap: str, topic: str, messages: Iterator[harness.Message]) -> int:
     """Produce ``messages`` to ``topic`` (created first); the count, once all are acked."""
-    asyncio.run(create_topic(bootstrap, topic, PARTITIONS))
+    asyncio.run(harness.create_topic(bootstrap, topic, PARTITIONS))
     try:
         import confluent_kafka
     except ImportError:
@@ -168,21 +158,7 @@ async def produce_aiokafka(bootstrap: str, topic: str, messages: Iterator[harnes
 
 
 def _belvedere_app() -> Any:
-    import belvedere
-
-    class PageViewed(belvedere.Event, key="url"):
-        url: str
-
-    app = belvedere.App(os.environ["BENCH_NAME"])
-    views = app.event_topic(os.environ["BENCH_TOPIC"], PageViewed, partitions=PARTITIONS)
-    window = belvedere.Tumbling(minutes=1, retention=RETENTION)
-    per_minute = app.view("per-minute", value=int, window=window)
-    progress = harness.Progress()
-
-    @app.projection(views, view=per_minute, events=[PageViewed])
-    def count(view: Any, event: Any) -> None:
-        view[event.url] = view.get(event.url, 0) + 1
-        progress.tick()
+    app, per_minute, progress = count_app(RETENTION)
 
     @app.page("/bench/")
     async def status(web: Any, request: Any) -> Any:
@@ -194,12 +170,7 @@ def _belvedere_app() -> Any:
             times = []
         body["stream_time"] = min(times) if times and None not in times else None
         if request.query.get("dump"):  # every URL's windows within retention
-            counts = {}
-            for i in range(int(os.environ["BENCH_KEYS"])):
-                url = f"/page/{i}"
-                for start, _end, value in per_minute.windows(url):
-                    counts[f"{url}|{start}"] = value
-            body["dumped"] = write_dump(counts)
+            body["dumped"] = write_dump(url_windows(per_minute))
         return web.json(body)
 
     return app

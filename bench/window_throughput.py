@@ -40,7 +40,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,7 +51,8 @@ if str(REPO) not in sys.path:  # run as a script: the repository root holds the 
     sys.path.insert(0, str(REPO))
 
 from bench import harness  # noqa: E402
-from bench.projection_throughput import Runs  # noqa: E402
+from bench.broker_throughput import table_total  # noqa: E402
+from bench.projection_throughput import Runs, write_dump  # noqa: E402
 
 MODULE = "bench.window_throughput"
 PARTITIONS = 4
@@ -99,18 +100,12 @@ def make_events(n: int, keys: int = KEYS) -> tuple[list[harness.Message], dict[s
     return messages, dict(truth)
 
 
-def write_dump(counts: dict[str, int]) -> int:
-    path = Path(os.environ["BENCH_DUMP"])
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(counts))
-    tmp.replace(path)
-    return len(counts)
-
-
 # -- the worker apps (imported by the worker subprocesses, configured by BENCH_* variables) --
 
 
-def _belvedere_app() -> Any:
+def count_app(retention: timedelta) -> tuple[Any, Any, harness.Progress]:
+    """A worker counting ``PageViewed`` per URL in 1-minute tumbling windows kept for
+    ``retention``: the app, its windowed view, and the progress its handler ticks."""
     import belvedere
 
     class PageViewed(belvedere.Event, key="url"):
@@ -118,7 +113,7 @@ def _belvedere_app() -> Any:
 
     app = belvedere.App(os.environ["BENCH_NAME"])
     views = app.event_topic(os.environ["BENCH_TOPIC"], PageViewed, partitions=PARTITIONS)
-    window = belvedere.Tumbling(minutes=1, retention=RETENTION)
+    window = belvedere.Tumbling(minutes=1, retention=retention)
     per_minute = app.view("per-minute", value=int, window=window)
     progress = harness.Progress()
 
@@ -127,20 +122,27 @@ def _belvedere_app() -> Any:
         view[event.url] = view.get(event.url, 0) + 1
         progress.tick()
 
-    def rows() -> dict[str, int]:
-        """Every (URL, window) count, read back from the stores: each URL's windows."""
-        out: dict[str, int] = {}
-        for i in range(int(os.environ["BENCH_KEYS"])):
-            url = f"/page/{i}"
-            for start, _end, value in per_minute.windows(url):
-                out[f"{url}|{start}"] = value
-        return out
+    return app, per_minute, progress
+
+
+def url_windows(view: Any) -> dict[str, int]:
+    """Every (URL, window) count the view serves, read back from its stores."""
+    out: dict[str, int] = {}
+    for i in range(int(os.environ["BENCH_KEYS"])):
+        url = f"/page/{i}"
+        for start, _end, value in view.windows(url):
+            out[f"{url}|{start}"] = value
+    return out
+
+
+def _belvedere_app() -> Any:
+    app, per_minute, progress = count_app(RETENTION)
 
     @app.page("/bench/")
     async def status(web: Any, request: Any) -> Any:
         body = progress.as_dict()
         if request.query.get("total"):  # the real total, read back from RocksDB
-            counts = rows()
+            counts = url_windows(per_minute)
             body["total"] = sum(counts.values())
             if request.query.get("dump"):
                 body["dumped"] = write_dump(counts)
@@ -154,8 +156,6 @@ __getattr__ = harness.lazy_apps(__name__, {"app": _belvedere_app})
 
 def quix_worker() -> None:
     """The Quix Streams worker: ``python bench/window_throughput.py quix-worker`` (BENCH_*)."""
-    from quixstreams import Application
-
     status = harness.QuixStatus()
     latest: dict[str, int] = {}  # each (URL, window)'s count as the window last emitted it
 
@@ -168,13 +168,7 @@ def quix_worker() -> None:
         if status.tick():
             status.write(total=sum(latest.values()), dump=write_dump(latest))
 
-    app = Application(
-        broker_address=os.environ["BENCH_BOOTSTRAP"],
-        consumer_group=os.environ["BENCH_NAME"],
-        auto_offset_reset="earliest",
-        state_dir=os.environ["BENCH_DATA_DIR"],
-        loglevel="INFO",
-    )
+    app = harness.quix_application()
     topic = app.topic(
         os.environ["BENCH_TOPIC"],
         key_deserializer="str",
@@ -195,18 +189,6 @@ class Input:
     messages: list[harness.Message]
     truth: dict[str, int]
     kafka_topic: str | None = None  # produced once, read by every Kafka run
-
-
-def page_total(port: int, events: int) -> Callable[[], dict[str, Any] | None]:
-    url = f"http://127.0.0.1:{port}/bench/"
-
-    def read() -> dict[str, Any] | None:
-        body = harness.http_get(url, timeout=10)
-        if body is not None and body["processed"] >= events:
-            body = harness.http_get(url + "?total=1", timeout=60)
-        return body
-
-    return read
 
 
 def verify(dump: Path, truth: dict[str, int]) -> int:
@@ -249,24 +231,19 @@ def run_variant(
         variant, MODULE, Path(__file__), port, data_dir, env.bootstrap, n
     )
     quix = variant == "quixstreams-kafka"
-    read = page_total(port, n)
+    read = table_total(port, n)
     if quix:
         read = lambda: harness.file_get(harness.status_file(data_dir))  # noqa: E731
-
-    def total_reached(body: dict[str, Any]) -> bool:
-        # A view is read as of its last checkpoint: a total short of N waits for the next.
-        total = body.get("total")
-        if total == n:
-            return True
-        if (total is not None and total > n) or body["processed"] > n:
-            raise harness.Failed(f"window total is {total}, expected {n}: {body}")
-        return False
 
     worker = harness.WorkerProcess(argv, bench_env | more, env.work / f"{run_id}.log")
     extra: dict[str, Any] = {}
     try:
         body = harness.wait_for(
-            worker, read, total_reached, time.monotonic() + timeout, f"{n:,} events"
+            worker,
+            read,
+            harness.total_reached(n, "window"),
+            time.monotonic() + timeout,
+            f"{n:,} events",
         )
         extra["loadavg_1m"] = round(os.getloadavg()[0], 2)  # others on the machine show here
         extra["cpu_s"] = worker.cpu_seconds()
