@@ -169,6 +169,7 @@ def _belvedere_app() -> Any:
         except Exception:  # not every partition served yet
             times = []
         body["stream_time"] = min(times) if times and None not in times else None
+        body["python_blocks"] = sys.getallocatedblocks()  # Python's heap, apart from RSS
         if request.query.get("dump"):  # every URL's windows within retention
             body["dumped"] = write_dump(url_windows(per_minute))
         return web.json(body)
@@ -227,6 +228,7 @@ def sample(
         "views_mb": round(disk_bytes(data_dir / "views") / MB, 2),
         "rss_mb": rss_mb(worker.proc.pid),
         "rocksdb_mb": rocksdb_mb(port),
+        "python_blocks": body.get("python_blocks"),
     }
 
 
