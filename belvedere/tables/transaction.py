@@ -242,10 +242,10 @@ class PartitionTransaction:
         """Start the next checkpoint (after a flush). What it wrote stays cached for reads,
         and only that: hot keys are written every checkpoint, and a cache of everything ever
         read held ~100,000 decoded rows per partition at a million keys."""
+        self._owned.clear()
         self._reads = self._values
         self._values = {}
         self._encoded.clear()
-        self._owned.clear()
         if self._raw:
             self._raw_reads.update(self._raw)
             self._raw = {}
