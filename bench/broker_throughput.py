@@ -155,19 +155,14 @@ def run_variant(
     if variant == "quixstreams-kafka":
         read = lambda: harness.file_get(harness.status_file(data_dir))  # noqa: E731
 
-    def total_reached(body: dict[str, Any]) -> bool:
-        # The engine's table is read as of its last checkpoint: a total short of N waits.
-        total = body.get("total")
-        if total == n:
-            return True
-        if (total is not None and total > n) or body["processed"] > n:
-            raise harness.Failed(f"table total is {total}, expected {n}: {body}")
-        return False
-
     worker = harness.WorkerProcess(argv, env | more, work / f"{variant}.log")
     try:
         body = harness.wait_for(
-            worker, read, total_reached, time.monotonic() + timeout, f"{n:,} events"
+            worker,
+            read,
+            harness.total_reached(n, "table"),
+            time.monotonic() + timeout,
+            f"{n:,} events",
         )
         rss = worker.peak_rss_mb()
     except harness.Failed as exc:

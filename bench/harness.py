@@ -149,17 +149,22 @@ class QuixStatus:
         tmp.replace(self.path)
 
 
-def run_quix(fold: Callable[[Any, str, int, Any, Any], None]) -> None:
-    """Run Quix Streams over ``BENCH_TOPIC``: ``fold(value, key, timestamp, headers, state)``."""
+def quix_application() -> Any:
+    """A Quix Streams application configured by the ``BENCH_*`` variables."""
     from quixstreams import Application
 
-    app = Application(
+    return Application(
         broker_address=os.environ["BENCH_BOOTSTRAP"],
         consumer_group=os.environ["BENCH_NAME"],
         auto_offset_reset="earliest",
         state_dir=os.environ["BENCH_DATA_DIR"],
         loglevel="INFO",
     )
+
+
+def run_quix(fold: Callable[[Any, str, int, Any, Any], None]) -> None:
+    """Run Quix Streams over ``BENCH_TOPIC``: ``fold(value, key, timestamp, headers, state)``."""
+    app = quix_application()
     topic = app.topic(os.environ["BENCH_TOPIC"], key_deserializer="str", value_deserializer="json")
     app.dataframe(topic).update(fold, stateful=True, metadata=True)
     app.run()
@@ -232,10 +237,7 @@ def fill_embedded(log_dir: Path, topic: str, events: Sequence[Message], partitio
         log.release()
 
 
-async def fill_kafka(
-    bootstrap: str, topic: str, events: Sequence[Message], partitions: int
-) -> None:
-    from aiokafka import AIOKafkaProducer
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -244,6 +246,14 @@ async def fill_kafka(
         await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+
+
+async def fill_kafka(
+    bootstrap: str, topic: str, events: Sequence[Message], partitions: int
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    await create_topic(bootstrap, topic, partitions)
     # aiokafka's default partitioner is Kafka's murmur2, as belvedere.streams.partitioner
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024
@@ -408,6 +418,22 @@ def wait_for(
                 return body
         time.sleep(interval)
     raise Failed(f"timed out waiting for {what}; last status {last}\n{worker.log_tail()}")
+
+
+def total_reached(n: int, what: str) -> Callable[[dict[str, Any]], bool]:
+    """Whether a worker's ``total`` (read back from its state) is N; Failed past N.
+
+    State is read as of its last checkpoint: a total short of N waits for the next one."""
+
+    def reached(body: dict[str, Any]) -> bool:
+        total = body.get("total")
+        if total == n:
+            return True
+        if (total is not None and total > n) or body["processed"] > n:
+            raise Failed(f"{what} total is {total}, expected {n}: {body}")
+        return False
+
+    return reached
 
 
 # -- results -------------------------------------------------------------------------------

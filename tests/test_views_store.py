@@ -99,6 +99,33 @@ def test_keys_of_another_partition_are_refused(tmp_path: Path, budget: StoreBudg
         txn[other] = Row(owner="x", total=1)
 
 
+def test_level_0_filters_and_indexes_are_pinned(tmp_path: Path, budget: StoreBudget) -> None:
+    store = open_partition(view(), tmp_path, budget)
+    store.close()
+    (options,) = (tmp_path / "0.db").glob("OPTIONS-*")
+    assert "pin_l0_filter_and_index_blocks_in_cache=true" in options.read_text()
+
+
+def test_a_checked_key_is_remembered_a_refused_one_is_not(
+    tmp_path: Path, budget: StoreBudget
+) -> None:
+    v = view(partitions=4)
+    txn = PartitionTransaction(v, open_partition(v, tmp_path, budget, 0), 0, 4)
+    keys = [f"k{i}" for i in range(100)]
+    mine = next(k for k in keys if v.partition_of(k, 4) == 0)
+    other = next(k for k in keys if v.partition_of(k, 4) != 0)
+    txn[mine] = Row(owner="x", total=1)
+    for _ in range(2):  # refused again: only keys that passed the check are remembered
+        with pytest.raises(WrongPartition):
+            txn[other] = Row(owner="x", total=1)
+    del txn[mine]
+    txn.clear()
+    with pytest.raises(WrongPartition):
+        txn[other] = Row(owner="x", total=1)
+    with pytest.raises(TypeError):  # the key's type is still checked for a remembered key
+        txn[1] = Row(owner="x", total=1)
+
+
 def test_count_index_and_deletes_stay_consistent(tmp_path: Path, budget: StoreBudget) -> None:
     v = view()
     store = open_partition(v, tmp_path, budget)

@@ -82,6 +82,10 @@ class StoreBudget:
         table.set_block_cache(self.cache)
         table.set_bloom_filter(10, False)
         table.set_cache_index_and_filter_blocks(True)
+        # Every read searches the level-0 files; pinned, their filter and index blocks stay
+        # in the cache the memtables are charged to (a windowed view's deletes pile up
+        # level-0 files of tombstones: 3M windowed events folded 1.3-1.6x faster pinned).
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)
         options.set_block_based_table_factory(table)
         return options
 

@@ -51,6 +51,9 @@ class PartitionTransaction:
         #: Each sealed value's encoding (None: deleted), reused by the checkpoint.
         self._encoded: dict[Any, bytes | None] = {}
         self._reads: dict[Any, Any] = {}
+        #: Keys whose partition this checkpoint already checked: a windowed view writes a
+        #: new row per window under the same key (hashing it was a tenth of a windowed fold).
+        self._owned: set[Any] = set()
         self._undo: list[tuple[Any, Any, Any]] | None = None
         #: What to undo outside the rows when the event rolls back (a projection's buffers).
         self._undo_also: list[Callable[[str], None]] = []
@@ -128,9 +131,11 @@ class PartitionTransaction:
         previous = values.get(key, _ABSENT)
         if previous is _ABSENT:
             routed = self.view.check_key(self._route(key))
-            owner = self.view.partition_of(routed, self.partitions)
-            if owner != self.partition:
-                raise WrongPartition(self._wrong_partition(routed, owner))
+            if routed not in self._owned:
+                owner = self.view.partition_of(routed, self.partitions)
+                if owner != self.partition:
+                    raise WrongPartition(self._wrong_partition(routed, owner))
+                self._owned.add(routed)
         if self._undo is None:
             self._encoded.pop(key, None)  # written outside an event: encoded at the checkpoint
         else:
@@ -237,6 +242,7 @@ class PartitionTransaction:
         """Start the next checkpoint (after a flush). What it wrote stays cached for reads,
         and only that: hot keys are written every checkpoint, and a cache of everything ever
         read held ~100,000 decoded rows per partition at a million keys."""
+        self._owned.clear()
         self._reads = self._values
         self._values = {}
         self._encoded.clear()
