@@ -447,3 +447,18 @@ def test_sessions_merge_when_an_event_bridges_them() -> None:
         assert visits.window_rows(0) == [("/page/c", 3)]
         assert len(want["/page/a"]) > 5 and any(w[2] > 1 for w in want["/page/a"])
         assert sum(1 for d in driver.dead_letters() if d.kind == "late") == late
+
+
+def test_an_instants_windows_are_those_of_the_definition() -> None:
+    """Every kind's windows of an instant, before the epoch too, against the definition:
+    the epoch-aligned starts ``k * step`` whose ``[start, start + size)`` holds it."""
+    rng = random.Random(5)
+    kinds = [belvedere.Tumbling(0.007), belvedere.Tumbling(minutes=1)]
+    kinds += [belvedere.Hopping(minutes=10, step=60), belvedere.Hopping(0.006, 0.002)]
+    for window in kinds:
+        size, step = window.size_ms, window.step_ms
+        for _ in range(2_000):
+            ms = rng.randrange(-(10**13), 10**13)
+            first = (ms - size) // step * step
+            want = [(s, s + size) for s in range(first, ms + 1, step) if s <= ms < s + size]
+            assert window.windows_of(ms) == want, (window, ms)

@@ -254,6 +254,10 @@ class _Sized(Window):
 class Tumbling(_Sized):
     """Windows of one ``size``, end to end: each event falls in exactly one."""
 
+    def windows_of(self, ms: int) -> list[tuple[int, int]]:
+        start = ms - ms % self.size_ms  # the general case's loop, for one window
+        return [(start, start + self.size_ms)]
+
 
 class Hopping(Window):
     """Windows of one ``size`` starting every ``step``: an event falls in ``size / step``
