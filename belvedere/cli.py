@@ -27,6 +27,7 @@ from belvedere import datadir, settings
 from belvedere.agents.engine import StrictStop
 from belvedere.agents.replay_zygote import fork_helpers
 from belvedere.app import App
+from belvedere.compat.malloc import fix_mmap_threshold
 from belvedere.streams.errors import BrokerError, BrokerLocked
 from belvedere.streams.security import SecuritySettingsError
 
@@ -257,6 +258,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _hold_data_dir(app)  # until the process exits
     check_broker(app)
     tune_gc()
+    fix_mmap_threshold()  # RocksDB's freed memtables go back to the system (compat/malloc.py)
     # Before the worker starts a thread: the helpers' zygote is a copy of this process.
     app.replay_helpers = fork_helpers(app, app.rebuild_processes)
     worker = app.Worker(loglevel=args.loglevel)

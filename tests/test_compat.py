@@ -16,6 +16,7 @@ import aiokafka
 import faust
 import mode
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiokafka.cluster import ClusterMetadata
@@ -39,6 +40,7 @@ import belvedere
 from belvedere.compat import aiohttp as compat_aiohttp
 from belvedere.compat import aiokafka as compat_kafka
 from belvedere.compat import faust as compat_faust
+from belvedere.compat import malloc as compat_malloc
 from belvedere.compat import mode as compat_mode
 from belvedere.compat import orjson as compat_orjson
 from belvedere.streams import tap
@@ -441,3 +443,47 @@ def test_orjson_results_kept_alive_still_pin_a_4_kib_buffer_each() -> None:
 def test_belvedere_s_dumps_keeps_a_result_in_a_block_of_its_size() -> None:
     assert _rss_growth_keeping_results("compat") < 20 << 20
     assert compat_orjson.dumps({"a": [1, None]}) == orjson.dumps({"a": [1, None]})
+
+
+_MAPPED_AFTER_A_FREE = """
+import ctypes, sys
+from belvedere.compat.malloc import fix_mmap_threshold
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold()
+libc.free(libc.malloc(4 << 20))  # a mapped block freed, as RocksDB frees a flushed memtable's
+mapped = libc.mallinfo2().hblks
+block = libc.malloc(1 << 20)  # then a block as large as a memtable's (2 MiB) or a table reader's
+print(libc.mallinfo2().hblks - mapped)  # 1: mapped, unmapped when freed; 0: from the heap
+libc.free(block)
+"""
+
+
+def _mapped_after_a_free(mode: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _MAPPED_AFTER_A_FREE, mode], capture_output=True, text=True
+    )
+    if "mallinfo2" in done.stderr:
+        pytest.skip("not glibc 2.33 or later")
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_glibc_still_raises_its_mmap_threshold_when_a_mapped_block_is_freed() -> None:
+    """The canary: after a 4 MiB block is freed, glibc serves 1 MiB from the heap, where
+    it stays when freed. When it maps it, glibc no longer moves the threshold and
+    compat/malloc.py can go."""
+    assert _mapped_after_a_free("upstream") == 0
+
+
+def test_a_fixed_mmap_threshold_maps_large_blocks_after_a_free() -> None:
+    """What keeps a RocksDB worker's resident set from growing with its freed memtables."""
+    assert _mapped_after_a_free("fixed") == 1
+    assert compat_malloc.MMAP_THRESHOLD == 128 * 1024

@@ -1,5 +1,5 @@
 """Every place Belvedere leans on a private name or an undocumented behaviour of faust,
-mode, aiokafka or aiohttp, one module per upstream library.
+mode, aiokafka, aiohttp, orjson or glibc's malloc, one module per upstream library.
 
 The rest of Belvedere calls the small typed functions and subclasses here, never the
 upstream internals. Each workaround says which upstream limit it works around, and
